@@ -1,0 +1,22 @@
+//! sqlite-audiotext: search sound with words inside SQLite.
+//!
+//! The crate builds two things from one source tree:
+//! - `audiotext0`, a loadable SQLite extension (`.load ./audiotext0`) that embeds text and audio
+//!   with ONNX encoders run by ONNX Runtime and searches the vectors with sqlite-vec;
+//! - `audiotext-train`, the companion trainer that builds the model bundles the extension loads.
+//!
+//! Layout:
+//! - [`sql`]: the SQL surface: one registration table, argument parsing, one file per family.
+//! - [`model`]: model bundles (`manifest.json` + ONNX files) and ONNX Runtime sessions.
+//! - [`text`]: tokenization and text embedding.
+//! - [`onnx`]: a small ONNX protobuf writer used by the trainer's exporters.
+//! - [`train`]: the trainer's commands.
+
+pub mod error;
+pub mod model;
+pub mod onnx;
+pub mod sql;
+pub mod text;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1 @@
+//! ONNX protobuf subset (written by the exporters).
