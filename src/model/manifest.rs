@@ -1,0 +1,187 @@
+//! `manifest.json`: what a model bundle holds and how to feed it.
+//!
+//! A bundle is a folder. The manifest names every file in it with its sha256, so a bundle that
+//! was copied badly or edited by hand fails loudly at load time instead of giving wrong vectors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The manifest format this build reads and writes.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The manifest's file name inside a bundle folder.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// The whole `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// A human-readable name, e.g. `all-MiniLM-L6-v2`.
+    pub name: String,
+    /// Length of every embedding this bundle produces (text and audio alike).
+    pub embedding_dim: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextSection>,
+    /// The audio encoder's section; kept as JSON until the audio front-end reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<serde_json::Value>,
+    /// Where the weights came from, what they were trained on, and their metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+    /// Licence of the weights (a model inherits the terms of its training data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
+    /// sha256 (lowercase hex) of every file of the bundle, by file name.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// How to run the text encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextSection {
+    /// ONNX file: inputs `input_ids`, `attention_mask` (int64, [batch, tokens]); output
+    /// `embedding` (float32, [batch, embedding_dim]), already L2-normalised.
+    pub onnx: String,
+    /// A Hugging Face `tokenizer.json`; its own padding and truncation settings are ignored.
+    pub tokenizer: String,
+    /// Inputs are truncated to this many tokens, special tokens included (sentence-transformers'
+    /// `max_seq_length`).
+    pub max_tokens: usize,
+    /// Pooling over token states inside the ONNX graph: `mean`, `cls` or `max`.
+    pub pooling: String,
+    /// Name of the ONNX input holding token ids.
+    #[serde(default = "default_input_ids")]
+    pub input_ids: String,
+    /// Name of the ONNX input holding the attention mask.
+    #[serde(default = "default_attention_mask")]
+    pub attention_mask: String,
+    /// Name of the ONNX output holding the embedding.
+    #[serde(default = "default_output")]
+    pub output: String,
+    /// Description of the source model (architecture, path, projection head), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
+}
+
+fn default_input_ids() -> String {
+    "input_ids".into()
+}
+fn default_attention_mask() -> String {
+    "attention_mask".into()
+}
+fn default_output() -> String {
+    "embedding".into()
+}
+
+impl Manifest {
+    /// Reads `<bundle>/manifest.json`.
+    pub fn read(bundle_dir: &Path) -> Result<Manifest> {
+        let path = bundle_dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Error::Bundle(format!(
+                "cannot read {}: {e}; a bundle folder must contain {MANIFEST_FILE} (export one with `audiotext-train export-text`)",
+                path.display()
+            ))
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Bundle(format!("{} is not a valid manifest: {e}", path.display()))
+        })?;
+        if manifest.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(Error::Bundle(format!(
+                "{} has format_version {}, while this build reads format_version {MANIFEST_FORMAT_VERSION}; re-export the bundle with this version's audiotext-train",
+                path.display(),
+                manifest.format_version
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Writes `<bundle>/manifest.json`, pretty-printed, after recording the sha256 of every
+    /// file the manifest names.
+    pub fn write(&mut self, bundle_dir: &Path) -> Result<()> {
+        let mut names: Vec<String> = Vec::new();
+        if let Some(text) = &self.text {
+            names.push(text.onnx.clone());
+            names.push(text.tokenizer.clone());
+        }
+        if let Some(onnx) = self.audio.as_ref().and_then(|a| a.get("onnx")).and_then(|v| v.as_str()) {
+            names.push(onnx.to_string());
+        }
+        names.sort();
+        names.dedup();
+        self.files.clear();
+        for name in names {
+            self.files.insert(name.clone(), sha256_file(&bundle_dir.join(&name))?);
+        }
+        let path = bundle_dir.join(MANIFEST_FILE);
+        let mut json = serde_json::to_string_pretty(self).expect("manifest serialises");
+        json.push('\n');
+        std::fs::write(&path, json).map_err(|source| Error::Io { path, source })
+    }
+}
+
+/// sha256 of a file as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)
+        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_round_trips_and_records_hashes() {
+        let dir = std::env::temp_dir().join(format!("audiotext-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("text.onnx"), b"abc").unwrap();
+        std::fs::write(dir.join("tokenizer.json"), b"{}").unwrap();
+        let mut manifest = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            name: "t".into(),
+            embedding_dim: 4,
+            text: Some(TextSection {
+                onnx: "text.onnx".into(),
+                tokenizer: "tokenizer.json".into(),
+                max_tokens: 8,
+                pooling: "mean".into(),
+                input_ids: default_input_ids(),
+                attention_mask: default_attention_mask(),
+                output: default_output(),
+                source: None,
+            }),
+            audio: None,
+            training: None,
+            license: None,
+            files: BTreeMap::new(),
+        };
+        manifest.write(&dir).unwrap();
+        let read = Manifest::read(&dir).unwrap();
+        assert_eq!(read, manifest);
+        // sha256("abc"), the FIPS 180-2 test vector.
+        assert_eq!(
+            read.files["text.onnx"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
