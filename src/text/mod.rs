@@ -1,1 +1,111 @@
-//! text
+//! Text embedding: tokenize with the bundle's `tokenizer.json`, run `text.onnx`.
+//!
+//! Truncation follows sentence-transformers: at `max_tokens` tokens, special tokens included,
+//! whatever `tokenizer.json` itself says (MiniLM's file says 128, its model card 256).
+//! The empty string is embedded like any text: it tokenizes to `[CLS] [SEP]` and gives the same
+//! vector sentence-transformers gives for it.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::value::Tensor;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::model::manifest::TextSection;
+use crate::model::runtime::{Runtime, SessionPlacement};
+use crate::{Error, Result};
+
+/// A loaded text encoder. Shared by every connection of the process.
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    section: TextSection,
+    /// `Session::run` needs `&mut`; one lock around one session (see ARCHITECTURE.md for why
+    /// not a pool: ONNX Runtime already uses every core inside one run).
+    session: Mutex<Session>,
+    pub embedding_dim: usize,
+    pub placement: SessionPlacement,
+}
+
+impl TextEncoder {
+    pub fn load(bundle_dir: &Path, section: &TextSection, embedding_dim: usize, runtime: &Runtime) -> Result<Self> {
+        let tokenizer = load_tokenizer(&bundle_dir.join(&section.tokenizer), section.max_tokens)?;
+        let (session, placement) = runtime.session(&bundle_dir.join(&section.onnx))?;
+        for name in [&section.input_ids, &section.attention_mask] {
+            if !session.inputs().iter().any(|input| input.name() == name.as_str()) {
+                return Err(Error::Bundle(format!(
+                    "{} has no input named '{name}' (manifest text section); re-export the bundle",
+                    section.onnx
+                )));
+            }
+        }
+        Ok(TextEncoder {
+            tokenizer,
+            section: section.clone(),
+            session: Mutex::new(session),
+            embedding_dim,
+            placement,
+        })
+    }
+
+    /// Token ids of one text, truncated, special tokens added.
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Embeds a batch of texts; each result is L2-normalised and `embedding_dim` long.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
+        let tokens = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let batch = ids.len();
+        let mut input_ids = vec![0i64; batch * tokens];
+        let mut attention_mask = vec![0i64; batch * tokens];
+        for (row, row_ids) in ids.iter().enumerate() {
+            for (col, &id) in row_ids.iter().enumerate() {
+                input_ids[row * tokens + col] = i64::from(id);
+                attention_mask[row * tokens + col] = 1;
+            }
+        }
+        let shape = [batch as i64, tokens as i64];
+        let inputs = ort::inputs![
+            self.section.input_ids.as_str() => Tensor::from_array((shape, input_ids))?,
+            self.section.attention_mask.as_str() => Tensor::from_array((shape, attention_mask))?,
+        ];
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(inputs)?;
+        let output = outputs.get(self.section.output.as_str()).ok_or_else(|| {
+            Error::Bundle(format!("{} has no output named '{}'; re-export the bundle", self.section.onnx, self.section.output))
+        })?;
+        let (out_shape, data) = output.try_extract_tensor::<f32>()?;
+        if out_shape.len() != 2 || out_shape[0] as usize != batch || out_shape[1] as usize != self.embedding_dim {
+            return Err(Error::Bundle(format!(
+                "{} returned shape {:?}, while the manifest promises [{batch}, {}]; re-export the bundle",
+                self.section.onnx,
+                out_shape.to_vec(),
+                self.embedding_dim
+            )));
+        }
+        Ok(data.chunks(self.embedding_dim).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Loads `tokenizer.json` with our truncation and without its padding (we pad ourselves, to the
+/// longest text of a batch rather than to a fixed length).
+pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| Error::Bundle(format!("cannot load tokenizer {}: {e}; re-export the bundle", path.display())))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        }))
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(tokenizer)
+}
