@@ -18,6 +18,9 @@ fn main() {
     let c_file = source_dir.join("sqlite-vec.c");
     println!("cargo:rerun-if-changed={}", c_file.display());
     println!("cargo:rerun-if-changed=build.rs");
+    // SQLite unloads an extension when the last connection that loaded it closes; ONNX Runtime
+    // and our process-wide caches must outlive that, so the library is never unloaded.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     cc::Build::new()
         .file(&c_file)
         // sqlite-vec ships the sqlite3.h / sqlite3ext.h it was written against.

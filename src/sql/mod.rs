@@ -1,1 +1,162 @@
-//! sql
+//! The SQL surface: one registration table, the entry point, and the guard every callback runs in.
+//!
+//! Every function body returns `Result<Output, String>`; the guard turns an error or a panic into
+//! an SQL error prefixed with the function's name, so nothing unwinds into SQLite.
+
+mod args;
+mod meta;
+mod registry;
+mod text;
+mod vec;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::types::Value;
+use rusqlite::Connection;
+
+pub use registry::Registry;
+
+/// sqlite-vec's subtype for float32 vectors: `vec0` and `vec_*` read such a BLOB as float32.
+pub const FLOAT32_VECTOR_SUBTYPE: u32 = 223;
+
+/// What a function gives back.
+pub enum Output {
+    Null,
+    Text(String),
+    /// A float32 vector, little-endian, tagged with sqlite-vec's subtype.
+    Vector(Vec<f32>),
+    Real(f64),
+}
+
+/// The per-connection state every function sees.
+pub struct Env {
+    pub registry: Arc<Registry>,
+}
+
+type Body = fn(&Env, &Context<'_>) -> Result<Output, String>;
+
+/// One SQL function: a row of the registration table.
+pub struct Function {
+    pub name: &'static str,
+    /// Number of arguments; SQLite picks the row by name and count.
+    pub n_arg: i32,
+    pub flags: Flags,
+    /// Whether the result carries a subtype (sqlite-vec's vector tag); SQLite 3.45+ wants to know.
+    pub sets_subtype: bool,
+    pub body: Body,
+}
+
+/// The flag sets we use, each chosen on purpose.
+#[derive(Clone, Copy)]
+pub enum Flags {
+    /// Same input, same output, no side effects: deterministic and innocuous.
+    Pure,
+    /// Depends on process state (the runtime, loaded models) but reads no user-named file.
+    Volatile,
+    /// Depends on the per-connection model registry: neither deterministic nor innocuous.
+    UsesRegistry,
+    /// Opens a file whose name comes from the arguments: callable only from top-level SQL, not
+    /// from triggers or views of a schema that may be untrusted.
+    ReadsFiles,
+}
+
+impl Flags {
+    fn sqlite(self) -> FunctionFlags {
+        let base = FunctionFlags::SQLITE_UTF8;
+        match self {
+            Flags::Pure => base | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS,
+            Flags::Volatile | Flags::UsesRegistry => base,
+            Flags::ReadsFiles => base | FunctionFlags::SQLITE_DIRECTONLY,
+        }
+    }
+}
+
+/// The whole SQL surface besides the `audiotext_models` virtual table and sqlite-vec's own.
+#[rustfmt::skip]
+pub const FUNCTIONS: &[Function] = &[
+    Function { name: "audiotext_version", n_arg: 0, flags: Flags::Pure,         sets_subtype: false, body: meta::version },
+    Function { name: "audiotext_debug",   n_arg: 0, flags: Flags::Volatile,     sets_subtype: false, body: meta::debug },
+    Function { name: "audiotext_runtime", n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: meta::runtime },
+    Function { name: "text_embed",        n_arg: 1, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
+    Function { name: "text_embed",        n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
+];
+
+/// Registers everything on one connection: sqlite-vec, the model registry, the functions.
+fn init(db: Connection) -> rusqlite::Result<bool> {
+    let registry = Arc::new(Registry::default());
+    registry::register_module(&db, registry.clone())?;
+    for function in FUNCTIONS {
+        let env = Env { registry: registry.clone() };
+        let body = function.body;
+        let name = function.name;
+        let mut flags = function.flags.sqlite();
+        if function.sets_subtype {
+            flags |= FunctionFlags::SQLITE_RESULT_SUBTYPE;
+        }
+        db.create_scalar_function(name, function.n_arg, flags, move |ctx| call(name, &env, ctx, body))
+            .map_err(|e| {
+                rusqlite::Error::ModuleError(format!("audiotext: registering {name}/{}: {e}", function.n_arg))
+            })?;
+    }
+    registry::register_default_bundle(&registry);
+    Ok(false)
+}
+
+/// Runs a function body inside `catch_unwind` and converts its output.
+fn call(name: &'static str, env: &Env, ctx: &Context<'_>, body: Body) -> rusqlite::Result<(Value, Option<u32>)> {
+    let result = guard(name, || body(env, ctx));
+    match result {
+        Ok(Output::Null) => Ok((Value::Null, None)),
+        Ok(Output::Text(text)) => Ok((Value::Text(text), None)),
+        Ok(Output::Real(value)) => Ok((Value::Real(value), None)),
+        Ok(Output::Vector(vector)) => Ok((Value::Blob(vector_to_blob(&vector)), Some(FLOAT32_VECTOR_SUBTYPE))),
+        Err(message) => Err(rusqlite::Error::UserFunctionError(message.into())),
+    }
+}
+
+/// Runs `f`; an error or a panic becomes `"<name>: <message>"`.
+pub(crate) fn guard<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(format!("{name}: {message}")),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!(
+                "{name}: internal error ({detail}); the statement was stopped and the connection is still usable; please report this with the query"
+            ))
+        }
+    }
+}
+
+/// float32 little-endian, the layout sqlite-vec reads.
+pub fn vector_to_blob(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The extension's entry point. SQLite derives the name from the file name `audiotext0.so`.
+///
+/// # Safety
+/// Called by SQLite with a valid connection and API table.
+#[no_mangle]
+pub unsafe extern "C" fn sqlite3_audiotext_init(
+    db: *mut rusqlite::ffi::sqlite3,
+    pz_err_msg: *mut *mut std::os::raw::c_char,
+    p_api: *mut rusqlite::ffi::sqlite3_api_routines,
+) -> std::os::raw::c_int {
+    let outcome = catch_unwind(|| {
+        // sqlite-vec first, with the same API table: it then calls back into the very SQLite
+        // that loaded us, never into a libsqlite3 the dynamic linker might find.
+        let rc = vec::register(db, pz_err_msg, p_api);
+        if rc != rusqlite::ffi::SQLITE_OK {
+            return rc;
+        }
+        Connection::extension_init2(db, pz_err_msg, p_api, init)
+    });
+    outcome.unwrap_or(rusqlite::ffi::SQLITE_ERROR)
+}

@@ -1,0 +1,44 @@
+//! Argument parsing shared by the functions: every message names the function's argument by
+//! position and role, says what it got, and what to pass instead.
+
+use rusqlite::functions::Context;
+use rusqlite::types::ValueRef;
+
+/// Name of SQLite's storage class of a value, for messages.
+pub fn type_name(value: ValueRef<'_>) -> &'static str {
+    match value {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "INTEGER",
+        ValueRef::Real(_) => "REAL",
+        ValueRef::Text(_) => "TEXT",
+        ValueRef::Blob(_) => "BLOB",
+    }
+}
+
+/// A TEXT argument; `None` for NULL (the caller returns NULL, as SQL functions do).
+pub fn text<'a>(ctx: &'a Context<'_>, index: usize, role: &str) -> Result<Option<&'a str>, String> {
+    match ctx.get_raw(index) {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| format!("argument {} ({role}) is not valid UTF-8", index + 1)),
+        other => Err(format!("argument {} ({role}) must be TEXT, got {}", index + 1, type_name(other))),
+    }
+}
+
+/// The model name of a function whose optional first argument names a model: with `n_required`
+/// arguments the model is `default`, with one more the first argument names it.
+pub fn model_name<'a>(ctx: &'a Context<'_>, n_required: usize) -> Result<(&'a str, usize), String> {
+    if ctx.len() == n_required {
+        return Ok(("default", 0));
+    }
+    match ctx.get_raw(0) {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .map(|name| (name, 1))
+            .map_err(|_| "argument 1 (model) is not valid UTF-8".to_string()),
+        other => Err(format!(
+            "argument 1 (model) must be TEXT naming a model registered in temp.audiotext_models, got {}",
+            type_name(other)
+        )),
+    }
+}

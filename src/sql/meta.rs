@@ -1,0 +1,65 @@
+//! `audiotext_version()`, `audiotext_debug()`, `audiotext_runtime(path)`.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use rusqlite::functions::Context;
+
+use super::{args, vec::SQLITE_VEC_VERSION, Env, Output};
+use crate::model::runtime::{self, Runtime};
+
+pub fn version(_env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
+    Ok(Output::Text(format!("v{}", env!("CARGO_PKG_VERSION"))))
+}
+
+/// Build, runtime and model information, one `key: value` per line. Never fails: what cannot
+/// be loaded is reported with the reason.
+pub fn debug(env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
+    let mut out = String::new();
+    let _ = writeln!(out, "audiotext: v{} ({} build)", env!("CARGO_PKG_VERSION"), if cfg!(debug_assertions) { "debug" } else { "release" });
+    let _ = writeln!(out, "sqlite-vec: {SQLITE_VEC_VERSION}");
+    if let Some(path) = runtime::extension_path() {
+        let _ = writeln!(out, "extension: {}", path.display());
+    }
+    match runtime::runtime() {
+        Ok(rt) => describe_runtime(&mut out, rt),
+        Err(e) => {
+            let _ = writeln!(out, "onnxruntime: not loaded: {e}");
+        }
+    }
+    let models = env.registry.list();
+    if models.is_empty() {
+        let _ = writeln!(out, "models: none registered");
+    }
+    for (name, path, bundle) in models {
+        let _ = write!(out, "model {name}: {} ({}, dim {})", path.display(), bundle.manifest.name, bundle.manifest.embedding_dim);
+        match bundle.loaded_text_encoder() {
+            Some(text) => {
+                let _ = write!(out, "; text on {}", text.placement.provider);
+                if let Some(note) = &text.placement.cuda_note {
+                    let _ = write!(out, " (cuda: {note})");
+                }
+            }
+            None if bundle.manifest.text.is_some() => {
+                let _ = write!(out, "; text not loaded yet");
+            }
+            None => {}
+        }
+        out.push('\n');
+    }
+    Ok(Output::Text(out.trim_end().to_string()))
+}
+
+fn describe_runtime(out: &mut String, rt: &Runtime) {
+    let _ = writeln!(out, "onnxruntime: {} from {} (found {})", rt.version, rt.path.display(), rt.found_by);
+    let _ = writeln!(out, "execution providers available: {}", rt.available_providers.join(", "));
+}
+
+/// Loads ONNX Runtime from an explicit path; returns the version loaded.
+pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    let Some(path) = args::text(ctx, 0, "path to libonnxruntime.so")? else {
+        return Err("argument 1 (path to libonnxruntime.so) must not be NULL".into());
+    };
+    let rt = runtime::runtime_from(Path::new(path)).map_err(|e| e.to_string())?;
+    Ok(Output::Text(format!("onnxruntime {} from {}", rt.version, rt.path.display())))
+}
