@@ -8,7 +8,6 @@ all-MiniLM-L6-v2, tokenizer invariants, and basic semantic sanity.
 import json
 
 import numpy as np
-import pytest
 
 import reference_bert as ref
 
