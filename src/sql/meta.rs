@@ -63,3 +63,13 @@ pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     let rt = runtime::runtime_from(Path::new(path)).map_err(|e| e.to_string())?;
     Ok(Output::Text(format!("onnxruntime {} from {}", rt.version, rt.path.display())))
 }
+
+/// Test hook (feature `fault-injection`): `audiotext_fault('panic')` panics inside a function
+/// body, so tests can show the panic becomes an SQL error and the connection survives.
+#[cfg(feature = "fault-injection")]
+pub fn fault(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    match args::text(ctx, 0, "fault kind")? {
+        Some("panic") => panic!("fault injected by audiotext_fault('panic')"),
+        other => Err(format!("argument 1 (fault kind) must be 'panic', got {}", other.unwrap_or("NULL"))),
+    }
+}

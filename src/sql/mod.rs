@@ -9,8 +9,9 @@ mod registry;
 mod text;
 mod vec;
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::Value;
@@ -81,10 +82,13 @@ pub const FUNCTIONS: &[Function] = &[
     Function { name: "audiotext_runtime", n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: meta::runtime },
     Function { name: "text_embed",        n_arg: 1, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
     Function { name: "text_embed",        n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
+    #[cfg(feature = "fault-injection")]
+    Function { name: "audiotext_fault",   n_arg: 1, flags: Flags::Volatile,     sets_subtype: false, body: meta::fault },
 ];
 
 /// Registers everything on one connection: sqlite-vec, the model registry, the functions.
 fn init(db: Connection) -> rusqlite::Result<bool> {
+    install_panic_hook();
     let registry = Arc::new(Registry::default());
     registry::register_module(&db, registry.clone())?;
     for function in FUNCTIONS {
@@ -116,9 +120,31 @@ fn call(name: &'static str, env: &Env, ctx: &Context<'_>, body: Body) -> rusqlit
     }
 }
 
+thread_local! {
+    /// Set while a guarded body runs: its panics are reported as SQL errors, not on stderr.
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Keeps the host's stderr clean of panics we catch and report, while panics anywhere else in
+/// the process still reach the hook that was installed before us.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs `f`; an error or a panic becomes `"<name>: <message>"`.
 pub(crate) fn guard<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let outer = GUARDED.with(|g| g.replace(true));
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(outer));
+    match outcome {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(message)) => Err(format!("{name}: {message}")),
         Err(panic) => {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the extension in three hosts (Rust app with its own SQLite, the
+# sqlite3 shell, Debian's Python), parity against the independent reference, failure paths.
+# Works on a fresh machine: builds and installs what is missing first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/build.sh
+scripts/python-env.sh
+
+echo "== unit tests (cargo test)"
+cargo test --release --locked
+
+echo "== fault-injection build (a panic inside a function must become an SQL error)"
+cargo build --release --locked --lib --features fault-injection
+mkdir -p target/fault-injection
+cp target/release/libaudiotext0.so target/fault-injection/audiotext0.so
+
+echo "== host: Rust application with rusqlite's bundled SQLite"
+cargo test --locked --manifest-path tests/host-rusqlite/Cargo.toml
+
+echo "== host: sqlite3 shell"
+tests/shell/test.sh
+
+echo "== host: Debian's Python sqlite3 (pytest)"
+.venv/bin/python -m pytest tests/python -v -p no:cacheprovider
