@@ -68,7 +68,7 @@ impl Registry {
         if name == "default" {
             let looked: Vec<String> = state.default_search.iter().map(|p| p.display().to_string()).collect();
             message.push_str(&format!(
-                " (no bundle was found next to the extension in {}; scripts/setup.sh builds one)",
+                " (no bundle was found next to the extension in {}; scripts/build.sh builds one)",
                 looked.join(" or ")
             ));
         }
