@@ -5,7 +5,9 @@
 .timer off
 
 SELECT audiotext_version() AS version, vec_version() AS sqlite_vec;
-SELECT audiotext_debug() AS debug;
+.mode list
+SELECT audiotext_debug();
+.mode box
 
 -- The bundle in models/default is registered automatically; any other folder can be added:
 SELECT name, path FROM temp.audiotext_models;
