@@ -12,6 +12,9 @@ pub enum Error {
     /// ONNX Runtime failed while creating a session or running a model.
     #[error("onnx runtime: {0}")]
     Ort(#[from] ort::Error),
+    /// Audio could not be decoded or resampled (corrupt, truncated, empty, not audio).
+    #[error("{0}")]
+    Audio(String),
     /// The tokenizer failed on the input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -8,10 +8,12 @@
 //! Layout:
 //! - [`sql`]: the SQL surface: one registration table, argument parsing, one file per family.
 //! - [`model`]: model bundles (`manifest.json` + ONNX files) and ONNX Runtime sessions.
+//! - [`audio`]: the audio front-end: decode, mix down, resample, log-mel.
 //! - [`text`]: tokenization and text embedding.
 //! - [`onnx`]: a small ONNX protobuf writer used by the trainer's exporters.
 //! - [`train`]: the trainer's commands.
 
+pub mod audio;
 pub mod error;
 pub mod model;
 pub mod onnx;

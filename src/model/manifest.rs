@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audio::{FrontEnd, Windowing};
 use crate::{Error, Result};
 
 /// The manifest format this build reads and writes.
@@ -26,9 +27,8 @@ pub struct Manifest {
     pub embedding_dim: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSection>,
-    /// The audio encoder's section; kept as JSON until the audio front-end reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audio: Option<serde_json::Value>,
+    pub audio: Option<AudioSection>,
     /// Where the weights came from, what they were trained on, and their metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<serde_json::Value>,
@@ -66,6 +66,35 @@ pub struct TextSection {
     /// Description of the source model (architecture, path, projection head), for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<serde_json::Value>,
+}
+
+/// How to run the audio encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioSection {
+    /// ONNX file: input `input.name` (float32, layout `input.layout`, e.g. `batch,1,frames,mels`),
+    /// output `output` (float32, [batch, embedding_dim]), already L2-normalised.
+    pub onnx: String,
+    /// Log-mel settings (librosa's names), flattened into this section.
+    #[serde(flatten)]
+    pub front_end: FrontEnd,
+    /// Cutting long files into windows and pooling their embeddings.
+    pub windowing: Windowing,
+    pub input: AudioInput,
+    #[serde(default = "default_output")]
+    pub output: String,
+    /// Description of the encoder (architecture, pooling head, parameters), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<serde_json::Value>,
+}
+
+/// The audio encoder's input tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioInput {
+    pub name: String,
+    /// Comma-separated axis names, e.g. `batch,1,frames,mels`.
+    pub layout: String,
 }
 
 fn default_input_ids() -> String {
@@ -109,8 +138,8 @@ impl Manifest {
             names.push(text.onnx.clone());
             names.push(text.tokenizer.clone());
         }
-        if let Some(onnx) = self.audio.as_ref().and_then(|a| a.get("onnx")).and_then(|v| v.as_str()) {
-            names.push(onnx.to_string());
+        if let Some(audio) = &self.audio {
+            names.push(audio.onnx.clone());
         }
         names.sort();
         names.dedup();

@@ -722,13 +722,6 @@ fn known_license(name: &str) -> Option<String> {
     }
 }
 
-/// The embedding length an existing audio section declares, if it declares one.
-fn audio_dim(audio: &Value) -> Option<u64> {
-    ["embedding_dim", "dim", "output_dim"]
-        .iter()
-        .find_map(|k| audio.get(*k).and_then(Value::as_u64))
-}
-
 /// Exports a sentence-transformers folder to a model bundle.
 pub fn export_text(options: &ExportTextOptions) -> Result<ExportTextReport> {
     let started = Instant::now();
@@ -770,9 +763,10 @@ pub fn export_text(options: &ExportTextOptions) -> Result<ExportTextReport> {
                 out.join(MANIFEST_FILE).display()
             )
         })?;
-        if let Some(audio) = &manifest.audio {
-            let audio_dim = audio_dim(audio).unwrap_or(manifest.embedding_dim as u64);
-            if audio_dim != embedding_dim as u64 {
+        if manifest.audio.is_some() {
+            // Text and audio share the manifest's one embedding_dim.
+            let audio_dim = manifest.embedding_dim;
+            if audio_dim != embedding_dim {
                 bail!(
                     "{} holds an audio encoder with {audio_dim}-dim embeddings but the text encoder gives {embedding_dim}; text and audio must share one embedding space: pass --head FILE that projects to {audio_dim} dims, or export into another folder",
                     out.join(MANIFEST_FILE).display()
@@ -1201,7 +1195,17 @@ mod tests {
             name: "my-bundle".into(),
             embedding_dim: 4,
             text: None,
-            audio: Some(json!({"onnx": "audio.onnx", "sample_rate": 16000})),
+            audio: Some(crate::model::manifest::AudioSection {
+                onnx: "audio.onnx".into(),
+                front_end: crate::audio::FrontEnd::panns_32k(),
+                windowing: crate::audio::Windowing::ten_seconds(),
+                input: crate::model::manifest::AudioInput {
+                    name: "log_mel".into(),
+                    layout: "batch,1,frames,mels".into(),
+                },
+                output: "embedding".into(),
+                encoder: None,
+            }),
             training: Some(json!({"epochs": 3})),
             license: Some("CC-BY-4.0".into()),
             files: Default::default(),

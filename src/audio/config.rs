@@ -1,0 +1,99 @@
+//! The audio front-end's settings, as written in a bundle's manifest (`audio` section).
+//!
+//! The keys are precise enough for an independent implementation to reproduce the features:
+//! librosa's `melspectrogram` + a log, with the argument of the same name for each key.
+//! One definition serves the extension and the trainer, so features cannot drift.
+
+use serde::{Deserialize, Serialize};
+
+/// Log-mel spectrogram settings. Field names follow `librosa.feature.melspectrogram`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontEnd {
+    /// Audio is resampled to this rate before anything else (librosa `sr`).
+    pub sample_rate: u32,
+    /// FFT size in samples (librosa `n_fft`).
+    pub n_fft: usize,
+    /// Window length in samples, <= n_fft; the window is zero-padded to n_fft, centred
+    /// (librosa `win_length`).
+    pub win_length: usize,
+    /// Hop between frames in samples (librosa `hop_length`).
+    pub hop_length: usize,
+    /// Window function: `hann` (periodic, as scipy's `get_window('hann', n)`).
+    pub window: String,
+    /// Whether frames are centred, the signal padded by n_fft/2 on both sides (librosa `center`).
+    pub center: bool,
+    /// Padding when centred: `constant` (zeros, librosa's default) or `reflect` (PANNs').
+    pub pad_mode: String,
+    /// Exponent of the magnitude spectrum: 2 = power, 1 = magnitude (librosa `power`).
+    pub power: f32,
+    /// Number of mel bands (librosa `n_mels`).
+    pub n_mels: usize,
+    /// Lowest and highest filter edge in Hz (librosa `fmin`, `fmax`).
+    pub fmin: f32,
+    pub fmax: f32,
+    /// Mel scale: `slaney` (librosa's default, `htk=False`) or `htk`.
+    pub mel_scale: String,
+    /// Filter normalisation: `slaney` (area, librosa's default `norm='slaney'`) or `none`.
+    pub mel_norm: String,
+    /// Log: `db` = 10*log10(max(x, log_floor)) (librosa `power_to_db(x, ref=1, amin=log_floor,
+    /// top_db=None)`), or `ln` = ln(x + log_floor).
+    pub log: String,
+    pub log_floor: f32,
+}
+
+/// How a file longer than the model's window is cut, and how window embeddings are pooled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Windowing {
+    /// Length of one window in seconds; a shorter file is one window of its own length.
+    pub clip_seconds: f32,
+    /// Start-to-start distance of windows in seconds (= clip_seconds: no overlap).
+    pub hop_seconds: f32,
+    /// A trailing window shorter than this is dropped, unless it is the only one.
+    pub min_seconds: f32,
+    /// How window embeddings combine into the file's: `mean` (then L2-normalised).
+    pub pooling: String,
+}
+
+impl FrontEnd {
+    /// PANNs CNN14's front-end (Kong et al. 2020): 32 kHz, 1024-point FFT, hop 320 (10 ms),
+    /// 64 mel bands from 50 Hz to 14 kHz, power spectrum in dB with floor 1e-10.
+    pub fn panns_32k() -> FrontEnd {
+        FrontEnd {
+            sample_rate: 32_000,
+            n_fft: 1024,
+            win_length: 1024,
+            hop_length: 320,
+            window: "hann".into(),
+            center: true,
+            pad_mode: "reflect".into(),
+            power: 2.0,
+            n_mels: 64,
+            fmin: 50.0,
+            fmax: 14_000.0,
+            mel_scale: "slaney".into(),
+            mel_norm: "slaney".into(),
+            log: "db".into(),
+            log_floor: 1e-10,
+        }
+    }
+
+    /// Number of frames for a signal of `samples` samples.
+    pub fn frames(&self, samples: usize) -> usize {
+        if self.center {
+            1 + samples / self.hop_length
+        } else if samples < self.n_fft {
+            0
+        } else {
+            1 + (samples - self.n_fft) / self.hop_length
+        }
+    }
+}
+
+impl Windowing {
+    /// Ten-second windows without overlap, mean-pooled: ESC-50 and most Clotho clips fit one.
+    pub fn ten_seconds() -> Windowing {
+        Windowing { clip_seconds: 10.0, hop_seconds: 10.0, min_seconds: 1.0, pooling: "mean".into() }
+    }
+}
