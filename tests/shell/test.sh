@@ -10,8 +10,11 @@ check() { # name, expected substring, actual
 }
 
 out=$(sqlite3 -bail :memory: < sql/demo.sql 2>&1)
-check "demo runs and ranks the rain caption first for 'storm and downpour'" \
-  "rain falls steadily on a tin roof" "$(echo "$out" | grep -A4 -m1 'distance' | sed -n 3p)"
+status=$?
+check "demo runs to the end" "exit 0" "exit $status"
+# First row under the first KNN table's header ("│ caption │ distance │").
+first_knn_row=$(echo "$out" | grep -A2 -m1 '│ *distance *│' | tail -1)
+check "demo ranks the rain caption first for 'storm and downpour'" "rain falls steadily on a tin roof" "$first_knn_row"
 
 out=$(sqlite3 -bail :memory: 2>&1 <<'SQL'
 .load dist/audiotext0
