@@ -3,8 +3,29 @@
 //! Subcommands:
 //! - `export-text --from DIR --out DIR [--head FILE]`: export a sentence-transformers text
 //!   model (BERT family, e.g. all-MiniLM-L6-v2) to `text.onnx` + `tokenizer.json` + `manifest.json`.
+//! - `fit --data DIR --text-bundle DIR --out RUN_DIR`: contrastive training of the audio encoder
+//!   against the frozen sentence embeddings of the captions (`--resume RUN_DIR` continues).
+//! - `eval --run RUN_DIR | --bundle DIR --data DIR`: retrieval metrics (R@k, mAP@10) both ways.
+//! - `export --run RUN_DIR --out BUNDLE_DIR`: writes `audio.onnx` and the manifest's audio
+//!   section next to the text encoder, then checks ONNX Runtime against the trainer.
+//!
+//! The training framework (burn) lives only in this binary's modules; the library half of the
+//! trainer (`audiotext0::train`: data layouts, splits, metrics, caches) has no burn in it.
 //!
 //! Errors are printed once, with their chain of causes, and the exit code is 2.
+
+mod embed;
+mod eval;
+mod export_audio;
+mod features;
+mod fit;
+mod loss;
+mod model;
+mod plot;
+mod run;
+mod specaug;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,11 +46,16 @@ struct Cli {
     command: Command,
 }
 
-/// One variant per subcommand; `fit`, `eval` and `export` (audio) will join `export-text`.
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Export a sentence-transformers text model (BERT family) to a model bundle folder.
     ExportText(ExportTextArgs),
+    /// Train the audio encoder contrastively against frozen caption embeddings.
+    Fit(fit::FitArgs),
+    /// Evaluate a run or a bundle: text-to-audio and audio-to-text R@1, R@5, R@10, mAP@10.
+    Eval(eval::EvalArgs),
+    /// Export a run's audio encoder to audio.onnx in a bundle folder, and check it.
+    Export(export_audio::ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -68,9 +94,12 @@ fn run() -> Result<ExitCode> {
                 head: args.head,
             })?;
             print_export_text(&report);
-            Ok(ExitCode::SUCCESS)
         }
+        Command::Fit(args) => fit::run(args)?,
+        Command::Eval(args) => eval::run(args)?,
+        Command::Export(args) => export_audio::run(args)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_export_text(r: &ExportTextReport) {

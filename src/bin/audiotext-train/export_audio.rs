@@ -1,0 +1,742 @@
+//! `audiotext-train export`: a run's audio encoder becomes `audio.onnx` plus the manifest's
+//! `audio` section in a bundle folder that holds (or receives) the text encoder it was trained
+//! against; then the export checks itself against the trainer.
+//!
+//! The graph (default domain, opset 17 like `text.onnx`):
+//!
+//! - input `log_mel`, float32 `[batch, 1, frames, n_mels]` (batch and frames dynamic; frames
+//!   must be at least 16, the product of the four 2x2 poolings);
+//! - `bn0` folded into a per-mel `Mul` + `Add` (broadcast over the last axis);
+//! - per block: two `Conv` 3x3 (pads 1) with their BatchNorm folded in
+//!   (`w' = w * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)`), `Relu`, then
+//!   `AveragePool` 2x2 stride 2 (floor, as burn's `AvgPool2d`);
+//! - `ReduceMean` over mels, `ReduceMax` + `ReduceMean` over time, `Add`;
+//! - `MatMul` + `Add` (burn's Linear weight is `[in, out]`, which is MatMul's layout), `Relu`,
+//!   `MatMul` + `Add`;
+//! - `x / max(ReduceL2(x), 1e-12)`; output `embedding`, float32 `[batch, embedding_dim]`.
+//!
+//! A trained text head is appended to the bundle's `text.onnx` (the frozen sentence encoder's
+//! graph, unchanged, then `MatMul` + `Add` and L2 normalisation), so text and audio embeddings
+//! of the bundle live in the same space.
+//!
+//! The check runs `audio.onnx` in ONNX Runtime on real features (batch 1 and batch 3, two frame
+//! counts) and compares with the trainer's own forward pass in validation mode; with a text
+//! head, it also compares the bundle's text encoder with the trainer's head on a few captions.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::nn::BatchNorm;
+use clap::Args;
+use serde_json::{json, Value};
+
+use audiotext0::model::manifest::{AudioInput, AudioSection, Manifest, MANIFEST_FILE};
+use audiotext0::onnx::proto::NodeProto;
+use audiotext0::onnx::{
+    AttributeProto, DataType, GraphBuilder, ModelInfo, ModelProto, TensorProto,
+};
+use audiotext0::train::cache::{default_cache_dir, text_encoder_key, FeatureCache, Features};
+use audiotext0::train::data::Dataset;
+
+use crate::model::{input_tensor, to_vec, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS};
+use crate::run::{device, load_model, ort_runtime, DeviceKind, RunConfig, Which};
+
+pub const AUDIO_OPSET: i64 = 17;
+pub const AUDIO_ONNX_FILE: &str = "audio.onnx";
+pub const INPUT_NAME: &str = "log_mel";
+pub const INPUT_LAYOUT: &str = "batch,1,frames,mels";
+pub const OUTPUT_NAME: &str = "embedding";
+/// Largest accepted |ONNX Runtime - trainer| over every embedding component.
+pub const PARITY_TOLERANCE: f32 = 1e-4;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run folder written by `fit`.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub run: PathBuf,
+    /// Bundle folder to write audio.onnx into. A folder without a manifest receives the text
+    /// encoder of the run's text bundle as well.
+    #[arg(long, value_name = "BUNDLE_DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "best")]
+    pub checkpoint: Which,
+    /// Bundle name for a new manifest [default: the text bundle's name + "-" + the run's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Text bundle the run trained against [default: the one in the run's config].
+    #[arg(long, value_name = "DIR")]
+    pub text_bundle: Option<PathBuf>,
+    /// Cache folder of features (to check the export on real clips).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub ort: Option<PathBuf>,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let config = RunConfig::read(&args.run)?;
+    let device = device(DeviceKind::Flex)?;
+    let (model, state) = load_model(&args.run, &config, args.checkpoint, &device)?;
+    let text_bundle = args
+        .text_bundle
+        .clone()
+        .or(config.text_bundle.clone())
+        .context("the run names no text bundle; pass --text-bundle")?;
+    let inputs = parity_inputs(&config, args.cache.as_deref());
+    let report = export(&ExportJob {
+        run_dir: &args.run,
+        config: &config,
+        model: &model,
+        epoch: state.epoch,
+        out: &args.out,
+        name: args.name.clone(),
+        text_bundle: &text_bundle,
+        parity_inputs: inputs,
+        ort: args.ort.as_deref(),
+    })?;
+    println!(
+        "exported {} (epoch {}) to {}",
+        args.run.display(),
+        state.epoch,
+        args.out.display()
+    );
+    println!(
+        "  {}: {:.1} MB, {:.2} M parameters, opset {AUDIO_OPSET}",
+        report.onnx_path.display(),
+        report.onnx_bytes as f64 / 1e6,
+        report.parameters as f64 / 1e6
+    );
+    if report.text_head {
+        println!(
+            "  text.onnx: the trained text head appended (text max |diff| {:.2e})",
+            report.text_max_diff.unwrap_or(0.0)
+        );
+    }
+    println!("  license: {}", report.license);
+    for line in &report.parity_lines {
+        println!("  parity: {line}");
+    }
+    println!(
+        "  parity: max |diff| {:.2e} (tolerance {PARITY_TOLERANCE:.0e}) on {}",
+        report.max_diff, report.parity_source
+    );
+    Ok(())
+}
+
+/// What to export.
+pub struct ExportJob<'a> {
+    pub run_dir: &'a Path,
+    pub config: &'a RunConfig,
+    /// The model in validation mode.
+    pub model: &'a Contrastive,
+    pub epoch: usize,
+    pub out: &'a Path,
+    pub name: Option<String>,
+    pub text_bundle: &'a Path,
+    /// Feature tensors for the parity check (and where they came from).
+    pub parity_inputs: (Vec<Features>, String),
+    pub ort: Option<&'a Path>,
+}
+
+/// What was exported, and how well ONNX Runtime agrees with the trainer.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub onnx_path: PathBuf,
+    pub onnx_bytes: u64,
+    pub parameters: u64,
+    pub max_diff: f32,
+    pub parity_lines: Vec<String>,
+    pub parity_source: String,
+    pub text_head: bool,
+    pub text_max_diff: Option<f32>,
+    pub license: String,
+}
+
+/// Features for the parity check: up to three validation (else training) clips of the run's
+/// dataset from the feature cache or the front-end; generated features when the data is gone.
+pub fn parity_inputs(config: &RunConfig, cache: Option<&Path>) -> (Vec<Features>, String) {
+    let fe = &config.front_end;
+    let from_data = || -> Result<Vec<Features>> {
+        let data = config.data.as_ref().context("no data")?;
+        let layout = match data.layout.split_once(':') {
+            Some(("clotho", s)) => audiotext0::train::data::Layout::Clotho {
+                split: s.to_string(),
+            },
+            _ => audiotext0::train::data::Layout::Generic,
+        };
+        let set = Dataset::open(&data.root, &layout)?;
+        let mut picked: Vec<&Path> = set
+            .clips
+            .iter()
+            .filter(|c| data.validation_files.contains(&c.file_name))
+            .map(|c| c.path.as_path())
+            .take(3)
+            .collect();
+        if picked.len() < 3 {
+            picked = set.clips.iter().map(|c| c.path.as_path()).take(3).collect();
+        }
+        let cache = FeatureCache::new(Some(
+            &cache
+                .map(Path::to_path_buf)
+                .unwrap_or_else(default_cache_dir),
+        ));
+        let (f, _) = crate::features::dataset_features(&picked, fe, &cache, || {})?;
+        Ok(f.iter().map(|a| (**a).clone()).collect())
+    };
+    match from_data() {
+        Ok(f) if !f.is_empty() => (f, "clips of the training data".into()),
+        other => {
+            if let Err(e) = other {
+                eprintln!("note: checking the export on generated features ({e:#})");
+            }
+            (
+                generated_features(fe.n_mels, 3, 320),
+                "generated features".into(),
+            )
+        }
+    }
+}
+
+/// Log-mel-like values (dB in [-100, 0]) with some structure, for checks without data.
+pub fn generated_features(n_mels: usize, clips: usize, frames: usize) -> Vec<Features> {
+    let mut rng = audiotext0::train::split::SplitMix64::new(17);
+    (0..clips)
+        .map(|c| Features {
+            frames,
+            n_mels,
+            data: (0..frames * n_mels)
+                .map(|i| {
+                    let (t, m) = (i / n_mels, i % n_mels);
+                    let tone = ((t as f64 * 0.05 * (c + 1) as f64).sin() * 20.0) as f32;
+                    -60.0 + tone - m as f32 * 0.3 + (rng.next_f64() as f32 - 0.5) * 10.0
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Writes the bundle and checks it.
+pub fn export(job: &ExportJob) -> Result<ExportReport> {
+    let config = job.config;
+    let enc = &config.model.encoder;
+    std::fs::create_dir_all(job.out)
+        .with_context(|| format!("cannot create {}", job.out.display()))?;
+    let src_manifest = Manifest::read(job.text_bundle)
+        .with_context(|| format!("cannot read the text bundle {}", job.text_bundle.display()))?;
+    let src_key = text_encoder_key(&src_manifest)?;
+    if config.text_key.as_deref().is_some_and(|k| k != src_key) {
+        bail!("the text bundle {} changed since the run was trained (its text encoder differs); pass the original with --text-bundle", job.text_bundle.display());
+    }
+    let same_folder = same_dir(job.out, job.text_bundle);
+    let has_head = job.model.text_head.is_some();
+    if same_folder && has_head {
+        bail!("the run trained a text head, which rewrites text.onnx: export into a new folder, not into the text bundle {}", job.text_bundle.display());
+    }
+
+    // The manifest to extend: the bundle's own, or a copy of the text bundle's.
+    let mut manifest = if job.out.join(MANIFEST_FILE).is_file() {
+        let m = Manifest::read(job.out)?;
+        if m.embedding_dim != enc.embedding_dim {
+            bail!(
+                "{} holds {}-dim embeddings, while the audio encoder outputs {}",
+                job.out.display(),
+                m.embedding_dim,
+                enc.embedding_dim
+            );
+        }
+        if m.text.is_some() && !has_head && text_encoder_key(&m)? != src_key {
+            bail!(
+                "the text encoder in {} is not the one the audio encoder was trained against ({}); export into a new folder",
+                job.out.display(),
+                job.text_bundle.display()
+            );
+        }
+        m
+    } else {
+        let mut m = src_manifest.clone();
+        m.name = job.name.clone().unwrap_or_else(|| {
+            let run = job
+                .run_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("audio");
+            format!("{}-{run}", src_manifest.name)
+        });
+        m.audio = None;
+        m.training = None;
+        m
+    };
+    if let Some(name) = &job.name {
+        manifest.name = name.clone();
+    }
+    let text = src_manifest
+        .text
+        .clone()
+        .context("the text bundle has no text section")?;
+    if !same_folder {
+        for file in [&text.onnx, &text.tokenizer] {
+            if !(has_head && file == &text.onnx) {
+                std::fs::copy(job.text_bundle.join(file), job.out.join(file)).with_context(
+                    || format!("cannot copy {file} from {}", job.text_bundle.display()),
+                )?;
+            }
+        }
+    }
+    let mut text_section = text.clone();
+    if let Some(head) = &job.model.text_head {
+        let original = ModelProto::from_bytes(&std::fs::read(job.text_bundle.join(&text.onnx))?)
+            .with_context(|| format!("cannot parse {}", text.onnx))?;
+        let weight = to_vec(head.weight.val());
+        let bias = head
+            .bias
+            .as_ref()
+            .map(|b| to_vec(b.val()))
+            .unwrap_or_else(|| vec![0.0; enc.embedding_dim]);
+        let patched = append_text_head(original, &text.output, &weight, &bias, enc.embedding_dim)?;
+        std::fs::write(job.out.join(&text.onnx), patched.to_bytes())?;
+        let mut source = text.source.clone().unwrap_or_else(|| json!({}));
+        source["trained_head"] = json!({"run": job.run_dir.display().to_string(), "epoch": job.epoch, "in": enc.embedding_dim, "out": enc.embedding_dim});
+        text_section.source = Some(source);
+    }
+    manifest.text = Some(text_section);
+
+    // audio.onnx
+    let onnx = build_audio_onnx(&job.model.audio, enc);
+    let onnx_path = job.out.join(AUDIO_ONNX_FILE);
+    let bytes = onnx.to_bytes();
+    std::fs::write(&onnx_path, &bytes)
+        .with_context(|| format!("cannot write {}", onnx_path.display()))?;
+
+    let license = license_text(
+        config,
+        manifest
+            .license
+            .as_deref()
+            .or(src_manifest.license.as_deref()),
+    );
+    manifest.license = Some(license.clone());
+    manifest.audio = Some(AudioSection {
+        onnx: AUDIO_ONNX_FILE.into(),
+        front_end: config.front_end.clone(),
+        windowing: config.windowing.clone(),
+        input: AudioInput {
+            name: INPUT_NAME.into(),
+            layout: INPUT_LAYOUT.into(),
+        },
+        output: OUTPUT_NAME.into(),
+        encoder: Some(encoder_json(enc, config)),
+    });
+    let metrics = crate::fit::read_metrics(job.run_dir).unwrap_or_default();
+    let epoch_metrics = metrics
+        .iter()
+        .find(|l| l.epoch == job.epoch)
+        .map(|l| serde_json::to_value(l).unwrap_or(Value::Null));
+    let mut training = match manifest.training.take() {
+        Some(Value::Object(map)) => Value::Object(map),
+        _ => json!({}),
+    };
+    training["audio_encoder"] = json!({
+        "run": job.run_dir.display().to_string(),
+        "epoch": job.epoch,
+        "epochs": config.train.epochs,
+        "data": config.data.as_ref().map(|d| json!({
+            "root": d.root.display().to_string(),
+            "layout": d.layout,
+            "train_clips": d.train_clips,
+            "validation_clips": d.validation_files.len(),
+            "validation": match &d.validation_split {
+                Some(s) => format!("the {s} split"),
+                None => format!("{:.0}% of the recordings (clips of one recording on one side), seed {}", d.validation_fraction * 100.0, d.split_seed),
+            },
+            "license": d.license,
+        })),
+        "text_targets": config.text_model,
+        "loss": "symmetric InfoNCE, soft targets over clips with identical caption sets",
+        "temperature": job.model.temperature(config.model.temperature),
+        "hyperparameters": config.train,
+        "validation_metrics": epoch_metrics,
+        "metric_definitions": "text-to-audio: per caption, rank of its clip; R@k = rank <= k; mAP@10 = mean of 1/rank if rank <= 10 else 0 (DCASE). audio-to-text: per clip, R@k = any of its captions within k; AP@10 over its captions",
+    });
+    manifest.training = Some(training);
+    manifest.write(job.out)?;
+
+    // Checks.
+    let rt = ort_runtime(job.ort)?;
+    let (inputs, source) = &job.parity_inputs;
+    let (max_diff, lines) = audio_parity(job.model, &onnx_path, inputs, enc, rt)?;
+    if max_diff > PARITY_TOLERANCE {
+        bail!("audio.onnx differs from the trainer by {max_diff:.2e} (> {PARITY_TOLERANCE:.0e}); the export is wrong, do not use {}", job.out.display());
+    }
+    let text_max_diff = if has_head {
+        Some(text_parity(job, &src_manifest)?)
+    } else {
+        None
+    };
+    if let Some(d) = text_max_diff {
+        if d > PARITY_TOLERANCE {
+            bail!("the text.onnx with the trained head differs from the trainer by {d:.2e} (> {PARITY_TOLERANCE:.0e})");
+        }
+    }
+    Ok(ExportReport {
+        onnx_path,
+        onnx_bytes: bytes.len() as u64,
+        parameters: enc.parameter_count() as u64,
+        max_diff,
+        parity_lines: lines,
+        parity_source: source.clone(),
+        text_head: has_head,
+        text_max_diff,
+        license,
+    })
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The licence of the bundle: the audio encoder inherits the terms of its training data.
+fn license_text(config: &RunConfig, text_license: Option<&str>) -> String {
+    let text_part = text_license.map(|t| {
+        // A re-export replaces the audio part of an earlier combined licence.
+        t.split_once("; text encoder: ")
+            .map(|(_, t)| t.to_string())
+            .unwrap_or_else(|| t.to_string())
+    });
+    let data = config.data.as_ref();
+    let data_license = data.and_then(|d| d.license.clone());
+    let root = data
+        .map(|d| d.root.display().to_string())
+        .unwrap_or_default();
+    let audio = match data_license {
+        Some(l) if l.contains("NC") => format!(
+            "audio encoder: {l}, inherited from its training data ({root}): non-commercial use only, with attribution"
+        ),
+        Some(l) => format!("audio encoder: {l}, inherited from its training data ({root})"),
+        None => format!("audio encoder: trained on {root}, whose licence is not recorded; check the data's terms before use"),
+    };
+    match text_part {
+        Some(t) => format!("{audio}; text encoder: {t}"),
+        None => audio,
+    }
+}
+
+fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
+    json!({
+        "architecture": "CNN10-style (PANNs, Kong et al. 2020)",
+        "input_norm": "BatchNorm over mel bands (folded into Mul + Add)",
+        "blocks": enc.channels.iter().map(|c| json!({"conv": "2 x (3x3 conv + BatchNorm (folded) + ReLU)", "channels": c, "pool": "avg 2x2"})).collect::<Vec<_>>(),
+        "pooling": "mean over mels, then max + mean over time",
+        "head": format!("Linear {} -> {} + ReLU, Linear {} -> {}, L2-normalised", enc.channels.last().copied().unwrap_or(0), enc.fc_dim, enc.fc_dim, enc.embedding_dim),
+        "min_frames": enc.min_frames(),
+        "parameters": enc.parameter_count(),
+        "batchnorm_epsilon": enc.bn_epsilon,
+        "config": enc,
+        "text_head": config.model.text_head,
+        "opset": AUDIO_OPSET,
+        "exported_by": format!("audiotext-train {}", env!("CARGO_PKG_VERSION")),
+    })
+}
+
+/// `(scale, shift)` of a BatchNorm in inference mode: `y = x * scale + shift`.
+fn bn_affine(bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
+    let gamma = to_vec(bn.gamma.val());
+    let beta = to_vec(bn.beta.val());
+    let mean = to_vec(bn.running_mean.value());
+    let var = to_vec(bn.running_var.value());
+    let mut scale = Vec::with_capacity(gamma.len());
+    let mut shift = Vec::with_capacity(gamma.len());
+    for i in 0..gamma.len() {
+        let s = gamma[i] as f64 / (var[i] as f64 + bn.epsilon).sqrt();
+        scale.push(s as f32);
+        shift.push((beta[i] as f64 - mean[i] as f64 * s) as f32);
+    }
+    (scale, shift)
+}
+
+/// The ONNX graph of an encoder (see the module docs).
+pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig) -> ModelProto {
+    let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
+    let n_mels = enc.n_mels as i64;
+    let mut x = g.input(
+        INPUT_NAME,
+        DataType::Float,
+        &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
+    );
+    let (s0, b0) = bn_affine(&model.bn0);
+    let s0 = g.initializer_f32("bn0.scale", &[n_mels], &s0);
+    let b0 = g.initializer_f32("bn0.shift", &[n_mels], &b0);
+    x = g.node("Mul", &[&x, &s0], vec![]);
+    x = g.node("Add", &[&x, &b0], vec![]);
+    for (i, block) in model.blocks.iter().enumerate() {
+        for (j, (conv, bn)) in [(&block.conv1, &block.bn1), (&block.conv2, &block.bn2)]
+            .into_iter()
+            .enumerate()
+        {
+            let w = to_vec(conv.weight.val());
+            let dims = conv.weight.val().dims();
+            let (scale, shift) = bn_affine(bn);
+            let per_out = w.len() / dims[0];
+            let folded: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(k, v)| v * scale[k / per_out])
+                .collect();
+            let mut bias = shift;
+            if let Some(b) = &conv.bias {
+                for (o, v) in to_vec(b.val()).into_iter().enumerate() {
+                    bias[o] += v * scale[o];
+                }
+            }
+            let name = format!("block{}.conv{}", i + 1, j + 1);
+            let wd: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+            let w = g.initializer_f32(&format!("{name}.weight"), &wd, &folded);
+            let b = g.initializer_f32(&format!("{name}.bias"), &[wd[0]], &bias);
+            let y = g.node(
+                "Conv",
+                &[&x, &w, &b],
+                vec![
+                    AttributeProto::ints("kernel_shape", &[wd[2], wd[3]]),
+                    AttributeProto::ints("pads", &[1, 1, 1, 1]),
+                    AttributeProto::ints("strides", &[1, 1]),
+                    AttributeProto::ints("dilations", &[1, 1]),
+                    AttributeProto::int("group", 1),
+                ],
+            );
+            x = g.node("Relu", &[&y], vec![]);
+        }
+        x = g.node(
+            "AveragePool",
+            &[&x],
+            vec![
+                AttributeProto::ints("kernel_shape", &[2, 2]),
+                AttributeProto::ints("strides", &[2, 2]),
+            ],
+        );
+    }
+    let x = g.reduce("ReduceMean", &x, &[3], false);
+    let max = g.reduce("ReduceMax", &x, &[2], false);
+    let mean = g.reduce("ReduceMean", &x, &[2], false);
+    let x = g.node("Add", &[&max, &mean], vec![]);
+    let linear = |g: &mut GraphBuilder, hint: &str, x: &str, l: &burn::nn::Linear| {
+        let dims = l.weight.val().dims();
+        let w = g.initializer_f32(
+            &format!("{hint}.weight"),
+            &[dims[0] as i64, dims[1] as i64],
+            &to_vec(l.weight.val()),
+        );
+        let y = g.node("MatMul", &[x, &w], vec![]);
+        match &l.bias {
+            Some(b) => {
+                let b =
+                    g.initializer_f32(&format!("{hint}.bias"), &[dims[1] as i64], &to_vec(b.val()));
+                g.node("Add", &[&y, &b], vec![])
+            }
+            None => y,
+        }
+    };
+    let x = linear(&mut g, "fc", &x, &model.fc);
+    let x = g.node("Relu", &[&x], vec![]);
+    let x = linear(&mut g, "proj", &x, &model.proj);
+    let norm = g.node(
+        "ReduceL2",
+        &[&x],
+        vec![
+            AttributeProto::ints("axes", &[1]),
+            AttributeProto::int("keepdims", 1),
+        ],
+    );
+    let eps = g.scalar_f32("norm_eps", NORM_EPS);
+    let norm = g.node("Max", &[&norm, &eps], vec![]);
+    g.node_to("Div", &[&x, &norm], vec![], &[OUTPUT_NAME]);
+    g.output(
+        OUTPUT_NAME,
+        DataType::Float,
+        &["batch".into(), (enc.embedding_dim as i64).into()],
+    );
+    g.finish(ModelInfo {
+        producer_name: "audiotext-train".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: Some(
+            "log-mel [batch, 1, frames, mels] -> L2-normalised audio embedding".into(),
+        ),
+        metadata: vec![("layout".into(), INPUT_LAYOUT.into())],
+    })
+}
+
+/// Appends `normalize(x @ weight + bias)` after the output `output` of a text graph.
+/// `weight` is `[dim, dim]` in MatMul layout (burn's Linear layout).
+pub fn append_text_head(
+    mut model: ModelProto,
+    output: &str,
+    weight: &[f32],
+    bias: &[f32],
+    dim: usize,
+) -> Result<ModelProto> {
+    let graph = model.graph.as_mut().context("text.onnx has no graph")?;
+    let base = format!("{output}_sentence");
+    let mut found = false;
+    for node in &mut graph.node {
+        for o in &mut node.output {
+            if o == output {
+                *o = base.clone();
+                found = true;
+            }
+        }
+    }
+    if !found {
+        bail!("text.onnx has no node producing {output:?}");
+    }
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.as_deref().unwrap_or("").is_empty())
+        .and_then(|o| o.version)
+        .unwrap_or(17);
+    if opset >= 18 {
+        bail!("text.onnx uses opset {opset}; appending a head is implemented for opset 13-17");
+    }
+    let w = TensorProto::from_f32("text_head.weight", &[dim as i64, dim as i64], weight);
+    let b = TensorProto::from_f32("text_head.bias", &[dim as i64], bias);
+    let eps = TensorProto::from_f32("text_head.norm_eps", &[], &[NORM_EPS]);
+    graph.initializer.extend([w, b, eps]);
+    let node =
+        |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: Some(format!("text_head.{op}.{output}")),
+            op_type: Some(op.to_string()),
+            attribute,
+            ..Default::default()
+        };
+    graph.node.extend([
+        node(
+            "MatMul",
+            &[&base, "text_head.weight"],
+            "text_head.matmul",
+            vec![],
+        ),
+        node(
+            "Add",
+            &["text_head.matmul", "text_head.bias"],
+            "text_head.linear",
+            vec![],
+        ),
+        node(
+            "ReduceL2",
+            &["text_head.linear"],
+            "text_head.norm",
+            vec![
+                AttributeProto::ints("axes", &[1]),
+                AttributeProto::int("keepdims", 1),
+            ],
+        ),
+        node(
+            "Max",
+            &["text_head.norm", "text_head.norm_eps"],
+            "text_head.norm_clamped",
+            vec![],
+        ),
+        node(
+            "Div",
+            &["text_head.linear", "text_head.norm_clamped"],
+            output,
+            vec![],
+        ),
+    ]);
+    Ok(model)
+}
+
+/// Runs `audio.onnx` in ONNX Runtime and the trainer's encoder on the same inputs: batch 1 at
+/// full length, and batch 3 (clips repeated if needed) cropped to a shorter common length.
+pub fn audio_parity(
+    model: &Contrastive,
+    onnx_path: &Path,
+    clips: &[Features],
+    enc: &EncoderConfig,
+    rt: &audiotext0::model::runtime::Runtime,
+) -> Result<(f32, Vec<String>)> {
+    if clips.is_empty() {
+        bail!("no features to check the export with");
+    }
+    let device = model.audio.fc.weight.val().device();
+    let (mut session, placement) = rt.session(onnx_path)?;
+    let mels = enc.n_mels;
+    let first = &clips[0];
+    let short = (first.frames * 3 / 5).max(enc.min_frames());
+    let mut cases: Vec<(usize, usize, Vec<f32>)> = vec![(1, first.frames, first.data.clone())];
+    let mut batch = Vec::new();
+    for i in 0..3 {
+        let c = &clips[i % clips.len()];
+        let offset = if i >= clips.len() {
+            c.frames.saturating_sub(short)
+        } else {
+            0
+        };
+        let mut crop = c.crop(offset, short);
+        crop = crate::run::pad_frames(&crop, short, -100.0);
+        batch.extend_from_slice(&crop.data);
+    }
+    cases.push((3, short, batch));
+    let mut worst = 0f32;
+    let mut lines = Vec::new();
+    for (b, frames, values) in cases {
+        let expected =
+            to_vec(
+                model
+                    .audio
+                    .forward(input_tensor(values.clone(), b, frames, mels, &device)),
+            );
+        let input =
+            ort::value::Tensor::from_array(([b as i64, 1, frames as i64, mels as i64], values))?;
+        let outputs = session.run(ort::inputs![INPUT_NAME => input])?;
+        let output = outputs
+            .get(OUTPUT_NAME)
+            .context("audio.onnx has no output \"embedding\"")?;
+        let (shape, got) = output.try_extract_tensor::<f32>()?;
+        if shape.len() != 2 || shape[0] as usize != b || shape[1] as usize != enc.embedding_dim {
+            bail!(
+                "audio.onnx returned shape {:?}, expected [{b}, {}]",
+                shape.to_vec(),
+                enc.embedding_dim
+            );
+        }
+        let diff = expected
+            .iter()
+            .zip(got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(diff);
+        lines.push(format!(
+            "batch {b} x {frames} frames: max |diff| {diff:.2e} ({})",
+            placement.provider
+        ));
+    }
+    Ok((worst, lines))
+}
+
+/// Embeds a few captions with the bundle's (patched) text encoder and with the trainer's head
+/// on the text bundle's embeddings; returns the largest difference.
+fn text_parity(job: &ExportJob, _src: &Manifest) -> Result<f32> {
+    let captions = [
+        "a dog barks",
+        "rain falls on a tin roof",
+        "a car passes by on a wet road",
+    ];
+    let original = audiotext0::model::Bundle::open(job.text_bundle)?
+        .text_encoder()?
+        .embed(&captions)?;
+    let exported = audiotext0::model::Bundle::open(job.out)?
+        .text_encoder()?
+        .embed(&captions)?;
+    let device = job.model.audio.fc.weight.val().device();
+    let expected = crate::run::embed_texts(job.model, &original, &device);
+    Ok(expected
+        .iter()
+        .flatten()
+        .zip(exported.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max))
+}

@@ -1,0 +1,353 @@
+//! The audio encoder (CNN10-style) and the contrastive model around it.
+//!
+//! Architecture (after PANNs' CNN10, Kong et al. 2020, `pytorch/models.py` of
+//! qiuqiangkong/audioset_tagging_cnn), for an input `[batch, 1, frames, mels]` of log-mel:
+//!
+//! 1. `bn0`: BatchNorm over the mel bands (each band normalised with its own statistics, as
+//!    PANNs' `bn0` on the transposed input): log-mel in dB has a large offset and scale.
+//! 2. Four conv blocks; each is two (3x3 conv, no bias, padding 1) + BatchNorm + ReLU, then
+//!    2x2 average pooling (floor) and dropout. Channels 64, 128, 256, 512 by default.
+//! 3. Mean over the mel axis, then max + mean over time (PANNs' `x1 + x2`).
+//! 4. Dropout, `fc` + ReLU, `proj` Linear to the text embedding size, L2 normalisation
+//!    (`x / max(|x|, 1e-12)`).
+//!
+//! The text side is a frozen sentence embedding (computed once, already L2-normalised) with an
+//! optional trainable linear head initialised to the identity, then L2 normalisation. The
+//! similarity scale `1/temperature` is learnable (stored as its log, CLIP-style) or fixed.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
+};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
+
+/// Smallest norm divided by in L2 normalisation (as `torch.nn.functional.normalize`).
+pub const NORM_EPS: f32 = 1e-12;
+/// Upper bound of the learnable similarity scale (CLIP clamps `logit_scale` at 100).
+pub const MAX_SCALE: f32 = 100.0;
+
+/// Shape of the encoder; stored in the run folder and in the bundle manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    /// Mel bands of the input (the front-end's `n_mels`).
+    pub n_mels: usize,
+    /// Output channels of the conv blocks; each block halves time and mel resolution.
+    pub channels: Vec<usize>,
+    /// Width of the hidden fully connected layer.
+    pub fc_dim: usize,
+    /// Output size: the text embedding size.
+    pub embedding_dim: usize,
+    /// Dropout after each conv block (training only).
+    pub block_dropout: f64,
+    /// Dropout before the fully connected layer (training only).
+    pub head_dropout: f64,
+    /// BatchNorm epsilon of every BatchNorm layer.
+    pub bn_epsilon: f64,
+}
+
+impl EncoderConfig {
+    /// The CNN10 shape: channels 64, 128, 256, 512, fc 512.
+    pub fn cnn10(n_mels: usize, embedding_dim: usize) -> EncoderConfig {
+        EncoderConfig {
+            n_mels,
+            channels: vec![64, 128, 256, 512],
+            fc_dim: 512,
+            embedding_dim,
+            block_dropout: 0.2,
+            head_dropout: 0.5,
+            bn_epsilon: 1e-5,
+        }
+    }
+
+    /// A shape of the given width: channels `w, 2w, 4w, 8w`, fc `8w` (`w = 64` is CNN10).
+    pub fn with_width(mut self, width: usize) -> EncoderConfig {
+        self.channels = (0..4).map(|i| width << i).collect();
+        self.fc_dim = width * 8;
+        self
+    }
+
+    /// Fewest frames an input must have (each block halves the time axis, flooring).
+    pub fn min_frames(&self) -> usize {
+        1 << self.channels.len()
+    }
+
+    /// Number of trainable parameters (BatchNorm running statistics excluded).
+    pub fn parameter_count(&self) -> usize {
+        let mut n = 2 * self.n_mels;
+        let mut c_in = 1;
+        for &c in &self.channels {
+            n += 9 * c_in * c + 2 * c + 9 * c * c + 2 * c;
+            c_in = c;
+        }
+        n + c_in * self.fc_dim + self.fc_dim + self.fc_dim * self.embedding_dim + self.embedding_dim
+    }
+
+    pub fn init(&self, device: &Device) -> AudioEncoder {
+        assert!(!self.channels.is_empty(), "at least one conv block");
+        let mut blocks = Vec::new();
+        let mut c_in = 1;
+        for &c in &self.channels {
+            blocks.push(ConvBlock::new(c_in, c, self, device));
+            c_in = c;
+        }
+        AudioEncoder {
+            bn0: BatchNormConfig::new(self.n_mels)
+                .with_epsilon(self.bn_epsilon)
+                .init(device),
+            blocks,
+            dropout: DropoutConfig::new(self.head_dropout).init(),
+            fc: LinearConfig::new(c_in, self.fc_dim).init(device),
+            proj: LinearConfig::new(self.fc_dim, self.embedding_dim).init(device),
+        }
+    }
+}
+
+/// Two 3x3 conv + BatchNorm + ReLU, then 2x2 average pooling and dropout.
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    pub pool: AvgPool2d,
+    pub dropout: Dropout,
+}
+
+impl ConvBlock {
+    fn new(c_in: usize, c_out: usize, config: &EncoderConfig, device: &Device) -> ConvBlock {
+        let conv = |a, b| {
+            Conv2dConfig::new([a, b], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_bias(false)
+                .init(device)
+        };
+        let bn = || {
+            BatchNormConfig::new(c_out)
+                .with_epsilon(config.bn_epsilon)
+                .init(device)
+        };
+        ConvBlock {
+            conv1: conv(c_in, c_out),
+            bn1: bn(),
+            conv2: conv(c_out, c_out),
+            bn2: bn(),
+            pool: AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            dropout: DropoutConfig::new(config.block_dropout).init(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = relu(self.bn2.forward(self.conv2.forward(x)));
+        self.dropout.forward(self.pool.forward(x))
+    }
+}
+
+/// The audio encoder: log-mel `[batch, 1, frames, mels]` to an L2-normalised embedding.
+#[derive(Module, Debug)]
+pub struct AudioEncoder {
+    pub bn0: BatchNorm,
+    pub blocks: Vec<ConvBlock>,
+    pub dropout: Dropout,
+    pub fc: Linear,
+    pub proj: Linear,
+}
+
+impl AudioEncoder {
+    /// `[batch, 1, frames, mels]` -> `[batch, embedding_dim]`, L2-normalised.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        // bn0 normalises each mel band: move mels to the channel axis and back.
+        let x = self.bn0.forward(x.swap_dims(1, 3)).swap_dims(1, 3);
+        let mut x = x;
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        // [b, c, t, m] -> mean over mels -> [b, c, t]
+        let x: Tensor<3> = x.mean_dim(3).squeeze_dim(3);
+        let pooled = x.clone().max_dim(2) + x.mean_dim(2);
+        let x: Tensor<2> = pooled.squeeze_dim(2);
+        let x = relu(self.fc.forward(self.dropout.forward(x)));
+        l2_normalize(self.proj.forward(x))
+    }
+}
+
+/// `x / max(|x|, 1e-12)` along the last axis of a `[batch, dim]` tensor.
+pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(NORM_EPS);
+    x / norm
+}
+
+/// Everything that trains: the audio encoder, the optional text head, the similarity scale.
+#[derive(Module, Debug)]
+pub struct Contrastive {
+    pub audio: AudioEncoder,
+    /// Linear map applied to the (normalised) sentence embedding, then normalised again.
+    pub text_head: Option<Linear>,
+    /// `ln(1/temperature)`, learnable; `None` when the temperature is fixed.
+    pub log_scale: Option<Param<Tensor<1>>>,
+}
+
+/// How the contrastive model is built around the encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContrastiveConfig {
+    pub encoder: EncoderConfig,
+    /// Train a linear head on the text side (initialised to the identity).
+    pub text_head: bool,
+    /// Initial (or fixed) temperature of the softmax over similarities.
+    pub temperature: f64,
+    /// Whether the temperature is learned.
+    pub learn_temperature: bool,
+}
+
+impl ContrastiveConfig {
+    pub fn init(&self, device: &Device) -> Contrastive {
+        let d = self.encoder.embedding_dim;
+        let text_head = self.text_head.then(|| {
+            let mut head = LinearConfig::new(d, d).init(device);
+            head.weight = Param::from_tensor(Tensor::eye(d, device));
+            head.bias = Some(Param::from_tensor(Tensor::zeros([d], device)));
+            head
+        });
+        let log_scale = self.learn_temperature.then(|| {
+            Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![(1.0 / self.temperature).ln() as f32], [1]),
+                device,
+            ))
+        });
+        Contrastive {
+            audio: self.encoder.init(device),
+            text_head,
+            log_scale,
+        }
+    }
+}
+
+impl Contrastive {
+    /// Text embeddings `[batch, dim]` through the head (if any), L2-normalised.
+    pub fn text(&self, text: Tensor<2>) -> Tensor<2> {
+        match &self.text_head {
+            Some(head) => l2_normalize(head.forward(text)),
+            None => text,
+        }
+    }
+
+    /// The similarity scale `1/temperature` as a `[1]` tensor (clamped at [`MAX_SCALE`]).
+    pub fn scale(&self, fixed_temperature: f64, device: &Device) -> Tensor<1> {
+        match &self.log_scale {
+            Some(p) => p.val().exp().clamp_max(MAX_SCALE),
+            None => Tensor::from_data(
+                TensorData::new(vec![(1.0 / fixed_temperature) as f32], [1]),
+                device,
+            ),
+        }
+    }
+
+    /// The current temperature as a number (for logs).
+    pub fn temperature(&self, fixed_temperature: f64) -> f64 {
+        match &self.log_scale {
+            Some(p) => {
+                let v = to_vec(p.val())[0] as f64;
+                1.0 / v.exp().min(MAX_SCALE as f64)
+            }
+            None => fixed_temperature,
+        }
+    }
+}
+
+/// A tensor's values as a flat `Vec<f32>` (row-major).
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    let data = t.into_data();
+    match data.as_slice::<f32>() {
+        Ok(s) => s.to_vec(),
+        Err(_) => data
+            .convert::<f32>()
+            .as_slice::<f32>()
+            .expect("f32 data")
+            .to_vec(),
+    }
+}
+
+/// A `[batch, 1, frames, mels]` tensor from row-major values.
+pub fn input_tensor(
+    values: Vec<f32>,
+    batch: usize,
+    frames: usize,
+    mels: usize,
+    device: &Device,
+) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values, [batch, 1, frames, mels]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn tiny() -> EncoderConfig {
+        EncoderConfig {
+            n_mels: 16,
+            embedding_dim: 8,
+            ..EncoderConfig::cnn10(16, 8)
+        }
+        .with_width(4)
+    }
+
+    #[test]
+    fn shapes_norms_and_parameter_count() {
+        let device = Device::flex();
+        let config = tiny();
+        let encoder = config.init(&device).valid();
+        for frames in [16, 37, 64] {
+            let x = input_tensor(
+                (0..3 * frames * 16)
+                    .map(|i| ((i * 7919) % 23) as f32 - 11.0)
+                    .collect(),
+                3,
+                frames,
+                16,
+                &device,
+            );
+            let y = encoder.forward(x);
+            assert_eq!(y.dims(), [3, 8]);
+            for row in to_vec(y).chunks(8) {
+                let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                assert!((n - 1.0).abs() < 1e-5, "norm {n}");
+            }
+        }
+        assert_eq!(
+            config.parameter_count(),
+            encoder.num_params() - 2 * (16 + 4 + 4 + 8 + 8 + 16 + 16 + 32 + 32)
+        );
+        assert_eq!(
+            EncoderConfig::cnn10(64, 384).with_width(64),
+            EncoderConfig::cnn10(64, 384)
+        );
+    }
+
+    #[test]
+    fn text_head_starts_as_identity() {
+        let device = Device::flex();
+        let config = ContrastiveConfig {
+            encoder: tiny(),
+            text_head: true,
+            temperature: 0.07,
+            learn_temperature: true,
+        };
+        let model = config.init(&device);
+        let t = l2_normalize(Tensor::from_data(
+            TensorData::new(
+                (0..16).map(|i| i as f32 - 3.0).collect::<Vec<f32>>(),
+                [2, 8],
+            ),
+            &device,
+        ));
+        let a = to_vec(t.clone());
+        let b = to_vec(model.text(t));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6));
+        assert!((model.temperature(0.5) - 0.07).abs() < 1e-6);
+        assert!((to_vec(model.scale(0.5, &device))[0] - 1.0 / 0.07).abs() < 1e-3);
+    }
+}

@@ -1,0 +1,466 @@
+//! A run folder (what `fit` writes, `eval` and `export` read), the compute device, ONNX Runtime
+//! lookup, and embedding clips with a trained encoder.
+//!
+//! Run folder:
+//! - `config.json`: [`RunConfig`], everything needed to rebuild the model and its inputs;
+//! - `metrics.jsonl`: one JSON object per epoch;
+//! - `loss.png`, `metrics.png`: plots of the above;
+//! - `checkpoints/`: `last.model.bpk` + `last.optim.bpk` + `last.json` (resume point),
+//!   `best.model.bpk` + `best.json` (best validation mAP@10), and `epoch-NNN.model.bpk` for
+//!   the most recent epochs. `.bpk` files are burn records (burnpack).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use audiotext0::audio::{FrontEnd, Windowing};
+use audiotext0::model::runtime::{self, Runtime};
+use audiotext0::train::cache::Features;
+
+use crate::model::{input_tensor, to_vec, Contrastive, ContrastiveConfig};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
+/// Training hyper-parameters (flags of `fit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Linear warm-up length in epochs (may be fractional).
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Longest training crop in frames (longer clips are cropped at random).
+    pub max_frames: usize,
+    pub specaug: crate::specaug::SpecAugment,
+    /// Gradient norm clipping (0 = off).
+    pub clip_grad_norm: f64,
+    /// Number of epoch checkpoints to keep besides `last` and `best`.
+    pub keep_checkpoints: usize,
+}
+
+/// Where the data came from and how it was split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub root: PathBuf,
+    /// `generic` or `clotho:<split>`.
+    pub layout: String,
+    /// Clotho: the split used for validation; generic: none (split by recording).
+    pub validation_split: Option<String>,
+    pub validation_fraction: f64,
+    pub split_seed: u64,
+    pub train_clips: usize,
+    pub validation_files: Vec<String>,
+    /// Licence of the data, read from the dataset's LICENSE file when present.
+    pub license: Option<String>,
+}
+
+/// `config.json` of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub format_version: u32,
+    pub model: ContrastiveConfig,
+    pub train: TrainOptions,
+    pub front_end: FrontEnd,
+    pub windowing: Windowing,
+    pub data: Option<DataInfo>,
+    /// The text bundle whose embeddings were the targets.
+    pub text_bundle: Option<PathBuf>,
+    /// Key of its text encoder (see `audiotext0::train::cache::text_encoder_key`).
+    pub text_key: Option<String>,
+    /// The text bundle's name (e.g. all-MiniLM-L6-v2).
+    pub text_model: Option<String>,
+}
+
+pub const RUN_FORMAT_VERSION: u32 = 1;
+
+impl RunConfig {
+    pub fn read(run_dir: &Path) -> Result<RunConfig> {
+        let path = run_dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}; is {} a run folder written by `audiotext-train fit`?",
+                path.display(),
+                run_dir.display()
+            )
+        })?;
+        let config: RunConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid run config", path.display()))?;
+        if config.format_version != RUN_FORMAT_VERSION {
+            bail!(
+                "{} has format_version {}, this build reads {RUN_FORMAT_VERSION}",
+                path.display(),
+                config.format_version
+            );
+        }
+        Ok(config)
+    }
+
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let path = run_dir.join(CONFIG_FILE);
+        std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// Frames of a window of `clip_seconds` (as the front-end counts frames).
+pub fn window_frames(fe: &FrontEnd, w: &Windowing) -> usize {
+    fe.frames((w.clip_seconds as f64 * fe.sample_rate as f64).round() as usize)
+}
+
+/// Progress of a run, saved with each checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Epochs completed (1-based count).
+    pub epoch: usize,
+    /// Optimizer steps done.
+    pub step: usize,
+    pub best_epoch: Option<usize>,
+    pub best_map10: Option<f64>,
+}
+
+/// Which checkpoint to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Best,
+    Last,
+}
+
+impl Which {
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Which::Best => "best",
+            Which::Last => "last",
+        }
+    }
+}
+
+pub fn checkpoint_path(run_dir: &Path, stem: &str, kind: &str) -> PathBuf {
+    run_dir
+        .join(CHECKPOINT_DIR)
+        .join(format!("{stem}.{kind}.bpk"))
+}
+
+/// Loads a run's model (in validation mode, on `device`).
+pub fn load_model(
+    run_dir: &Path,
+    config: &RunConfig,
+    which: Which,
+    device: &Device,
+) -> Result<(Contrastive, CheckpointState)> {
+    let mut stem = which.file_stem();
+    if which == Which::Best && !checkpoint_path(run_dir, "best", "model").is_file() {
+        // A run without validation has no best checkpoint.
+        eprintln!(
+            "note: {} has no best checkpoint, using the last one",
+            run_dir.display()
+        );
+        stem = "last";
+    }
+    let path = checkpoint_path(run_dir, stem, "model");
+    if !path.is_file() {
+        bail!(
+            "{} not found; the run has no completed epoch yet",
+            path.display()
+        );
+    }
+    let record = burn::store::ModuleRecord::load(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let model = config
+        .model
+        .init(device)
+        .try_load_record(record)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{} does not fit the run's model config: {e}",
+                path.display()
+            )
+        })?;
+    let state_path = run_dir.join(CHECKPOINT_DIR).join(format!("{stem}.json"));
+    let state: CheckpointState = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("cannot read {}", state_path.display()))?,
+    )?;
+    Ok((model.valid(), state))
+}
+
+/// The compute device for training and inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+pub enum DeviceKind {
+    /// burn's pure-Rust CPU backend (multi-threaded, SIMD).
+    #[default]
+    Flex,
+    /// NVIDIA GPU (build with `--features train-cuda`).
+    Cuda,
+    /// Any GPU through wgpu (build with `--features train-wgpu`).
+    Wgpu,
+}
+
+pub fn device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Flex => Ok(Device::flex()),
+        #[cfg(feature = "train-cuda")]
+        DeviceKind::Cuda => Ok(Device::cuda(0)),
+        #[cfg(not(feature = "train-cuda"))]
+        DeviceKind::Cuda => bail!("this audiotext-train was built without CUDA; rebuild with `cargo build --release --features train-cuda`"),
+        #[cfg(feature = "train-wgpu")]
+        DeviceKind::Wgpu => Ok(Device::wgpu(Default::default())),
+        #[cfg(not(feature = "train-wgpu"))]
+        DeviceKind::Wgpu => bail!("this audiotext-train was built without wgpu; rebuild with `cargo build --release --features train-wgpu`"),
+    }
+}
+
+/// Loads ONNX Runtime: `--ort PATH` when given; else `$AUDIOTEXT_ORT_DYLIB` / `$ORT_DYLIB_PATH`;
+/// else `libonnxruntime.so` next to this executable, in `dist/` of an ancestor folder of the
+/// executable (a cargo build tree), or in `dist/` of the working folder; else the system path.
+pub fn ort_runtime(flag: Option<&Path>) -> Result<&'static Runtime> {
+    if let Some(path) = flag {
+        return Ok(runtime::runtime_from(path)?);
+    }
+    if let Some(rt) = runtime::loaded_runtime() {
+        return Ok(rt);
+    }
+    if runtime::DYLIB_ENV_VARS
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+    {
+        return Ok(runtime::runtime()?);
+    }
+    for candidate in ort_candidates() {
+        if candidate.is_file() {
+            return Ok(runtime::runtime_from(&candidate)?);
+        }
+    }
+    Ok(runtime::runtime()?)
+}
+
+fn ort_candidates() -> Vec<PathBuf> {
+    const NAME: &str = "libonnxruntime.so";
+    let mut out = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        let exe = exe.canonicalize().unwrap_or(exe);
+        if let Some(dir) = exe.parent() {
+            out.push(dir.join(NAME));
+            for ancestor in dir.ancestors().skip(1).take(4) {
+                out.push(ancestor.join("dist").join(NAME));
+            }
+        }
+    }
+    out.push(PathBuf::from("dist").join(NAME));
+    out
+}
+
+/// Splits a clip's features into inference windows following the manifest's windowing (cut
+/// from the whole clip's features, where the extension computes each window's own): windows of
+/// `window` frames every `hop` frames; a trailing window shorter than `min` frames is dropped
+/// unless it is the only one; a clip shorter than a window is one window of its own length.
+pub fn windows(features: &Features, window: usize, hop: usize, min: usize) -> Vec<Features> {
+    if features.frames <= window {
+        return vec![features.clone()];
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < features.frames {
+        let len = (features.frames - start).min(window);
+        if len < min && !out.is_empty() {
+            break;
+        }
+        out.push(features.crop(start, len));
+        if start + window >= features.frames {
+            break;
+        }
+        start += hop;
+    }
+    out
+}
+
+/// How clips become inference windows.
+#[derive(Debug, Clone)]
+pub struct WindowPlan {
+    pub window: usize,
+    pub hop: usize,
+    pub min: usize,
+    /// The encoder's smallest input; shorter windows are padded with silence.
+    pub min_frames: usize,
+    pub pad: f32,
+}
+
+impl WindowPlan {
+    pub fn new(fe: &FrontEnd, w: &Windowing, min_frames: usize) -> WindowPlan {
+        let window = window_frames(fe, w);
+        let frames_per_second = fe.sample_rate as f64 / fe.hop_length as f64;
+        WindowPlan {
+            window,
+            hop: (w.hop_seconds as f64 * frames_per_second).round().max(1.0) as usize,
+            min: ((w.min_seconds as f64 * frames_per_second).round() as usize).min(window),
+            min_frames,
+            pad: pad_value(fe),
+        }
+    }
+}
+
+/// Embeds clips: each clip is cut into windows, windows of equal length are batched (at most
+/// `batch_size`) and given to `encode(values, batch, frames, mels)`, which returns `batch` rows
+/// of `dim` values; window embeddings are averaged per clip and L2-normalised.
+pub fn embed_windows(
+    clips: &[&Features],
+    plan: &WindowPlan,
+    dim: usize,
+    batch_size: usize,
+    mut encode: impl FnMut(Vec<f32>, usize, usize, usize) -> Result<Vec<f32>>,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
+    let mut by_len: std::collections::BTreeMap<usize, Vec<(usize, Features)>> = Default::default();
+    for (i, f) in clips.iter().enumerate() {
+        for mut win in windows(f, plan.window, plan.hop, plan.min) {
+            if win.frames < plan.min_frames {
+                win = pad_frames(&win, plan.min_frames, plan.pad);
+            }
+            by_len.entry(win.frames).or_default().push((i, win));
+        }
+    }
+    let mut sums = vec![vec![0f32; dim]; clips.len()];
+    for (frames, group) in by_len {
+        for chunk in group.chunks(batch_size.max(1)) {
+            let mels = chunk[0].1.n_mels;
+            let mut values = Vec::with_capacity(chunk.len() * frames * mels);
+            for (_, f) in chunk {
+                values.extend_from_slice(&f.data);
+            }
+            let y = encode(values, chunk.len(), frames, mels)?;
+            if y.len() != chunk.len() * dim {
+                bail!(
+                    "the encoder returned {} values for {} windows of {dim} dims",
+                    y.len(),
+                    chunk.len()
+                );
+            }
+            for ((clip, _), row) in chunk.iter().zip(y.chunks(dim)) {
+                for (s, v) in sums[*clip].iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            progress(chunk.len());
+        }
+    }
+    for s in &mut sums {
+        let norm = s
+            .iter()
+            .map(|v| v * v)
+            .sum::<f32>()
+            .sqrt()
+            .max(crate::model::NORM_EPS);
+        s.iter_mut().for_each(|v| *v /= norm);
+    }
+    Ok(sums)
+}
+
+/// [`embed_windows`] with a trained (validation-mode) model.
+pub fn embed_clips(
+    model: &Contrastive,
+    clips: &[&Features],
+    config: &RunConfig,
+    batch_size: usize,
+    device: &Device,
+    progress: impl FnMut(usize),
+) -> Vec<Vec<f32>> {
+    let plan = WindowPlan::new(
+        &config.front_end,
+        &config.windowing,
+        config.model.encoder.min_frames(),
+    );
+    embed_windows(
+        clips,
+        &plan,
+        config.model.encoder.embedding_dim,
+        batch_size,
+        |values, b, frames, mels| {
+            Ok(to_vec(
+                model
+                    .audio
+                    .forward(input_tensor(values, b, frames, mels, device)),
+            ))
+        },
+        progress,
+    )
+    .expect("the burn encoder returns one row per window")
+}
+
+/// The value of silence in the front-end's log scale (padding value).
+pub fn pad_value(fe: &FrontEnd) -> f32 {
+    match fe.log.as_str() {
+        "ln" => fe.log_floor.ln(),
+        _ => 10.0 * fe.log_floor.log10(),
+    }
+}
+
+/// Pads a clip with silence at the end up to `frames`.
+pub fn pad_frames(f: &Features, frames: usize, value: f32) -> Features {
+    let mut data = f.data.clone();
+    data.resize(frames.max(f.frames) * f.n_mels, value);
+    Features {
+        frames: frames.max(f.frames),
+        n_mels: f.n_mels,
+        data,
+    }
+}
+
+/// Text embeddings through the model's text head (identity when there is none).
+pub fn embed_texts(model: &Contrastive, texts: &[Vec<f32>], device: &Device) -> Vec<Vec<f32>> {
+    if texts.is_empty() {
+        return Vec::new();
+    }
+    if model.text_head.is_none() {
+        return texts.to_vec();
+    }
+    let dim = texts[0].len();
+    let mut out = Vec::with_capacity(texts.len());
+    for chunk in texts.chunks(1024) {
+        let flat: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let t = Tensor::<2>::from_data(TensorData::new(flat, [chunk.len(), dim]), device);
+        out.extend(to_vec(model.text(t)).chunks(dim).map(<[f32]>::to_vec));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(frames: usize) -> Features {
+        Features {
+            frames,
+            n_mels: 1,
+            data: (0..frames).map(|i| i as f32).collect(),
+        }
+    }
+
+    #[test]
+    fn windows_follow_the_windowing_rules() {
+        assert_eq!(windows(&f(5), 10, 10, 2), vec![f(5)]);
+        let w = windows(&f(25), 10, 10, 3);
+        assert_eq!(w.iter().map(|x| x.frames).collect::<Vec<_>>(), [10, 10, 5]);
+        assert_eq!(w[1].data[0], 10.0);
+        let w = windows(&f(21), 10, 10, 3);
+        assert_eq!(
+            w.iter().map(|x| x.frames).collect::<Vec<_>>(),
+            [10, 10],
+            "a 1-frame tail is dropped"
+        );
+        let w = windows(&f(20), 10, 10, 3);
+        assert_eq!(w.len(), 2);
+        let fe = FrontEnd::panns_32k();
+        assert_eq!(window_frames(&fe, &Windowing::ten_seconds()), 1001);
+        assert_eq!(pad_value(&fe), -100.0);
+        assert_eq!(pad_frames(&f(2), 4, -1.0).data, vec![0.0, 1.0, -1.0, -1.0]);
+    }
+}

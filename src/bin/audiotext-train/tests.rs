@@ -1,0 +1,371 @@
+//! End to end on generated data, without ../shared/data or a GPU: a tiny encoder trains on
+//! sine tones for a few steps (finite, decreasing loss), resumes, is evaluated, exported, and
+//! the export matches the trainer in ONNX Runtime (when the runtime library can be found).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use audiotext0::audio::{FrontEnd, MelExtractor, Windowing};
+use audiotext0::model::manifest::{Manifest, TextSection, MANIFEST_FORMAT_VERSION};
+use audiotext0::train::cache::{text_encoder_key, Features};
+use audiotext0::train::split::SplitMix64;
+use burn::prelude::*;
+
+use crate::fit::{train, ClipData, Prepared};
+use crate::model::{ContrastiveConfig, EncoderConfig};
+use crate::run::{
+    load_model, DataInfo, DeviceKind, RunConfig, TrainOptions, Which, RUN_FORMAT_VERSION,
+};
+use crate::specaug::SpecAugment;
+
+const DIM: usize = 8;
+const TONES_HZ: [f32; 4] = [300.0, 900.0, 2200.0, 5000.0];
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("audiotext-train-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn front_end() -> FrontEnd {
+    FrontEnd {
+        sample_rate: 16_000,
+        n_fft: 512,
+        win_length: 512,
+        hop_length: 256,
+        n_mels: 16,
+        fmax: 8_000.0,
+        ..FrontEnd::panns_32k()
+    }
+}
+
+/// One second of a sine tone with a little noise, through the shared front-end.
+fn tone(fe: &FrontEnd, hz: f32, phase: f32, seed: u64) -> Features {
+    let mut rng = SplitMix64::new(seed);
+    let samples: Vec<f32> = (0..fe.sample_rate as usize)
+        .map(|i| {
+            let t = i as f32 / fe.sample_rate as f32;
+            0.5 * (2.0 * std::f32::consts::PI * hz * t + phase).sin()
+                + 0.01 * (rng.next_f64() as f32 - 0.5)
+        })
+        .collect();
+    let m = MelExtractor::new(fe).unwrap().compute(&samples);
+    Features {
+        frames: m.frames,
+        n_mels: m.n_mels,
+        data: m.data,
+    }
+}
+
+/// A caption embedding per class: a unit vector near axis `class`.
+fn caption(class: usize, variant: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..DIM)
+        .map(|d| {
+            if d == class {
+                1.0
+            } else {
+                0.05 * ((d + variant) % 3) as f32
+            }
+        })
+        .collect();
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+    v
+}
+
+/// 12 clips, 3 per tone; the first two of each tone train, the third validates.
+fn prepared(fe: &FrontEnd) -> Prepared {
+    let mut clips = Vec::new();
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for (class, &hz) in TONES_HZ.iter().enumerate() {
+        for take in 0..3 {
+            let i = clips.len();
+            clips.push(ClipData {
+                name: format!("tone-{hz}-{take}.wav"),
+                features: Arc::new(tone(fe, hz, take as f32, (class * 3 + take) as u64)),
+                captions: (0..2).map(|v| caption(class, v)).collect(),
+                caption_key: class as u64,
+                class: Some(class),
+            });
+            if take < 2 {
+                train.push(i)
+            } else {
+                validation.push(i)
+            }
+        }
+    }
+    Prepared {
+        clips,
+        train,
+        validation,
+    }
+}
+
+/// A stand-in text bundle: the manifest and files `export` copies (never run).
+fn fake_text_bundle(dir: &Path) -> Manifest {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("text.onnx"), b"not a real model").unwrap();
+    std::fs::write(dir.join("tokenizer.json"), b"{}").unwrap();
+    let mut m = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        name: "tiny-text".into(),
+        embedding_dim: DIM,
+        text: Some(TextSection {
+            onnx: "text.onnx".into(),
+            tokenizer: "tokenizer.json".into(),
+            max_tokens: 8,
+            pooling: "mean".into(),
+            input_ids: "input_ids".into(),
+            attention_mask: "attention_mask".into(),
+            output: "embedding".into(),
+            source: None,
+        }),
+        audio: None,
+        training: None,
+        license: Some("Apache-2.0 (tiny)".into()),
+        files: Default::default(),
+    };
+    m.write(dir).unwrap();
+    m
+}
+
+fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) -> RunConfig {
+    let encoder = EncoderConfig {
+        block_dropout: 0.0,
+        head_dropout: 0.0,
+        ..EncoderConfig::cnn10(fe.n_mels, DIM)
+    }
+    .with_width(4);
+    RunConfig {
+        format_version: RUN_FORMAT_VERSION,
+        model: ContrastiveConfig {
+            encoder,
+            text_head: false,
+            temperature: 0.1,
+            learn_temperature: true,
+        },
+        train: TrainOptions {
+            epochs,
+            batch_size: 8,
+            lr: 3e-3,
+            min_lr_ratio: 1.0,
+            warmup_epochs: 0.0,
+            weight_decay: 0.0,
+            seed: 3,
+            max_frames: 48,
+            specaug: SpecAugment::off(),
+            clip_grad_norm: 0.0,
+            keep_checkpoints: 1,
+        },
+        front_end: fe.clone(),
+        windowing: Windowing {
+            clip_seconds: 0.5,
+            hop_seconds: 0.5,
+            min_seconds: 0.2,
+            pooling: "mean".into(),
+        },
+        data: Some(DataInfo {
+            root: PathBuf::from("/nonexistent/generated"),
+            layout: "generic".into(),
+            validation_split: None,
+            validation_fraction: 0.25,
+            split_seed: 0,
+            train_clips: 8,
+            validation_files: Vec::new(),
+            license: Some("CC BY-NC 3.0".into()),
+        }),
+        text_bundle: Some(text_bundle.to_path_buf()),
+        text_key: Some(text_key),
+        text_model: Some("tiny-text".into()),
+    }
+}
+
+#[test]
+fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
+    let tmp = TempDir::new("e2e");
+    let fe = front_end();
+    let data = prepared(&fe);
+    let text_dir = tmp.0.join("text");
+    let text_manifest = fake_text_bundle(&text_dir);
+    let key = text_encoder_key(&text_manifest).unwrap();
+    let run_dir = tmp.0.join("run");
+
+    // Three epochs of one step each...
+    let mut cfg = config(&fe, &text_dir, key.clone(), 3);
+    cfg.write(&run_dir).unwrap();
+    let first = train(&cfg, &data, &run_dir, false, DeviceKind::Flex, None, false).unwrap();
+    assert_eq!(first.epochs.len(), 3);
+    assert!(
+        first.step_losses.iter().all(|l| l.is_finite()),
+        "{:?}",
+        first.step_losses
+    );
+    // ...then resumed to eight.
+    cfg.train.epochs = 8;
+    let second = train(&cfg, &data, &run_dir, true, DeviceKind::Flex, None, false).unwrap();
+    assert_eq!(second.epochs.len(), 8, "metrics of the first call are kept");
+    let losses: Vec<f64> = first
+        .step_losses
+        .iter()
+        .chain(&second.step_losses)
+        .copied()
+        .collect();
+    assert_eq!(losses.len(), 8);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(losses[7] < losses[0], "loss does not decrease: {losses:?}");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 8);
+    assert!(metrics
+        .lines()
+        .all(|l| l.contains("\"t2a_map10\"") && l.contains("\"class_p10\"")));
+    for f in [
+        "loss.png",
+        "metrics.png",
+        "checkpoints/last.model.bpk",
+        "checkpoints/last.optim.bpk",
+        "checkpoints/best.model.bpk",
+        "checkpoints/epoch-008.model.bpk",
+    ] {
+        assert!(run_dir.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        !run_dir.join("checkpoints/epoch-007.model.bpk").exists(),
+        "old epoch checkpoints are rotated"
+    );
+
+    // Export and parity.
+    let device = Device::flex();
+    let (model, state) = load_model(&run_dir, &cfg, Which::Last, &device).unwrap();
+    assert_eq!(state.epoch, 8);
+    let onnx = crate::export_audio::build_audio_onnx(&model.audio, &cfg.model.encoder);
+    let graph = onnx.graph.as_ref().unwrap();
+    let ops: Vec<&str> = graph
+        .node
+        .iter()
+        .filter_map(|n| n.op_type.as_deref())
+        .collect();
+    assert_eq!(ops.iter().filter(|o| **o == "Conv").count(), 8);
+    assert!(!ops.contains(&"BatchNormalization"), "BatchNorm is folded");
+    assert_eq!(graph.input[0].name.as_deref(), Some("log_mel"));
+    assert_eq!(graph.output[0].name.as_deref(), Some("embedding"));
+
+    if let Err(e) = crate::run::ort_runtime(None) {
+        eprintln!("skipping the ONNX Runtime parity check: {e}");
+        return;
+    }
+    let out = tmp.0.join("bundle");
+    let feats: Vec<Features> = data
+        .validation
+        .iter()
+        .map(|&i| (*data.clips[i].features).clone())
+        .collect();
+    let report = crate::export_audio::export(&crate::export_audio::ExportJob {
+        run_dir: &run_dir,
+        config: &cfg,
+        model: &model,
+        epoch: state.epoch,
+        out: &out,
+        name: Some("tiny".into()),
+        text_bundle: &text_dir,
+        parity_inputs: (feats.clone(), "generated tones".into()),
+        ort: None,
+    })
+    .unwrap();
+    eprintln!(
+        "parity: {:?}, max |diff| {:.2e}",
+        report.parity_lines, report.max_diff
+    );
+    assert!(report.max_diff <= crate::export_audio::PARITY_TOLERANCE);
+    assert_eq!(report.parity_lines.len(), 2);
+    let manifest = Manifest::read(&out).unwrap();
+    assert_eq!(manifest.name, "tiny");
+    assert!(manifest.text.is_some(), "the text section is kept");
+    let audio = manifest.audio.as_ref().unwrap();
+    assert_eq!(
+        (audio.input.name.as_str(), audio.input.layout.as_str()),
+        ("log_mel", "batch,1,frames,mels")
+    );
+    assert_eq!(audio.front_end, fe);
+    let license = manifest.license.clone().unwrap();
+    assert!(
+        license.contains("CC BY-NC 3.0")
+            && license.contains("non-commercial")
+            && license.contains("Apache-2.0 (tiny)"),
+        "{license}"
+    );
+    assert_eq!(manifest.files.len(), 3);
+    assert!(
+        manifest.training.as_ref().unwrap()["audio_encoder"]["validation_metrics"]["t2a_map10"]
+            .is_number()
+    );
+
+    // The bundle evaluates like the run.
+    let refs: Vec<&Features> = feats.iter().collect();
+    let from_bundle = crate::eval::bundle_audio_embeddings(&out, &refs, 4, None).unwrap();
+    let from_run = crate::run::embed_clips(&model, &refs, &cfg, 4, &device, |_| {});
+    let diff = from_bundle
+        .iter()
+        .flatten()
+        .zip(from_run.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "bundle and run embeddings differ by {diff}");
+
+    // A second export into the same bundle replaces the audio part, keeps the text part.
+    crate::export_audio::export(&crate::export_audio::ExportJob {
+        run_dir: &run_dir,
+        config: &cfg,
+        model: &model,
+        epoch: state.epoch,
+        out: &out,
+        name: None,
+        text_bundle: &text_dir,
+        parity_inputs: (feats, "generated tones".into()),
+        ort: None,
+    })
+    .unwrap();
+    let again = Manifest::read(&out).unwrap();
+    assert_eq!(again.license.unwrap().matches("text encoder:").count(), 1);
+}
+
+#[test]
+fn text_head_is_appended_to_a_text_graph() {
+    use audiotext0::onnx::{DataType, GraphBuilder, ModelInfo};
+    // A "text model" that outputs its input, normalised.
+    let mut g = GraphBuilder::new("t", 17);
+    let x = g.input("x", DataType::Float, &["batch".into(), 2i64.into()]);
+    g.node_to("Identity", &[&x], vec![], &["embedding"]);
+    g.output("embedding", DataType::Float, &["batch".into(), 2i64.into()]);
+    let model = g.finish(ModelInfo::default());
+    // Head: swap the two axes, add a bias.
+    let patched = crate::export_audio::append_text_head(
+        model,
+        "embedding",
+        &[0.0, 1.0, 1.0, 0.0],
+        &[0.5, 0.0],
+        2,
+    )
+    .unwrap();
+    let graph = patched.graph.unwrap();
+    assert_eq!(graph.output[0].name.as_deref(), Some("embedding"));
+    assert_eq!(graph.node[0].output, ["embedding_sentence"]);
+    assert_eq!(graph.node.last().unwrap().output, ["embedding"]);
+    let ops: Vec<&str> = graph
+        .node
+        .iter()
+        .filter_map(|n| n.op_type.as_deref())
+        .collect();
+    assert_eq!(ops, ["Identity", "MatMul", "Add", "ReduceL2", "Max", "Div"]);
+}
