@@ -1,6 +1,21 @@
 //! The audio front-end, shared by the extension and the trainer: decode (symphonia), mix down,
-//! resample (rubato), log-mel (rustfft). Signal processing is pure; I/O lives in its own files.
+//! resample (rubato), log-mel (realfft). Signal processing is pure (`mel`, `resample`); I/O lives
+//! in `decode`, and `stream` joins them: file -> mono -> model rate -> log-mel per window.
+//!
+//! - `config`: the manifest's `FrontEnd` and `Windowing` settings.
+//! - `decode`: `AudioSource` (path or bytes) -> `Decoder` streaming mono f32 at the file's rate.
+//! - `resample`: `StreamResampler`, any rate to the model's, delay-compensated.
+//! - `mel`: `MelExtractor`, librosa's `melspectrogram` + log.
+//! - `stream`: `decode_mono` (whole file) and `log_mel_windows` (bounded memory).
 
 pub mod config;
+pub mod decode;
+pub mod mel;
+pub mod resample;
+pub mod stream;
 
 pub use config::{FrontEnd, Windowing};
+pub use decode::{probe, AudioInfo, AudioSource, Decoder};
+pub use mel::{LogMel, MelExtractor};
+pub use resample::StreamResampler;
+pub use stream::{decode_mono, log_mel_windows, window_bounds, LogMelWindows, WindowPlan};

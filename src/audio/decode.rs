@@ -1,0 +1,543 @@
+//! Decoding (I/O): a file path or an in-memory blob to mono f32 at the file's own rate, streamed
+//! packet by packet with symphonia. All channels are mixed down by averaging.
+//!
+//! Error policy (each case has its own message; all are `Error::Audio` except a file that cannot
+//! be opened, which is `Error::Io`):
+//! - an empty file or blob: "... is empty (0 bytes)";
+//! - anything whose first bytes are not a container we decode (RIFF/WAVE, fLaC, OggS, an MP3 or
+//!   ADTS frame header, possibly after an ID3v2 tag, MP4 `ftyp`, Matroska/WebM): "... is not a
+//!   supported audio file (...)". The container is recognised here, at offset 0, instead of
+//!   letting symphonia scan the first megabyte for a two-byte marker, so an image or a binary
+//!   that happens to contain `0xFF 0xFB` is not "decoded" as noise;
+//! - a header that ends early: "... is truncated"; a malformed header or container:
+//!   "... is corrupt"; a container without an audio track; a codec or a feature symphonia lacks;
+//!   a declared rate or channel count of 0;
+//! - mid-stream: a packet the codec rejects as malformed (`DecodeError`, also a codec
+//!   `IoError`) is skipped and counted (`Decoder::skipped_packets`), as players do; the end of
+//!   the data ends the stream, so a file cut short gives the audio before the cut; any other
+//!   demuxer error fails the stream ("... is corrupt");
+//! - a stream that yields no sample at all (only bad packets, cut inside the first packet, or an
+//!   empty stream) is an error: "... contains no audio samples";
+//! - symphonia can panic on some malformed inputs: every call into it runs inside
+//!   `catch_unwind`, and a panic becomes "... is corrupt (decoder failed: ...)". After any error
+//!   the decoder is finished: later calls return `Ok(None)`.
+//!
+//! Chained Ogg streams: decoding stops at the end of the first logical stream.
+
+use std::fs::File;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use serde::Serialize;
+use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
+use symphonia::core::codecs::{Decoder as CodecDecoder, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::conv::FromSample;
+use symphonia::core::errors::Error as SymphoniaError;
+use symphonia::core::formats::{FormatOptions, FormatReader};
+use symphonia::core::io::{MediaSource, MediaSourceStream};
+use symphonia::core::meta::MetadataOptions;
+use symphonia::core::probe::Hint;
+use symphonia::core::sample::Sample;
+
+use crate::error::{Error, Result};
+
+/// The formats the message for an unknown file lists.
+pub const SUPPORTED_FORMATS: &str = "wav, flac, ogg/vorbis, mp3, aac/m4a";
+
+/// Where encoded audio comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum AudioSource<'a> {
+    /// A file; its extension is passed to symphonia as a hint.
+    Path(&'a Path),
+    /// Encoded bytes (a BLOB); the format is recognised from the content alone.
+    Bytes(&'a [u8]),
+}
+
+impl AudioSource<'_> {
+    /// How messages name this source: the path, or "audio blob".
+    pub fn describe(&self) -> String {
+        match self {
+            AudioSource::Path(p) => p.display().to_string(),
+            AudioSource::Bytes(_) => "audio blob".to_string(),
+        }
+    }
+}
+
+/// What a file holds, read from its headers (and its first audio packet).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioInfo {
+    /// `wav`, `flac`, `ogg`, `mp3`, `aac` (ADTS), `mp4` (m4a, mp4, mov) or `mkv` (also webm).
+    pub container: String,
+    /// symphonia's short codec name: `pcm_s16le`, `flac`, `vorbis`, `mp3`, `aac`, ...
+    pub codec: String,
+    /// The rate of the decoded audio in Hz.
+    pub sample_rate: u32,
+    /// Channels in the file (all are mixed down).
+    pub channels: usize,
+    /// Length in seconds when the container states it.
+    pub duration_seconds: Option<f64>,
+    /// Length in samples per channel when the container states it.
+    pub frames: Option<u64>,
+}
+
+/// Reads the headers and decodes the first audio packet (so a file `probe` accepts has audio).
+pub fn probe(source: &AudioSource) -> Result<AudioInfo> {
+    Ok(Decoder::open(*source)?.info)
+}
+
+/// Streams a file as mono f32 chunks at its own sample rate.
+pub struct Decoder {
+    name: String,
+    info: AudioInfo,
+    format: Box<dyn FormatReader>,
+    codec: Box<dyn CodecDecoder>,
+    track_id: u32,
+    /// The chunk decoded while opening, handed out first.
+    first: Option<Vec<f32>>,
+    samples: u64,
+    skipped_packets: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("name", &self.name)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// Runs a call into symphonia, turning a panic into an error message.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_message)
+}
+
+fn is_eof(e: &SymphoniaError) -> bool {
+    matches!(e, SymphoniaError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+/// Recognises the container from the first bytes (after an ID3v2 tag, for MP3 and ADTS).
+fn sniff<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<&'static str>> {
+    let mut head = [0u8; 12];
+    let n = read_up_to(r, &mut head)?;
+    let head = &head[..n];
+    let mut found = sniff_head(head);
+    if found.is_none() && head.len() >= 10 && &head[..3] == b"ID3" {
+        // ID3v2: 10-byte header, syncsafe size, optional 10-byte footer.
+        let size = head[6..10]
+            .iter()
+            .fold(0u64, |a, &b| (a << 7) | (b & 0x7f) as u64);
+        let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
+        r.seek(SeekFrom::Start(10 + size + footer))?;
+        let mut after = [0u8; 4];
+        let n = read_up_to(r, &mut after)?;
+        found = sniff_frame_header(&after[..n]);
+    }
+    r.seek(SeekFrom::Start(0))?;
+    Ok(found)
+}
+
+fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn sniff_head(h: &[u8]) -> Option<&'static str> {
+    if h.len() >= 12 && &h[..4] == b"RIFF" && &h[8..12] == b"WAVE" {
+        Some("wav")
+    } else if h.starts_with(b"fLaC") {
+        Some("flac")
+    } else if h.starts_with(b"OggS") {
+        Some("ogg")
+    } else if h.len() >= 8 && &h[4..8] == b"ftyp" {
+        Some("mp4")
+    } else if h.starts_with(&[0x1a, 0x45, 0xdf, 0xa3]) {
+        Some("mkv")
+    } else {
+        sniff_frame_header(h)
+    }
+}
+
+/// An MPEG audio frame header (layers I-III) or an ADTS (AAC) header.
+fn sniff_frame_header(h: &[u8]) -> Option<&'static str> {
+    if h.len() < 3 || h[0] != 0xff || h[1] & 0xe0 != 0xe0 {
+        return None;
+    }
+    let layer = (h[1] >> 1) & 0x03;
+    if layer == 0 {
+        // ADTS: MPEG-4/2 sync 0xFFF, layer 00.
+        return (h[1] & 0xf0 == 0xf0 && (h[2] >> 2) & 0x0f < 13).then_some("aac");
+    }
+    let version = (h[1] >> 3) & 0x03;
+    let bitrate = h[2] >> 4;
+    let rate = (h[2] >> 2) & 0x03;
+    (version != 1 && bitrate != 0x0f && rate != 0x03).then_some("mp3")
+}
+
+impl Decoder {
+    /// Opens `source`, reads its headers and decodes its first audio packet.
+    pub fn open(source: AudioSource) -> Result<Decoder> {
+        let name = source.describe();
+        let mut hint = Hint::new();
+        let (media, container): (Box<dyn MediaSource>, &'static str) = match source {
+            AudioSource::Path(path) => {
+                let io_err = |e| Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                };
+                let mut file = File::open(path).map_err(io_err)?;
+                let meta = file.metadata().map_err(io_err)?;
+                if meta.is_dir() {
+                    return Err(Error::Audio(format!(
+                        "{name} is a directory, not an audio file"
+                    )));
+                }
+                if meta.len() == 0 {
+                    return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
+                }
+                let container = sniff(&mut file).map_err(io_err)?;
+                if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+                    hint.with_extension(ext);
+                }
+                (
+                    Box::new(file),
+                    container.ok_or_else(|| not_supported(&name))?,
+                )
+            }
+            AudioSource::Bytes(bytes) => {
+                if bytes.is_empty() {
+                    return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
+                }
+                let container = sniff(&mut Cursor::new(bytes)).expect("reading memory cannot fail");
+                // symphonia wants an owned ('static) source: the encoded bytes are copied once.
+                (
+                    Box::new(Cursor::new(bytes.to_vec())),
+                    container.ok_or_else(|| not_supported(&name))?,
+                )
+            }
+        };
+        let mss = MediaSourceStream::new(media, Default::default());
+        let format_opts = FormatOptions {
+            enable_gapless: true,
+            ..Default::default()
+        };
+        let probed = guarded(|| {
+            symphonia::default::get_probe().format(
+                &hint,
+                mss,
+                &format_opts,
+                &MetadataOptions::default(),
+            )
+        })
+        .map_err(|msg| corrupt_panic(&name, &msg))?;
+        let format = match probed {
+            Ok(p) => p.format,
+            Err(e) => return Err(header_error(&name, container, e)),
+        };
+        let track = format
+            .default_track()
+            .filter(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            .or_else(|| {
+                format
+                    .tracks()
+                    .iter()
+                    .find(|t| t.codec_params.codec != CODEC_TYPE_NULL)
+            })
+            .ok_or_else(|| {
+                Error::Audio(format!(
+                    "{name} has no audio track: it holds no sound to decode"
+                ))
+            })?;
+        let params = track.codec_params.clone();
+        let track_id = track.id;
+        let codec_name = symphonia::default::get_codecs()
+            .get_codec(params.codec)
+            .map(|d| d.short_name.to_string())
+            .unwrap_or_else(|| format!("{}", params.codec));
+        if params.sample_rate == Some(0) {
+            return Err(Error::Audio(format!(
+                "{name} declares a sample rate of 0 Hz: the file is corrupt, re-encode it"
+            )));
+        }
+        if params.channels.map(|c| c.count()) == Some(0) {
+            return Err(Error::Audio(format!(
+                "{name} declares 0 channels: the file is corrupt, re-encode it"
+            )));
+        }
+        let codec = match guarded(|| {
+            symphonia::default::get_codecs().make(&params, &DecoderOptions::default())
+        }) {
+            Err(msg) => return Err(corrupt_panic(&name, &msg)),
+            Ok(Err(SymphoniaError::Unsupported(what))) => {
+                return Err(Error::Audio(format!(
+                    "{name} uses a codec that cannot be decoded ({codec_name}: {what}): convert it to one of {SUPPORTED_FORMATS}"
+                )))
+            }
+            Ok(Err(e)) => return Err(Error::Audio(format!("{name} is corrupt ({e}): re-encode it"))),
+            Ok(Ok(c)) => c,
+        };
+        let frames = params.n_frames;
+        let mut decoder = Decoder {
+            name,
+            info: AudioInfo {
+                container: container.to_string(),
+                codec: codec_name,
+                sample_rate: params.sample_rate.unwrap_or(0),
+                channels: params.channels.map(|c| c.count()).unwrap_or(0),
+                duration_seconds: None,
+                frames,
+            },
+            format,
+            codec,
+            track_id,
+            first: None,
+            samples: 0,
+            skipped_packets: 0,
+            done: false,
+        };
+        // The first packet tells the real rate and channel count (some containers omit them).
+        let first = decoder.decode_next()?;
+        decoder.info.duration_seconds = frames.map(|n| n as f64 / decoder.info.sample_rate as f64);
+        decoder.first = first;
+        Ok(decoder)
+    }
+
+    pub fn info(&self) -> &AudioInfo {
+        &self.info
+    }
+
+    /// Packets skipped because the codec rejected them as malformed.
+    pub fn skipped_packets(&self) -> u64 {
+        self.skipped_packets
+    }
+
+    /// Mono samples handed out so far (the opening packet included).
+    pub fn samples_decoded(&self) -> u64 {
+        self.samples
+    }
+
+    /// The next chunk of mono samples at `info().sample_rate` (one packet's worth, never empty),
+    /// or `None` at the end of the stream.
+    pub fn next_mono_chunk(&mut self) -> Result<Option<Vec<f32>>> {
+        if let Some(first) = self.first.take() {
+            return Ok(Some(first));
+        }
+        self.decode_next()
+    }
+
+    fn fail(&mut self, err: Error) -> Result<Option<Vec<f32>>> {
+        self.done = true;
+        Err(err)
+    }
+
+    fn decode_next(&mut self) -> Result<Option<Vec<f32>>> {
+        let mut mono = Vec::new();
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let packet = match guarded(|| self.format.next_packet()) {
+                Err(msg) => return self.fail(corrupt_panic(&self.name, &msg)),
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) if is_eof(&e) || matches!(e, SymphoniaError::ResetRequired) => {
+                    self.done = true;
+                    if self.samples == 0 {
+                        return Err(self.no_samples());
+                    }
+                    return Ok(None);
+                }
+                Ok(Err(e)) => {
+                    let err = Error::Audio(format!("{} is corrupt ({e}): re-encode it", self.name));
+                    return self.fail(err);
+                }
+            };
+            if packet.track_id() != self.track_id {
+                continue;
+            }
+            let codec = &mut self.codec;
+            let decoded = guarded(|| {
+                codec.decode(&packet).map(|buf| {
+                    let rate = buf.spec().rate;
+                    let channels = buf.spec().channels.count();
+                    mix_down(&buf, &mut mono);
+                    (rate, channels)
+                })
+            });
+            match decoded {
+                Err(msg) => return self.fail(corrupt_panic(&self.name, &msg)),
+                Ok(Ok((rate, channels))) => {
+                    if mono.is_empty() {
+                        continue;
+                    }
+                    if channels == 0 || rate == 0 {
+                        let err = Error::Audio(format!(
+                            "{} decodes to {channels} channels at {rate} Hz: the file is corrupt, re-encode it",
+                            self.name
+                        ));
+                        return self.fail(err);
+                    }
+                    if self.samples == 0 {
+                        self.info.sample_rate = rate;
+                        self.info.channels = channels;
+                    } else if rate != self.info.sample_rate {
+                        let err = Error::Audio(format!(
+                            "{} changes sample rate mid-stream ({} Hz, then {rate} Hz): convert it to a single rate",
+                            self.name, self.info.sample_rate
+                        ));
+                        return self.fail(err);
+                    }
+                    self.samples += mono.len() as u64;
+                    return Ok(Some(mono));
+                }
+                Ok(Err(SymphoniaError::DecodeError(_))) | Ok(Err(SymphoniaError::IoError(_))) => {
+                    self.skipped_packets += 1;
+                }
+                Ok(Err(SymphoniaError::ResetRequired)) => self.codec.reset(),
+                Ok(Err(SymphoniaError::Unsupported(what))) => {
+                    let err = Error::Audio(format!(
+                        "{} uses a feature the {} decoder lacks ({what}): convert it to one of {SUPPORTED_FORMATS}",
+                        self.name, self.info.codec
+                    ));
+                    return self.fail(err);
+                }
+                Ok(Err(e)) => {
+                    let err = Error::Audio(format!("{} is corrupt ({e}): re-encode it", self.name));
+                    return self.fail(err);
+                }
+            }
+        }
+    }
+
+    fn no_samples(&self) -> Error {
+        let skipped = match self.skipped_packets {
+            0 => String::new(),
+            n => format!(", {n} malformed packets skipped"),
+        };
+        Error::Audio(format!(
+            "{} contains no audio samples (the stream is empty, or truncated or corrupt before its first sound{skipped})",
+            self.name
+        ))
+    }
+}
+
+fn not_supported(name: &str) -> Error {
+    Error::Audio(format!(
+        "{name} is not a supported audio file ({SUPPORTED_FORMATS})"
+    ))
+}
+
+fn corrupt_panic(name: &str, msg: &str) -> Error {
+    Error::Audio(format!("{name} is corrupt (decoder failed: {msg})"))
+}
+
+/// An error while reading the container's headers.
+fn header_error(name: &str, container: &str, e: SymphoniaError) -> Error {
+    if is_eof(&e) {
+        return Error::Audio(format!(
+            "{name} is truncated: the {container} data ends inside its header (the file is cut short, copy it again)"
+        ));
+    }
+    match e {
+        SymphoniaError::Unsupported(what) => Error::Audio(format!(
+            "{name} is a {container} file with a feature that cannot be decoded ({what}): convert it to one of {SUPPORTED_FORMATS}"
+        )),
+        other => Error::Audio(format!("{name} is corrupt ({other}): re-encode it")),
+    }
+}
+
+/// Averages all channels of `buf` into `out` (replacing its content).
+fn mix_down(buf: &AudioBufferRef, out: &mut Vec<f32>) {
+    match buf {
+        AudioBufferRef::U8(b) => mix_planes(b, out),
+        AudioBufferRef::U16(b) => mix_planes(b, out),
+        AudioBufferRef::U24(b) => mix_planes(b, out),
+        AudioBufferRef::U32(b) => mix_planes(b, out),
+        AudioBufferRef::S8(b) => mix_planes(b, out),
+        AudioBufferRef::S16(b) => mix_planes(b, out),
+        AudioBufferRef::S24(b) => mix_planes(b, out),
+        AudioBufferRef::S32(b) => mix_planes(b, out),
+        AudioBufferRef::F32(b) => mix_planes(b, out),
+        AudioBufferRef::F64(b) => mix_planes(b, out),
+    }
+}
+
+fn mix_planes<S: Sample>(buf: &AudioBuffer<S>, out: &mut Vec<f32>)
+where
+    f32: FromSample<S>,
+{
+    let channels = buf.spec().channels.count();
+    out.clear();
+    out.resize(buf.frames(), 0.0);
+    for c in 0..channels {
+        for (o, &s) in out.iter_mut().zip(buf.chan(c)) {
+            *o += f32::from_sample(s);
+        }
+    }
+    if channels > 1 {
+        let k = channels as f32;
+        out.iter_mut().for_each(|o| *o /= k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_containers() {
+        let mut wav = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+        assert_eq!(sniff_head(&wav), Some("wav"));
+        wav[8] = b'X';
+        assert_eq!(sniff_head(&wav), None);
+        assert_eq!(sniff_head(b"fLaC\0\0\0\x22"), Some("flac"));
+        assert_eq!(sniff_head(b"OggS\0\x02"), Some("ogg"));
+        assert_eq!(sniff_head(b"\0\0\0\x20ftypM4A "), Some("mp4"));
+        assert_eq!(sniff_head(&[0x1a, 0x45, 0xdf, 0xa3, 0x01]), Some("mkv"));
+        assert_eq!(sniff_head(&[0xff, 0xfb, 0x90, 0x64]), Some("mp3"));
+        assert_eq!(sniff_head(&[0xff, 0xf1, 0x50, 0x80]), Some("aac"));
+        assert_eq!(sniff_head(&[0xff, 0xfb, 0xf0, 0x64]), None); // bitrate index 15
+        assert_eq!(sniff_head(b"\x89PNG\r\n\x1a\n"), None);
+        assert_eq!(sniff_head(b"hello"), None);
+        // An ID3v2 tag (size 4, syncsafe) followed by an MP3 frame.
+        let mut tagged = b"ID3\x04\0\0\0\0\0\x04abcd".to_vec();
+        tagged.extend_from_slice(&[0xff, 0xfb, 0x90, 0x64]);
+        assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), Some("mp3"));
+        tagged.truncate(14);
+        assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), None);
+    }
+
+    #[test]
+    fn empty_and_garbage_blobs() {
+        let e = Decoder::open(AudioSource::Bytes(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "audio blob is empty (0 bytes)");
+        let e = Decoder::open(AudioSource::Bytes(b"not audio at all"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("audio blob is not a supported audio file ({SUPPORTED_FORMATS})")
+        );
+    }
+}
