@@ -22,23 +22,26 @@ use crate::audio::FrontEnd;
 use crate::model::manifest::Manifest;
 
 /// Bumped when the meaning of a cached feature changes without its key changing.
-const FEATURE_FORMAT: &[u8; 8] = b"ATFEAT01";
+const FEATURE_FORMAT: &[u8; 8] = b"ATFEAT02";
 const TEXT_FORMAT: &[u8; 8] = b"ATTEXT01";
 
 /// A log-mel spectrogram, row-major `frames x n_mels`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Features {
+    /// Length of the signal in samples at the front-end's rate (0 when unknown).
+    pub samples: usize,
     pub frames: usize,
     pub n_mels: usize,
     pub data: Vec<f32>,
 }
 
 impl Features {
-    /// Rows `start..start + frames` (clamped to the clip).
+    /// Rows `start..start + frames` (clamped to the clip); `samples` becomes unknown (0).
     pub fn crop(&self, start: usize, frames: usize) -> Features {
         let start = start.min(self.frames);
         let end = (start + frames).min(self.frames);
         Features {
+            samples: 0,
             frames: end - start,
             n_mels: self.n_mels,
             data: self.data[start * self.n_mels..end * self.n_mels].to_vec(),
@@ -181,8 +184,9 @@ impl FeatureCache {
 }
 
 fn encode_features(f: &Features) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + f.data.len() * 4);
+    let mut out = Vec::with_capacity(24 + f.data.len() * 4);
     out.extend_from_slice(FEATURE_FORMAT);
+    out.extend_from_slice(&(f.samples as u64).to_le_bytes());
     out.extend_from_slice(&(f.frames as u32).to_le_bytes());
     out.extend_from_slice(&(f.n_mels as u32).to_le_bytes());
     for v in &f.data {
@@ -192,12 +196,13 @@ fn encode_features(f: &Features) -> Vec<u8> {
 }
 
 fn decode_features(bytes: &[u8]) -> Option<Features> {
-    if bytes.len() < 16 || &bytes[..8] != FEATURE_FORMAT {
+    if bytes.len() < 24 || &bytes[..8] != FEATURE_FORMAT {
         return None;
     }
-    let frames = u32::from_le_bytes(bytes[8..12].try_into().ok()?) as usize;
-    let n_mels = u32::from_le_bytes(bytes[12..16].try_into().ok()?) as usize;
-    let body = &bytes[16..];
+    let samples = u64::from_le_bytes(bytes[8..16].try_into().ok()?) as usize;
+    let frames = u32::from_le_bytes(bytes[16..20].try_into().ok()?) as usize;
+    let n_mels = u32::from_le_bytes(bytes[20..24].try_into().ok()?) as usize;
+    let body = &bytes[24..];
     if body.len() != frames * n_mels * 4 {
         return None;
     }
@@ -206,6 +211,7 @@ fn decode_features(bytes: &[u8]) -> Option<Features> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
     Some(Features {
+        samples,
         frames,
         n_mels,
         data,
@@ -349,6 +355,7 @@ mod tests {
         let mut fe = FrontEnd::panns_32k();
         fe.n_mels = 2;
         let f = Features {
+            samples: 700,
             frames: 3,
             n_mels: 2,
             data: vec![1.0, 2.0, 3.0, 4.0, 5.0, -6.5],
@@ -376,11 +383,12 @@ mod tests {
         std::fs::write(&clip, b"123456").unwrap();
         assert_ne!(before, FeatureCache::key(&clip, &fe).unwrap());
         // A torn file is a miss.
-        std::fs::write(cache.path(&before), b"ATFEAT01xx").unwrap();
+        std::fs::write(cache.path(&before), b"ATFEAT02xx").unwrap();
         assert!(cache.load(&before).is_none());
         // Wrong band count from the front-end is an error.
         let error = FeatureCache::new(None).get_or_compute(&clip, &other, |_| {
             Ok(Features {
+                samples: 0,
                 frames: 1,
                 n_mels: 3,
                 data: vec![0.0; 3],
@@ -390,6 +398,7 @@ mod tests {
         assert_eq!(
             f.crop(1, 5),
             Features {
+                samples: 0,
                 frames: 2,
                 n_mels: 2,
                 data: vec![3.0, 4.0, 5.0, -6.5]

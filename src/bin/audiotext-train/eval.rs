@@ -19,8 +19,8 @@ use audiotext0::train::metrics::{self, RetrievalMetrics};
 use crate::embed::{bar_style, caption_embeddings};
 use crate::fit::LayoutArg;
 use crate::run::{
-    device, embed_clips, embed_texts, embed_windows, load_model, ort_runtime, DeviceKind,
-    RunConfig, Which, WindowPlan,
+    device, embed_clips, embed_texts, embed_windows, load_model, ort_runtime, pad_value,
+    DeviceKind, RunConfig, Which,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,36 +154,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         subset
     );
 
-    let (front_end, source) = match (&run_config, &args.bundle) {
-        (Some(c), _) => (
-            c.front_end.clone(),
-            format!(
-                "run {} ({:?} checkpoint)",
-                args.run.as_ref().unwrap().display(),
-                args.checkpoint
-            ),
+    let source = match (&run_config, &args.bundle) {
+        (Some(_), _) => format!(
+            "run {} ({:?} checkpoint)",
+            args.run.as_ref().unwrap().display(),
+            args.checkpoint
         ),
-        (None, Some(b)) => {
-            let m = Manifest::read(b)?;
-            let audio = m
-                .audio
-                .context("the bundle has no audio encoder (no audio section in its manifest)")?;
-            (audio.front_end, format!("bundle {}", b.display()))
-        }
+        (None, Some(b)) => format!("bundle {}", b.display()),
         _ => unreachable!("clap requires --run or --bundle"),
     };
     let paths: Vec<&Path> = clips.iter().map(|c| c.path.as_path()).collect();
-    let bar = ProgressBar::new(paths.len() as u64)
-        .with_style(bar_style("clips"))
-        .with_message("log-mel features");
-    let (features, _) = crate::features::dataset_features(
-        &paths,
-        &front_end,
-        &FeatureCache::new(cache_root.as_deref()),
-        || bar.inc(1),
-    )?;
-    bar.finish_and_clear();
-    let feats: Vec<&Features> = features.iter().map(|f| f.as_ref()).collect();
 
     let texts: Vec<&str> = clips
         .iter()
@@ -207,12 +187,23 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let e =
                 caption_embeddings(&bundle, &texts, cache_root.as_deref(), args.ort.as_deref())?;
             let raw: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
+            let bar = ProgressBar::new(paths.len() as u64)
+                .with_style(bar_style("clips"))
+                .with_message("log-mel features");
+            let (features, _) = crate::features::dataset_features(
+                &paths,
+                &config.front_end,
+                &FeatureCache::new(cache_root.as_deref()),
+                || bar.inc(1),
+            )?;
+            bar.finish_and_clear();
+            let feats: Vec<&Features> = features.iter().map(|f| f.as_ref()).collect();
             let bar = ProgressBar::new(feats.len() as u64)
                 .with_style(bar_style("windows"))
                 .with_message("audio embeddings");
             let audio = embed_clips(&model, &feats, config, args.batch_size, &device, |n| {
                 bar.inc(n as u64)
-            });
+            })?;
             bar.finish_and_clear();
             (audio, embed_texts(&model, &raw, &device))
         }
@@ -224,8 +215,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 args.ort.as_deref(),
             )?;
             let text: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
+            let audio_section = Manifest::read(bundle_dir)?
+                .audio
+                .context("the bundle has no audio encoder (no audio section in its manifest)")?;
+            let bar = ProgressBar::new(paths.len() as u64)
+                .with_style(bar_style("clips"))
+                .with_message("log-mel windows");
+            let windows = crate::features::file_windows(
+                &paths,
+                &audio_section.front_end,
+                &audio_section.windowing,
+                || bar.inc(1),
+            )?;
+            bar.finish_and_clear();
             (
-                bundle_audio_embeddings(bundle_dir, &feats, args.batch_size, args.ort.as_deref())?,
+                bundle_audio_embeddings(
+                    bundle_dir,
+                    &windows,
+                    args.batch_size,
+                    args.ort.as_deref(),
+                )?,
                 text,
             )
         }
@@ -325,10 +334,10 @@ pub fn print_report(r: &EvalReport) {
     println!("took {:.1} s", r.seconds);
 }
 
-/// Clip embeddings from a bundle's audio.onnx through ONNX Runtime.
+/// Clip embeddings from a bundle's audio.onnx through ONNX Runtime, from each clip's windows.
 pub fn bundle_audio_embeddings(
     bundle_dir: &Path,
-    feats: &[&Features],
+    windows: &[Vec<Features>],
     batch_size: usize,
     ort: Option<&Path>,
 ) -> Result<Vec<Vec<f32>>> {
@@ -352,13 +361,13 @@ pub fn bundle_audio_embeddings(
         .unwrap_or(16) as usize;
     let rt = ort_runtime(ort)?;
     let (mut session, _) = rt.session(&bundle_dir.join(&audio.onnx))?;
-    let plan = WindowPlan::new(&audio.front_end, &audio.windowing, min_frames);
-    let bar = ProgressBar::new(feats.len() as u64)
+    let bar = ProgressBar::new(windows.iter().map(Vec::len).sum::<usize>() as u64)
         .with_style(bar_style("windows"))
         .with_message("audio embeddings");
     let out = embed_windows(
-        feats,
-        &plan,
+        windows,
+        min_frames,
+        pad_value(&audio.front_end),
         manifest.embedding_dim,
         batch_size,
         |values, b, frames, mels| {

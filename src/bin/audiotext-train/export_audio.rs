@@ -202,6 +202,7 @@ pub fn generated_features(n_mels: usize, clips: usize, frames: usize) -> Vec<Fea
     let mut rng = audiotext0::train::split::SplitMix64::new(17);
     (0..clips)
         .map(|c| Features {
+            samples: 0,
             frames,
             n_mels,
             data: (0..frames * n_mels)

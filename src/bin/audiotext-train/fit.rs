@@ -925,7 +925,7 @@ pub fn validate(
         config.train.batch_size,
         &device,
         |n| bar.inc(n as u64),
-    );
+    )?;
     bar.finish_and_clear();
     let mut texts = Vec::new();
     let mut caption_clip = Vec::new();

@@ -112,11 +112,6 @@ impl RunConfig {
     }
 }
 
-/// Frames of a window of `clip_seconds` (as the front-end counts frames).
-pub fn window_frames(fe: &FrontEnd, w: &Windowing) -> usize {
-    fe.frames((w.clip_seconds as f64 * fe.sample_rate as f64).round() as usize)
-}
-
 /// Progress of a run, saved with each checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
@@ -259,72 +254,27 @@ fn ort_candidates() -> Vec<PathBuf> {
     out
 }
 
-/// Splits a clip's features into inference windows following the manifest's windowing (cut
-/// from the whole clip's features, where the extension computes each window's own): windows of
-/// `window` frames every `hop` frames; a trailing window shorter than `min` frames is dropped
-/// unless it is the only one; a clip shorter than a window is one window of its own length.
-pub fn windows(features: &Features, window: usize, hop: usize, min: usize) -> Vec<Features> {
-    if features.frames <= window {
-        return vec![features.clone()];
-    }
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < features.frames {
-        let len = (features.frames - start).min(window);
-        if len < min && !out.is_empty() {
-            break;
-        }
-        out.push(features.crop(start, len));
-        if start + window >= features.frames {
-            break;
-        }
-        start += hop;
-    }
-    out
-}
-
-/// How clips become inference windows.
-#[derive(Debug, Clone)]
-pub struct WindowPlan {
-    pub window: usize,
-    pub hop: usize,
-    pub min: usize,
-    /// The encoder's smallest input; shorter windows are padded with silence.
-    pub min_frames: usize,
-    pub pad: f32,
-}
-
-impl WindowPlan {
-    pub fn new(fe: &FrontEnd, w: &Windowing, min_frames: usize) -> WindowPlan {
-        let window = window_frames(fe, w);
-        let frames_per_second = fe.sample_rate as f64 / fe.hop_length as f64;
-        WindowPlan {
-            window,
-            hop: (w.hop_seconds as f64 * frames_per_second).round().max(1.0) as usize,
-            min: ((w.min_seconds as f64 * frames_per_second).round() as usize).min(window),
-            min_frames,
-            pad: pad_value(fe),
-        }
-    }
-}
-
-/// Embeds clips: each clip is cut into windows, windows of equal length are batched (at most
-/// `batch_size`) and given to `encode(values, batch, frames, mels)`, which returns `batch` rows
-/// of `dim` values; window embeddings are averaged per clip and L2-normalised.
+/// Embeds clips given as their inference windows: windows of equal length are batched (at most
+/// `batch_size`; shorter than `min_frames` padded with `pad`) and given to
+/// `encode(values, batch, frames, mels)`, which returns `batch` rows of `dim` values; window
+/// embeddings are averaged per clip and L2-normalised (the manifest's `mean` pooling).
 pub fn embed_windows(
-    clips: &[&Features],
-    plan: &WindowPlan,
+    clips: &[Vec<Features>],
+    min_frames: usize,
+    pad: f32,
     dim: usize,
     batch_size: usize,
     mut encode: impl FnMut(Vec<f32>, usize, usize, usize) -> Result<Vec<f32>>,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
     let mut by_len: std::collections::BTreeMap<usize, Vec<(usize, Features)>> = Default::default();
-    for (i, f) in clips.iter().enumerate() {
-        for mut win in windows(f, plan.window, plan.hop, plan.min) {
-            if win.frames < plan.min_frames {
-                win = pad_frames(&win, plan.min_frames, plan.pad);
-            }
+    for (i, windows) in clips.iter().enumerate() {
+        for win in windows {
+            let win = if win.frames < min_frames {
+                pad_frames(win, min_frames, pad)
+            } else {
+                win.clone()
+            };
             by_len.entry(win.frames).or_default().push((i, win));
         }
     }
@@ -364,7 +314,8 @@ pub fn embed_windows(
     Ok(sums)
 }
 
-/// [`embed_windows`] with a trained (validation-mode) model.
+/// Embeds clips with a trained (validation-mode) model: each clip's spectrogram is cut into the
+/// manifest's windows (see `features::clip_windows`).
 pub fn embed_clips(
     model: &Contrastive,
     clips: &[&Features],
@@ -372,15 +323,15 @@ pub fn embed_clips(
     batch_size: usize,
     device: &Device,
     progress: impl FnMut(usize),
-) -> Vec<Vec<f32>> {
-    let plan = WindowPlan::new(
-        &config.front_end,
-        &config.windowing,
-        config.model.encoder.min_frames(),
-    );
+) -> Result<Vec<Vec<f32>>> {
+    let windows = clips
+        .iter()
+        .map(|f| crate::features::clip_windows(f, &config.front_end, &config.windowing))
+        .collect::<Result<Vec<_>>>()?;
     embed_windows(
-        clips,
-        &plan,
+        &windows,
+        config.model.encoder.min_frames(),
+        pad_value(&config.front_end),
         config.model.encoder.embedding_dim,
         batch_size,
         |values, b, frames, mels| {
@@ -392,7 +343,6 @@ pub fn embed_clips(
         },
         progress,
     )
-    .expect("the burn encoder returns one row per window")
 }
 
 /// The value of silence in the front-end's log scale (padding value).
@@ -408,6 +358,7 @@ pub fn pad_frames(f: &Features, frames: usize, value: f32) -> Features {
     let mut data = f.data.clone();
     data.resize(frames.max(f.frames) * f.n_mels, value);
     Features {
+        samples: 0,
         frames: frames.max(f.frames),
         n_mels: f.n_mels,
         data,
@@ -436,31 +387,44 @@ pub fn embed_texts(model: &Contrastive, texts: &[Vec<f32>], device: &Device) -> 
 mod tests {
     use super::*;
 
-    fn f(frames: usize) -> Features {
-        Features {
+    #[test]
+    fn padding_and_window_lengths() {
+        let fe = FrontEnd::panns_32k();
+        assert_eq!(pad_value(&fe), -100.0);
+        let f = Features {
+            samples: 0,
+            frames: 2,
+            n_mels: 1,
+            data: vec![0.0, 1.0],
+        };
+        assert_eq!(pad_frames(&f, 4, -1.0).data, vec![0.0, 1.0, -1.0, -1.0]);
+        // Two clips, one of two windows of different lengths: means per clip, normalised.
+        let w = |frames: usize, v: f32| Features {
+            samples: 0,
             frames,
             n_mels: 1,
-            data: (0..frames).map(|i| i as f32).collect(),
-        }
-    }
-
-    #[test]
-    fn windows_follow_the_windowing_rules() {
-        assert_eq!(windows(&f(5), 10, 10, 2), vec![f(5)]);
-        let w = windows(&f(25), 10, 10, 3);
-        assert_eq!(w.iter().map(|x| x.frames).collect::<Vec<_>>(), [10, 10, 5]);
-        assert_eq!(w[1].data[0], 10.0);
-        let w = windows(&f(21), 10, 10, 3);
-        assert_eq!(
-            w.iter().map(|x| x.frames).collect::<Vec<_>>(),
-            [10, 10],
-            "a 1-frame tail is dropped"
-        );
-        let w = windows(&f(20), 10, 10, 3);
-        assert_eq!(w.len(), 2);
-        let fe = FrontEnd::panns_32k();
-        assert_eq!(window_frames(&fe, &Windowing::ten_seconds()), 1001);
-        assert_eq!(pad_value(&fe), -100.0);
-        assert_eq!(pad_frames(&f(2), 4, -1.0).data, vec![0.0, 1.0, -1.0, -1.0]);
+            data: vec![v; frames],
+        };
+        let clips = vec![vec![w(4, 1.0), w(2, 3.0)], vec![w(4, -1.0)]];
+        let mut calls = Vec::new();
+        let out = embed_windows(
+            &clips,
+            3,
+            0.0,
+            2,
+            8,
+            |values, b, frames, _| {
+                calls.push((b, frames));
+                // "Embedding" = (first value, 1).
+                Ok((0..b).flat_map(|i| [values[i * frames], 1.0]).collect())
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(calls, [(1, 3), (2, 4)], "the 2-frame window is padded to 3");
+        let n = (16.0f32 + 4.0).sqrt();
+        assert!((out[0][0] - 4.0 / n).abs() < 1e-6 && (out[0][1] - 2.0 / n).abs() < 1e-6);
+        let m = 2f32.sqrt();
+        assert!((out[1][0] + 1.0 / m).abs() < 1e-6);
     }
 }

@@ -113,6 +113,7 @@ mod tests {
 
     fn ramp(frames: usize, mels: usize) -> Features {
         Features {
+            samples: 0,
             frames,
             n_mels: mels,
             data: (0..frames * mels).map(|i| i as f32).collect(),

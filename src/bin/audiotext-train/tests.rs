@@ -63,6 +63,7 @@ fn tone(fe: &FrontEnd, hz: f32, phase: f32, seed: u64) -> Features {
         .collect();
     let m = MelExtractor::new(fe).unwrap().compute(&samples);
     Features {
+        samples: samples.len(),
         frames: m.frames,
         n_mels: m.n_mels,
         data: m.data,
@@ -225,6 +226,27 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
     assert_eq!(losses.len(), 8);
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses[7] < losses[0], "loss does not decrease: {losses:?}");
+    // Resuming continues the same trajectory as one uninterrupted run (model, BatchNorm
+    // statistics, optimizer moments and random streams all restored).
+    let straight_dir = tmp.0.join("straight");
+    cfg.write(&straight_dir).unwrap();
+    let straight = train(
+        &cfg,
+        &data,
+        &straight_dir,
+        false,
+        DeviceKind::Flex,
+        None,
+        false,
+    )
+    .unwrap();
+    for (a, b) in straight.step_losses.iter().zip(&losses) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+            "resumed {losses:?} vs straight {:?}",
+            straight.step_losses
+        );
+    }
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 8);
     assert!(metrics
@@ -313,8 +335,13 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
 
     // The bundle evaluates like the run.
     let refs: Vec<&Features> = feats.iter().collect();
-    let from_bundle = crate::eval::bundle_audio_embeddings(&out, &refs, 4, None).unwrap();
-    let from_run = crate::run::embed_clips(&model, &refs, &cfg, 4, &device, |_| {});
+    let windows: Vec<Vec<Features>> = refs
+        .iter()
+        .map(|f| crate::features::clip_windows(f, &cfg.front_end, &cfg.windowing).unwrap())
+        .collect();
+    assert_eq!(windows[0].len(), 2, "1 s clips make two 0.5 s windows");
+    let from_bundle = crate::eval::bundle_audio_embeddings(&out, &windows, 4, None).unwrap();
+    let from_run = crate::run::embed_clips(&model, &refs, &cfg, 4, &device, |_| {}).unwrap();
     let diff = from_bundle
         .iter()
         .flatten()
@@ -368,4 +395,69 @@ fn text_head_is_appended_to_a_text_graph() {
         .filter_map(|n| n.op_type.as_deref())
         .collect();
     assert_eq!(ops, ["Identity", "MatMul", "Add", "ReduceL2", "Max", "Div"]);
+}
+
+/// Time of training steps of the default CNN10 at the ESC-50 shape (32 clips of 5 s at
+/// 32 kHz: 501 frames x 64 mels) on generated features. Run with
+/// `cargo test --release --bin audiotext-train -- --ignored --nocapture step_time`.
+#[test]
+#[ignore = "a benchmark: slow in debug builds"]
+fn step_time_of_the_default_model() {
+    use crate::loss::{info_nce, soft_targets};
+    use crate::model::{input_tensor, to_vec};
+    use burn::optim::{AdamWConfig, GradientsParams};
+    let device = Device::flex().autodiff();
+    let (batch, frames, mels) = (32usize, 501usize, 64usize);
+    let config = ContrastiveConfig {
+        encoder: EncoderConfig::cnn10(mels, 384),
+        text_head: false,
+        temperature: 0.07,
+        learn_temperature: true,
+    };
+    let mut model = config.init(&device);
+    let mut optim = AdamWConfig::new().init();
+    let feats = crate::export_audio::generated_features(mels, batch, frames);
+    let values: Vec<f32> = feats.iter().flat_map(|f| f.data.iter().copied()).collect();
+    let text: Vec<f32> = (0..batch)
+        .flat_map(|i| {
+            caption(i % DIM, 0)
+                .into_iter()
+                .chain(std::iter::repeat_n(0.0, 384 - DIM))
+        })
+        .collect();
+    let keys: Vec<u64> = (0..batch as u64).collect();
+    for step in 0..4 {
+        let start = std::time::Instant::now();
+        let x = input_tensor(values.clone(), batch, frames, mels, &device);
+        let t = Tensor::<2>::from_data(TensorData::new(text.clone(), [batch, 384]), &device);
+        let y = Tensor::<2>::from_data(
+            TensorData::new(soft_targets(&keys), [batch, batch]),
+            &device,
+        );
+        let loss = info_nce(
+            model.audio.forward(x),
+            model.text(t),
+            model.scale(0.07, &device),
+            y,
+        );
+        let value = to_vec(loss.clone())[0];
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        let _ = to_vec(model.audio.proj.weight.val());
+        eprintln!(
+            "step {step}: loss {value:.4}, {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let valid = model.valid();
+    let inner = Device::flex();
+    let start = std::time::Instant::now();
+    let y = valid
+        .audio
+        .forward(input_tensor(values, batch, frames, mels, &inner));
+    let _ = to_vec(y);
+    eprintln!(
+        "inference of {batch} clips: {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
 }
