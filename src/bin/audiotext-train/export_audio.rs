@@ -4,8 +4,9 @@
 //!
 //! The graph (default domain, opset 17 like `text.onnx`):
 //!
-//! - input `log_mel`, float32 `[batch, 1, frames, n_mels]` (batch and frames dynamic; frames
-//!   must be at least 16, the product of the four 2x2 poolings);
+//! - input `log_mel`, float32 `[batch, 1, frames, n_mels]` (batch and frames dynamic); inputs
+//!   shorter than 16 frames (the product of the four 2x2 poolings) are padded at the end with
+//!   silence (the front-end's floor, -100 dB), as the trainer pads them;
 //! - `bn0` folded into a per-mel `Mul` + `Add` (broadcast over the last axis);
 //! - per block: two `Conv` 3x3 (pads 1) with their BatchNorm folded in
 //!   (`w' = w * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)`), `Relu`, then
@@ -20,7 +21,7 @@
 //! of the bundle live in the same space.
 //!
 //! The check runs `audio.onnx` in ONNX Runtime on real features (batch 1 and batch 3, two frame
-//! counts) and compares with the trainer's own forward pass in validation mode; with a text
+//! counts, and batch 2 shorter than the minimum) and compares with the trainer's own forward pass in validation mode; with a text
 //! head, it also compares the bundle's text encoder with the trainer's head on a few captions.
 
 use std::path::{Path, PathBuf};
@@ -39,7 +40,7 @@ use audiotext0::train::cache::{default_cache_dir, text_encoder_key, FeatureCache
 use audiotext0::train::data::Dataset;
 
 use crate::model::{input_tensor, to_vec, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS};
-use crate::run::{device, load_model, ort_runtime, DeviceKind, RunConfig, Which};
+use crate::run::{device, load_model, ort_runtime, pad_value, DeviceKind, RunConfig, Which};
 
 pub const AUDIO_OPSET: i64 = 17;
 pub const AUDIO_ONNX_FILE: &str = "audio.onnx";
@@ -302,7 +303,7 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
     manifest.text = Some(text_section);
 
     // audio.onnx
-    let onnx = build_audio_onnx(&job.model.audio, enc);
+    let onnx = build_audio_onnx(&job.model.audio, enc, pad_value(&config.front_end));
     let onnx_path = job.out.join(AUDIO_ONNX_FILE);
     let bytes = onnx.to_bytes();
     std::fs::write(&onnx_path, &bytes)
@@ -364,7 +365,14 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
     // Checks.
     let rt = ort_runtime(job.ort)?;
     let (inputs, source) = &job.parity_inputs;
-    let (max_diff, lines) = audio_parity(job.model, &onnx_path, inputs, enc, rt)?;
+    let (max_diff, lines) = audio_parity(
+        job.model,
+        &onnx_path,
+        inputs,
+        enc,
+        pad_value(&config.front_end),
+        rt,
+    )?;
     if max_diff > PARITY_TOLERANCE {
         bail!("audio.onnx differs from the trainer by {max_diff:.2e} (> {PARITY_TOLERANCE:.0e}); the export is wrong, do not use {}", job.out.display());
     }
@@ -432,6 +440,7 @@ fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
         "pooling": "mean over mels, then max + mean over time",
         "head": format!("Linear {} -> {} + ReLU, Linear {} -> {}, L2-normalised", enc.channels.last().copied().unwrap_or(0), enc.fc_dim, enc.fc_dim, enc.embedding_dim),
         "min_frames": enc.min_frames(),
+        "short_inputs": "padded at the end to min_frames with the front-end's silence value, inside the graph",
         "parameters": enc.parameter_count(),
         "batchnorm_epsilon": enc.bn_epsilon,
         "config": enc,
@@ -458,13 +467,38 @@ fn bn_affine(bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// The ONNX graph of an encoder (see the module docs).
-pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig) -> ModelProto {
+pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32) -> ModelProto {
     let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
     let n_mels = enc.n_mels as i64;
     let mut x = g.input(
         INPUT_NAME,
         DataType::Float,
         &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
+    );
+    // Inputs shorter than the encoder's minimum are padded with silence at the end, as the
+    // trainer pads them: pads = [0, 0, 0, 0, 0, 0, max(min_frames - frames, 0), 0].
+    let shape = g.node("Shape", &[&x], vec![]);
+    let time_axis = g.const_i64("time_axis", &[2]);
+    let frames = g.node(
+        "Gather",
+        &[&shape, &time_axis],
+        vec![AttributeProto::int("axis", 0)],
+    );
+    let min_frames = g.const_i64("min_frames", &[enc.min_frames() as i64]);
+    let missing = g.node("Sub", &[&min_frames, &frames], vec![]);
+    let zero = g.const_i64("zero", &[0]);
+    let missing = g.node("Max", &[&missing, &zero], vec![]);
+    let before = g.const_i64("pads_before", &[0, 0, 0, 0, 0, 0]);
+    let pads = g.node(
+        "Concat",
+        &[&before, &missing, &zero],
+        vec![AttributeProto::int("axis", 0)],
+    );
+    let silence = g.scalar_f32("silence", silence);
+    x = g.node(
+        "Pad",
+        &[&x, &pads, &silence],
+        vec![AttributeProto::string("mode", "constant")],
     );
     let (s0, b0) = bn_affine(&model.bn0);
     let s0 = g.initializer_f32("bn0.scale", &[n_mels], &s0);
@@ -657,6 +691,7 @@ pub fn audio_parity(
     onnx_path: &Path,
     clips: &[Features],
     enc: &EncoderConfig,
+    silence: f32,
     rt: &audiotext0::model::runtime::Runtime,
 ) -> Result<(f32, Vec<String>)> {
     if clips.is_empty() {
@@ -677,18 +712,31 @@ pub fn audio_parity(
             0
         };
         let mut crop = c.crop(offset, short);
-        crop = crate::run::pad_frames(&crop, short, -100.0);
+        crop = crate::run::pad_frames(&crop, short, silence);
         batch.extend_from_slice(&crop.data);
     }
     cases.push((3, short, batch));
+    // Shorter than the encoder's minimum: the graph pads like the trainer.
+    let tiny = enc.min_frames().saturating_sub(5).max(1).min(first.frames);
+    let tiny_values: Vec<f32> = (0..2)
+        .flat_map(|i| clips[i % clips.len()].crop(0, tiny).data)
+        .collect();
+    cases.push((2, tiny, tiny_values));
     let mut worst = 0f32;
     let mut lines = Vec::new();
     for (b, frames, values) in cases {
+        // The trainer pads short inputs before the model (see `run::embed_windows`).
+        let padded_frames = frames.max(enc.min_frames());
+        let mut padded = Vec::with_capacity(b * padded_frames * mels);
+        for row in values.chunks(frames * mels) {
+            padded.extend_from_slice(row);
+            padded.resize(padded.len() + (padded_frames - frames) * mels, silence);
+        }
         let expected =
             to_vec(
                 model
                     .audio
-                    .forward(input_tensor(values.clone(), b, frames, mels, &device)),
+                    .forward(input_tensor(padded, b, padded_frames, mels, &device)),
             );
         let input =
             ort::value::Tensor::from_array(([b as i64, 1, frames as i64, mels as i64], values))?;
