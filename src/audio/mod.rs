@@ -7,9 +7,11 @@
 //! - `resample`: `StreamResampler`, any rate to the model's, delay-compensated.
 //! - `mel`: `MelExtractor`, librosa's `melspectrogram` + log.
 //! - `stream`: `decode_mono` (whole file) and `log_mel_windows` (bounded memory).
+//! - `encoder`: `audio.onnx` over batches of windows, pooled per file (the extension's side).
 
 pub mod config;
 pub mod decode;
+pub mod encoder;
 pub mod mel;
 pub mod resample;
 pub mod stream;

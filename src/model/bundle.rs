@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use crate::model::manifest::{sha256_file, Manifest, MANIFEST_FILE};
 use crate::model::runtime;
+use crate::audio::encoder::AudioEncoder;
 use crate::text::TextEncoder;
 use crate::{Error, Result};
 
@@ -21,6 +22,7 @@ pub struct Bundle {
     /// Not a OnceLock of the result: a failed load is retried on the next call, so fixing the
     /// cause (a missing runtime library, say) needs no restart.
     text: Mutex<Option<Arc<TextEncoder>>>,
+    audio: Mutex<Option<Arc<AudioEncoder>>>,
 }
 
 /// Process-wide cache, keyed by canonical folder and the manifest's modification time.
@@ -57,7 +59,7 @@ impl Bundle {
                 )));
             }
         }
-        let bundle = Arc::new(Bundle { dir: canonical, manifest, text: Mutex::new(None) });
+        let bundle = Arc::new(Bundle { dir: canonical, manifest, text: Mutex::new(None), audio: Mutex::new(None) });
         cache.retain(|(dir, _), _| dir != &key.0);
         cache.insert(key, bundle.clone());
         Ok(bundle)
@@ -82,6 +84,30 @@ impl Bundle {
         let encoder = Arc::new(TextEncoder::load(&self.dir, section, self.manifest.embedding_dim, runtime::runtime()?)?);
         *slot = Some(encoder.clone());
         Ok(encoder)
+    }
+
+    /// The audio encoder, loaded on first use.
+    pub fn audio_encoder(&self) -> Result<Arc<AudioEncoder>> {
+        let mut slot = self.audio.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(encoder) = slot.as_ref() {
+            return Ok(encoder.clone());
+        }
+        let section = self.manifest.audio.as_ref().ok_or_else(|| {
+            Error::Bundle(format!(
+                "bundle {} has no audio encoder (no \"audio\" section in its manifest); train one and add it with `audiotext-train export --out {}`",
+                self.dir.display(),
+                self.dir.display()
+            ))
+        })?;
+        self.verify_file(&section.onnx)?;
+        let encoder = Arc::new(AudioEncoder::load(&self.dir, section, self.manifest.embedding_dim, runtime::runtime()?)?);
+        *slot = Some(encoder.clone());
+        Ok(encoder)
+    }
+
+    /// The audio encoder if it is loaded already (for `audiotext_debug`).
+    pub fn loaded_audio_encoder(&self) -> Option<Arc<AudioEncoder>> {
+        self.audio.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The text encoder if it is loaded already (for `audiotext_debug`).

@@ -42,3 +42,15 @@ pub fn model_name<'a>(ctx: &'a Context<'_>, n_required: usize) -> Result<(&'a st
         )),
     }
 }
+
+/// A float32 little-endian vector BLOB (sqlite-vec's layout).
+pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String> {
+    if bytes.is_empty() || bytes.len() % 4 != 0 {
+        return Err(format!(
+            "argument {} ({role}) is a BLOB of {} bytes, which is not a float32 vector (a multiple of 4 bytes, as audio_embed and text_embed return)",
+            index + 1,
+            bytes.len()
+        ));
+    }
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}

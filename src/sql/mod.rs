@@ -4,6 +4,9 @@
 //! an SQL error prefixed with the function's name, so nothing unwinds into SQLite.
 
 mod args;
+mod audio;
+mod embed_files;
+mod files;
 mod meta;
 mod registry;
 mod text;
@@ -82,6 +85,11 @@ pub const FUNCTIONS: &[Function] = &[
     Function { name: "audiotext_runtime", n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: meta::runtime },
     Function { name: "text_embed",        n_arg: 1, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
     Function { name: "text_embed",        n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
+    Function { name: "audio_embed",       n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: true,  body: audio::embed },
+    Function { name: "audio_embed",       n_arg: 2, flags: Flags::ReadsFiles,   sets_subtype: true,  body: audio::embed },
+    Function { name: "audio_text_score",  n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: false, body: audio::text_score },
+    Function { name: "audio_text_score",  n_arg: 3, flags: Flags::UsesRegistry, sets_subtype: false, body: audio::text_score },
+    Function { name: "audio_info",        n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: audio::info },
     #[cfg(feature = "fault-injection")]
     Function { name: "audiotext_fault",   n_arg: 1, flags: Flags::Volatile,     sets_subtype: false, body: meta::fault },
 ];
@@ -91,6 +99,7 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     install_panic_hook();
     let registry = Arc::new(Registry::default());
     registry::register_module(&db, registry.clone())?;
+    embed_files::register_module(&db, registry.clone())?;
     for function in FUNCTIONS {
         let env = Env { registry: registry.clone() };
         let body = function.body;

@@ -1,0 +1,108 @@
+//! `audio_embed([model,] path_or_blob)`, `audio_text_score([model,] audio_embedding, text)`,
+//! `audio_info(path_or_blob)`.
+
+use std::path::Path;
+
+use rusqlite::functions::Context;
+use rusqlite::types::ValueRef;
+
+use super::{args, Env, Output};
+use crate::audio::{probe, AudioSource};
+
+/// The audio argument: TEXT is a file path, BLOB is the encoded file's bytes.
+fn audio_source<'a>(ctx: &'a Context<'_>, index: usize) -> Result<Option<AudioSource<'a>>, String> {
+    match ctx.get_raw(index) {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .map(|path| Some(AudioSource::Path(Path::new(path))))
+            .map_err(|_| format!("argument {} (path) is not valid UTF-8", index + 1)),
+        ValueRef::Blob(bytes) => Ok(Some(AudioSource::Bytes(bytes))),
+        other => Err(format!(
+            "argument {} (audio) must be TEXT (a file path) or BLOB (the file's bytes), got {}",
+            index + 1,
+            args::type_name(other)
+        )),
+    }
+}
+
+pub fn embed(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    let (model, audio_index) = args::model_name(ctx, 1)?;
+    let Some(source) = audio_source(ctx, audio_index)? else {
+        return Ok(Output::Null);
+    };
+    let encoder = env.registry.get(model)?.audio_encoder().map_err(|e| e.to_string())?;
+    let vector = encoder.embed(&source).map_err(|e| e.to_string())?;
+    Ok(Output::Vector(vector))
+}
+
+pub fn info(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    let Some(source) = audio_source(ctx, 0)? else {
+        return Ok(Output::Null);
+    };
+    let info = probe(&source).map_err(|e| e.to_string())?;
+    Ok(Output::Text(serde_json::to_string(&info).map_err(|e| e.to_string())?))
+}
+
+/// Cosine similarity of an audio embedding and a text (embedded with the same model, once per
+/// statement when constant) or a text embedding BLOB.
+pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    let (model, audio_index) = args::model_name(ctx, 2)?;
+    let text_index = audio_index + 1;
+    let audio = match ctx.get_raw(audio_index) {
+        ValueRef::Null => return Ok(Output::Null),
+        ValueRef::Blob(bytes) => bytes,
+        other => {
+            return Err(format!(
+                "argument {} (audio_embedding) must be a BLOB from audio_embed, got {}",
+                audio_index + 1,
+                args::type_name(other)
+            ))
+        }
+    };
+    let query = match ctx.get_raw(text_index) {
+        ValueRef::Null => return Ok(Output::Null),
+        ValueRef::Blob(bytes) => args::vector(bytes, text_index, "text_embedding")?,
+        ValueRef::Text(_) => match ctx.get_aux::<(String, Vec<f32>)>(text_index as i32) {
+            Ok(Some(cached)) if cached.0 == model => cached.1.clone(),
+            _ => {
+                let text = args::text(ctx, text_index, "text")?.unwrap_or_default();
+                let encoder = env.registry.get(model)?.text_encoder().map_err(|e| e.to_string())?;
+                let vector = encoder.embed(&[text]).map_err(|e| e.to_string())?.pop().unwrap_or_default();
+                let _ = ctx.set_aux(text_index as i32, (model.to_string(), vector.clone()));
+                vector
+            }
+        },
+        other => {
+            return Err(format!(
+                "argument {} (text) must be TEXT or a text_embed BLOB, got {}",
+                text_index + 1,
+                args::type_name(other)
+            ))
+        }
+    };
+    let audio = args::vector(audio, audio_index, "audio_embedding")?;
+    if audio.len() != query.len() {
+        return Err(format!(
+            "argument {} (audio_embedding) has {} dimensions, while the text embedding of model '{model}' has {}; embed both with the same model",
+            audio_index + 1,
+            audio.len(),
+            query.len()
+        ));
+    }
+    Ok(Output::Real(f64::from(cosine(&audio, &query))))
+}
+
+/// Cosine similarity; 0 when either vector is all zeros.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}

@@ -1,0 +1,269 @@
+//! `audio_embed_files(dir_or_glob [, model])`: one row per file with `path, duration,
+//! embedding, error`, in path order.
+//!
+//! A worker thread decodes files and computes their log-mel windows in parallel (rayon), a
+//! chunk at a time, while the cursor runs the encoder on the previous chunk's windows in
+//! batches: decoding overlaps inference, and the bounded channel keeps at most two chunks of
+//! features in memory whatever the folder's size. A file that fails fills `error`; the scan
+//! goes on.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::os::raw::c_int;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use rusqlite::types::{Null, Value};
+use rusqlite::vtab::{
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module, VTab, VTabConfig,
+    VTabConnection, VTabCursor,
+};
+use rusqlite::Connection;
+
+use super::{files, guard, vector_to_blob, Registry};
+use crate::audio::encoder::{pool, AudioEncoder, FileFeatures};
+use crate::audio::{AudioSource, LogMel};
+
+const NAME: &str = "audio_embed_files";
+/// Files decoded together; the encoder sees their windows in one go.
+const CHUNK_FILES: usize = 16;
+
+const COLUMN_PATH: c_int = 0;
+const COLUMN_DURATION: c_int = 1;
+const COLUMN_EMBEDDING: c_int = 2;
+const COLUMN_ERROR: c_int = 3;
+const COLUMN_SOURCE: c_int = 4;
+const COLUMN_MODEL: c_int = 5;
+/// Bits of `idx_num` saying which hidden arguments were given.
+const HAS_SOURCE: c_int = 1;
+const HAS_MODEL: c_int = 2;
+
+pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
+    const MODULE: Module<EmbedFilesTable> = Module::eponymous_only_module();
+    db.create_module(NAME, &MODULE, Some(registry))
+}
+
+#[repr(C)]
+struct EmbedFilesTable {
+    /// Base class; must come first.
+    base: sqlite3_vtab,
+    registry: Arc<Registry>,
+}
+
+unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
+    type Aux = Arc<Registry>;
+    type Cursor = EmbedFilesCursor;
+
+    fn connect(
+        db: &mut VTabConnection,
+        aux: Option<&Arc<Registry>>,
+        _module_name: &[u8],
+        _database_name: &[u8],
+        _table_name: &[u8],
+        _args: &[&[u8]],
+    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
+        // It reads files named in SQL: top-level statements only.
+        db.config(VTabConfig::DirectOnly)?;
+        Ok((
+            Cow::Borrowed(c"CREATE TABLE x(path TEXT, duration REAL, embedding BLOB, error TEXT, source HIDDEN, model HIDDEN)"),
+            EmbedFilesTable { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default() },
+        ))
+    }
+
+    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+        let mut source = None;
+        let mut model = None;
+        for (i, constraint) in info.constraints().enumerate() {
+            if !constraint.is_usable() || constraint.operator() != IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ {
+                continue;
+            }
+            match constraint.column() {
+                COLUMN_SOURCE => source = Some(i),
+                COLUMN_MODEL => model = Some(i),
+                _ => {}
+            }
+        }
+        let mut idx_num = 0;
+        let mut argv = 1;
+        for (slot, bit) in [(source, HAS_SOURCE), (model, HAS_MODEL)] {
+            if let Some(i) = slot {
+                let mut usage = info.constraint_usage(i);
+                usage.set_argv_index(argv);
+                usage.set_omit(true);
+                argv += 1;
+                idx_num |= bit;
+            }
+        }
+        info.set_idx_num(idx_num);
+        // Without its folder the scan cannot run; make that plan look hopeless, not cheap.
+        info.set_estimated_cost(if idx_num & HAS_SOURCE != 0 { 1e3 } else { 1e12 });
+        Ok(true)
+    }
+
+    fn open(&'vtab mut self) -> rusqlite::Result<EmbedFilesCursor> {
+        Ok(EmbedFilesCursor {
+            base: sqlite3_vtab_cursor::default(),
+            registry: self.registry.clone(),
+            rows: VecDeque::new(),
+            current: None,
+            rowid: 0,
+            work: None,
+        })
+    }
+}
+
+/// One output row.
+struct FileRow {
+    path: String,
+    duration: Option<f64>,
+    embedding: Option<Vec<u8>>,
+    error: Option<String>,
+}
+
+/// A chunk of files with their features or errors, in path order.
+type Chunk = Vec<(PathBuf, Result<FileFeatures, String>)>;
+
+/// The worker's side of the scan.
+struct Work {
+    encoder: Arc<AudioEncoder>,
+    chunks: Receiver<Chunk>,
+    remaining_files: usize,
+}
+
+#[repr(C)]
+struct EmbedFilesCursor {
+    /// Base class; must come first.
+    base: sqlite3_vtab_cursor,
+    registry: Arc<Registry>,
+    rows: VecDeque<FileRow>,
+    current: Option<FileRow>,
+    rowid: i64,
+    work: Option<Work>,
+}
+
+fn filter_error(message: String) -> rusqlite::Error {
+    rusqlite::Error::ModuleError(message)
+}
+
+impl EmbedFilesCursor {
+    fn start(&mut self, idx_num: c_int, args: &Filters<'_>) -> Result<(), String> {
+        if idx_num & HAS_SOURCE == 0 {
+            return Err("argument 1 (dir_or_glob) is required: SELECT * FROM audio_embed_files('sounds/')".into());
+        }
+        let text = |i: usize, role: &str| match args.get::<Value>(i) {
+            Ok(Value::Text(t)) => Ok(t),
+            Ok(other) => Err(format!(
+                "argument {} ({role}) must be TEXT, got {}",
+                i + 1,
+                super::args::type_name(rusqlite::types::ValueRef::from(&other))
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        let source = text(0, "dir_or_glob")?;
+        let model = if idx_num & HAS_MODEL != 0 { text(1, "model")? } else { "default".to_string() };
+        let encoder = self.registry.get(&model)?.audio_encoder().map_err(|e| e.to_string())?;
+        let paths = files::list(&source)?;
+        let remaining_files = paths.len();
+        // Two chunks in flight: one being embedded here, one being decoded by the worker.
+        let (sender, chunks) = sync_channel::<Chunk>(1);
+        let worker_encoder = encoder.clone();
+        std::thread::Builder::new()
+            .name("audiotext-decode".into())
+            .spawn(move || {
+                for chunk in paths.chunks(CHUNK_FILES) {
+                    let features: Chunk = chunk
+                        .par_iter()
+                        .map(|path| {
+                            let result = guard("decode", || {
+                                worker_encoder.features(&AudioSource::Path(path)).map_err(|e| e.to_string())
+                            })
+                            .map_err(|e| e.trim_start_matches("decode: ").to_string());
+                            (path.clone(), result)
+                        })
+                        .collect();
+                    if sender.send(features).is_err() {
+                        return; // The statement was finished early; stop decoding.
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the decoding thread: {e}"))?;
+        self.work = Some(Work { encoder, chunks, remaining_files });
+        Ok(())
+    }
+
+    /// Takes the next chunk from the worker and embeds it.
+    fn fill(&mut self) -> Result<(), String> {
+        let Some(work) = self.work.as_mut() else { return Ok(()) };
+        if work.remaining_files == 0 {
+            return Ok(());
+        }
+        let chunk = work.chunks.recv().map_err(|_| "internal error: the decoding thread stopped early".to_string())?;
+        work.remaining_files -= chunk.len();
+        let windows: Vec<&LogMel> =
+            chunk.iter().filter_map(|(_, r)| r.as_ref().ok()).flat_map(|f| f.windows.iter()).collect();
+        let mut embeddings = work.encoder.embed_windows(&windows).map_err(|e| e.to_string())?.into_iter();
+        for (path, result) in chunk {
+            let path = path.display().to_string();
+            self.rows.push_back(match result {
+                Ok(features) => {
+                    let per_window: Vec<Vec<f32>> = embeddings.by_ref().take(features.windows.len()).collect();
+                    FileRow {
+                        path,
+                        duration: Some(features.duration_seconds),
+                        embedding: Some(vector_to_blob(&pool(&per_window))),
+                        error: None,
+                    }
+                }
+                Err(error) => FileRow { path, duration: None, embedding: None, error: Some(error) },
+            });
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self) -> Result<(), String> {
+        if self.rows.is_empty() {
+            self.fill()?;
+        }
+        self.current = self.rows.pop_front();
+        self.rowid += 1;
+        Ok(())
+    }
+}
+
+unsafe impl VTabCursor for EmbedFilesCursor {
+    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+        self.rows.clear();
+        self.rowid = 0;
+        guard(NAME, || {
+            self.start(idx_num, args)?;
+            self.advance()
+        })
+        .map_err(filter_error)
+    }
+
+    fn next(&mut self) -> rusqlite::Result<()> {
+        guard(NAME, || self.advance()).map_err(filter_error)
+    }
+
+    fn eof(&self) -> bool {
+        self.current.is_none()
+    }
+
+    fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
+        let Some(row) = &self.current else { return ctx.set_result(&Null) };
+        match column {
+            COLUMN_PATH => ctx.set_result(&row.path),
+            COLUMN_DURATION => ctx.set_result(&row.duration),
+            COLUMN_EMBEDDING => ctx.set_result(&row.embedding),
+            COLUMN_ERROR => ctx.set_result(&row.error),
+            _ => ctx.set_result(&Null),
+        }
+    }
+
+    fn rowid(&self) -> rusqlite::Result<i64> {
+        Ok(self.rowid)
+    }
+}
