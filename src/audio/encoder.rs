@@ -63,8 +63,33 @@ impl AudioEncoder {
         Ok(FileFeatures { windows, duration_seconds })
     }
 
+    /// Frames the encoder needs at least (its poolings shrink time 2^k-fold), from the
+    /// manifest's `encoder.min_frames`; 1 when it does not say.
+    fn min_frames(&self) -> usize {
+        let declared = self.section.encoder.as_ref().and_then(|e| e.get("min_frames")).and_then(|v| v.as_u64());
+        declared.map_or(1, |n| n.max(1) as usize)
+    }
+
+    /// The log-mel value of silence: the log of the floor, as the front-end computes it.
+    fn silence_value(&self) -> f32 {
+        let floor = self.section.front_end.log_floor;
+        if self.section.front_end.log == "db" {
+            10.0 * floor.log10()
+        } else {
+            floor.ln()
+        }
+    }
+
     /// Embeds windows in batches of equal length; returns one embedding per window, in order.
+    /// A window shorter than the encoder's minimum is padded at the end with silence.
     pub fn embed_windows(&self, windows: &[&LogMel]) -> Result<Vec<Vec<f32>>> {
+        let min_frames = self.min_frames();
+        let padded: Vec<Option<LogMel>> = windows
+            .iter()
+            .map(|w| (w.frames < min_frames).then(|| pad_frames(w, min_frames, self.silence_value())))
+            .collect();
+        let windows: Vec<&LogMel> = windows.iter().zip(&padded).map(|(w, p)| p.as_ref().unwrap_or(w)).collect();
+        let windows = windows.as_slice();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; windows.len()];
         let mut order: Vec<usize> = (0..windows.len()).collect();
         order.sort_by_key(|&i| windows[i].frames);
@@ -121,6 +146,13 @@ impl AudioEncoder {
         }
         Ok(values.chunks(self.embedding_dim).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// `window` extended to `frames` frames with `value` in every new cell.
+fn pad_frames(window: &LogMel, frames: usize, value: f32) -> LogMel {
+    let mut data = window.data.clone();
+    data.resize(frames * window.n_mels, value);
+    LogMel { frames, n_mels: window.n_mels, data }
 }
 
 /// Mean of the window embeddings, L2-normalised (the manifest's `windowing.pooling = "mean"`).

@@ -35,13 +35,26 @@ pub fn debug(env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
         let _ = write!(out, "model {name}: {} ({}, dim {})", path.display(), bundle.manifest.name, bundle.manifest.embedding_dim);
         match bundle.loaded_text_encoder() {
             Some(text) => {
-                let _ = write!(out, "; text on {}", text.placement.provider);
+                let embedded = text.texts_embedded.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = write!(out, "; text on {} ({embedded} texts embedded)", text.placement.provider);
                 if let Some(note) = &text.placement.cuda_note {
                     let _ = write!(out, " (cuda: {note})");
                 }
             }
             None if bundle.manifest.text.is_some() => {
                 let _ = write!(out, "; text not loaded yet");
+            }
+            None => {}
+        }
+        match bundle.loaded_audio_encoder() {
+            Some(audio) => {
+                let _ = write!(out, "; audio on {}", audio.placement.provider);
+                if let Some(note) = &audio.placement.cuda_note {
+                    let _ = write!(out, " (cuda: {note})");
+                }
+            }
+            None if bundle.manifest.audio.is_some() => {
+                let _ = write!(out, "; audio not loaded yet");
             }
             None => {}
         }

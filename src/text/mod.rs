@@ -6,6 +6,7 @@
 //! vector sentence-transformers gives for it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ort::session::Session;
@@ -25,6 +26,8 @@ pub struct TextEncoder {
     session: Mutex<Session>,
     pub embedding_dim: usize,
     pub placement: SessionPlacement,
+    /// Texts embedded so far (shown by `audiotext_debug`; lets tests see per-statement caching).
+    pub texts_embedded: AtomicU64,
 }
 
 impl TextEncoder {
@@ -45,6 +48,7 @@ impl TextEncoder {
             session: Mutex::new(session),
             embedding_dim,
             placement,
+            texts_embedded: AtomicU64::new(0),
         })
     }
 
@@ -59,6 +63,7 @@ impl TextEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        self.texts_embedded.fetch_add(texts.len() as u64, Ordering::Relaxed);
         let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
         let tokens = ids.iter().map(Vec::len).max().unwrap_or(0);
         let batch = ids.len();
