@@ -1,0 +1,99 @@
+"""The manifest's audio section is enough to reproduce audio_embed independently: librosa
+decodes, resamples and computes the log-mel from the manifest's keys (librosa's own argument
+names), onnxruntime runs audio.onnx, windows are pooled as `windowing` says. Resamplers and
+decoders differ (librosa uses soxr and libsndfile/audioread), so the bar is cosine >= 0.99."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+librosa = pytest.importorskip("librosa", reason="librosa is in tests/python/requirements.txt")
+ort = pytest.importorskip("onnxruntime")
+
+import make_audio as ma
+from conftest import DEFAULT_BUNDLE, open_connection
+
+COSINE_BAR = 0.99
+
+
+def bundle_dir():
+    return Path(os.environ.get("AUDIOTEXT_TEST_AUDIO_BUNDLE", DEFAULT_BUNDLE))
+
+
+def window_bounds(total, sr, windowing):
+    """The windows the manifest describes: clip_seconds long, hop_seconds apart; a trailing
+    window shorter than min_seconds is dropped unless it is the only one."""
+    to_samples = lambda s: int(np.floor(s * sr + 0.5))
+    clip, hop, minimum = (to_samples(windowing[k]) for k in ("clip_seconds", "hop_seconds", "min_seconds"))
+    bounds, start = [], 0
+    while start < total:
+        end = min(start + clip, total)
+        if end - start < clip and end - start < minimum and bounds:
+            break
+        bounds.append((start, end))
+        if end == total:
+            break
+        start += hop
+    return bounds
+
+
+def reproduce(path, manifest, bundle):
+    a = manifest["audio"]
+    sr = a["sample_rate"]
+    y, _ = librosa.load(path, sr=sr, mono=True)
+    session = ort.InferenceSession(str(bundle / a["onnx"]), providers=["CPUExecutionProvider"])
+    silence = 10 * np.log10(a["log_floor"]) if a["log"] == "db" else np.log(a["log_floor"])
+    min_frames = (a.get("encoder") or {}).get("min_frames", 1)
+    embeddings = []
+    for start, end in window_bounds(len(y), sr, a["windowing"]):
+        power = librosa.feature.melspectrogram(
+            y=y[start:end], sr=sr, n_fft=a["n_fft"], hop_length=a["hop_length"], win_length=a["win_length"],
+            window=a["window"], center=a["center"], pad_mode=a["pad_mode"], power=a["power"], n_mels=a["n_mels"],
+            fmin=a["fmin"], fmax=a["fmax"], htk=a["mel_scale"] == "htk", norm="slaney" if a["mel_norm"] == "slaney" else None,
+        )
+        log_mel = 10 * np.log10(np.maximum(power, a["log_floor"])) if a["log"] == "db" else np.log(power + a["log_floor"])
+        frames = log_mel.T.astype(np.float32)  # frames x mels
+        if len(frames) < min_frames:
+            frames = np.concatenate([frames, np.full((min_frames - len(frames), frames.shape[1]), silence, np.float32)])
+        assert a["input"]["layout"] == "batch,1,frames,mels"
+        (out,) = session.run([a["output"]], {a["input"]["name"]: frames[None, None]})
+        embeddings.append(out[0])
+    pooled = np.mean(embeddings, axis=0)
+    return pooled / np.linalg.norm(pooled)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    bundle = bundle_dir()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert "audio" in manifest, f"{bundle} has no audio encoder"
+    conn = open_connection()
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', ?)", (str(bundle),))
+    return conn, manifest, bundle
+
+
+def ours(conn, path):
+    return np.frombuffer(conn.execute("SELECT audio_embed('m', ?)", (str(path),)).fetchone()[0], "<f4")
+
+
+def test_reproduced_from_the_manifest_on_synthetic_files(setup, tmp_path):
+    conn, manifest, bundle = setup
+    rate = 44100  # not the model's rate: both sides resample
+    t = np.arange(int(rate * 23.0)) / rate  # three 10 s windows, the last 3 s long
+    signal = (0.3 * np.sin(2 * np.pi * 600 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2
+              + ma.white_noise(rate, 23.0, 0.05)).astype(np.float32)
+    files = {"long-44k.wav": (signal, rate), "short-16k.wav": (signal[: int(rate * 2)][::3].copy(), rate // 3)}
+    for name, (samples, sr) in files.items():
+        ma.write_wav(tmp_path / name, samples, sr, "s16")
+        similarity = float(np.dot(ours(conn, tmp_path / name), reproduce(tmp_path / name, manifest, bundle)))
+        assert similarity >= COSINE_BAR, (name, similarity)
+
+
+def test_reproduced_from_the_manifest_on_real_clips(setup, shared_data):
+    conn, manifest, bundle = setup
+    clips = sorted((shared_data / "esc50-dev" / "audio").glob("*.flac"))[::40]
+    similarities = [float(np.dot(ours(conn, c), reproduce(c, manifest, bundle))) for c in clips]
+    assert min(similarities) >= COSINE_BAR, dict(zip([c.name for c in clips], similarities))
