@@ -14,7 +14,7 @@ mod vec;
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, Weak};
 
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::Value;
@@ -97,7 +97,7 @@ pub const FUNCTIONS: &[Function] = &[
 /// Registers everything on one connection: sqlite-vec, the model registry, the functions.
 fn init(db: Connection) -> rusqlite::Result<bool> {
     install_panic_hook();
-    let registry = Arc::new(Registry::default());
+    let registry = connection_registry(&db)?;
     registry::register_module(&db, registry.clone())?;
     embed_files::register_module(&db, registry.clone())?;
     for function in FUNCTIONS {
@@ -115,6 +115,30 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     }
     registry::register_default_bundle(&registry);
     Ok(false)
+}
+
+/// The registry of this connection: a new one, or the one an earlier `.load` of the extension
+/// on the same connection made (its `temp.audiotext_models` still points to it).
+fn connection_registry(db: &Connection) -> rusqlite::Result<Arc<Registry>> {
+    static REGISTRIES: Mutex<Vec<(usize, Weak<Registry>)>> = Mutex::new(Vec::new());
+    let handle = unsafe { db.handle() } as usize;
+    let loaded_before: bool = db.query_row(
+        "SELECT count(*) > 0 FROM temp.sqlite_master WHERE name = 'audiotext_models'",
+        [],
+        |row| row.get(0),
+    )?;
+    let mut registries = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
+    registries.retain(|(_, weak)| weak.strong_count() > 0);
+    if loaded_before {
+        if let Some(registry) = registries.iter().find(|(h, _)| *h == handle).and_then(|(_, w)| w.upgrade()) {
+            return Ok(registry);
+        }
+    }
+    // A handle can be reused by a later connection: a stale entry for it is replaced.
+    registries.retain(|(h, _)| *h != handle);
+    let registry = Arc::new(Registry::default());
+    registries.push((handle, Arc::downgrade(&registry)));
+    Ok(registry)
 }
 
 /// Runs a function body inside `catch_unwind` and converts its output.

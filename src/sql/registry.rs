@@ -123,6 +123,10 @@ pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Re
 
 /// Registers the bundle shipped next to the extension as `default`, when there is one.
 pub fn register_default_bundle(registry: &Registry) {
+    // A `default` the user registered (before loading the extension again) stays.
+    if registry.lock().entries.contains_key("default") {
+        return;
+    }
     let Some(dir) = extension_dir() else { return };
     let candidates: Vec<PathBuf> = DEFAULT_BUNDLE_DIRS.iter().map(|d| dir.join(d)).collect();
     registry.lock().default_search = candidates.clone();

@@ -22,13 +22,18 @@ DECLARED_FUNCTIONS = {
     ("audiotext_version", 0),
     ("text_embed", 1),
     ("text_embed", 2),
+    ("audio_embed", 1),
+    ("audio_embed", 2),
+    ("audio_info", 1),
+    ("audio_text_score", 2),
+    ("audio_text_score", 3),
     ("vec_add", 2), ("vec_bit", 1), ("vec_debug", 0), ("vec_distance_cosine", 2),
     ("vec_distance_hamming", 2), ("vec_distance_l1", 2), ("vec_distance_l2", 2), ("vec_f32", 1),
     ("vec_int8", 1), ("vec_length", 1), ("vec_normalize", 1), ("vec_quantize_binary", 1),
     ("vec_quantize_int8", 2), ("vec_slice", 3), ("vec_sub", 2), ("vec_to_json", 1),
     ("vec_type", 1), ("vec_version", 0),
 }
-DECLARED_MODULES = {"audiotext_models", "vec0", "vec_each"}
+DECLARED_MODULES = {"audiotext_models", "audio_embed_files", "vec0", "vec_each"}
 FAULT_BUILD = ROOT / "target" / "fault-injection" / "audiotext0"
 
 
@@ -377,3 +382,17 @@ def test_panic_inside_a_function_is_an_sql_error():
     assert first.startswith("('error', \"audiotext_fault: internal error (fault injected by audiotext_fault('panic'))")
     assert second.startswith("('ok', 'v")
     assert third == "('ok', 1536)"
+
+
+def test_loading_twice_keeps_the_connections_registry(tmp_path):
+    """Regression: a second .load on the same connection used to give the functions a fresh
+    registry (and re-register the shipped default over the user's own)."""
+    bundle = copy_bundle(tmp_path)
+    conn = open_connection()
+    conn.execute("DELETE FROM temp.audiotext_models")
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('default', ?)", (str(bundle),))
+    conn.enable_load_extension(True)
+    conn.load_extension(str(EXTENSION))
+    rows = conn.execute("SELECT name, path FROM temp.audiotext_models").fetchall()
+    assert rows == [("default", str(bundle.resolve()))]
+    assert conn.execute("SELECT length(text_embed('still one registry'))").fetchone() == (1536,)
