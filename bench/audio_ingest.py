@@ -1,0 +1,144 @@
+"""Audio ingestion benchmark: one mode per run, so each can be timed as a whole process and
+modes can be paired against each other.
+
+  ours       audio_embed_files over a folder in SQLite (decode, resample, log-mel, encoder)
+  onnx-only  the same audio.onnx in onnxruntime on precomputed log-mel (the encoder's floor)
+  python     what a Python user would write: librosa load + resample + melspectrogram +
+             power_to_db, then onnxruntime on the same audio.onnx, file by file
+  logmel     librosa's log-mel alone (decode + resample excluded: arrays preloaded)
+  info       parameters and GMACs per 10 s of audio of the bundle's audio.onnx
+
+Run with the test venv:  .venv/bin/python bench/audio_ingest.py MODE [FOLDER] [BUNDLE]
+Each mode prints one line: mode, files, seconds of work (excluding interpreter start-up and
+model loading), files per second.
+"""
+
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDER = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "esc50-dev" / "audio"
+BUNDLE = Path(sys.argv[3]) if len(sys.argv) > 3 else ROOT / "models" / "default"
+MANIFEST = json.loads((BUNDLE / "manifest.json").read_text())
+AUDIO = MANIFEST["audio"]
+FILES = sorted(p for p in FOLDER.rglob("*") if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3", ".m4a"})
+BATCH = 32
+
+
+def report(mode, seconds):
+    print(f"{mode}: {len(FILES)} files in {seconds:.2f} s, {len(FILES) / seconds:.1f} files/s")
+
+
+def librosa_log_mel(y):
+    import librosa
+
+    a = AUDIO
+    power = librosa.feature.melspectrogram(
+        y=y, sr=a["sample_rate"], n_fft=a["n_fft"], hop_length=a["hop_length"], win_length=a["win_length"],
+        window=a["window"], center=a["center"], pad_mode=a["pad_mode"], power=a["power"], n_mels=a["n_mels"],
+        fmin=a["fmin"], fmax=a["fmax"], htk=a["mel_scale"] == "htk", norm="slaney" if a["mel_norm"] == "slaney" else None,
+    )
+    if a["log"] == "db":
+        return (10 * np.log10(np.maximum(power, a["log_floor"]))).T.astype(np.float32)
+    return np.log(power + a["log_floor"]).T.astype(np.float32)
+
+
+def session():
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(BUNDLE / AUDIO["onnx"]), providers=["CPUExecutionProvider"])
+
+
+def run_ours():
+    conn = sqlite3.connect(":memory:")
+    conn.enable_load_extension(True)
+    conn.load_extension(str(ROOT / "dist" / "audiotext0"))
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('b', ?)", (str(BUNDLE),))
+    conn.execute("SELECT audio_embed('b', ?)", (str(FILES[0]),)).fetchone()  # load the model
+    started = time.perf_counter()
+    rows = conn.execute("SELECT count(embedding), count(error) FROM audio_embed_files(?, 'b')", (str(FOLDER),)).fetchone()
+    seconds = time.perf_counter() - started
+    assert rows == (len(FILES), 0), rows
+    report("ours (audio_embed_files)", seconds)
+
+
+def run_onnx_only():
+    import librosa
+
+    features = [librosa_log_mel(librosa.load(f, sr=AUDIO["sample_rate"])[0]) for f in FILES]
+    sess = session()
+    started = time.perf_counter()
+    # Same batching as the extension: windows of equal length together, 32 at a time.
+    by_length = {}
+    for x in features:
+        by_length.setdefault(len(x), []).append(x)
+    for group in by_length.values():
+        for i in range(0, len(group), BATCH):
+            batch = np.stack(group[i : i + BATCH])[:, None]
+            sess.run([AUDIO["output"]], {AUDIO["input"]["name"]: batch})
+    report("onnx-only (audio.onnx on precomputed log-mel)", time.perf_counter() - started)
+
+
+def run_python():
+    import librosa
+
+    sess = session()
+    started = time.perf_counter()
+    for f in FILES:
+        y, _ = librosa.load(f, sr=AUDIO["sample_rate"])
+        x = librosa_log_mel(y)
+        sess.run([AUDIO["output"]], {AUDIO["input"]["name"]: x[None, None]})
+    report("python (librosa + onnxruntime)", time.perf_counter() - started)
+
+
+def run_logmel():
+    import librosa
+
+    signals = [librosa.load(f, sr=AUDIO["sample_rate"])[0] for f in FILES]
+    started = time.perf_counter()
+    for y in signals:
+        librosa_log_mel(y)
+    report("logmel (librosa melspectrogram + dB, preloaded audio)", time.perf_counter() - started)
+
+
+def run_info():
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(BUNDLE / AUDIO["onnx"]))
+    params = sum(numpy_helper.to_array(t).size for t in model.graph.initializer)
+    frames = 1 + int(10 * AUDIO["sample_rate"]) // AUDIO["hop_length"]
+    graph_input = model.graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    for dim, value in zip(dims, [1, 1, frames, AUDIO["n_mels"]]):
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in
+              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type == "Conv":
+            out = shapes[node.output[0]]
+            kernel = weights[node.input[1]]  # [out, in/groups, kh, kw]
+            macs += int(np.prod(out)) * int(np.prod(kernel[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            a_shape = shapes.get(node.input[0]) or list(weights.get(node.input[0], ()))
+            b_shape = shapes.get(node.input[1]) or list(weights.get(node.input[1], ()))
+            macs += int(np.prod(a_shape)) * int(b_shape[-1])
+    print(f"info: {params / 1e6:.3f} M parameters, {macs / 1e9:.3f} GMACs per 10 s of audio ({frames} frames), "
+          f"audio.onnx {(BUNDLE / AUDIO['onnx']).stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    modes = {"ours": run_ours, "onnx-only": run_onnx_only, "python": run_python, "logmel": run_logmel, "info": run_info}
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode not in modes:
+        sys.exit(__doc__)
+    modes[mode]()
