@@ -107,31 +107,33 @@ def run_logmel():
 
 
 def run_info():
+    """Parameters from the initializers; MACs of Conv, Gemm and MatMul from the real shapes of
+    one 10 s run (the graph pads dynamically, which static shape inference cannot follow)."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    import onnxruntime
+    from onnx import numpy_helper
 
     model = onnx.load(str(BUNDLE / AUDIO["onnx"]))
-    params = sum(numpy_helper.to_array(t).size for t in model.graph.initializer)
-    frames = 1 + int(10 * AUDIO["sample_rate"]) // AUDIO["hop_length"]
-    graph_input = model.graph.input[0]
-    dims = graph_input.type.tensor_type.shape.dim
-    for dim, value in zip(dims, [1, 1, frames, AUDIO["n_mels"]]):
-        dim.ClearField("dim_param")
-        dim.dim_value = value
-    inferred = shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in
-              list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
     weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    params = sum(int(np.prod(shape)) for shape in weights.values())
+    counted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    known = {o.name for o in model.graph.output}
+    wanted = sorted({name for n in counted for name in list(n.input[:1]) + [n.output[0]]} - set(weights) - known)
+    for name in wanted:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    frames = 1 + int(10 * AUDIO["sample_rate"]) // AUDIO["hop_length"]
+    x = np.zeros((1, 1, frames, AUDIO["n_mels"]), np.float32)
+    names = [o.name for o in sess.get_outputs()]
+    shapes = dict(zip(names, (v.shape for v in sess.run(names, {AUDIO["input"]["name"]: x}))))
     macs = 0
-    for node in inferred.graph.node:
+    for node in counted:
+        out = shapes[node.output[0]]
         if node.op_type == "Conv":
-            out = shapes[node.output[0]]
-            kernel = weights[node.input[1]]  # [out, in/groups, kh, kw]
-            macs += int(np.prod(out)) * int(np.prod(kernel[1:]))
-        elif node.op_type in ("Gemm", "MatMul"):
-            a_shape = shapes.get(node.input[0]) or list(weights.get(node.input[0], ()))
-            b_shape = shapes.get(node.input[1]) or list(weights.get(node.input[1], ()))
-            macs += int(np.prod(a_shape)) * int(b_shape[-1])
+            macs += int(np.prod(out)) * int(np.prod(weights[node.input[1]][1:]))  # [out, in/groups, kh, kw]
+        else:
+            inner = (shapes.get(node.input[0]) or weights[node.input[0]])[-1]
+            macs += int(np.prod(out)) * int(inner)
     print(f"info: {params / 1e6:.3f} M parameters, {macs / 1e9:.3f} GMACs per 10 s of audio ({frames} frames), "
           f"audio.onnx {(BUNDLE / AUDIO['onnx']).stat().st_size / 1e6:.2f} MB")
 
