@@ -581,7 +581,7 @@ fn twenty_minutes_stream_in_bounded_memory() {
     assert_eq!(stream.info().sample_rate, rate);
     let mut count = 0;
     let mut last_frames = 0;
-    while let Some(lm) = stream.next() {
+    for lm in stream.by_ref() {
         let lm = lm.unwrap();
         assert_eq!(lm.n_mels, 32);
         assert!(lm.data.iter().all(|v| v.is_finite()));

@@ -140,6 +140,7 @@ fn python_ready(python: &Path) -> Result<(), String> {
 }
 
 #[test]
+#[allow(clippy::while_let_on_iterator)]
 fn logmel_matches_librosa() {
     let root = root();
     let python = root.join(".venv/bin/python");
@@ -231,6 +232,7 @@ fn logmel_matches_librosa() {
         let mut windows = Vec::new();
         let mut bounds = Vec::new();
         let mut stream = LogMelWindows::new(&AudioSource::Path(&long), mel, windowing).unwrap();
+        // Not a `for` loop: the stream is asked for each window's bounds.
         while let Some(lm) = stream.next() {
             let lm = lm.unwrap();
             let file = format!("out/{stem}.{}.logmel.npy", windows.len());

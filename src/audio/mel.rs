@@ -5,7 +5,7 @@
 //! `librosa/filters.py` `mel`, `librosa/core/convert.py` `hz_to_mel`/`mel_to_hz`/
 //! `mel_frequencies`) and scipy's `get_window('hann', n, fftbins=True)`. The filterbank and the
 //! window are computed in f64 with numpy's operation order, then stored as f32; the FFT, the
-//! power spectrum and the mel projection run in f32 (tolerance: see tests/logmel_parity.rs).
+//! power spectrum and the mel projection run in f32 (tolerance: tests/python/test_logmel.py).
 //!
 //! Padding when centred follows `numpy.pad` (librosa pads `n_fft / 2` on both sides):
 //! `constant` adds zeros; `reflect` mirrors without repeating the edge sample and, when the pad
@@ -122,7 +122,7 @@ impl MelExtractor {
                 "sample_rate is 0: set it to the model's rate in Hz".into(),
             ));
         }
-        if fe.n_fft < 2 || fe.n_fft % 2 != 0 {
+        if fe.n_fft < 2 || !fe.n_fft.is_multiple_of(2) {
             return Err(invalid(format!(
                 "n_fft is {}: it must be even and at least 2 (frame counts assume an even n_fft)",
                 fe.n_fft
@@ -851,5 +851,31 @@ mod tests {
                 "{err}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    #[test]
+    #[ignore = "timing, run with --release -- --ignored --nocapture"]
+    fn bench_compute() {
+        let mel = MelExtractor::new(&FrontEnd::panns_32k()).unwrap();
+        let x: Vec<f32> = (0..160_000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let mut scratch = MelScratch::default();
+        mel.compute_with(&x, &mut scratch);
+        let t = std::time::Instant::now();
+        let mut frames = 0;
+        for _ in 0..100 {
+            frames += mel.compute_with(&x, &mut scratch).frames;
+        }
+        let e = t.elapsed();
+        println!(
+            "{frames} frames in {e:?}: {:.2} us/frame",
+            e.as_secs_f64() * 1e6 / frames as f64
+        );
     }
 }
