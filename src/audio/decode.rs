@@ -4,9 +4,9 @@
 //! Error policy (each case has its own message; all are `Error::Audio` except a file that cannot
 //! be opened, which is `Error::Io`):
 //! - an empty file or blob: "... is empty (0 bytes)";
-//! - anything whose first bytes are not a container we decode (RIFF/WAVE, fLaC, OggS, an MP3 or
-//!   ADTS frame header, possibly after an ID3v2 tag, MP4 `ftyp`, Matroska/WebM): "... is not a
-//!   supported audio file (...)". The container is recognised here, at offset 0, instead of
+//! - anything whose first bytes are not a container we decode (RIFF/WAVE, fLaC, OggS, an MP3
+//!   (layer III) or ADTS frame header, possibly after an ID3v2 tag, MP4 `ftyp`, Matroska/WebM):
+//!   "... is not a supported audio file (...)". The container is recognised here, at offset 0, instead of
 //!   letting symphonia scan the first megabyte for a two-byte marker, so an image or a binary
 //!   that happens to contain `0xFF 0xFB` is not "decoded" as noise;
 //! - a header that ends early: "... is truncated"; a malformed header or container:
@@ -22,7 +22,8 @@
 //!   `catch_unwind`, and a panic becomes "... is corrupt (decoder failed: ...)". After any error
 //!   the decoder is finished: later calls return `Ok(None)`.
 //!
-//! Chained Ogg streams: decoding stops at the end of the first logical stream.
+//! Chained Ogg streams: decoding stops at the end of the first logical stream. A blob is copied
+//! once (symphonia needs an owned source); decoded audio is never held whole here.
 
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
@@ -178,7 +179,8 @@ fn sniff_head(h: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// An MPEG audio frame header (layers I-III) or an ADTS (AAC) header.
+/// An MPEG audio layer III frame header (the build decodes no layer I or II) or an ADTS (AAC)
+/// header.
 fn sniff_frame_header(h: &[u8]) -> Option<&'static str> {
     if h.len() < 3 || h[0] != 0xff || h[1] & 0xe0 != 0xe0 {
         return None;
@@ -191,7 +193,7 @@ fn sniff_frame_header(h: &[u8]) -> Option<&'static str> {
     let version = (h[1] >> 3) & 0x03;
     let bitrate = h[2] >> 4;
     let rate = (h[2] >> 2) & 0x03;
-    (version != 1 && bitrate != 0x0f && rate != 0x03).then_some("mp3")
+    (layer == 0x01 && version != 1 && bitrate != 0x0f && rate != 0x03).then_some("mp3")
 }
 
 impl Decoder {
@@ -228,7 +230,8 @@ impl Decoder {
                 if bytes.is_empty() {
                     return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
                 }
-                let container = sniff(&mut Cursor::new(bytes)).expect("reading memory cannot fail");
+                // Reading from memory cannot fail.
+                let container = sniff(&mut Cursor::new(bytes)).unwrap_or(None);
                 // symphonia wants an owned ('static) source: the encoded bytes are copied once.
                 (
                     Box::new(Cursor::new(bytes.to_vec())),
@@ -516,6 +519,7 @@ mod tests {
         assert_eq!(sniff_head(&[0xff, 0xfb, 0x90, 0x64]), Some("mp3"));
         assert_eq!(sniff_head(&[0xff, 0xf1, 0x50, 0x80]), Some("aac"));
         assert_eq!(sniff_head(&[0xff, 0xfb, 0xf0, 0x64]), None); // bitrate index 15
+        assert_eq!(sniff_head(&[0xff, 0xfd, 0x90, 0x64]), None); // layer II
         assert_eq!(sniff_head(b"\x89PNG\r\n\x1a\n"), None);
         assert_eq!(sniff_head(b"hello"), None);
         // An ID3v2 tag (size 4, syncsafe) followed by an MP3 frame.
