@@ -291,7 +291,8 @@ def test_audio_text_score_is_cosine_and_encodes_the_query_once(aconn, reference_
     def embedded():
         debug = aconn.execute("SELECT audiotext_debug()").fetchone()[0]
         line = next(l for l in debug.splitlines() if l.startswith("model a:"))
-        return int(line.split("(")[2].split(" texts embedded")[0]) if "texts embedded" in line else 0
+        found = re.search(r"\((\d+) texts embedded\)", line)
+        return int(found.group(1)) if found else 0
 
     before = embedded()
     scores = aconn.execute("SELECT audio_text_score('a', embedding, 'a brand new query') FROM clips").fetchall()
