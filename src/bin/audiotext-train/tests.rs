@@ -398,18 +398,26 @@ fn text_head_is_appended_to_a_text_graph() {
 }
 
 /// Time of training steps of the default CNN10 at the ESC-50 shape (32 clips of 5 s at
-/// 32 kHz: 501 frames x 64 mels) on generated features. Run with
-/// `cargo test --release --bin audiotext-train -- --ignored --nocapture step_time`.
+/// 32 kHz: 501 frames x 64 mels) on generated features, split into forward, backward and
+/// optimizer. Run with
+/// `cargo test --release --bin audiotext-train -- --ignored --nocapture step_time`;
+/// `AUDIOTEXT_BENCH=batch,frames,width` changes the shape.
 #[test]
 #[ignore = "a benchmark: slow in debug builds"]
 fn step_time_of_the_default_model() {
     use crate::loss::{info_nce, soft_targets};
     use crate::model::{input_tensor, to_vec};
     use burn::optim::{AdamWConfig, GradientsParams};
+    use std::time::Instant;
+    let shape: Vec<usize> = std::env::var("AUDIOTEXT_BENCH")
+        .unwrap_or_else(|_| "32,501,64".into())
+        .split(',')
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    let (batch, frames, width, mels) = (shape[0], shape[1], shape[2], 64usize);
     let device = Device::flex().autodiff();
-    let (batch, frames, mels) = (32usize, 501usize, 64usize);
     let config = ContrastiveConfig {
-        encoder: EncoderConfig::cnn10(mels, 384),
+        encoder: EncoderConfig::cnn10(mels, 384).with_width(width),
         text_head: false,
         temperature: 0.07,
         learn_temperature: true,
@@ -426,8 +434,12 @@ fn step_time_of_the_default_model() {
         })
         .collect();
     let keys: Vec<u64> = (0..batch as u64).collect();
-    for step in 0..4 {
-        let start = std::time::Instant::now();
+    eprintln!(
+        "batch {batch} x 1 x {frames} x {mels}, width {width}, rayon threads {}",
+        rayon::current_num_threads()
+    );
+    for step in 0..3 {
+        let t0 = Instant::now();
         let x = input_tensor(values.clone(), batch, frames, mels, &device);
         let t = Tensor::<2>::from_data(TensorData::new(text.clone(), [batch, 384]), &device);
         let y = Tensor::<2>::from_data(
@@ -441,17 +453,23 @@ fn step_time_of_the_default_model() {
             y,
         );
         let value = to_vec(loss.clone())[0];
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let t1 = Instant::now();
+        let grads = loss.backward();
+        let grads = GradientsParams::from_grads(grads, &model);
+        let t2 = Instant::now();
         model = optim.step(1e-3, model, grads);
         let _ = to_vec(model.audio.proj.weight.val());
+        let t3 = Instant::now();
         eprintln!(
-            "step {step}: loss {value:.4}, {:.2} s",
-            start.elapsed().as_secs_f64()
+            "step {step}: loss {value:.4}, forward {:.2} s, backward {:.2} s, optimizer {:.2} s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (t3 - t2).as_secs_f64()
         );
     }
     let valid = model.valid();
     let inner = Device::flex();
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let y = valid
         .audio
         .forward(input_tensor(values, batch, frames, mels, &inner));
