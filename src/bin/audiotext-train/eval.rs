@@ -147,18 +147,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("no clips to evaluate");
     }
     let data_desc = format!(
-        "{} ({}, {} clips, {:?})",
+        "{} ({}, {} clips: {})",
         root.display(),
         layout.describe(),
         clips.len(),
-        subset
+        match subset {
+            Subset::Val => "the run's validation clips",
+            Subset::All => "all",
+        }
     );
 
     let source = match (&run_config, &args.bundle) {
         (Some(_), _) => format!(
-            "run {} ({:?} checkpoint)",
+            "run {} ({} checkpoint)",
             args.run.as_ref().unwrap().display(),
-            args.checkpoint
+            args.checkpoint.file_stem()
         ),
         (None, Some(b)) => format!("bundle {}", b.display()),
         _ => unreachable!("clap requires --run or --bundle"),

@@ -259,10 +259,21 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         m.name = job.name.clone().unwrap_or_else(|| {
             let run = job
                 .run_dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("audio");
-            format!("{}-{run}", src_manifest.name)
+                .canonicalize()
+                .ok()
+                .and_then(|d| d.file_name().and_then(|n| n.to_str()).map(String::from))
+                .unwrap_or_else(|| "audio".into());
+            // The text model's own name (its source folder), not the bundle's, which may
+            // describe an earlier audio encoder.
+            let text_name = src_manifest
+                .text
+                .as_ref()
+                .and_then(|t| t.source.as_ref())
+                .and_then(|s| s.get("folder"))
+                .and_then(|f| f.as_str())
+                .map(String::from)
+                .unwrap_or_else(|| src_manifest.name.clone());
+            format!("{run} (audio) + {text_name} (text)")
         });
         m.audio = None;
         m.training = None;

@@ -144,7 +144,8 @@ pub struct FitArgs {
     pub ort: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "flex")]
     pub device: DeviceKind,
-    /// Stop after this many optimizer steps in total (for smoke tests and timing).
+    /// Stop after this many optimizer steps in total (for smoke tests and timing); the epoch
+    /// in progress is then validated and saved as if it were complete.
     #[arg(long)]
     pub max_steps: Option<usize>,
 }
@@ -827,11 +828,8 @@ pub fn train(
             eprintln!("warning: cannot draw the plots: {e:#}");
         }
         let line = epoch_line(&log, t.epochs, train_seconds, improved);
-        if show_progress {
-            multi.println(&line).ok();
-        } else {
-            println!("{line}");
-        }
+        // On standard output whether or not the bars are drawn (a log file gets every line).
+        multi.suspend(|| println!("{line}"));
     }
     Ok(TrainSummary {
         epochs: logs,

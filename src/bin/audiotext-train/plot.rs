@@ -26,7 +26,7 @@ fn register_font() {
 struct Series<'a> {
     label: &'a str,
     color: RGBColor,
-    points: Vec<(f64, f64)>,
+    points: Vec<(i32, f64)>,
 }
 
 fn chart(
@@ -37,11 +37,11 @@ fn chart(
     y_from_zero: bool,
 ) -> Result<()> {
     register_font();
-    let points: Vec<&(f64, f64)> = series.iter().flat_map(|s| s.points.iter()).collect();
+    let points: Vec<&(i32, f64)> = series.iter().flat_map(|s| s.points.iter()).collect();
     if points.is_empty() {
         return Ok(());
     }
-    let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let x_max = points.iter().map(|p| p.0).max().unwrap_or(1).max(1);
     let mut y_min = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let mut y_max = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
     if y_from_zero {
@@ -60,7 +60,7 @@ fn chart(
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(
-            0.5f64..x_max + 0.5,
+            0i32..x_max + 1,
             (y_min - pad).max(if y_from_zero { 0.0 } else { f64::MIN })..y_max + pad,
         )
         .map_err(|e| err(&e))?;
@@ -69,7 +69,8 @@ fn chart(
         .y_desc(y_label)
         .label_style((FONT, 15))
         .axis_desc_style((FONT, 17))
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels((x_max + 2).min(12) as usize)
+        .x_label_formatter(&|x| format!("{x}"))
         .draw()
         .map_err(|e| err(&e))?;
     for s in series {
@@ -109,7 +110,7 @@ fn series<'a>(
         color,
         points: logs
             .iter()
-            .filter_map(|l| f(l).map(|v| (l.epoch as f64, v)))
+            .filter_map(|l| f(l).map(|v| (l.epoch as i32, v)))
             .collect(),
     }
 }
