@@ -48,11 +48,18 @@ fn sqlite_vec_source_dir() -> PathBuf {
     );
     let metadata: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
-    let packages = metadata["packages"].as_array().expect("metadata has packages");
+    let packages = metadata["packages"]
+        .as_array()
+        .expect("metadata has packages");
     let package = packages
         .iter()
         .find(|p| p["name"] == "sqlite-vec" && p["version"] == SQLITE_VEC_VERSION)
-        .unwrap_or_else(|| panic!("sqlite-vec {SQLITE_VEC_VERSION} is not in the dependency graph"));
+        .unwrap_or_else(|| {
+            panic!("sqlite-vec {SQLITE_VEC_VERSION} is not in the dependency graph")
+        });
     let manifest_path = PathBuf::from(package["manifest_path"].as_str().expect("manifest_path"));
-    manifest_path.parent().expect("package folder").to_path_buf()
+    manifest_path
+        .parent()
+        .expect("package folder")
+        .to_path_buf()
 }

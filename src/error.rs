@@ -20,7 +20,10 @@ pub enum Error {
     Tokenizer(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Other(String),

@@ -94,6 +94,11 @@ impl FrontEnd {
 impl Windowing {
     /// Ten-second windows without overlap, mean-pooled: ESC-50 and most Clotho clips fit one.
     pub fn ten_seconds() -> Windowing {
-        Windowing { clip_seconds: 10.0, hop_seconds: 10.0, min_seconds: 1.0, pooling: "mean".into() }
+        Windowing {
+            clip_seconds: 10.0,
+            hop_seconds: 10.0,
+            min_seconds: 1.0,
+            pooling: "mean".into(),
+        }
     }
 }

@@ -33,7 +33,12 @@ pub struct FileFeatures {
 }
 
 impl AudioEncoder {
-    pub fn load(bundle_dir: &Path, section: &AudioSection, embedding_dim: usize, runtime: &Runtime) -> Result<Self> {
+    pub fn load(
+        bundle_dir: &Path,
+        section: &AudioSection,
+        embedding_dim: usize,
+        runtime: &Runtime,
+    ) -> Result<Self> {
         if section.input.layout != LAYOUT_CHANNEL_FIRST && section.input.layout != LAYOUT_PLAIN {
             return Err(Error::Bundle(format!(
                 "audio input layout '{}' is not supported; use '{LAYOUT_CHANNEL_FIRST}' or '{LAYOUT_PLAIN}'",
@@ -43,13 +48,23 @@ impl AudioEncoder {
         // Also validates the front-end settings before any file is read.
         let mel = Arc::new(MelExtractor::new(&section.front_end)?);
         let (session, placement) = runtime.session(&bundle_dir.join(&section.onnx))?;
-        if !session.inputs().iter().any(|input| input.name() == section.input.name) {
+        if !session
+            .inputs()
+            .iter()
+            .any(|input| input.name() == section.input.name)
+        {
             return Err(Error::Bundle(format!(
                 "{} has no input named '{}' (manifest audio section); re-export the bundle",
                 section.onnx, section.input.name
             )));
         }
-        Ok(AudioEncoder { section: section.clone(), mel, session: Mutex::new(session), embedding_dim, placement })
+        Ok(AudioEncoder {
+            section: section.clone(),
+            mel,
+            session: Mutex::new(session),
+            embedding_dim,
+            placement,
+        })
     }
 
     /// Decodes and windows one file; pure CPU work, safe to run on many threads at once.
@@ -57,16 +72,28 @@ impl AudioEncoder {
         let mut stream = LogMelWindows::new(source, self.mel.clone(), &self.section.windowing)?;
         let windows = stream.by_ref().collect::<Result<Vec<LogMel>>>()?;
         if windows.is_empty() {
-            return Err(Error::Audio(format!("{} contains no audio samples", source.describe())));
+            return Err(Error::Audio(format!(
+                "{} contains no audio samples",
+                source.describe()
+            )));
         }
-        let duration_seconds = stream.samples() as f64 / f64::from(self.section.front_end.sample_rate);
-        Ok(FileFeatures { windows, duration_seconds })
+        let duration_seconds =
+            stream.samples() as f64 / f64::from(self.section.front_end.sample_rate);
+        Ok(FileFeatures {
+            windows,
+            duration_seconds,
+        })
     }
 
     /// Frames the encoder needs at least (its poolings shrink time 2^k-fold), from the
     /// manifest's `encoder.min_frames`; 1 when it does not say.
     fn min_frames(&self) -> usize {
-        let declared = self.section.encoder.as_ref().and_then(|e| e.get("min_frames")).and_then(|v| v.as_u64());
+        let declared = self
+            .section
+            .encoder
+            .as_ref()
+            .and_then(|e| e.get("min_frames"))
+            .and_then(|v| v.as_u64());
         declared.map_or(1, |n| n.max(1) as usize)
     }
 
@@ -86,22 +113,37 @@ impl AudioEncoder {
         let min_frames = self.min_frames();
         let padded: Vec<Option<LogMel>> = windows
             .iter()
-            .map(|w| (w.frames < min_frames).then(|| pad_frames(w, min_frames, self.silence_value())))
+            .map(|w| {
+                (w.frames < min_frames).then(|| pad_frames(w, min_frames, self.silence_value()))
+            })
             .collect();
-        let windows: Vec<&LogMel> = windows.iter().zip(&padded).map(|(w, p)| p.as_ref().unwrap_or(w)).collect();
+        let windows: Vec<&LogMel> = windows
+            .iter()
+            .zip(&padded)
+            .map(|(w, p)| p.as_ref().unwrap_or(w))
+            .collect();
         let windows = windows.as_slice();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; windows.len()];
         let mut order: Vec<usize> = (0..windows.len()).collect();
         order.sort_by_key(|&i| windows[i].frames);
         for group in order.chunk_by(|&a, &b| windows[a].frames == windows[b].frames) {
             for batch in group.chunks(self.max_batch()) {
-                let embeddings = self.run(batch.iter().map(|&i| windows[i]).collect::<Vec<_>>().as_slice())?;
+                let embeddings = self.run(
+                    batch
+                        .iter()
+                        .map(|&i| windows[i])
+                        .collect::<Vec<_>>()
+                        .as_slice(),
+                )?;
                 for (&i, embedding) in batch.iter().zip(embeddings) {
                     out[i] = Some(embedding);
                 }
             }
         }
-        Ok(out.into_iter().map(|e| e.expect("every window embedded")).collect())
+        Ok(out
+            .into_iter()
+            .map(|e| e.expect("every window embedded"))
+            .collect())
     }
 
     /// The embedding of a whole file: its windows' embeddings averaged, then L2-normalised.
@@ -128,14 +170,21 @@ impl AudioEncoder {
         } else {
             vec![batch.len() as i64, frames as i64, mels as i64]
         };
-        let inputs = ort::inputs![self.section.input.name.as_str() => Tensor::from_array((shape, data))?];
+        let inputs =
+            ort::inputs![self.section.input.name.as_str() => Tensor::from_array((shape, data))?];
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(inputs)?;
         let output = outputs.get(self.section.output.as_str()).ok_or_else(|| {
-            Error::Bundle(format!("{} has no output named '{}'; re-export the bundle", self.section.onnx, self.section.output))
+            Error::Bundle(format!(
+                "{} has no output named '{}'; re-export the bundle",
+                self.section.onnx, self.section.output
+            ))
         })?;
         let (out_shape, values) = output.try_extract_tensor::<f32>()?;
-        if out_shape.len() != 2 || out_shape[0] as usize != batch.len() || out_shape[1] as usize != self.embedding_dim {
+        if out_shape.len() != 2
+            || out_shape[0] as usize != batch.len()
+            || out_shape[1] as usize != self.embedding_dim
+        {
             return Err(Error::Bundle(format!(
                 "{} returned shape {:?}, while the manifest promises [{}, {}]; re-export the bundle",
                 self.section.onnx,
@@ -144,7 +193,10 @@ impl AudioEncoder {
                 self.embedding_dim
             )));
         }
-        Ok(values.chunks(self.embedding_dim).map(<[f32]>::to_vec).collect())
+        Ok(values
+            .chunks(self.embedding_dim)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
@@ -152,7 +204,11 @@ impl AudioEncoder {
 fn pad_frames(window: &LogMel, frames: usize, value: f32) -> LogMel {
     let mut data = window.data.clone();
     data.resize(frames * window.n_mels, value);
-    LogMel { frames, n_mels: window.n_mels, data }
+    LogMel {
+        frames,
+        n_mels: window.n_mels,
+        data,
+    }
 }
 
 /// Mean of the window embeddings, L2-normalised (the manifest's `windowing.pooling = "mean"`).

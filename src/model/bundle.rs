@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
+use crate::audio::encoder::AudioEncoder;
 use crate::model::manifest::{sha256_file, Manifest, MANIFEST_FILE};
 use crate::model::runtime;
-use crate::audio::encoder::AudioEncoder;
 use crate::text::TextEncoder;
 use crate::{Error, Result};
 
@@ -59,7 +59,12 @@ impl Bundle {
                 )));
             }
         }
-        let bundle = Arc::new(Bundle { dir: canonical, manifest, text: Mutex::new(None), audio: Mutex::new(None) });
+        let bundle = Arc::new(Bundle {
+            dir: canonical,
+            manifest,
+            text: Mutex::new(None),
+            audio: Mutex::new(None),
+        });
         cache.retain(|(dir, _), _| dir != &key.0);
         cache.insert(key, bundle.clone());
         Ok(bundle)
@@ -81,7 +86,12 @@ impl Bundle {
         for file in [&section.onnx, &section.tokenizer] {
             self.verify_file(file)?;
         }
-        let encoder = Arc::new(TextEncoder::load(&self.dir, section, self.manifest.embedding_dim, runtime::runtime()?)?);
+        let encoder = Arc::new(TextEncoder::load(
+            &self.dir,
+            section,
+            self.manifest.embedding_dim,
+            runtime::runtime()?,
+        )?);
         *slot = Some(encoder.clone());
         Ok(encoder)
     }
@@ -100,7 +110,12 @@ impl Bundle {
             ))
         })?;
         self.verify_file(&section.onnx)?;
-        let encoder = Arc::new(AudioEncoder::load(&self.dir, section, self.manifest.embedding_dim, runtime::runtime()?)?);
+        let encoder = Arc::new(AudioEncoder::load(
+            &self.dir,
+            section,
+            self.manifest.embedding_dim,
+            runtime::runtime()?,
+        )?);
         *slot = Some(encoder.clone());
         Ok(encoder)
     }

@@ -145,7 +145,8 @@ impl Manifest {
         names.dedup();
         self.files.clear();
         for name in names {
-            self.files.insert(name.clone(), sha256_file(&bundle_dir.join(&name))?);
+            self.files
+                .insert(name.clone(), sha256_file(&bundle_dir.join(&name))?);
         }
         let path = bundle_dir.join(MANIFEST_FILE);
         let mut json = serde_json::to_string_pretty(self).expect("manifest serialises");
@@ -158,20 +159,27 @@ impl Manifest {
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut file = std::fs::File::open(path)
-        .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let n = file
-            .read(&mut buffer)
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let n = file.read(&mut buffer).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         if n == 0 {
             break;
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ort::ep::{self, ExecutionProvider};
 use ort::environment::Environment;
+use ort::ep::{self, ExecutionProvider};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
@@ -82,7 +82,10 @@ pub fn runtime_from(path: &Path) -> Result<&'static Runtime> {
             path.display()
         )));
     }
-    let runtime = load(&[Candidate { path: path.to_path_buf(), found_by: "audiotext_runtime()".into() }])?;
+    let runtime = load(&[Candidate {
+        path: path.to_path_buf(),
+        found_by: "audiotext_runtime()".into(),
+    }])?;
     *slot = Some(runtime);
     Ok(runtime)
 }
@@ -104,12 +107,18 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn default_candidates() -> Result<Vec<Candidate>> {
     for var in DYLIB_ENV_VARS {
         if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            return Ok(vec![Candidate { path: PathBuf::from(value), found_by: format!("${var}") }]);
+            return Ok(vec![Candidate {
+                path: PathBuf::from(value),
+                found_by: format!("${var}"),
+            }]);
         }
     }
     let mut candidates = Vec::new();
     if let Some(dir) = extension_dir() {
-        candidates.push(Candidate { path: dir.join(DYLIB_NAME), found_by: "next to the extension".into() });
+        candidates.push(Candidate {
+            path: dir.join(DYLIB_NAME),
+            found_by: "next to the extension".into(),
+        });
     }
     candidates.push(Candidate {
         path: PathBuf::from(DYLIB_NAME),
@@ -144,7 +153,12 @@ fn load(candidates: &[Candidate]) -> Result<&'static Runtime> {
         match probe(&candidate.path) {
             Ok(version) => {
                 let environment = ort::init_from(&candidate.path)
-                    .map_err(|e| Error::Runtime(format!("cannot load ONNX Runtime from {}: {e}", candidate.path.display())))?
+                    .map_err(|e| {
+                        Error::Runtime(format!(
+                            "cannot load ONNX Runtime from {}: {e}",
+                            candidate.path.display()
+                        ))
+                    })?
                     .with_name("audiotext")
                     .with_telemetry(false)
                     .build()?;
@@ -159,7 +173,11 @@ fn load(candidates: &[Candidate]) -> Result<&'static Runtime> {
                 // One runtime per process, alive until exit (the library is never unloaded).
                 return Ok(Box::leak(Box::new(runtime)));
             }
-            Err(reason) => tried.push(format!("{} ({}): {reason}", candidate.path.display(), candidate.found_by)),
+            Err(reason) => tried.push(format!(
+                "{} ({}): {reason}",
+                candidate.path.display(),
+                candidate.found_by
+            )),
         }
     }
     Err(Error::Runtime(format!(
@@ -177,16 +195,26 @@ fn probe(path: &Path) -> std::result::Result<String, String> {
     // SAFETY: loading ONNX Runtime runs only its static initialisers.
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
-    let get_api_base: libloading::Symbol<GetApiBase> = unsafe { library.get(b"OrtGetApiBase\0") }
-        .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase symbol)".to_string())?;
+    let get_api_base: libloading::Symbol<GetApiBase> =
+        unsafe { library.get(b"OrtGetApiBase\0") }
+            .map_err(|_| "not an ONNX Runtime library (no OrtGetApiBase symbol)".to_string())?;
     let base = unsafe { get_api_base() };
     if base.is_null() {
         return Err("OrtGetApiBase returned null".into());
     }
-    let version = unsafe { CStr::from_ptr(((*base).GetVersionString)()) }.to_string_lossy().into_owned();
-    let minor: u32 = version.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
+    let version = unsafe { CStr::from_ptr(((*base).GetVersionString)()) }
+        .to_string_lossy()
+        .into_owned();
+    let minor: u32 = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
     if minor < ort::MINOR_VERSION {
-        return Err(format!("version {version} is too old; this build needs ONNX Runtime >= 1.{}", ort::MINOR_VERSION));
+        return Err(format!(
+            "version {version} is too old; this build needs ONNX Runtime >= 1.{}",
+            ort::MINOR_VERSION
+        ));
     }
     // Keep it loaded: ort opens the same file again and the dynamic linker shares the handle.
     std::mem::forget(library);
@@ -206,21 +234,32 @@ impl Runtime {
     /// Creates a session for an ONNX file, on CUDA when possible. CUDA registration failures
     /// are caught and recorded rather than silently falling back.
     pub fn session(&self, onnx_path: &Path) -> Result<(Session, SessionPlacement)> {
-        let preference = std::env::var(PROVIDER_ENV_VAR).unwrap_or_default().to_ascii_lowercase();
+        let preference = std::env::var(PROVIDER_ENV_VAR)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let want_cuda = preference != "cpu";
         let cuda_compiled = self.available_providers.iter().any(|p| p == CUDA_PROVIDER);
         let mut builder = Session::builder(&self.environment)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(ort::Error::from)?;
-        let mut placement = SessionPlacement { provider: CPU_PROVIDER, cuda_note: None };
+        let mut placement = SessionPlacement {
+            provider: CPU_PROVIDER,
+            cuda_note: None,
+        };
         if !want_cuda {
             placement.cuda_note = Some(format!("disabled by {PROVIDER_ENV_VAR}=cpu"));
         } else if !cuda_compiled {
             placement.cuda_note = Some("this ONNX Runtime build has no CUDA provider (install with AUDIOTEXT_CUDA=1 for onnxruntime-gpu)".into());
         } else {
-            match ep::CUDA::default().build().error_on_failure().register(&mut builder) {
+            match ep::CUDA::default()
+                .build()
+                .error_on_failure()
+                .register(&mut builder)
+            {
                 Ok(()) => placement.provider = CUDA_PROVIDER,
-                Err(e) => placement.cuda_note = Some(format!("CUDA provider failed to register: {e}")),
+                Err(e) => {
+                    placement.cuda_note = Some(format!("CUDA provider failed to register: {e}"))
+                }
             }
         }
         if preference == "cuda" && placement.provider != CUDA_PROVIDER {
@@ -230,7 +269,10 @@ impl Runtime {
             )));
         }
         let session = builder.commit_from_file(onnx_path).map_err(|e| {
-            Error::Bundle(format!("onnx runtime cannot load {}: {e}; re-export the bundle", onnx_path.display()))
+            Error::Bundle(format!(
+                "onnx runtime cannot load {}: {e}; re-export the bundle",
+                onnx_path.display()
+            ))
         })?;
         Ok((session, placement))
     }

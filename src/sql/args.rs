@@ -22,7 +22,11 @@ pub fn text<'a>(ctx: &'a Context<'_>, index: usize, role: &str) -> Result<Option
         ValueRef::Text(bytes) => std::str::from_utf8(bytes)
             .map(Some)
             .map_err(|_| format!("argument {} ({role}) is not valid UTF-8", index + 1)),
-        other => Err(format!("argument {} ({role}) must be TEXT, got {}", index + 1, type_name(other))),
+        other => Err(format!(
+            "argument {} ({role}) must be TEXT, got {}",
+            index + 1,
+            type_name(other)
+        )),
     }
 }
 
@@ -52,5 +56,8 @@ pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String
             bytes.len()
         ));
     }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }

@@ -30,7 +30,11 @@ pub fn embed(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     let Some(source) = audio_source(ctx, audio_index)? else {
         return Ok(Output::Null);
     };
-    let encoder = env.registry.get(model)?.audio_encoder().map_err(|e| e.to_string())?;
+    let encoder = env
+        .registry
+        .get(model)?
+        .audio_encoder()
+        .map_err(|e| e.to_string())?;
     let vector = encoder.embed(&source).map_err(|e| e.to_string())?;
     Ok(Output::Vector(vector))
 }
@@ -40,7 +44,9 @@ pub fn info(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
         return Ok(Output::Null);
     };
     let info = probe(&source).map_err(|e| e.to_string())?;
-    Ok(Output::Text(serde_json::to_string(&info).map_err(|e| e.to_string())?))
+    Ok(Output::Text(
+        serde_json::to_string(&info).map_err(|e| e.to_string())?,
+    ))
 }
 
 /// Cosine similarity of an audio embedding and a text (embedded with the same model, once per
@@ -66,8 +72,16 @@ pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
             Ok(Some(cached)) if cached.0 == model => cached.1.clone(),
             _ => {
                 let text = args::text(ctx, text_index, "text")?.unwrap_or_default();
-                let encoder = env.registry.get(model)?.text_encoder().map_err(|e| e.to_string())?;
-                let vector = encoder.embed(&[text]).map_err(|e| e.to_string())?.pop().unwrap_or_default();
+                let encoder = env
+                    .registry
+                    .get(model)?
+                    .text_encoder()
+                    .map_err(|e| e.to_string())?;
+                let vector = encoder
+                    .embed(&[text])
+                    .map_err(|e| e.to_string())?
+                    .pop()
+                    .unwrap_or_default();
                 let _ = ctx.set_aux(text_index as i32, (model.to_string(), vector.clone()));
                 vector
             }

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use rusqlite::types::{Null, Value};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module, VTab, VTabConfig,
-    VTabConnection, VTabCursor,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
+    VTab, VTabConfig, VTabConnection, VTabCursor,
 };
 use rusqlite::Connection;
 
@@ -77,7 +77,9 @@ unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
         let mut source = None;
         let mut model = None;
         for (i, constraint) in info.constraints().enumerate() {
-            if !constraint.is_usable() || constraint.operator() != IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ {
+            if !constraint.is_usable()
+                || constraint.operator() != IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+            {
                 continue;
             }
             match constraint.column() {
@@ -151,7 +153,10 @@ fn filter_error(message: String) -> rusqlite::Error {
 impl EmbedFilesCursor {
     fn start(&mut self, idx_num: c_int, args: &Filters<'_>) -> Result<(), String> {
         if idx_num & HAS_SOURCE == 0 {
-            return Err("argument 1 (dir_or_glob) is required: SELECT * FROM audio_embed_files('sounds/')".into());
+            return Err(
+                "argument 1 (dir_or_glob) is required: SELECT * FROM audio_embed_files('sounds/')"
+                    .into(),
+            );
         }
         let text = |i: usize, role: &str| match args.get::<Value>(i) {
             Ok(Value::Text(t)) => Ok(t),
@@ -163,8 +168,16 @@ impl EmbedFilesCursor {
             Err(e) => Err(e.to_string()),
         };
         let source = text(0, "dir_or_glob")?;
-        let model = if idx_num & HAS_MODEL != 0 { text(1, "model")? } else { "default".to_string() };
-        let encoder = self.registry.get(&model)?.audio_encoder().map_err(|e| e.to_string())?;
+        let model = if idx_num & HAS_MODEL != 0 {
+            text(1, "model")?
+        } else {
+            "default".to_string()
+        };
+        let encoder = self
+            .registry
+            .get(&model)?
+            .audio_encoder()
+            .map_err(|e| e.to_string())?;
         let paths = files::list(&source)?;
         let remaining_files = paths.len();
         // Two chunks in flight: one being embedded here, one being decoded by the worker.
@@ -178,7 +191,9 @@ impl EmbedFilesCursor {
                         .par_iter()
                         .map(|path| {
                             let result = guard("decode", || {
-                                worker_encoder.features(&AudioSource::Path(path)).map_err(|e| e.to_string())
+                                worker_encoder
+                                    .features(&AudioSource::Path(path))
+                                    .map_err(|e| e.to_string())
                             })
                             .map_err(|e| e.trim_start_matches("decode: ").to_string());
                             (path.clone(), result)
@@ -190,26 +205,43 @@ impl EmbedFilesCursor {
                 }
             })
             .map_err(|e| format!("cannot start the decoding thread: {e}"))?;
-        self.work = Some(Work { encoder, chunks, remaining_files });
+        self.work = Some(Work {
+            encoder,
+            chunks,
+            remaining_files,
+        });
         Ok(())
     }
 
     /// Takes the next chunk from the worker and embeds it.
     fn fill(&mut self) -> Result<(), String> {
-        let Some(work) = self.work.as_mut() else { return Ok(()) };
+        let Some(work) = self.work.as_mut() else {
+            return Ok(());
+        };
         if work.remaining_files == 0 {
             return Ok(());
         }
-        let chunk = work.chunks.recv().map_err(|_| "internal error: the decoding thread stopped early".to_string())?;
+        let chunk = work
+            .chunks
+            .recv()
+            .map_err(|_| "internal error: the decoding thread stopped early".to_string())?;
         work.remaining_files -= chunk.len();
-        let windows: Vec<&LogMel> =
-            chunk.iter().filter_map(|(_, r)| r.as_ref().ok()).flat_map(|f| f.windows.iter()).collect();
-        let mut embeddings = work.encoder.embed_windows(&windows).map_err(|e| e.to_string())?.into_iter();
+        let windows: Vec<&LogMel> = chunk
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flat_map(|f| f.windows.iter())
+            .collect();
+        let mut embeddings = work
+            .encoder
+            .embed_windows(&windows)
+            .map_err(|e| e.to_string())?
+            .into_iter();
         for (path, result) in chunk {
             let path = path.display().to_string();
             self.rows.push_back(match result {
                 Ok(features) => {
-                    let per_window: Vec<Vec<f32>> = embeddings.by_ref().take(features.windows.len()).collect();
+                    let per_window: Vec<Vec<f32>> =
+                        embeddings.by_ref().take(features.windows.len()).collect();
                     FileRow {
                         path,
                         duration: Some(features.duration_seconds),
@@ -217,7 +249,12 @@ impl EmbedFilesCursor {
                         error: None,
                     }
                 }
-                Err(error) => FileRow { path, duration: None, embedding: None, error: Some(error) },
+                Err(error) => FileRow {
+                    path,
+                    duration: None,
+                    embedding: None,
+                    error: Some(error),
+                },
             });
         }
         Ok(())
@@ -234,7 +271,12 @@ impl EmbedFilesCursor {
 }
 
 unsafe impl VTabCursor for EmbedFilesCursor {
-    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
         self.rows.clear();
         self.rowid = 0;
         guard(NAME, || {
@@ -253,7 +295,9 @@ unsafe impl VTabCursor for EmbedFilesCursor {
     }
 
     fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
-        let Some(row) = &self.current else { return ctx.set_result(&Null) };
+        let Some(row) = &self.current else {
+            return ctx.set_result(&Null);
+        };
         match column {
             COLUMN_PATH => ctx.set_result(&row.path),
             COLUMN_DURATION => ctx.set_result(&row.duration),

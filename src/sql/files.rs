@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 /// Extensions the decoder reads (lowercase).
-pub const AUDIO_EXTENSIONS: [&str; 11] = ["wav", "wave", "flac", "ogg", "oga", "mp3", "m4a", "aac", "mp4", "mka", "mkv"];
+pub const AUDIO_EXTENSIONS: [&str; 11] = [
+    "wav", "wave", "flac", "ogg", "oga", "mp3", "m4a", "aac", "mp4", "mka", "mkv",
+];
 
 /// A directory gives every audio file below it (recursively, by extension); a pattern with
 /// `*`, `?` or `**` gives the files it matches, whatever their extension; a plain file gives
@@ -19,9 +21,16 @@ pub fn list(spec: &str) -> Result<Vec<PathBuf>, String> {
         })?;
     } else if spec.contains(['*', '?']) {
         let (base, pattern) = split_pattern(spec);
-        let base_dir = if base.as_os_str().is_empty() { Path::new(".") } else { base.as_path() };
+        let base_dir = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base.as_path()
+        };
         if !base_dir.is_dir() {
-            return Err(format!("no such folder: {} (from the pattern {spec})", base_dir.display()));
+            return Err(format!(
+                "no such folder: {} (from the pattern {spec})",
+                base_dir.display()
+            ));
         }
         walk(base_dir, &mut |p| {
             let relative = p.strip_prefix(base_dir).unwrap_or(p).to_string_lossy();
@@ -45,7 +54,8 @@ fn has_audio_extension(path: &Path) -> bool {
 }
 
 fn walk(dir: &Path, visit: &mut dyn FnMut(&Path)) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
@@ -61,9 +71,16 @@ fn walk(dir: &Path, visit: &mut dyn FnMut(&Path)) -> Result<(), String> {
 /// Splits `sounds/dogs/*.wav` into the folder without wildcards (`sounds/dogs`) and the rest.
 fn split_pattern(spec: &str) -> (PathBuf, String) {
     let components: Vec<&str> = spec.split('/').collect();
-    let first_wild = components.iter().position(|c| c.contains(['*', '?'])).unwrap_or(components.len());
+    let first_wild = components
+        .iter()
+        .position(|c| c.contains(['*', '?']))
+        .unwrap_or(components.len());
     let base = components[..first_wild].join("/");
-    let base = if base.is_empty() && spec.starts_with('/') { "/".to_string() } else { base };
+    let base = if base.is_empty() && spec.starts_with('/') {
+        "/".to_string()
+    } else {
+        base
+    };
     (PathBuf::from(base), components[first_wild..].join("/"))
 }
 
@@ -80,7 +97,9 @@ fn match_components(pattern: &[&str], path: &[&str]) -> bool {
         None => path.is_empty(),
         Some((&"**", rest)) => (0..=path.len()).any(|skip| match_components(rest, &path[skip..])),
         Some((first, rest)) => {
-            !path.is_empty() && match_component(first.as_bytes(), path[0].as_bytes()) && match_components(rest, &path[1..])
+            !path.is_empty()
+                && match_component(first.as_bytes(), path[0].as_bytes())
+                && match_components(rest, &path[1..])
         }
     }
 }
@@ -88,7 +107,10 @@ fn match_components(pattern: &[&str], path: &[&str]) -> bool {
 fn match_component(pattern: &[u8], text: &[u8]) -> bool {
     match (pattern.first(), text.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => match_component(&pattern[1..], text) || (!text.is_empty() && match_component(pattern, &text[1..])),
+        (Some(b'*'), _) => {
+            match_component(&pattern[1..], text)
+                || (!text.is_empty() && match_component(pattern, &text[1..]))
+        }
         (Some(b'?'), Some(_)) => match_component(&pattern[1..], &text[1..]),
         (Some(a), Some(b)) if a == b => match_component(&pattern[1..], &text[1..]),
         _ => false,
@@ -111,8 +133,14 @@ mod tests {
 
     #[test]
     fn patterns_split_at_the_first_wildcard() {
-        assert_eq!(split_pattern("sounds/dogs/*.wav"), (PathBuf::from("sounds/dogs"), "*.wav".into()));
-        assert_eq!(split_pattern("/data/**/x?.flac"), (PathBuf::from("/data"), "**/x?.flac".into()));
+        assert_eq!(
+            split_pattern("sounds/dogs/*.wav"),
+            (PathBuf::from("sounds/dogs"), "*.wav".into())
+        );
+        assert_eq!(
+            split_pattern("/data/**/x?.flac"),
+            (PathBuf::from("/data"), "**/x?.flac".into())
+        );
         assert_eq!(split_pattern("*.mp3"), (PathBuf::new(), "*.mp3".into()));
     }
 
@@ -131,7 +159,9 @@ mod tests {
         assert_eq!(names, ["a.FLAC", "b.wav", "sub/c.mp3"]);
         let pattern = format!("{}/**/*.mp3", dir.display());
         assert_eq!(list(&pattern).unwrap().len(), 1);
-        assert!(list("/no/such/place").unwrap_err().contains("no such file or folder"));
+        assert!(list("/no/such/place")
+            .unwrap_err()
+            .contains("no such file or folder"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

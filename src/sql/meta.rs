@@ -16,7 +16,16 @@ pub fn version(_env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
 /// be loaded is reported with the reason.
 pub fn debug(env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
     let mut out = String::new();
-    let _ = writeln!(out, "audiotext: v{} ({} build)", env!("CARGO_PKG_VERSION"), if cfg!(debug_assertions) { "debug" } else { "release" });
+    let _ = writeln!(
+        out,
+        "audiotext: v{} ({} build)",
+        env!("CARGO_PKG_VERSION"),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
     let _ = writeln!(out, "sqlite-vec: {SQLITE_VEC_VERSION}");
     if let Some(path) = runtime::extension_path() {
         let _ = writeln!(out, "extension: {}", path.display());
@@ -32,11 +41,23 @@ pub fn debug(env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
         let _ = writeln!(out, "models: none registered");
     }
     for (name, path, bundle) in models {
-        let _ = write!(out, "model {name}: {} ({}, dim {})", path.display(), bundle.manifest.name, bundle.manifest.embedding_dim);
+        let _ = write!(
+            out,
+            "model {name}: {} ({}, dim {})",
+            path.display(),
+            bundle.manifest.name,
+            bundle.manifest.embedding_dim
+        );
         match bundle.loaded_text_encoder() {
             Some(text) => {
-                let embedded = text.texts_embedded.load(std::sync::atomic::Ordering::Relaxed);
-                let _ = write!(out, "; text on {} ({embedded} texts embedded)", text.placement.provider);
+                let embedded = text
+                    .texts_embedded
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                let _ = write!(
+                    out,
+                    "; text on {} ({embedded} texts embedded)",
+                    text.placement.provider
+                );
                 if let Some(note) = &text.placement.cuda_note {
                     let _ = write!(out, " (cuda: {note})");
                 }
@@ -64,8 +85,18 @@ pub fn debug(env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
 }
 
 fn describe_runtime(out: &mut String, rt: &Runtime) {
-    let _ = writeln!(out, "onnxruntime: {} from {} (found {})", rt.version, rt.path.display(), rt.found_by);
-    let _ = writeln!(out, "execution providers available: {}", rt.available_providers.join(", "));
+    let _ = writeln!(
+        out,
+        "onnxruntime: {} from {} (found {})",
+        rt.version,
+        rt.path.display(),
+        rt.found_by
+    );
+    let _ = writeln!(
+        out,
+        "execution providers available: {}",
+        rt.available_providers.join(", ")
+    );
 }
 
 /// Loads ONNX Runtime from an explicit path; returns the version loaded.
@@ -74,7 +105,11 @@ pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
         return Err("argument 1 (path to libonnxruntime.so) must not be NULL".into());
     };
     let rt = runtime::runtime_from(Path::new(path)).map_err(|e| e.to_string())?;
-    Ok(Output::Text(format!("onnxruntime {} from {}", rt.version, rt.path.display())))
+    Ok(Output::Text(format!(
+        "onnxruntime {} from {}",
+        rt.version,
+        rt.path.display()
+    )))
 }
 
 /// Test hook (feature `fault-injection`): `audiotext_fault('panic')` panics inside a function
@@ -83,6 +118,9 @@ pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
 pub fn fault(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     match args::text(ctx, 0, "fault kind")? {
         Some("panic") => panic!("fault injected by audiotext_fault('panic')"),
-        other => Err(format!("argument 1 (fault kind) must be 'panic', got {}", other.unwrap_or("NULL"))),
+        other => Err(format!(
+            "argument 1 (fault kind) must be 'panic', got {}",
+            other.unwrap_or("NULL")
+        )),
     }
 }

@@ -70,7 +70,9 @@ impl Flags {
     fn sqlite(self) -> FunctionFlags {
         let base = FunctionFlags::SQLITE_UTF8;
         match self {
-            Flags::Pure => base | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS,
+            Flags::Pure => {
+                base | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS
+            }
             Flags::Volatile | Flags::UsesRegistry => base,
             Flags::ReadsFiles => base | FunctionFlags::SQLITE_DIRECTONLY,
         }
@@ -101,17 +103,24 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     registry::register_module(&db, registry.clone())?;
     embed_files::register_module(&db, registry.clone())?;
     for function in FUNCTIONS {
-        let env = Env { registry: registry.clone() };
+        let env = Env {
+            registry: registry.clone(),
+        };
         let body = function.body;
         let name = function.name;
         let mut flags = function.flags.sqlite();
         if function.sets_subtype {
             flags |= FunctionFlags::SQLITE_RESULT_SUBTYPE;
         }
-        db.create_scalar_function(name, function.n_arg, flags, move |ctx| call(name, &env, ctx, body))
-            .map_err(|e| {
-                rusqlite::Error::ModuleError(format!("audiotext: registering {name}/{}: {e}", function.n_arg))
-            })?;
+        db.create_scalar_function(name, function.n_arg, flags, move |ctx| {
+            call(name, &env, ctx, body)
+        })
+        .map_err(|e| {
+            rusqlite::Error::ModuleError(format!(
+                "audiotext: registering {name}/{}: {e}",
+                function.n_arg
+            ))
+        })?;
     }
     registry::register_default_bundle(&registry);
     Ok(false)
@@ -130,7 +139,11 @@ fn connection_registry(db: &Connection) -> rusqlite::Result<Arc<Registry>> {
     let mut registries = REGISTRIES.lock().unwrap_or_else(|p| p.into_inner());
     registries.retain(|(_, weak)| weak.strong_count() > 0);
     if loaded_before {
-        if let Some(registry) = registries.iter().find(|(h, _)| *h == handle).and_then(|(_, w)| w.upgrade()) {
+        if let Some(registry) = registries
+            .iter()
+            .find(|(h, _)| *h == handle)
+            .and_then(|(_, w)| w.upgrade())
+        {
             return Ok(registry);
         }
     }
@@ -142,13 +155,21 @@ fn connection_registry(db: &Connection) -> rusqlite::Result<Arc<Registry>> {
 }
 
 /// Runs a function body inside `catch_unwind` and converts its output.
-fn call(name: &'static str, env: &Env, ctx: &Context<'_>, body: Body) -> rusqlite::Result<(Value, Option<u32>)> {
+fn call(
+    name: &'static str,
+    env: &Env,
+    ctx: &Context<'_>,
+    body: Body,
+) -> rusqlite::Result<(Value, Option<u32>)> {
     let result = guard(name, || body(env, ctx));
     match result {
         Ok(Output::Null) => Ok((Value::Null, None)),
         Ok(Output::Text(text)) => Ok((Value::Text(text), None)),
         Ok(Output::Real(value)) => Ok((Value::Real(value), None)),
-        Ok(Output::Vector(vector)) => Ok((Value::Blob(vector_to_blob(&vector)), Some(FLOAT32_VECTOR_SUBTYPE))),
+        Ok(Output::Vector(vector)) => Ok((
+            Value::Blob(vector_to_blob(&vector)),
+            Some(FLOAT32_VECTOR_SUBTYPE),
+        )),
         Err(message) => Err(rusqlite::Error::UserFunctionError(message.into())),
     }
 }

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Module, CreateVTab, Filters, IndexInfo, Inserts, UpdateVTab,
-    Updates, VTab, VTabConfig, VTabConnection, VTabCursor, VTabKind, Values,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, CreateVTab, Filters, IndexInfo, Inserts, Module,
+    UpdateVTab, Updates, VTab, VTabConfig, VTabConnection, VTabCursor, VTabKind, Values,
 };
 use rusqlite::Connection;
 
@@ -66,7 +66,11 @@ impl Registry {
             "no model named '{name}': register it with INSERT INTO temp.audiotext_models(name, path) VALUES ('{name}', '/path/to/bundle')"
         );
         if name == "default" {
-            let looked: Vec<String> = state.default_search.iter().map(|p| p.display().to_string()).collect();
+            let looked: Vec<String> = state
+                .default_search
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
             message.push_str(&format!(
                 " (no bundle was found next to the extension in {}; scripts/build.sh builds one)",
                 looked.join(" or ")
@@ -81,7 +85,11 @@ impl Registry {
 
     /// Registered (name, folder, bundle) triples, by name.
     pub fn list(&self) -> Vec<(String, PathBuf, Arc<Bundle>)> {
-        self.lock().entries.iter().map(|(name, e)| (name.clone(), e.path.clone(), e.bundle.clone())).collect()
+        self.lock()
+            .entries
+            .iter()
+            .map(|(name, e)| (name.clone(), e.path.clone(), e.bundle.clone()))
+            .collect()
     }
 
     /// Registers (or replaces) `name`; returns the row id.
@@ -95,13 +103,24 @@ impl Registry {
         state.next_rowid += 1;
         let rowid = state.next_rowid;
         let path = bundle.dir.clone();
-        state.entries.insert(name.to_string(), Entry { rowid, path, bundle });
+        state.entries.insert(
+            name.to_string(),
+            Entry {
+                rowid,
+                path,
+                bundle,
+            },
+        );
         rowid
     }
 
     fn remove_rowid(&self, rowid: i64) -> Option<String> {
         let mut state = self.lock();
-        let name = state.entries.iter().find(|(_, e)| e.rowid == rowid).map(|(n, _)| n.clone())?;
+        let name = state
+            .entries
+            .iter()
+            .find(|(_, e)| e.rowid == rowid)
+            .map(|(n, _)| n.clone())?;
         state.entries.remove(&name);
         Some(name)
     }
@@ -118,7 +137,9 @@ fn open_bundle(name: &str, path: &Path) -> Result<Arc<Bundle>, String> {
 pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
     const MODULE: Module<ModelsTable> = Module::update_module();
     db.create_module(MODULE_NAME, &MODULE, Some(registry))?;
-    db.execute_batch(&format!("CREATE VIRTUAL TABLE IF NOT EXISTS temp.{MODULE_NAME} USING {MODULE_NAME}()"))
+    db.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.{MODULE_NAME} USING {MODULE_NAME}()"
+    ))
 }
 
 /// Registers the bundle shipped next to the extension as `default`, when there is one.
@@ -130,10 +151,16 @@ pub fn register_default_bundle(registry: &Registry) {
     let Some(dir) = extension_dir() else { return };
     let candidates: Vec<PathBuf> = DEFAULT_BUNDLE_DIRS.iter().map(|d| dir.join(d)).collect();
     registry.lock().default_search = candidates.clone();
-    if let Some(found) = candidates.iter().find(|c| c.join(crate::model::manifest::MANIFEST_FILE).is_file()) {
+    if let Some(found) = candidates
+        .iter()
+        .find(|c| c.join(crate::model::manifest::MANIFEST_FILE).is_file())
+    {
         // A broken default bundle is reported when it is used, with the fix; loading goes on.
         if let Err(message) = registry.insert("default", found) {
-            registry.lock().default_search.push(PathBuf::from(format!("({message})")));
+            registry
+                .lock()
+                .default_search
+                .push(PathBuf::from(format!("({message})")));
         }
     }
 }
@@ -171,7 +198,10 @@ unsafe impl<'vtab> VTab<'vtab> for ModelsTable {
         let registry = aux.cloned().unwrap_or_default();
         Ok((
             Cow::Borrowed(c"CREATE TABLE x(name TEXT, path TEXT)"),
-            ModelsTable { base: sqlite3_vtab::default(), registry },
+            ModelsTable {
+                base: sqlite3_vtab::default(),
+                registry,
+            },
         ))
     }
 
@@ -182,7 +212,12 @@ unsafe impl<'vtab> VTab<'vtab> for ModelsTable {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<ModelsCursor> {
-        Ok(ModelsCursor { base: sqlite3_vtab_cursor::default(), rows: Vec::new(), position: 0, registry: self.registry.clone() })
+        Ok(ModelsCursor {
+            base: sqlite3_vtab_cursor::default(),
+            rows: Vec::new(),
+            position: 0,
+            registry: self.registry.clone(),
+        })
     }
 }
 
@@ -199,7 +234,12 @@ fn name_and_path(args: &Values<'_>) -> Result<(String, PathBuf), String> {
     let value = |index: usize| args.get::<Value>(index).map_err(|e| e.to_string());
     let name = match value(2)? {
         Value::Text(name) => name,
-        other => return Err(format!("name must be TEXT, got {}", type_name(ValueRef::from(&other)))),
+        other => {
+            return Err(format!(
+                "name must be TEXT, got {}",
+                type_name(ValueRef::from(&other))
+            ))
+        }
     };
     let path = match value(3)? {
         Value::Text(path) => PathBuf::from(path),
@@ -262,7 +302,12 @@ struct ModelsCursor {
 }
 
 unsafe impl VTabCursor for ModelsCursor {
-    fn filter(&mut self, _idx_num: c_int, _idx_str: Option<&str>, _args: &Filters<'_>) -> rusqlite::Result<()> {
+    fn filter(
+        &mut self,
+        _idx_num: c_int,
+        _idx_str: Option<&str>,
+        _args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
         // A snapshot: rows inserted while scanning are not seen by this scan.
         let state = self.registry.lock();
         self.rows = state

@@ -18,7 +18,11 @@ pub fn embed(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     }
     let bundle = env.registry.get(model)?;
     let encoder = bundle.text_encoder().map_err(|e| e.to_string())?;
-    let vector = encoder.embed(&[text]).map_err(|e| e.to_string())?.pop().unwrap_or_default();
+    let vector = encoder
+        .embed(&[text])
+        .map_err(|e| e.to_string())?
+        .pop()
+        .unwrap_or_default();
     let _ = ctx.set_aux(text_index as i32, (model.to_string(), vector.clone()));
     Ok(Output::Vector(vector))
 }

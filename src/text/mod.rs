@@ -31,11 +31,20 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    pub fn load(bundle_dir: &Path, section: &TextSection, embedding_dim: usize, runtime: &Runtime) -> Result<Self> {
+    pub fn load(
+        bundle_dir: &Path,
+        section: &TextSection,
+        embedding_dim: usize,
+        runtime: &Runtime,
+    ) -> Result<Self> {
         let tokenizer = load_tokenizer(&bundle_dir.join(&section.tokenizer), section.max_tokens)?;
         let (session, placement) = runtime.session(&bundle_dir.join(&section.onnx))?;
         for name in [&section.input_ids, &section.attention_mask] {
-            if !session.inputs().iter().any(|input| input.name() == name.as_str()) {
+            if !session
+                .inputs()
+                .iter()
+                .any(|input| input.name() == name.as_str())
+            {
                 return Err(Error::Bundle(format!(
                     "{} has no input named '{name}' (manifest text section); re-export the bundle",
                     section.onnx
@@ -54,7 +63,10 @@ impl TextEncoder {
 
     /// Token ids of one text, truncated, special tokens added.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.tokenizer.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -63,8 +75,12 @@ impl TextEncoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        self.texts_embedded.fetch_add(texts.len() as u64, Ordering::Relaxed);
-        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect::<Result<_>>()?;
+        self.texts_embedded
+            .fetch_add(texts.len() as u64, Ordering::Relaxed);
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<_>>()?;
         let tokens = ids.iter().map(Vec::len).max().unwrap_or(0);
         let batch = ids.len();
         let mut input_ids = vec![0i64; batch * tokens];
@@ -83,10 +99,16 @@ impl TextEncoder {
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(inputs)?;
         let output = outputs.get(self.section.output.as_str()).ok_or_else(|| {
-            Error::Bundle(format!("{} has no output named '{}'; re-export the bundle", self.section.onnx, self.section.output))
+            Error::Bundle(format!(
+                "{} has no output named '{}'; re-export the bundle",
+                self.section.onnx, self.section.output
+            ))
         })?;
         let (out_shape, data) = output.try_extract_tensor::<f32>()?;
-        if out_shape.len() != 2 || out_shape[0] as usize != batch || out_shape[1] as usize != self.embedding_dim {
+        if out_shape.len() != 2
+            || out_shape[0] as usize != batch
+            || out_shape[1] as usize != self.embedding_dim
+        {
             return Err(Error::Bundle(format!(
                 "{} returned shape {:?}, while the manifest promises [{batch}, {}]; re-export the bundle",
                 self.section.onnx,
@@ -94,15 +116,22 @@ impl TextEncoder {
                 self.embedding_dim
             )));
         }
-        Ok(data.chunks(self.embedding_dim).map(<[f32]>::to_vec).collect())
+        Ok(data
+            .chunks(self.embedding_dim)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
 /// Loads `tokenizer.json` with our truncation and without its padding (we pad ourselves, to the
 /// longest text of a batch rather than to a fixed length).
 pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
-    let mut tokenizer = Tokenizer::from_file(path)
-        .map_err(|e| Error::Bundle(format!("cannot load tokenizer {}: {e}; re-export the bundle", path.display())))?;
+    let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
+        Error::Bundle(format!(
+            "cannot load tokenizer {}: {e}; re-export the bundle",
+            path.display()
+        ))
+    })?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {

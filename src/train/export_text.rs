@@ -216,7 +216,10 @@ impl BertConfig {
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-12) as f32,
         };
-        if cfg.hidden_size == 0 || cfg.num_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_heads) {
+        if cfg.hidden_size == 0
+            || cfg.num_heads == 0
+            || !cfg.hidden_size.is_multiple_of(cfg.num_heads)
+        {
             bail!(
                 "{}: hidden_size {} is not a multiple of num_attention_heads {}",
                 path.display(),
