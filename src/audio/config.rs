@@ -81,13 +81,7 @@ impl FrontEnd {
 
     /// Number of frames for a signal of `samples` samples.
     pub fn frames(&self, samples: usize) -> usize {
-        if self.center {
-            1 + samples / self.hop_length
-        } else if samples < self.n_fft {
-            0
-        } else {
-            1 + (samples - self.n_fft) / self.hop_length
-        }
+        frame_count(samples, self.n_fft, self.hop_length, self.center)
     }
 }
 
@@ -100,5 +94,17 @@ impl Windowing {
             min_seconds: 1.0,
             pooling: "mean".into(),
         }
+    }
+}
+
+/// Frames of a signal of `samples` samples: centred frames (padded by n_fft/2 on both sides)
+/// give 1 + samples/hop; otherwise only frames that fit whole.
+pub fn frame_count(samples: usize, n_fft: usize, hop_length: usize, center: bool) -> usize {
+    if center {
+        1 + samples / hop_length
+    } else if samples < n_fft {
+        0
+    } else {
+        1 + (samples - n_fft) / hop_length
     }
 }

@@ -9,7 +9,7 @@ use ort::value::Tensor;
 
 use crate::audio::{AudioSource, LogMel, LogMelWindows, MelExtractor};
 use crate::model::manifest::AudioSection;
-use crate::model::runtime::{Runtime, SessionPlacement};
+use crate::model::runtime::{embeddings_output, Runtime, SessionPlacement};
 use crate::{Error, Result};
 
 /// Input layouts `audio.onnx` may declare, as the manifest spells them.
@@ -174,29 +174,13 @@ impl AudioEncoder {
             ort::inputs![self.section.input.name.as_str() => Tensor::from_array((shape, data))?];
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(inputs)?;
-        let output = outputs.get(self.section.output.as_str()).ok_or_else(|| {
-            Error::Bundle(format!(
-                "{} has no output named '{}'; re-export the bundle",
-                self.section.onnx, self.section.output
-            ))
-        })?;
-        let (out_shape, values) = output.try_extract_tensor::<f32>()?;
-        if out_shape.len() != 2
-            || out_shape[0] as usize != batch.len()
-            || out_shape[1] as usize != self.embedding_dim
-        {
-            return Err(Error::Bundle(format!(
-                "{} returned shape {:?}, while the manifest promises [{}, {}]; re-export the bundle",
-                self.section.onnx,
-                out_shape.to_vec(),
-                batch.len(),
-                self.embedding_dim
-            )));
-        }
-        Ok(values
-            .chunks(self.embedding_dim)
-            .map(<[f32]>::to_vec)
-            .collect())
+        embeddings_output(
+            &outputs,
+            &self.section.onnx,
+            &self.section.output,
+            batch.len(),
+            self.embedding_dim,
+        )
     }
 }
 

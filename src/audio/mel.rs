@@ -285,13 +285,7 @@ impl MelExtractor {
 
     /// Number of frames for a signal of `samples` samples (same as `FrontEnd::frames`).
     pub fn frames(&self, samples: usize) -> usize {
-        if self.center {
-            1 + samples / self.hop_length
-        } else if samples < self.n_fft {
-            0
-        } else {
-            1 + (samples - self.n_fft) / self.hop_length
-        }
+        crate::audio::config::frame_count(samples, self.n_fft, self.hop_length, self.center)
     }
 
     /// The window applied to each frame (`n_fft` values, the Hann window centred in it).

@@ -25,6 +25,18 @@ pub struct Bundle {
     audio: Mutex<Option<Arc<AudioEncoder>>>,
 }
 
+/// The value in `slot`, loading it first if needed. The slot stays locked while loading, so two
+/// threads never load the same encoder twice; a failure leaves it empty, to be retried.
+fn load_once<T>(slot: &Mutex<Option<Arc<T>>>, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(value) = slot.as_ref() {
+        return Ok(value.clone());
+    }
+    let value = Arc::new(load()?);
+    *slot = Some(value.clone());
+    Ok(value)
+}
+
 /// Process-wide cache, keyed by canonical folder and the manifest's modification time.
 fn cache() -> &'static Mutex<HashMap<(PathBuf, SystemTime), Arc<Bundle>>> {
     static CACHE: OnceLock<Mutex<HashMap<(PathBuf, SystemTime), Arc<Bundle>>>> = OnceLock::new();
@@ -72,52 +84,44 @@ impl Bundle {
 
     /// The text encoder, loaded on first use.
     pub fn text_encoder(&self) -> Result<Arc<TextEncoder>> {
-        let mut slot = self.text.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(encoder) = slot.as_ref() {
-            return Ok(encoder.clone());
-        }
-        let section = self.manifest.text.as_ref().ok_or_else(|| {
+        load_once(&self.text, || {
+            let section = self.manifest.text.as_ref().ok_or_else(|| {
             Error::Bundle(format!(
                 "bundle {} has no text encoder (no \"text\" section in its manifest); add one with `audiotext-train export-text --out {}`",
                 self.dir.display(),
                 self.dir.display()
             ))
         })?;
-        for file in [&section.onnx, &section.tokenizer] {
-            self.verify_file(file)?;
-        }
-        let encoder = Arc::new(TextEncoder::load(
-            &self.dir,
-            section,
-            self.manifest.embedding_dim,
-            runtime::runtime()?,
-        )?);
-        *slot = Some(encoder.clone());
-        Ok(encoder)
+            for file in [&section.onnx, &section.tokenizer] {
+                self.verify_file(file)?;
+            }
+            TextEncoder::load(
+                &self.dir,
+                section,
+                self.manifest.embedding_dim,
+                runtime::runtime()?,
+            )
+        })
     }
 
     /// The audio encoder, loaded on first use.
     pub fn audio_encoder(&self) -> Result<Arc<AudioEncoder>> {
-        let mut slot = self.audio.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(encoder) = slot.as_ref() {
-            return Ok(encoder.clone());
-        }
-        let section = self.manifest.audio.as_ref().ok_or_else(|| {
+        load_once(&self.audio, || {
+            let section = self.manifest.audio.as_ref().ok_or_else(|| {
             Error::Bundle(format!(
                 "bundle {} has no audio encoder (no \"audio\" section in its manifest); train one and add it with `audiotext-train export --out {}`",
                 self.dir.display(),
                 self.dir.display()
             ))
         })?;
-        self.verify_file(&section.onnx)?;
-        let encoder = Arc::new(AudioEncoder::load(
-            &self.dir,
-            section,
-            self.manifest.embedding_dim,
-            runtime::runtime()?,
-        )?);
-        *slot = Some(encoder.clone());
-        Ok(encoder)
+            self.verify_file(&section.onnx)?;
+            AudioEncoder::load(
+                &self.dir,
+                section,
+                self.manifest.embedding_dim,
+                runtime::runtime()?,
+            )
+        })
     }
 
     /// The audio encoder if it is loaded already (for `audiotext_debug`).

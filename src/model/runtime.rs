@@ -277,3 +277,27 @@ impl Runtime {
         Ok((session, placement))
     }
 }
+
+/// Reads the `[batch, embedding_dim]` float output named `output` of an encoder run, one
+/// embedding per row; a missing output or another shape is a bundle error naming `onnx_file`.
+pub fn embeddings_output(
+    outputs: &ort::session::SessionOutputs<'_>,
+    onnx_file: &str,
+    output: &str,
+    batch: usize,
+    embedding_dim: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let value = outputs.get(output).ok_or_else(|| {
+        Error::Bundle(format!(
+            "{onnx_file} has no output named '{output}'; re-export the bundle"
+        ))
+    })?;
+    let (shape, data) = value.try_extract_tensor::<f32>()?;
+    if shape.len() != 2 || shape[0] as usize != batch || shape[1] as usize != embedding_dim {
+        return Err(Error::Bundle(format!(
+            "{onnx_file} returned shape {:?}, while the manifest promises [{batch}, {embedding_dim}]; re-export the bundle",
+            shape.to_vec()
+        )));
+    }
+    Ok(data.chunks(embedding_dim).map(<[f32]>::to_vec).collect())
+}

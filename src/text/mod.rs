@@ -14,7 +14,7 @@ use ort::value::Tensor;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::model::manifest::TextSection;
-use crate::model::runtime::{Runtime, SessionPlacement};
+use crate::model::runtime::{embeddings_output, Runtime, SessionPlacement};
 use crate::{Error, Result};
 
 /// A loaded text encoder. Shared by every connection of the process.
@@ -98,28 +98,13 @@ impl TextEncoder {
         ];
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(inputs)?;
-        let output = outputs.get(self.section.output.as_str()).ok_or_else(|| {
-            Error::Bundle(format!(
-                "{} has no output named '{}'; re-export the bundle",
-                self.section.onnx, self.section.output
-            ))
-        })?;
-        let (out_shape, data) = output.try_extract_tensor::<f32>()?;
-        if out_shape.len() != 2
-            || out_shape[0] as usize != batch
-            || out_shape[1] as usize != self.embedding_dim
-        {
-            return Err(Error::Bundle(format!(
-                "{} returned shape {:?}, while the manifest promises [{batch}, {}]; re-export the bundle",
-                self.section.onnx,
-                out_shape.to_vec(),
-                self.embedding_dim
-            )));
-        }
-        Ok(data
-            .chunks(self.embedding_dim)
-            .map(<[f32]>::to_vec)
-            .collect())
+        embeddings_output(
+            &outputs,
+            &self.section.onnx,
+            &self.section.output,
+            batch,
+            self.embedding_dim,
+        )
     }
 }
 
