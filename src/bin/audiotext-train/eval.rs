@@ -51,7 +51,7 @@ pub struct EvalArgs {
     pub data: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub layout: Option<LayoutArg>,
-    /// Clotho split to evaluate.
+    /// Clotho or AudioCaps split to evaluate (AudioCaps: `evaluation` means `test`).
     #[arg(long, default_value = "evaluation")]
     pub split: String,
     /// Which clips [default: val for a run on its own dataset, else all].
@@ -102,12 +102,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (Some(LayoutArg::Clotho), _) => Layout::Clotho {
             split: args.split.clone(),
         },
-        (None, Some(d)) if args.data.is_none() => match d.layout.split_once(':') {
-            Some(("clotho", _)) => Layout::Clotho {
-                split: args.split.clone(),
-            },
-            _ => Layout::Generic,
-        },
+        (Some(LayoutArg::AudioCaps), _) => Layout::audiocaps(&args.split),
+        (None, Some(d)) if args.data.is_none() => Layout::parse(&d.layout)?.with_split(&args.split),
         (None, _)
             if root.join("clotho_captions_evaluation.csv").is_file()
                 || root
@@ -117,6 +113,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
             Layout::Clotho {
                 split: args.split.clone(),
             }
+        }
+        (None, _)
+            if !root.join("captions.csv").is_file()
+                && Layout::audiocaps(&args.split)
+                    .captions_file(&root)
+                    .is_file() =>
+        {
+            Layout::audiocaps(&args.split)
         }
         (None, _) => Layout::Generic,
     };
@@ -134,7 +138,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 bail!("--subset val needs --run and the run's own dataset");
             };
             if d.validation_split.is_some() {
-                bail!("the run validated on a split of its own; evaluate it with --layout clotho --split {}", d.validation_split.clone().unwrap_or_default());
+                bail!("the run validated on a split of its own; evaluate it with --layout {} --split {}", d.layout.split(':').next().unwrap_or("clotho"), d.validation_split.clone().unwrap_or_default());
             }
             dataset
                 .clips

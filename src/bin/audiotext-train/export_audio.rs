@@ -159,12 +159,7 @@ pub fn parity_inputs(config: &RunConfig, cache: Option<&Path>) -> (Vec<Features>
     let fe = &config.front_end;
     let from_data = || -> Result<Vec<Features>> {
         let data = config.data.as_ref().context("no data")?;
-        let layout = match data.layout.split_once(':') {
-            Some(("clotho", s)) => audiotext0::train::data::Layout::Clotho {
-                split: s.to_string(),
-            },
-            _ => audiotext0::train::data::Layout::Generic,
-        };
+        let layout = audiotext0::train::data::Layout::parse(&data.layout)?;
         let set = Dataset::open(&data.root, &layout)?;
         let mut picked: Vec<&Path> = set
             .clips

@@ -46,6 +46,10 @@ pub enum LayoutArg {
     Generic,
     /// `clotho_captions_<split>.csv` + `<split>/`.
     Clotho,
+    /// AudioCaps: `<split>.csv` (`audiocap_id,youtube_id,start_time,caption`) + audio named by
+    /// id in `audio/<split>/`, `audio/` or `<split>/`; clips without audio are skipped.
+    #[value(name = "audiocaps")]
+    AudioCaps,
 }
 
 #[derive(Debug, Args)]
@@ -55,11 +59,12 @@ pub struct FitArgs {
     pub data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "generic")]
     pub layout: LayoutArg,
-    /// Clotho: the split to train on.
+    /// Clotho, AudioCaps: the split to train on (AudioCaps: `development` means `train`).
     #[arg(long, default_value = "development")]
     pub split: String,
-    /// Clotho: the split to validate on (default `validation` when present; otherwise a part of
-    /// the training split is held out by recording, see --val-fraction).
+    /// Clotho, AudioCaps: the split to validate on (default `validation`, AudioCaps `val`, when
+    /// present; otherwise a part of the training split is held out by recording, see
+    /// --val-fraction).
     #[arg(long)]
     pub val_split: Option<String>,
     /// Fraction of recordings held out for validation when there is no validation split.
@@ -308,6 +313,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         LayoutArg::Clotho => Layout::Clotho {
             split: args.split.clone(),
         },
+        LayoutArg::AudioCaps => Layout::audiocaps(&args.split),
     };
     let license = args.data_license.clone().or_else(|| read_license(&data));
     Ok(RunConfig {
@@ -401,23 +407,17 @@ pub fn prepare(
     let mut config = config.clone();
     let layout = parse_layout(&data.layout)?;
     let train_set = Dataset::open(&data.root, &layout)?;
-    // Clotho: a validation split of its own when there is one.
+    // Clotho, AudioCaps: a validation split of their own when there is one.
     let mut val_set = None;
-    if let Layout::Clotho { split } = &layout {
+    if layout.split().is_some() {
         let wanted = val_split_flag
             .map(String::from)
             .or(data.validation_split.clone())
-            .or_else(|| {
-                (split != "validation"
-                    && data.root.join("clotho_captions_validation.csv").is_file())
-                .then(|| "validation".to_string())
-            });
+            .map(|v| layout.with_split(&v))
+            .or_else(|| layout.default_validation(&data.root));
         if let Some(v) = wanted {
-            val_set = Some(Dataset::open(
-                &data.root,
-                &Layout::Clotho { split: v.clone() },
-            )?);
-            config.data.as_mut().expect("data").validation_split = Some(v);
+            val_set = Some(Dataset::open(&data.root, &v)?);
+            config.data.as_mut().expect("data").validation_split = v.split().map(String::from);
         }
     }
     let mut all: Vec<&audiotext0::train::data::Clip> = train_set.clips.iter().collect();
@@ -550,13 +550,7 @@ pub fn prepare(
 }
 
 fn parse_layout(s: &str) -> Result<Layout> {
-    match s.split_once(':') {
-        None if s == "generic" => Ok(Layout::Generic),
-        Some(("clotho", split)) => Ok(Layout::Clotho {
-            split: split.to_string(),
-        }),
-        _ => bail!("unknown dataset layout {s:?}"),
-    }
+    Layout::parse(s)
 }
 
 pub fn steps_per_epoch(train: usize, batch_size: usize) -> usize {
@@ -1027,6 +1021,7 @@ mod tests {
         assert_eq!(detect_license("all rights reserved"), None);
         assert!(
             parse_layout("clotho:development").is_ok()
+                && parse_layout("audiocaps:train").is_ok()
                 && parse_layout("generic").is_ok()
                 && parse_layout("x").is_err()
         );

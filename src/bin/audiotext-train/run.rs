@@ -50,7 +50,7 @@ pub struct TrainOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataInfo {
     pub root: PathBuf,
-    /// `generic` or `clotho:<split>`.
+    /// `generic`, `clotho:<split>` or `audiocaps:<split>` (`Layout::describe`).
     pub layout: String,
     /// Clotho: the split used for validation; generic: none (split by recording).
     pub validation_split: Option<String>,
