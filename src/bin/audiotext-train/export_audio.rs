@@ -5,13 +5,13 @@
 //! The graph (default domain, opset 17 like `text.onnx`):
 //!
 //! - input `log_mel`, float32 `[batch, 1, frames, n_mels]` (batch and frames dynamic); inputs
-//!   shorter than 16 frames (the product of the four 2x2 poolings) are padded at the end with
-//!   silence (the front-end's floor, -100 dB), as the trainer pads them;
+//!   shorter than the encoder's minimum (the product of its time poolings) are padded at the
+//!   end with silence (the front-end's floor, -100 dB), as the trainer pads them; Spec2Vec's
+//!   fixed length is reached by padding then `Slice`;
 //! - `bn0` folded into a per-mel `Mul` + `Add` (broadcast over the last axis);
-//! - per block: two `Conv` 3x3 (pads 1) with their BatchNorm folded in
-//!   (`w' = w * g / sqrt(v + eps)`, `b' = beta - m * g / sqrt(v + eps)`), `Relu`, then
-//!   `AveragePool` 2x2 stride 2 (floor, as burn's `AvgPool2d`);
-//! - `ReduceMean` over mels, `ReduceMax` + `ReduceMean` over time, `Add`;
+//! - the backbone and the pooling head, each layer written by its own `to_onnx` next to its
+//!   burn forward pass (see [`crate::encoders`]): `Conv` with BatchNorm folded in,
+//!   `AveragePool`, `GRU`/`LSTM`, `Softmax` + `MatMul` for NetVLAD;
 //! - `MatMul` + `Add` (burn's Linear weight is `[in, out]`, which is MatMul's layout), `Relu`,
 //!   `MatMul` + `Add`;
 //! - `x / max(ReduceL2(x), 1e-12)`; output `embedding`, float32 `[batch, embedding_dim]`.
@@ -27,7 +27,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use burn::nn::BatchNorm;
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -39,6 +38,7 @@ use audiotext0::onnx::{
 use audiotext0::train::cache::{default_cache_dir, text_encoder_key, FeatureCache, Features};
 use audiotext0::train::data::Dataset;
 
+use crate::encoders::blocks::{bn_affine, crop_time_onnx, linear_onnx, pad_time_onnx};
 use crate::model::{input_tensor, to_vec, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS};
 use crate::run::{device, load_model, ort_runtime, pad_value, DeviceKind, RunConfig, Which};
 
@@ -359,7 +359,7 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
             "license": d.license,
         })),
         "text_targets": config.text_model,
-        "loss": "symmetric InfoNCE, soft targets over clips with identical caption sets",
+        "loss": config.train.loss.describe(),
         "temperature": job.model.temperature(config.model.temperature),
         "hyperparameters": config.train,
         "validation_metrics": epoch_metrics,
@@ -440,11 +440,11 @@ fn license_text(config: &RunConfig, text_license: Option<&str>) -> String {
 
 fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
     json!({
-        "architecture": "CNN10-style (PANNs, Kong et al. 2020)",
+        "architecture": enc.architecture.describe(&enc.channels),
         "input_norm": "BatchNorm over mel bands (folded into Mul + Add)",
-        "blocks": enc.channels.iter().map(|c| json!({"conv": "2 x (3x3 conv + BatchNorm (folded) + ReLU)", "channels": c, "pool": "avg 2x2"})).collect::<Vec<_>>(),
-        "pooling": "mean over mels, then max + mean over time",
-        "head": format!("Linear {} -> {} + ReLU, Linear {} -> {}, L2-normalised", enc.channels.last().copied().unwrap_or(0), enc.fc_dim, enc.fc_dim, enc.embedding_dim),
+        "batchnorm": "folded into the preceding convolution",
+        "pooling": enc.pooling.describe(),
+        "head": format!("Linear {} -> {} + ReLU, Linear {} -> {}, L2-normalised", enc.pooled_dim(), enc.fc_dim, enc.fc_dim, enc.embedding_dim),
         "min_frames": enc.min_frames(),
         "short_inputs": "padded at the end to min_frames with the front-end's silence value, inside the graph",
         "parameters": enc.parameter_count(),
@@ -456,131 +456,32 @@ fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
     })
 }
 
-/// `(scale, shift)` of a BatchNorm in inference mode: `y = x * scale + shift`.
-fn bn_affine(bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
-    let gamma = to_vec(bn.gamma.val());
-    let beta = to_vec(bn.beta.val());
-    let mean = to_vec(bn.running_mean.value());
-    let var = to_vec(bn.running_var.value());
-    let mut scale = Vec::with_capacity(gamma.len());
-    let mut shift = Vec::with_capacity(gamma.len());
-    for i in 0..gamma.len() {
-        let s = gamma[i] as f64 / (var[i] as f64 + bn.epsilon).sqrt();
-        scale.push(s as f32);
-        shift.push((beta[i] as f64 - mean[i] as f64 * s) as f32);
-    }
-    (scale, shift)
-}
-
 /// The ONNX graph of an encoder (see the module docs).
 pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32) -> ModelProto {
     let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
     let n_mels = enc.n_mels as i64;
-    let mut x = g.input(
+    let x = g.input(
         INPUT_NAME,
         DataType::Float,
         &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
     );
     // Inputs shorter than the encoder's minimum are padded with silence at the end, as the
-    // trainer pads them: pads = [0, 0, 0, 0, 0, 0, max(min_frames - frames, 0), 0].
-    let shape = g.node("Shape", &[&x], vec![]);
-    let time_axis = g.const_i64("time_axis", &[2]);
-    let frames = g.node(
-        "Gather",
-        &[&shape, &time_axis],
-        vec![AttributeProto::int("axis", 0)],
-    );
-    let min_frames = g.const_i64("min_frames", &[enc.min_frames() as i64]);
-    let missing = g.node("Sub", &[&min_frames, &frames], vec![]);
-    let zero = g.const_i64("zero", &[0]);
-    let missing = g.node("Max", &[&missing, &zero], vec![]);
-    let before = g.const_i64("pads_before", &[0, 0, 0, 0, 0, 0]);
-    let pads = g.node(
-        "Concat",
-        &[&before, &missing, &zero],
-        vec![AttributeProto::int("axis", 0)],
-    );
-    let silence = g.scalar_f32("silence", silence);
-    x = g.node(
-        "Pad",
-        &[&x, &pads, &silence],
-        vec![AttributeProto::string("mode", "constant")],
-    );
+    // trainer pads them; encoders with a fixed input length also crop.
+    let mut x = pad_time_onnx(&mut g, &x, enc.min_frames(), silence);
+    if let Some((frames, fixed_silence)) = model.fixed_frames {
+        x = pad_time_onnx(&mut g, &x, frames, fixed_silence);
+        x = crop_time_onnx(&mut g, &x, frames);
+    }
     let (s0, b0) = bn_affine(&model.bn0);
     let s0 = g.initializer_f32("bn0.scale", &[n_mels], &s0);
     let b0 = g.initializer_f32("bn0.shift", &[n_mels], &b0);
     x = g.node("Mul", &[&x, &s0], vec![]);
     x = g.node("Add", &[&x, &b0], vec![]);
-    for (i, block) in model.blocks.iter().enumerate() {
-        for (j, (conv, bn)) in [(&block.conv1, &block.bn1), (&block.conv2, &block.bn2)]
-            .into_iter()
-            .enumerate()
-        {
-            let w = to_vec(conv.weight.val());
-            let dims = conv.weight.val().dims();
-            let (scale, shift) = bn_affine(bn);
-            let per_out = w.len() / dims[0];
-            let folded: Vec<f32> = w
-                .iter()
-                .enumerate()
-                .map(|(k, v)| v * scale[k / per_out])
-                .collect();
-            let mut bias = shift;
-            if let Some(b) = &conv.bias {
-                for (o, v) in to_vec(b.val()).into_iter().enumerate() {
-                    bias[o] += v * scale[o];
-                }
-            }
-            let name = format!("block{}.conv{}", i + 1, j + 1);
-            let wd: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-            let w = g.initializer_f32(&format!("{name}.weight"), &wd, &folded);
-            let b = g.initializer_f32(&format!("{name}.bias"), &[wd[0]], &bias);
-            let y = g.node(
-                "Conv",
-                &[&x, &w, &b],
-                vec![
-                    AttributeProto::ints("kernel_shape", &[wd[2], wd[3]]),
-                    AttributeProto::ints("pads", &[1, 1, 1, 1]),
-                    AttributeProto::ints("strides", &[1, 1]),
-                    AttributeProto::ints("dilations", &[1, 1]),
-                    AttributeProto::int("group", 1),
-                ],
-            );
-            x = g.node("Relu", &[&y], vec![]);
-        }
-        x = g.node(
-            "AveragePool",
-            &[&x],
-            vec![
-                AttributeProto::ints("kernel_shape", &[2, 2]),
-                AttributeProto::ints("strides", &[2, 2]),
-            ],
-        );
-    }
-    let x = g.reduce("ReduceMean", &x, &[3], false);
-    let max = g.reduce("ReduceMax", &x, &[2], false);
-    let mean = g.reduce("ReduceMean", &x, &[2], false);
-    let x = g.node("Add", &[&max, &mean], vec![]);
-    let linear = |g: &mut GraphBuilder, hint: &str, x: &str, l: &burn::nn::Linear| {
-        let dims = l.weight.val().dims();
-        let w = g.initializer_f32(
-            &format!("{hint}.weight"),
-            &[dims[0] as i64, dims[1] as i64],
-            &to_vec(l.weight.val()),
-        );
-        let y = g.node("MatMul", &[x, &w], vec![]);
-        match &l.bias {
-            Some(b) => {
-                let b =
-                    g.initializer_f32(&format!("{hint}.bias"), &[dims[1] as i64], &to_vec(b.val()));
-                g.node("Add", &[&y, &b], vec![])
-            }
-            None => y,
-        }
-    };
-    let x = linear(&mut g, "fc", &x, &model.fc);
+    let frames = model.backbone.to_onnx(&mut g, &x);
+    let pooled = model.pooling.to_onnx(&mut g, &frames);
+    let x = linear_onnx(&mut g, "fc", &pooled, &model.fc);
     let x = g.node("Relu", &[&x], vec![]);
-    let x = linear(&mut g, "proj", &x, &model.proj);
+    let x = linear_onnx(&mut g, "proj", &x, &model.proj);
     let norm = g.node(
         "ReduceL2",
         &[&x],
@@ -600,9 +501,11 @@ pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32)
     g.finish(ModelInfo {
         producer_name: "audiotext-train".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: Some(
-            "log-mel [batch, 1, frames, mels] -> L2-normalised audio embedding".into(),
-        ),
+        doc_string: Some(format!(
+            "log-mel [batch, 1, frames, mels] -> L2-normalised audio embedding; {}; {}",
+            enc.architecture.describe(&enc.channels),
+            enc.pooling.describe()
+        )),
         metadata: vec![("layout".into(), INPUT_LAYOUT.into())],
     })
 }

@@ -1,13 +1,13 @@
-//! The audio encoder (CNN10-style) and the contrastive model around it.
+//! The audio encoder and the contrastive model around it.
 //!
-//! Architecture (after PANNs' CNN10, Kong et al. 2020, `pytorch/models.py` of
-//! qiuqiangkong/audioset_tagging_cnn), for an input `[batch, 1, frames, mels]` of log-mel:
+//! The encoder, for an input `[batch, 1, frames, mels]` of log-mel:
 //!
 //! 1. `bn0`: BatchNorm over the mel bands (each band normalised with its own statistics, as
 //!    PANNs' `bn0` on the transposed input): log-mel in dB has a large offset and scale.
-//! 2. Four conv blocks; each is two (3x3 conv, no bias, padding 1) + BatchNorm + ReLU, then
-//!    2x2 average pooling (floor) and dropout. Channels 64, 128, 256, 512 by default.
-//! 3. Mean over the mel axis, then max + mean over time (PANNs' `x1 + x2`).
+//! 2. A backbone ([`crate::encoders`]: PANNs CNN6/10/14, ResNet38, CRNN, TCN, Spec2Vec) that
+//!    makes a frame sequence `[batch, channels, frames']`.
+//! 3. A pooling head ([`crate::encoders::pooling`]): mean, max, mean + max, LSTM, NetVLAD or
+//!    NetRVLAD, one vector per clip.
 //! 4. Dropout, `fc` + ReLU, `proj` Linear to the text embedding size, L2 normalisation
 //!    (`x / max(|x|, 1e-12)`).
 //!
@@ -15,15 +15,16 @@
 //! optional trainable linear head initialised to the identity, then L2 normalisation. The
 //! similarity scale `1/temperature` is learnable (stored as its log, CLIP-style) or fixed.
 
-use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
-use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d,
-};
+use burn::module::{ModuleVisitor, Param};
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
+
+use crate::encoders::blocks::batch_norm;
+use crate::encoders::pooling::{Pooling, PoolingKind};
+use crate::encoders::spec2vec::fit_frames;
+use crate::encoders::{Architecture, Backbone};
 
 /// Smallest norm divided by in L2 normalisation (as `torch.nn.functional.normalize`).
 pub const NORM_EPS: f32 = 1e-12;
@@ -35,7 +36,7 @@ pub const MAX_SCALE: f32 = 100.0;
 pub struct EncoderConfig {
     /// Mel bands of the input (the front-end's `n_mels`).
     pub n_mels: usize,
-    /// Output channels of the conv blocks; each block halves time and mel resolution.
+    /// Widths of the backbone's stages (see [`Architecture::channels`]).
     pub channels: Vec<usize>,
     /// Width of the hidden fully connected layer.
     pub fc_dim: usize,
@@ -47,130 +48,151 @@ pub struct EncoderConfig {
     pub head_dropout: f64,
     /// BatchNorm epsilon of every BatchNorm layer.
     pub bn_epsilon: f64,
+    /// The backbone (runs written before there was a choice used CNN10).
+    #[serde(default)]
+    pub architecture: Architecture,
+    /// The pooling head (formerly always PANNs' max + mean).
+    #[serde(default)]
+    pub pooling: PoolingKind,
 }
 
 impl EncoderConfig {
-    /// The CNN10 shape: channels 64, 128, 256, 512, fc 512.
-    pub fn cnn10(n_mels: usize, embedding_dim: usize) -> EncoderConfig {
+    /// An encoder of base width `width` (64 gives the published PANNs sizes); `fc` is as wide
+    /// as the backbone's output.
+    pub fn new(
+        architecture: Architecture,
+        pooling: PoolingKind,
+        n_mels: usize,
+        embedding_dim: usize,
+        width: usize,
+    ) -> EncoderConfig {
+        let channels = architecture.channels(width);
         EncoderConfig {
             n_mels,
-            channels: vec![64, 128, 256, 512],
-            fc_dim: 512,
+            fc_dim: architecture.output_channels(&channels),
+            channels,
             embedding_dim,
             block_dropout: 0.2,
             head_dropout: 0.5,
             bn_epsilon: 1e-5,
+            architecture,
+            pooling,
         }
     }
 
-    /// A shape of the given width: channels `w, 2w, 4w, 8w`, fc `8w` (`w = 64` is CNN10).
+    /// The CNN10 shape: channels 64, 128, 256, 512, fc 512, max + mean pooling.
+    pub fn cnn10(n_mels: usize, embedding_dim: usize) -> EncoderConfig {
+        EncoderConfig::new(
+            Architecture::Cnn10,
+            PoolingKind::MeanMax,
+            n_mels,
+            embedding_dim,
+            64,
+        )
+    }
+
+    /// The same architecture at base width `width`.
     pub fn with_width(mut self, width: usize) -> EncoderConfig {
-        self.channels = (0..4).map(|i| width << i).collect();
-        self.fc_dim = width * 8;
+        self.channels = self.architecture.channels(width);
+        self.fc_dim = self.architecture.output_channels(&self.channels);
         self
     }
 
-    /// Fewest frames an input must have (each block halves the time axis, flooring).
+    /// Fewest frames an input must have (shorter inputs are padded with silence).
     pub fn min_frames(&self) -> usize {
-        1 << self.channels.len()
+        self.architecture.min_frames(&self.channels)
+    }
+
+    /// Length of the pooled vector the head receives.
+    pub fn pooled_dim(&self) -> usize {
+        self.pooling
+            .output_dim(self.architecture.output_channels(&self.channels))
     }
 
     /// Number of trainable parameters (BatchNorm running statistics excluded).
     pub fn parameter_count(&self) -> usize {
-        let mut n = 2 * self.n_mels;
-        let mut c_in = 1;
-        for &c in &self.channels {
-            n += 9 * c_in * c + 2 * c + 9 * c * c + 2 * c;
-            c_in = c;
-        }
-        n + c_in * self.fc_dim + self.fc_dim + self.fc_dim * self.embedding_dim + self.embedding_dim
+        trainable_parameters(&self.init(&Device::flex()))
     }
 
     pub fn init(&self, device: &Device) -> AudioEncoder {
-        assert!(!self.channels.is_empty(), "at least one conv block");
-        let mut blocks = Vec::new();
-        let mut c_in = 1;
-        for &c in &self.channels {
-            blocks.push(ConvBlock::new(c_in, c, self, device));
-            c_in = c;
-        }
+        assert!(!self.channels.is_empty(), "at least one width");
+        let backbone = self.architecture.init(
+            self.n_mels,
+            &self.channels,
+            self.block_dropout,
+            self.bn_epsilon,
+            device,
+        );
+        let frame_dim = self.architecture.output_channels(&self.channels);
         AudioEncoder {
-            bn0: BatchNormConfig::new(self.n_mels)
-                .with_epsilon(self.bn_epsilon)
-                .init(device),
-            blocks,
+            bn0: batch_norm(self.n_mels, self.bn_epsilon, device),
+            backbone,
+            pooling: self.pooling.init(frame_dim, device),
             dropout: DropoutConfig::new(self.head_dropout).init(),
-            fc: LinearConfig::new(c_in, self.fc_dim).init(device),
+            fc: LinearConfig::new(self.pooling.output_dim(frame_dim), self.fc_dim).init(device),
             proj: LinearConfig::new(self.fc_dim, self.embedding_dim).init(device),
+            fixed_frames: self.architecture.fixed_frames(),
         }
     }
 }
 
-/// Two 3x3 conv + BatchNorm + ReLU, then 2x2 average pooling and dropout.
-#[derive(Module, Debug)]
-pub struct ConvBlock {
-    pub conv1: Conv2d,
-    pub bn1: BatchNorm,
-    pub conv2: Conv2d,
-    pub bn2: BatchNorm,
-    pub pool: AvgPool2d,
-    pub dropout: Dropout,
-}
-
-impl ConvBlock {
-    fn new(c_in: usize, c_out: usize, config: &EncoderConfig, device: &Device) -> ConvBlock {
-        let conv = |a, b| {
-            Conv2dConfig::new([a, b], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .with_bias(false)
-                .init(device)
-        };
-        let bn = || {
-            BatchNormConfig::new(c_out)
-                .with_epsilon(config.bn_epsilon)
-                .init(device)
-        };
-        ConvBlock {
-            conv1: conv(c_in, c_out),
-            bn1: bn(),
-            conv2: conv(c_out, c_out),
-            bn2: bn(),
-            pool: AvgPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
-            dropout: DropoutConfig::new(config.block_dropout).init(),
+/// Sizes of the trainable float tensors of a module, leaving out BatchNorm's running
+/// statistics (which burn keeps as parameters too, without gradients).
+pub fn trainable_tensor_sizes<M: Module>(module: &M) -> Vec<usize> {
+    #[derive(Default)]
+    struct Sizes {
+        path: Vec<String>,
+        sizes: Vec<usize>,
+    }
+    impl ModuleVisitor for Sizes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let last = self.path.last().map(String::as_str).unwrap_or("");
+            if last != "running_mean" && last != "running_var" {
+                self.sizes.push(param.lazy_shape().num_elements());
+            }
         }
     }
+    let mut sizes = Sizes::default();
+    module.visit(&mut sizes);
+    sizes.sizes
+}
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
-        let x = relu(self.bn2.forward(self.conv2.forward(x)));
-        self.dropout.forward(self.pool.forward(x))
-    }
+/// Number of trainable parameters (see [`trainable_tensor_sizes`]).
+pub fn trainable_parameters<M: Module>(module: &M) -> usize {
+    trainable_tensor_sizes(module).iter().sum()
 }
 
 /// The audio encoder: log-mel `[batch, 1, frames, mels]` to an L2-normalised embedding.
 #[derive(Module, Debug)]
 pub struct AudioEncoder {
     pub bn0: BatchNorm,
-    pub blocks: Vec<ConvBlock>,
+    pub backbone: Backbone,
+    pub pooling: Pooling,
     pub dropout: Dropout,
     pub fc: Linear,
     pub proj: Linear,
+    /// Spec2Vec's fixed input length and padding value.
+    #[module(skip)]
+    pub fixed_frames: Option<(usize, f32)>,
 }
 
 impl AudioEncoder {
     /// `[batch, 1, frames, mels]` -> `[batch, embedding_dim]`, L2-normalised.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = match self.fixed_frames {
+            Some((frames, silence)) => fit_frames(x, frames, silence),
+            None => x,
+        };
         // bn0 normalises each mel band: move mels to the channel axis and back.
         let x = self.bn0.forward(x.swap_dims(1, 3)).swap_dims(1, 3);
-        let mut x = x;
-        for block in &self.blocks {
-            x = block.forward(x);
-        }
-        // [b, c, t, m] -> mean over mels -> [b, c, t]
-        let x: Tensor<3> = x.mean_dim(3).squeeze_dim(3);
-        let pooled = x.clone().max_dim(2) + x.mean_dim(2);
-        let x: Tensor<2> = pooled.squeeze_dim(2);
-        let x = relu(self.fc.forward(self.dropout.forward(x)));
+        let pooled = self.pooling.forward(self.backbone.forward(x));
+        let x = relu(self.fc.forward(self.dropout.forward(pooled)));
         l2_normalize(self.proj.forward(x))
     }
 }

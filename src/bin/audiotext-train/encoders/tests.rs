@@ -1,0 +1,274 @@
+//! Every encoder and every pooling head: a training step on generated data gives a finite
+//! loss that decreases over a few steps on a fixed batch, the gradients reach every layer,
+//! and the exported ONNX graph agrees with the trainer's forward pass in ONNX Runtime.
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+
+use super::pooling::PoolingKind;
+use super::Architecture;
+use crate::export_audio::{build_audio_onnx, INPUT_NAME, OUTPUT_NAME};
+use crate::loss::{info_nce, soft_targets};
+use crate::model::{input_tensor, l2_normalize, to_vec, trainable_parameters, EncoderConfig};
+
+const MELS: usize = 32;
+const DIM: usize = 8;
+const SILENCE: f32 = -100.0;
+/// Largest accepted |ONNX Runtime - trainer| per embedding component.
+const TOLERANCE: f32 = 1e-4;
+
+/// A small encoder: width 4, no dropout (so the loss curve is deterministic).
+fn tiny(encoder: &str, pooling: &str) -> EncoderConfig {
+    let architecture = Architecture::parse(encoder, 6, 40, SILENCE).unwrap();
+    let frame_dim = architecture.output_channels(&architecture.channels(4));
+    let pooling = PoolingKind::parse(pooling, frame_dim, 3).unwrap();
+    EncoderConfig {
+        block_dropout: 0.0,
+        head_dropout: 0.0,
+        ..EncoderConfig::new(architecture, pooling, MELS, DIM, 4)
+    }
+}
+
+/// Log-mel-like values: a different tone and level per clip, in dB.
+fn features(batch: usize, frames: usize, seed: usize) -> Vec<f32> {
+    (0..batch * frames * MELS)
+        .map(|i| {
+            let (b, t, m) = (i / (frames * MELS), (i / MELS) % frames, i % MELS);
+            let band = ((b * 7 + seed * 3) % MELS) as f32;
+            let tone = (-(m as f32 - band).powi(2) / 8.0).exp() * 40.0;
+            let wobble = ((t * (b + 2) + m * 5 + seed) % 11) as f32;
+            -70.0 + tone + wobble + (t as f32 * 0.3 * (b + 1) as f32).sin() * 4.0
+        })
+        .collect()
+}
+
+/// Unit text targets, one per clip.
+fn targets(batch: usize, device: &Device) -> Tensor<2> {
+    let values: Vec<f32> = (0..batch * DIM)
+        .map(|i| (((i * 37 + 11) % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    l2_normalize(Tensor::from_data(
+        TensorData::new(values, [batch, DIM]),
+        device,
+    ))
+}
+
+/// Trains `config` for `steps` AdamW steps on one fixed batch; returns the losses.
+fn train_steps(config: &EncoderConfig, steps: usize) -> (Vec<f32>, crate::model::AudioEncoder) {
+    let device = Device::flex().autodiff();
+    device.seed(7);
+    let mut model = config.init(&device);
+    let mut optim = AdamWConfig::new().init();
+    let batch = 4;
+    let frames = 64;
+    let text = targets(batch, &device);
+    let y = Tensor::<2>::from_data(
+        TensorData::new(soft_targets(&[1, 2, 3, 4]), [batch, batch]),
+        &device,
+    );
+    let scale = Tensor::<1>::from_data(TensorData::new(vec![10.0f32], [1]), &device);
+    let mut losses = Vec::new();
+    for step in 0..steps {
+        let x = input_tensor(features(batch, frames, 0), batch, frames, MELS, &device);
+        let loss = info_nce(model.forward(x), text.clone(), scale.clone(), y.clone());
+        losses.push(to_vec(loss.clone())[0]);
+        let params = GradientsParams::from_grads(loss.backward(), &model);
+        if step == 0 {
+            // Every trainable tensor gets a gradient (nothing is cut off from the loss).
+            let expected = count_params(&model);
+            assert_eq!(
+                params.len(),
+                expected,
+                "{}: {} of {expected} parameter tensors received gradients",
+                config.architecture.name(),
+                params.len()
+            );
+        }
+        model = optim.step(3e-3, model, params);
+    }
+    (losses, model.valid())
+}
+
+/// Number of trainable parameter tensors.
+fn count_params<M: burn::module::Module>(module: &M) -> usize {
+    crate::model::trainable_tensor_sizes(module).len()
+}
+
+/// Embeds `(batch, frames)` inputs with ONNX Runtime and with the trainer; max |diff|.
+fn parity(config: &EncoderConfig, model: &crate::model::AudioEncoder, tag: &str) -> Option<f32> {
+    let rt = match crate::run::ort_runtime(None) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skipping the ONNX Runtime parity check: {e}");
+            return None;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("audiotext-enc-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("audio.onnx");
+    std::fs::write(&path, build_audio_onnx(model, config, SILENCE).to_bytes()).unwrap();
+    let (mut session, _) = rt.session(&path).unwrap();
+    let device = Device::flex();
+    let mut worst = 0f32;
+    // Full length, longer than Spec2Vec's window (cropped), and shorter than every
+    // encoder's minimum (padded inside the graph, as the trainer pads it).
+    for (batch, frames, seed) in [(2, 64, 1), (3, 47, 2), (1, 90, 3), (2, 5, 4)] {
+        let values = features(batch, frames, seed);
+        let padded_frames = frames.max(config.min_frames());
+        let mut padded = Vec::new();
+        for row in values.chunks(frames * MELS) {
+            padded.extend_from_slice(row);
+            padded.resize(padded.len() + (padded_frames - frames) * MELS, SILENCE);
+        }
+        let expected =
+            to_vec(model.forward(input_tensor(padded, batch, padded_frames, MELS, &device)));
+        let input =
+            ort::value::Tensor::from_array(([batch as i64, 1, frames as i64, MELS as i64], values))
+                .unwrap();
+        let outputs = session.run(ort::inputs![INPUT_NAME => input]).unwrap();
+        let (shape, got) = outputs
+            .get(OUTPUT_NAME)
+            .unwrap()
+            .try_extract_tensor::<f32>()
+            .unwrap();
+        assert_eq!(shape.to_vec(), vec![batch as i64, DIM as i64], "{tag}");
+        for (a, b) in expected.iter().zip(got) {
+            assert!(b.is_finite(), "{tag}: ONNX Runtime gave {b}");
+            worst = worst.max((a - b).abs());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(worst)
+}
+
+/// Trains a few steps, checks the loss falls, exports and compares.
+fn check(encoder: &str, pooling: &str) {
+    let config = tiny(encoder, pooling);
+    let tag = format!("{encoder}+{pooling}");
+    let (losses, model) = train_steps(&config, 12);
+    assert!(
+        losses.iter().all(|l| l.is_finite()),
+        "{tag}: losses {losses:?}"
+    );
+    let first = losses[0];
+    let last = *losses.last().unwrap();
+    assert!(
+        last < first * 0.9,
+        "{tag}: the loss did not decrease: {losses:?}"
+    );
+    assert!(trainable_parameters(&model) > 0);
+    if let Some(diff) = parity(&config, &model, &tag.replace('+', "-")) {
+        assert!(
+            diff <= TOLERANCE,
+            "{tag}: ONNX Runtime differs from the trainer by {diff:.2e}"
+        );
+        eprintln!(
+            "{tag}: loss {first:.4} -> {last:.4}, parity {diff:.2e}, {} parameters",
+            config.parameter_count()
+        );
+    }
+}
+
+#[test]
+fn cnn6_trains_and_exports() {
+    check("cnn6", "mean-max");
+}
+
+#[test]
+fn cnn10_trains_and_exports() {
+    check("cnn10", "mean-max");
+}
+
+#[test]
+fn cnn14_trains_and_exports() {
+    check("cnn14", "mean-max");
+}
+
+#[test]
+fn resnet38_trains_and_exports() {
+    check("resnet38", "mean-max");
+}
+
+#[test]
+fn crnn_trains_and_exports() {
+    check("crnn", "mean-max");
+}
+
+#[test]
+fn tcn_trains_and_exports() {
+    check("tcn", "mean-max");
+}
+
+#[test]
+fn spec2vec_trains_and_exports() {
+    check("spec2vec", "mean");
+}
+
+#[test]
+fn mean_pooling_trains_and_exports() {
+    check("cnn10", "mean");
+}
+
+#[test]
+fn max_pooling_trains_and_exports() {
+    check("cnn10", "max");
+}
+
+#[test]
+fn lstm_last_pooling_trains_and_exports() {
+    check("cnn10", "lstm-last");
+}
+
+#[test]
+fn lstm_mean_pooling_trains_and_exports() {
+    check("tcn", "lstm-mean");
+}
+
+#[test]
+fn netvlad_pooling_trains_and_exports() {
+    check("cnn10", "netvlad");
+}
+
+#[test]
+fn netrvlad_pooling_trains_and_exports() {
+    check("crnn", "netrvlad");
+}
+
+#[test]
+fn names_round_trip_and_unknown_names_list_the_choices() {
+    for name in super::ENCODER_NAMES {
+        assert_eq!(
+            Architecture::parse(name, 4, 10, SILENCE).unwrap().name(),
+            *name
+        );
+    }
+    for name in super::pooling::POOLING_NAMES {
+        assert_eq!(PoolingKind::parse(name, 4, 3).unwrap().name(), *name);
+    }
+    let e = Architecture::parse("cnn12", 4, 10, SILENCE).unwrap_err();
+    assert!(e.contains("cnn14") && e.contains("spec2vec"), "{e}");
+    let e = PoolingKind::parse("attention", 4, 3).unwrap_err();
+    assert!(e.contains("netrvlad"), "{e}");
+}
+
+#[test]
+fn published_sizes_at_width_64() {
+    // PANNs: CNN14 ends at 2048 channels, CNN10 and CNN6 at 512; ResNet38 at 2048.
+    let c = |a: Architecture| a.channels(64);
+    assert_eq!(c(Architecture::Cnn14), vec![64, 128, 256, 512, 1024, 2048]);
+    assert_eq!(c(Architecture::Cnn10), vec![64, 128, 256, 512]);
+    assert_eq!(c(Architecture::Cnn6), vec![64, 128, 256, 512]);
+    assert_eq!(*c(Architecture::Resnet38).last().unwrap(), 2048);
+    // CNN14 at full width with a 2048 fc and a 384-d projection: about 80 M parameters in
+    // PANNs with fc_audioset; ours swaps the 527-way classifier for the projection.
+    let cnn14 = EncoderConfig::new(Architecture::Cnn14, PoolingKind::MeanMax, 64, 384, 64);
+    assert_eq!(cnn14.fc_dim, 2048);
+    assert_eq!(cnn14.min_frames(), 32);
+    // Old run configs (without architecture and pooling) read as CNN10 with max + mean.
+    let old = r#"{"n_mels":64,"channels":[16,32,64,128],"fc_dim":128,"embedding_dim":384,
+        "block_dropout":0.2,"head_dropout":0.5,"bn_epsilon":1e-5}"#;
+    let old: EncoderConfig = serde_json::from_str(old).unwrap();
+    assert_eq!(old.architecture, Architecture::Cnn10);
+    assert_eq!(old.pooling, PoolingKind::MeanMax);
+    assert_eq!(old, EncoderConfig::cnn10(64, 384).with_width(16));
+}
