@@ -123,6 +123,56 @@ pub fn split_by_group(
     split
 }
 
+/// Fold `fold` of `folds` as validation, the other folds as training, for cross-validation by
+/// group: each class's groups are shuffled (seeded per class, as in [`split_by_group`]) and
+/// dealt round-robin to the folds, so every group lies in exactly one fold, folds are balanced
+/// per class, and the `folds` validation sets partition the items.
+pub fn fold_by_group(
+    groups: &[String],
+    strata: Option<&[String]>,
+    folds: usize,
+    fold: usize,
+    seed: u64,
+) -> Split {
+    assert!(folds >= 2 && fold < folds, "fold {fold} of {folds}");
+    let mut group_class: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut sorted: Vec<usize> = (0..groups.len()).collect();
+    sorted.sort_by(|&a, &b| groups[a].cmp(&groups[b]).then(a.cmp(&b)));
+    for &i in &sorted {
+        let class = strata.map(|s| s[i].as_str()).unwrap_or("");
+        group_class.entry(groups[i].as_str()).or_insert(class);
+    }
+    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (group, class) in &group_class {
+        by_class.entry(class).or_default().push(group);
+    }
+    let mut validation_groups: std::collections::HashSet<&str> = Default::default();
+    // The deal continues across classes so small classes do not all start at fold 0.
+    let mut dealt = 0usize;
+    for (class, mut class_groups) in by_class {
+        let mut rng = SplitMix64::derive(seed, &[fnv1a(class.as_bytes()), 0xf01d]);
+        rng.shuffle(&mut class_groups);
+        for group in class_groups {
+            if dealt % folds == fold {
+                validation_groups.insert(group);
+            }
+            dealt += 1;
+        }
+    }
+    let mut split = Split {
+        train: Vec::new(),
+        validation: Vec::new(),
+    };
+    for (i, group) in groups.iter().enumerate() {
+        if validation_groups.contains(group.as_str()) {
+            split.validation.push(i);
+        } else {
+            split.train.push(i);
+        }
+    }
+    split
+}
+
 /// FNV-1a, 64-bit: a stable hash of a short key (the standard library's hasher may change).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -220,5 +270,44 @@ mod tests {
         let none = split_by_group(&groups, None, 0.0, 1);
         assert!(none.validation.is_empty());
         assert_eq!(none.train.len(), 10);
+    }
+
+    #[test]
+    fn folds_partition_the_items_by_group_and_balance_classes() {
+        // 4 classes x 6 recordings x 2 clips.
+        let mut groups = Vec::new();
+        let mut classes = Vec::new();
+        for c in 0..4 {
+            for r in 0..6 {
+                for _ in 0..2 {
+                    groups.push(format!("rec{c}-{r}"));
+                    classes.push(format!("class{c}"));
+                }
+            }
+        }
+        let mut seen = vec![0usize; groups.len()];
+        for fold in 0..3 {
+            let s = fold_by_group(&groups, Some(&classes), 3, fold, 5);
+            assert_eq!(s.train.len() + s.validation.len(), groups.len());
+            for &i in &s.validation {
+                seen[i] += 1;
+                // Both clips of a recording are on the same side.
+                assert!(s.validation.iter().filter(|&&j| groups[j] == groups[i]).count() == 2);
+            }
+            for c in 0..4 {
+                let n = s
+                    .validation
+                    .iter()
+                    .filter(|&&i| classes[i] == format!("class{c}"))
+                    .count();
+                assert_eq!(n, 4, "fold {fold}, class {c}: 2 of 6 recordings");
+            }
+            assert_eq!(s, fold_by_group(&groups, Some(&classes), 3, fold, 5));
+        }
+        assert!(seen.iter().all(|&n| n == 1), "each item validates exactly once");
+        assert_ne!(
+            fold_by_group(&groups, Some(&classes), 3, 0, 5).validation,
+            fold_by_group(&groups, Some(&classes), 3, 0, 6).validation
+        );
     }
 }

@@ -57,6 +57,10 @@ pub struct EvalArgs {
     /// Which clips [default: val for a run on its own dataset, else all].
     #[arg(long, value_enum)]
     pub subset: Option<Subset>,
+    /// With --bundle: evaluate on the validation clips of this run (e.g. an ensemble of the
+    /// runs of one cross-validation fold).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "run")]
+    pub validation_of: Option<PathBuf>,
     /// Also write the results as JSON to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -91,7 +95,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let cache_root = (!args.no_cache).then(|| args.cache.clone().unwrap_or_else(default_cache_dir));
     let run_config = args.run.as_ref().map(|r| RunConfig::read(r)).transpose()?;
-    let run_data = run_config.as_ref().and_then(|c| c.data.clone());
+    // The clips a run validated on: the run's own, or (for a bundle, e.g. an ensemble of
+    // runs) those of the run named by --validation-of.
+    let run_data = match (&run_config, &args.validation_of) {
+        (Some(c), _) => c.data.clone(),
+        (None, Some(r)) => RunConfig::read(r)?.data,
+        (None, None) => None,
+    };
     let root = match (&args.data, &run_data) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) => d.root.clone(),
@@ -135,7 +145,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Subset::All => dataset.clips.iter().collect(),
         Subset::Val => {
             let Some(d) = run_data.as_ref().filter(|_| same_data) else {
-                bail!("--subset val needs --run and the run's own dataset");
+                bail!("--subset val needs --run (or --validation-of) and the run's own dataset");
             };
             if d.validation_split.is_some() {
                 bail!("the run validated on a split of its own; evaluate it with --layout {} --split {}", d.layout.split(':').next().unwrap_or("clotho"), d.validation_split.clone().unwrap_or_default());

@@ -6,7 +6,8 @@
 //!    embeddings once through the text bundle (cached per text encoder).
 //! 3. Each epoch shuffles the training clips; each step takes a batch, picks one caption per
 //!    clip at random, crops clips longer than `--max-seconds` at random, applies SpecAugment,
-//!    and takes one AdamW step on the symmetric InfoNCE loss (see `loss.rs`).
+//!    and takes one AdamW step on the contrastive loss of `--loss` (symmetric InfoNCE by
+//!    default; see `loss.rs`).
 //! 4. After each epoch: validation metrics, a line in `metrics.jsonl`, plots, checkpoints
 //!    (last, best by text-to-audio mAP@10, recent epochs).
 //!
@@ -29,13 +30,16 @@ use audiotext0::audio::{FrontEnd, Windowing};
 use audiotext0::train::cache::{default_cache_dir, FeatureCache, Features};
 use audiotext0::train::data::{Dataset, Layout};
 use audiotext0::train::metrics::{self, RetrievalMetrics};
-use audiotext0::train::split::{fnv1a, split_by_group, SplitMix64};
+use audiotext0::train::split::{fnv1a, fold_by_group, split_by_group, SplitMix64};
 
 use crate::embed::{bar_style, caption_embeddings};
-use crate::loss::{info_nce, soft_targets};
+use crate::loss::LossSpec;
+use crate::mix::{draw_pool, mix_features, Mix, MixOptions};
+use crate::encoders::pooling::PoolingKind;
+use crate::encoders::Architecture;
 use crate::model::{input_tensor, to_vec, Contrastive, ContrastiveConfig, EncoderConfig};
 use crate::run::{
-    checkpoint_path, device, embed_clips, embed_texts, pad_value, CheckpointState, DataInfo,
+    checkpoint_path, device, embed_clips, embed_texts, pad_value, CheckpointState, DataInfo, Fold,
     DeviceKind, RunConfig, TrainOptions, CHECKPOINT_DIR, METRICS_FILE, RUN_FORMAT_VERSION,
 };
 use crate::specaug::{make_batch, SpecAugment};
@@ -70,6 +74,20 @@ pub struct FitArgs {
     /// Fraction of recordings held out for validation when there is no validation split.
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
+    /// Chance that a training row is replaced by a mix of two clips with their captions
+    /// joined by "while" (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub mix_prob: f64,
+    /// Mixes drawn per training clip for the pool of mixes.
+    #[arg(long, default_value_t = 2)]
+    pub mix_per_clip: usize,
+    /// Cross-validation: split the recordings into this many class-balanced folds and
+    /// validate on fold --fold (overrides --val-fraction; generic layout only).
+    #[arg(long, requires = "fold")]
+    pub folds: Option<usize>,
+    /// Which fold validates (0-based), with --folds.
+    #[arg(long, requires = "folds")]
+    pub fold: Option<usize>,
     /// Text bundle whose sentence embeddings are the targets (all-MiniLM-L6-v2 by default).
     #[arg(long, value_name = "DIR", default_value = "models/default")]
     pub text_bundle: PathBuf,
@@ -101,9 +119,25 @@ pub struct FitArgs {
     pub clip_grad_norm: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Encoder width: channels w, 2w, 4w, 8w (64 = CNN10).
+    /// Audio encoder: cnn6, cnn10, cnn14 (PANNs CNNs), resnet38, crnn (conv + BiGRU), tcn
+    /// (dilated Conv1d stack), spec2vec (whole fixed-size spectrogram).
+    #[arg(long, default_value = "cnn10")]
+    pub encoder: String,
+    /// Encoder base width: channels w, 2w, 4w, ... (64 gives the published PANNs sizes).
     #[arg(long, default_value_t = 64)]
     pub width: usize,
+    /// Pooling over time: mean, max, mean-max, lstm-last, lstm-mean, netvlad, netrvlad.
+    #[arg(long, default_value = "mean-max")]
+    pub pooling: String,
+    /// Hidden size of the CRNN's GRU (per direction) [default: 2 * width].
+    #[arg(long)]
+    pub gru_hidden: Option<usize>,
+    /// Hidden size of the LSTM pooling [default: the backbone's output width].
+    #[arg(long)]
+    pub lstm_hidden: Option<usize>,
+    /// Clusters of NetVLAD / NetRVLAD pooling.
+    #[arg(long, default_value_t = 8)]
+    pub clusters: usize,
     #[arg(long, default_value_t = 0.2)]
     pub block_dropout: f64,
     #[arg(long, default_value_t = 0.5)]
@@ -118,6 +152,14 @@ pub struct FitArgs {
     /// Keep the temperature fixed instead of learning it.
     #[arg(long)]
     pub fixed_temperature: bool,
+    /// Contrastive loss: terms joined by `+`, each `[weight*]name[:key=value,...]`.
+    /// Terms: infonce, ntxent (both use the temperature); triplet-sum, triplet-max
+    /// (margin=0.2); triplet-weighted (margin=0.2, polynomial coefficients pos0..pos8 and
+    /// neg0..neg8, default pos0=0.5,pos1=-0.7,pos2=0.2,neg0=0.03,neg1=-0.4,neg2=0.9);
+    /// vicreg (sim=25,var=25,cov=1,gamma=1); cosine (margin=0). E.g. `infonce+0.1*vicreg`,
+    /// `triplet-max:margin=0.3`.
+    #[arg(long, value_name = "SPEC", default_value = "infonce")]
+    pub loss: LossSpec,
     /// Training crop length in seconds (longer clips are cropped at random each step).
     #[arg(long, default_value_t = 10.0)]
     pub max_seconds: f32,
@@ -175,6 +217,8 @@ pub struct Prepared {
     pub clips: Vec<ClipData>,
     pub train: Vec<usize>,
     pub validation: Vec<usize>,
+    /// Mixes of two training clips with joined captions (empty unless `--mix-prob`).
+    pub mixes: Vec<Mix>,
 }
 
 /// What one epoch did; one line of `metrics.jsonl`.
@@ -298,12 +342,36 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
                 args.text_bundle.display()
             )
         })?;
+    let window_frames = front_end
+        .frames((windowing.clip_seconds as f64 * front_end.sample_rate as f64).round() as usize);
+    let architecture = Architecture::parse(
+        &args.encoder,
+        args.gru_hidden.unwrap_or(2 * args.width),
+        window_frames,
+        pad_value(&front_end),
+    )
+    .map_err(|e| anyhow::anyhow!("--encoder: {e}"))?;
+    let frame_dim = {
+        let channels = architecture.channels(args.width);
+        architecture.output_channels(&channels)
+    };
+    let pooling = PoolingKind::parse(
+        &args.pooling,
+        args.lstm_hidden.unwrap_or(frame_dim),
+        args.clusters,
+    )
+    .map_err(|e| anyhow::anyhow!("--pooling: {e}"))?;
     let encoder = EncoderConfig {
         block_dropout: args.block_dropout,
         head_dropout: args.head_dropout,
-        ..EncoderConfig::cnn10(front_end.n_mels, text_manifest.embedding_dim)
-    }
-    .with_width(args.width);
+        ..EncoderConfig::new(
+            architecture,
+            pooling,
+            front_end.n_mels,
+            text_manifest.embedding_dim,
+            args.width,
+        )
+    };
     if args.batch_size < 2 {
         bail!("--batch-size must be at least 2 (a contrastive loss needs negatives)");
     }
@@ -341,6 +409,11 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
             },
             clip_grad_norm: args.clip_grad_norm,
             keep_checkpoints: args.keep_checkpoints,
+            loss: args.loss.clone(),
+            mix: MixOptions {
+                probability: args.mix_prob,
+                per_clip: args.mix_per_clip,
+            },
         },
         front_end,
         windowing,
@@ -349,6 +422,15 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
             layout: layout.describe(),
             validation_split: None,
             validation_fraction: args.val_fraction,
+            fold: match (args.folds, args.fold) {
+                (Some(count), Some(index)) if count >= 2 && index < count => {
+                    Some(Fold { index, count })
+                }
+                (Some(count), Some(index)) => {
+                    bail!("--fold {index} --folds {count}: need at least 2 folds and a fold below their number")
+                }
+                _ => None,
+            },
             split_seed: args.seed,
             train_clips: 0,
             validation_files: Vec::new(),
@@ -395,6 +477,13 @@ pub fn detect_license(text: &str) -> Option<String> {
         .or_else(|| flat.contains("CC0").then(|| "CC0 1.0".to_string()))
 }
 
+/// Key of a clip's caption set: clips with the same set are positives of each other.
+fn caption_set_key(captions: &[String]) -> u64 {
+    let mut sorted = captions.to_vec();
+    sorted.sort();
+    fnv1a(sorted.join("\u{1f}").as_bytes())
+}
+
 /// Reads the dataset(s), splits, computes features and caption embeddings.
 pub fn prepare(
     config: &RunConfig,
@@ -437,12 +526,15 @@ pub fn prepare(
                     .map(|c| c.label.clone().unwrap_or_default())
                     .collect()
             });
-            let s = split_by_group(
-                &groups,
-                labels.as_deref(),
-                data.validation_fraction,
-                data.split_seed,
-            );
+            let s = match data.fold {
+                Some(f) => fold_by_group(&groups, labels.as_deref(), f.count, f.index, data.split_seed),
+                None => split_by_group(
+                    &groups,
+                    labels.as_deref(),
+                    data.validation_fraction,
+                    data.split_seed,
+                ),
+            };
             (s.train, s.validation)
         }
     };
@@ -495,7 +587,31 @@ pub fn prepare(
         .iter()
         .flat_map(|c| c.captions.iter().map(String::as_str))
         .collect();
+    // The pool of mixes: their joined captions are embedded with the others.
+    let mut mixes = if config.train.mix.probability > 0.0 {
+        let keys: Vec<u64> = all.iter().map(|c| caption_set_key(&c.captions)).collect();
+        draw_pool(
+            &train,
+            &|i| all[i].captions.clone(),
+            &|i| keys[i],
+            config.train.mix.per_clip,
+            config.train.seed,
+        )
+    } else {
+        Vec::new()
+    };
+    let mix_captions: Vec<String> = mixes.iter().map(|m| m.caption.clone()).collect();
+    let texts: Vec<&str> = texts
+        .into_iter()
+        .chain(mix_captions.iter().map(String::as_str))
+        .collect();
     let embeddings = caption_embeddings(text_bundle, &texts, cache_root, ort)?;
+    for m in &mut mixes {
+        m.embedding = embeddings.by_text[&m.caption].clone();
+    }
+    if !mixes.is_empty() {
+        println!("mixes: a pool of {} clip pairs with joined captions", mixes.len());
+    }
     if embeddings.dim != config.model.encoder.embedding_dim {
         bail!(
             "the text bundle {} gives {}-dim embeddings, while the run's encoder outputs {}",
@@ -524,8 +640,6 @@ pub fn prepare(
         .iter()
         .zip(features)
         .map(|(c, features)| {
-            let mut sorted = c.captions.clone();
-            sorted.sort();
             ClipData {
                 name: c.file_name.clone(),
                 features,
@@ -534,7 +648,7 @@ pub fn prepare(
                     .iter()
                     .map(|t| embeddings.by_text[t].clone())
                     .collect(),
-                caption_key: fnv1a(sorted.join("\u{1f}").as_bytes()),
+                caption_key: caption_set_key(&c.captions),
                 class: c.label.as_ref().and_then(|l| classes.binary_search(l).ok()),
             }
         })
@@ -544,6 +658,7 @@ pub fn prepare(
             clips,
             train,
             validation,
+            mixes,
         },
         config,
     ))
@@ -714,26 +829,49 @@ pub fn train(
                 break;
             }
             let step_start = Instant::now();
+            // Rows replaced by a mix of two clips (with the mix's joined caption).
+            let mixed: Vec<Option<(Features, &Mix)>> = batch
+                .iter()
+                .map(|_| {
+                    let p = t.mix.probability;
+                    (p > 0.0 && !data.mixes.is_empty() && aug.next_f64() < p).then(|| {
+                        let m = &data.mixes[aug.below(data.mixes.len())];
+                        let (a, b) = (&data.clips[m.first], &data.clips[m.second]);
+                        (mix_features(&a.features, &b.features), m)
+                    })
+                })
+                .collect();
             let feats: Vec<&Features> = batch
                 .iter()
-                .map(|&i| data.clips[i].features.as_ref())
+                .zip(&mixed)
+                .map(|(&i, m)| match m {
+                    Some((f, _)) => f,
+                    None => data.clips[i].features.as_ref(),
+                })
                 .collect();
             let b = make_batch(&feats, t.max_frames, min_frames, pad, &t.specaug, &mut aug);
             let mut text = Vec::with_capacity(batch.len() * dim);
             let mut keys = Vec::with_capacity(batch.len());
-            for &i in batch {
-                let clip = &data.clips[i];
-                text.extend_from_slice(&clip.captions[pick.below(clip.captions.len())]);
-                keys.push(clip.caption_key);
+            for (&i, m) in batch.iter().zip(&mixed) {
+                match m {
+                    Some((_, mix)) => {
+                        text.extend_from_slice(&mix.embedding);
+                        keys.push(mix.key);
+                    }
+                    None => {
+                        let clip = &data.clips[i];
+                        text.extend_from_slice(&clip.captions[pick.below(clip.captions.len())]);
+                        keys.push(clip.caption_key);
+                    }
+                }
             }
             let n = batch.len();
             let x = input_tensor(b.values, b.batch, b.frames, b.mels, &ad);
             let text = Tensor::<2>::from_data(TensorData::new(text, [n, dim]), &ad);
-            let targets = Tensor::<2>::from_data(TensorData::new(soft_targets(&keys), [n, n]), &ad);
             let audio = model.audio.forward(x);
             let text = model.text(text);
             let scale = model.scale(config.model.temperature, &ad);
-            let loss = info_nce(audio, text, scale, targets);
+            let loss = t.loss.compute(audio, text, scale, &keys);
             let loss_value = to_vec(loss.clone())[0] as f64;
             if !loss_value.is_finite() {
                 bail!("the loss became {loss_value} at step {} (epoch {epoch}); lower --lr or set --clip-grad-norm", state.step + 1);
@@ -971,11 +1109,11 @@ pub fn validate(
             .collect();
         let keys: Vec<u64> = chunk.iter().map(|&c| clips[c].caption_key).collect();
         let n = chunk.len();
-        let loss = info_nce(
+        let loss = config.train.loss.compute(
             Tensor::from_data(TensorData::new(a, [n, dim]), &device),
             Tensor::from_data(TensorData::new(t, [n, dim]), &device),
             scale.clone(),
-            Tensor::from_data(TensorData::new(soft_targets(&keys), [n, n]), &device),
+            &keys,
         );
         loss_sum += to_vec(loss)[0] as f64;
         batches += 1;

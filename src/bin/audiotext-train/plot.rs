@@ -11,10 +11,10 @@ use plotters::style::FontStyle;
 
 use crate::fit::EpochLog;
 
-const FONT: &str = "sans-serif";
+pub const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (900, 560);
 
-fn register_font() {
+pub fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is part of the binary; failing to parse it is a build defect.

@@ -44,6 +44,12 @@ pub struct TrainOptions {
     pub clip_grad_norm: f64,
     /// Number of epoch checkpoints to keep besides `last` and `best`.
     pub keep_checkpoints: usize,
+    /// The contrastive loss (see `loss.rs`); runs made before it existed used InfoNCE.
+    #[serde(default)]
+    pub loss: crate::loss::LossSpec,
+    /// Mixing two clips with joined captions (off in runs written before it existed).
+    #[serde(default)]
+    pub mix: crate::mix::MixOptions,
 }
 
 /// Where the data came from and how it was split.
@@ -55,11 +61,22 @@ pub struct DataInfo {
     /// Clotho: the split used for validation; generic: none (split by recording).
     pub validation_split: Option<String>,
     pub validation_fraction: f64,
+    /// Cross-validation: fold `index` of `count` (folds of recordings, class-balanced) is the
+    /// validation set instead of `validation_fraction` of the recordings.
+    #[serde(default)]
+    pub fold: Option<Fold>,
     pub split_seed: u64,
     pub train_clips: usize,
     pub validation_files: Vec<String>,
     /// Licence of the data, read from the dataset's LICENSE file when present.
     pub license: Option<String>,
+}
+
+/// One fold of a cross-validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    pub index: usize,
+    pub count: usize,
 }
 
 /// `config.json` of a run.

@@ -111,6 +111,7 @@ fn prepared(fe: &FrontEnd) -> Prepared {
         clips,
         train,
         validation,
+        mixes: Vec::new(),
     }
 }
 
@@ -169,6 +170,8 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
             specaug: SpecAugment::off(),
             clip_grad_norm: 0.0,
             keep_checkpoints: 1,
+            loss: Default::default(),
+            mix: Default::default(),
         },
         front_end: fe.clone(),
         windowing: Windowing {
@@ -182,6 +185,7 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
             layout: "generic".into(),
             validation_split: None,
             validation_fraction: 0.25,
+            fold: None,
             split_seed: 0,
             train_clips: 8,
             validation_files: Vec::new(),

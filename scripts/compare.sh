@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The encoder / loss / pooling / ensemble comparison, cross-validated by recording.
+#
+#   scripts/compare.sh [RUNS_DIR]          (default runs/compare; re-running resumes)
+#
+# Stages, each run once per fold (FOLDS class-balanced folds of the recordings of DATA):
+#   1. encoders: every encoder with InfoNCE and max + mean pooling;
+#   2. losses:   every loss with the best encoder of stage 1;
+#   3. poolings: every pooling with the best encoder of stage 1;
+#   4. ensemble: the best three configurations of stages 1-3, combined per fold;
+# then every run is exported to a bundle that the SQLite extension must load and embed a
+# clip with, and `audiotext-train report` writes the table and plots to REPORT.
+#
+# Settings (environment): DATA, FOLDS (3), EPOCHS (12), WIDTH (16), BATCH (32), ENCODERS,
+# LOSSES, POOLINGS, REPORT (docs/comparison/README.md), TRAIN_FLAGS (extra `fit` flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-../shared/data/esc50-dev}
+RUNS=${1:-runs/compare}
+FOLDS=${FOLDS:-3}
+EPOCHS=${EPOCHS:-12}
+WIDTH=${WIDTH:-16}
+BATCH=${BATCH:-32}
+ENCODERS=${ENCODERS:-"cnn6 cnn10 cnn14 resnet38 crnn tcn spec2vec"}
+LOSSES=${LOSSES:-"infonce ntxent triplet-sum triplet-max triplet-weighted vicreg cosine infonce+0.1*vicreg"}
+POOLINGS=${POOLINGS:-"mean max mean-max lstm-last lstm-mean netvlad netrvlad"}
+REPORT=${REPORT:-docs/comparison/README.md}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
+TRAINER=dist/audiotext-train
+
+[ -x "$TRAINER" ] && [ -f dist/audiotext0.so ] || { echo "run scripts/build.sh first" >&2; exit 1; }
+[ -d "$DATA" ] || { echo "no dataset at $DATA (set DATA)" >&2; exit 1; }
+
+# train GROUP NAME FIT_FLAGS...: one run per fold, skipped when already complete.
+train() {
+  local group=$1 name=$2
+  shift 2
+  for ((k = 0; k < FOLDS; k++)); do
+    local out=$RUNS/$group/$name/fold$k
+    [ -f "$out/complete" ] && continue
+    rm -rf "$out"
+    echo "== $group/$name fold $k"
+    # shellcheck disable=SC2086
+    "$TRAINER" fit --data "$DATA" --folds "$FOLDS" --fold "$k" --epochs "$EPOCHS" \
+      --width "$WIDTH" --batch-size "$BATCH" --out "$out" $TRAIN_FLAGS "$@"
+    touch "$out/complete"
+  done
+}
+
+# Mean last-epoch text-to-audio mAP@10 over the folds of each config in GROUP, best first.
+ranked() {
+  python3 - "$RUNS/$1" <<'EOF'
+import json, pathlib, sys
+rows = []
+for config in sorted(pathlib.Path(sys.argv[1]).iterdir()):
+    scores = []
+    for fold in sorted(config.glob("fold*")):
+        lines = (fold / "metrics.jsonl").read_text().splitlines()
+        scores.append(json.loads(lines[-1])["t2a_map10"])
+    if scores:
+        rows.append((sum(scores) / len(scores), config.name))
+for score, name in sorted(rows, reverse=True):
+    print(name, f"{score:.4f}")
+EOF
+}
+
+# The fit flags of a configuration name (encoder, loss or pooling names as in the stages).
+flags_of() {
+  local group=$1 name=$2
+  case $group in
+    encoders) echo "--encoder $name" ;;
+    losses) echo "--encoder $BEST_ENCODER --loss $name" ;;
+    poolings) echo "--encoder $BEST_ENCODER --pooling $name" ;;
+  esac
+}
+
+for e in $ENCODERS; do train encoders "$e" --encoder "$e"; done
+BEST_ENCODER=$(ranked encoders | head -1 | cut -d' ' -f1)
+echo "best encoder: $BEST_ENCODER"
+for l in $LOSSES; do train losses "$l" --encoder "$BEST_ENCODER" --loss "$l"; done
+for p in $POOLINGS; do train poolings "$p" --encoder "$BEST_ENCODER" --pooling "$p"; done
+
+# Every run becomes a bundle; the extension must load it and embed a clip.
+clip=$(find "$DATA/audio" -type f | sort | head -1)
+for fold_dir in "$RUNS"/{encoders,losses,poolings}/*/fold*; do
+  [ -f "$fold_dir/complete" ] || continue
+  if [ ! -f "$fold_dir/bundle/audio.onnx" ]; then
+    "$TRAINER" export --run "$fold_dir" --checkpoint last --out "$fold_dir/bundle" --name "$(basename "$(dirname "$fold_dir")")-$(basename "$fold_dir")" >/dev/null
+  fi
+  dims=$(sqlite3 :memory: ".load dist/audiotext0" \
+    "INSERT INTO temp.audiotext_models(name, path) VALUES ('run', '$fold_dir/bundle');" \
+    "SELECT vec_length(audio_embed('run', '$clip'));")
+  [ "$dims" -gt 0 ] || { echo "the extension could not embed with $fold_dir/bundle" >&2; exit 1; }
+done
+
+# Ensemble of the three best configurations overall, per fold.
+mapfile -t TOP < <(for g in encoders losses poolings; do ranked $g | sed "s|^|$g/|"; done |
+  sort -k2 -r -g | awk '!seen[$2 FS $1]++' | head -3 | cut -d' ' -f1)
+name=$(printf '%s+' "${TOP[@]##*/}")
+name=${name%+}
+for ((k = 0; k < FOLDS; k++)); do
+  out=$RUNS/ensembles/$name/fold$k
+  [ -f "$out/eval.json" ] && continue
+  mkdir -p "$out"
+  members=()
+  for m in "${TOP[@]}"; do members+=(--member "$RUNS/$m/fold$k/bundle"); done
+  rm -rf "$out/bundle"
+  "$TRAINER" ensemble "${members[@]}" --out "$out/bundle" --name "ensemble-$name-fold$k"
+  "$TRAINER" eval --bundle "$out/bundle" --validation-of "$RUNS/${TOP[0]}/fold$k" \
+    --data "$DATA" --subset val --json "$out/eval.json"
+done
+
+"$TRAINER" report --runs "$RUNS" --out "$REPORT"
