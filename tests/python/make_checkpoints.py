@@ -1,6 +1,7 @@
 """Writes PyTorch checkpoints in torch.save's formats without torch, for the Rust reader's tests.
 
     python3 make_checkpoints.py OUT_DIR
+    python3 make_checkpoints.py --panns OUT_DIR N_MELS ARCH:WIDTH [ARCH:WIDTH ...]
 
 torch is not needed (and must not be imported): stand-ins for the few torch names a state dict
 pickles (`torch._utils._rebuild_tensor_v2`, `torch.FloatStorage`, ...) are registered as modules
@@ -14,12 +15,21 @@ Writes OUT_DIR/*.pth and OUT_DIR/expected.json:
     {"tensors": {file: {name: {"shape": [...], "data": [...]}}},
      "errors": {file: [substrings the reader's error must contain]}}
 Values in `data` are exactly representable in the stored type, so f32 comparisons are exact.
+
+With --panns, writes PANNs-shaped checkpoints (Kong et al. 2020, audioset_tagging_cnn's
+pytorch/models.py) for the trainer's `fit --pretrained` tests, one per ARCH:WIDTH (ARCH: cnn6,
+cnn10, cnn14; WIDTH 64 gives the published sizes, the tests use a few channels):
+    OUT_DIR/panns_<arch>_w<width>.pth   {'iteration': 0, 'model': state dict}, names without
+                                        `module.`, random values, the front-end's buffers,
+                                        fc_audioset and num_batches_tracked (int64) included
+    OUT_DIR/panns_<arch>_w<width>.json  {name: {"shape", "data", "dtype": "f32" | "i64"}}
 """
 
 import collections
 import json
 import os
 import pickle
+import random
 import struct
 import sys
 import types
@@ -365,7 +375,87 @@ def broken_files(out, expected):
     errors["text_pickle.pth"] = ["unsupported pickle opcode 0x70", "state_dict()"]
 
 
+# --- PANNs-shaped checkpoints ----------------------------------------------------------------
+
+PANNS_BLOCKS = {"cnn6": (4, 5, False), "cnn10": (4, 3, True), "cnn14": (6, 3, True)}
+"""arch -> (conv blocks, first kernel, second 3x3 conv), as Cnn6 / Cnn10 / Cnn14 in models.py."""
+
+
+def panns_state_dict(c, arch, width, n_mels, rng):
+    """The state dict of PANNs' `arch` at base width `width`, in models.py's order."""
+    sd = collections.OrderedDict()
+
+    def nested(shape, draw):
+        if not shape:
+            return draw()
+        return [nested(shape[1:], draw) for _ in range(shape[0])]
+
+    def add(name, shape, low, high):
+        sd[name] = c.contiguous(name, nested(list(shape), lambda: rng.uniform(low, high)))
+
+    def weight(name, shape):
+        # Uniform with the fan-in's scale, so activations stay moderate through the layers.
+        fan_in = 1
+        for n in shape[1:]:
+            fan_in *= n
+        bound = 1.0 / fan_in ** 0.5
+        add(name, shape, -bound, bound)
+
+    def batch_norm(name, n):
+        add(name + ".weight", [n], 0.5, 1.5)
+        add(name + ".bias", [n], -0.5, 0.5)
+        add(name + ".running_mean", [n], -0.5, 0.5)
+        add(name + ".running_var", [n], 0.25, 2.0)
+        sd[name + ".num_batches_tracked"] = c.contiguous(
+            name + ".num_batches_tracked", rng.randrange(1, 10**6), "LongStorage")
+
+    # torchlibrosa's STFT and log-mel buffers (tiny: they are never imported).
+    add("spectrogram_extractor.stft.conv_real.weight", [3, 1, 4], -1.0, 1.0)
+    add("spectrogram_extractor.stft.conv_imag.weight", [3, 1, 4], -1.0, 1.0)
+    add("logmel_extractor.melW", [3, n_mels], 0.0, 1.0)
+    batch_norm("bn0", n_mels)
+    blocks, kernel, double = PANNS_BLOCKS[arch]
+    c_in = 1
+    for i in range(1, blocks + 1):
+        c_out = width << (i - 1)
+        weight(f"conv_block{i}.conv1.weight", [c_out, c_in, kernel, kernel])
+        if double:
+            weight(f"conv_block{i}.conv2.weight", [c_out, c_out, 3, 3])
+        batch_norm(f"conv_block{i}.bn1", c_out)
+        if double:
+            batch_norm(f"conv_block{i}.bn2", c_out)
+        c_in = c_out
+    weight("fc1.weight", [c_in, c_in])
+    add("fc1.bias", [c_in], -0.1, 0.1)
+    weight("fc_audioset.weight", [5, c_in])
+    add("fc_audioset.bias", [5], -0.1, 0.1)
+    return sd
+
+
+def panns_files(out, n_mels, specs):
+    for spec in specs:
+        arch, width = spec.split(":")
+        width = int(width)
+        if arch not in PANNS_BLOCKS:
+            sys.exit(f"unknown PANNs CNN {arch!r}; choose one of {', '.join(PANNS_BLOCKS)}")
+        c = Checkpoint()
+        rng = random.Random(f"{arch}:{width}:{n_mels}")
+        sd = panns_state_dict(c, arch, width, n_mels, rng)
+        stem = os.path.join(out, f"panns_{arch}_w{width}")
+        write_zip(stem + ".pth", {"iteration": 0, "model": sd}, c, prefix=f"{arch}_w{width}")
+        expected = {
+            name: dict(c.expected[name], dtype="i64" if name.endswith("num_batches_tracked") else "f32")
+            for name in sd
+        }
+        with open(stem + ".json", "w") as f:
+            json.dump(expected, f)
+
+
 def main():
+    if len(sys.argv) >= 4 and sys.argv[1] == "--panns":
+        os.makedirs(sys.argv[2], exist_ok=True)
+        panns_files(sys.argv[2], int(sys.argv[3]), sys.argv[4:])
+        return
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]

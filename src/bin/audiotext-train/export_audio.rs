@@ -354,11 +354,15 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
             "validation_clips": d.validation_files.len(),
             "validation": match &d.validation_split {
                 Some(s) => format!("the {s} split"),
-                None => format!("{:.0}% of the recordings (clips of one recording on one side), seed {}", d.validation_fraction * 100.0, d.split_seed),
+                None => match d.fold {
+                    Some(f) => format!("fold {} of {} class-balanced folds of the recordings, seed {}", f.index, f.count, d.split_seed),
+                    None => format!("{:.0}% of the recordings (clips of one recording on one side), seed {}", d.validation_fraction * 100.0, d.split_seed),
+                },
             },
             "license": d.license,
         })),
         "text_targets": config.text_model,
+        "pretrained": config.pretrained,
         "loss": config.train.loss.describe(),
         "temperature": job.model.temperature(config.model.temperature),
         "hyperparameters": config.train,

@@ -191,6 +191,11 @@ pub struct FitArgs {
     pub ort: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "flex")]
     pub device: DeviceKind,
+    /// Start the encoder from PANNs' AudioSet weights (Cnn6/Cnn10/Cnn14 checkpoint, .pth or
+    /// .safetensors) with the matching --encoder cnn6|cnn10|cnn14 and --width 64 (PANNs'
+    /// sizes); `proj` starts afresh. Fresh runs only.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    pub pretrained: Option<PathBuf>,
     /// Stop after this many optimizer steps in total (for smoke tests and timing); the epoch
     /// in progress is then validated and saved as if it were complete.
     #[arg(long)]
@@ -375,6 +380,11 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
     if args.batch_size < 2 {
         bail!("--batch-size must be at least 2 (a contrastive loss needs negatives)");
     }
+    // Checked now, before features are computed; imported in `train`.
+    let pretrained = match &args.pretrained {
+        Some(path) => Some(crate::pretrained::check(path, &encoder)?),
+        None => None,
+    };
     let hop_seconds = front_end.hop_length as f64 / front_end.sample_rate as f64;
     let layout = match args.layout {
         LayoutArg::Generic => Layout::Generic,
@@ -390,7 +400,8 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
             encoder,
             text_head: args.text_head,
             temperature: args.temperature,
-            learn_temperature: !args.fixed_temperature,
+            // Only losses over a softmax (InfoNCE, NT-Xent) give the temperature a gradient.
+            learn_temperature: !args.fixed_temperature && args.loss.uses_temperature(),
         },
         train: TrainOptions {
             epochs: args.epochs.unwrap_or(50),
@@ -443,6 +454,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         ),
         text_key: None,
         text_model: Some(text_manifest.name),
+        pretrained,
     })
 }
 
@@ -776,7 +788,11 @@ pub fn train(
         (model, optim, state)
     } else {
         base.seed(t.seed);
-        let model = config.model.init(&ad);
+        let mut model = config.model.init(&ad);
+        if let Some(p) = &config.pretrained {
+            // On the autodiff device, so the imported weights are trained.
+            model.audio = crate::pretrained::import(model.audio, &config.model.encoder, p, &ad)?;
+        }
         let state = CheckpointState {
             epoch: 0,
             step: 0,

@@ -22,6 +22,7 @@ mod fit;
 mod loss;
 mod model;
 mod plot;
+mod pretrained;
 mod run;
 mod specaug;
 #[cfg(test)]

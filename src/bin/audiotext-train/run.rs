@@ -94,6 +94,10 @@ pub struct RunConfig {
     pub text_key: Option<String>,
     /// The text bundle's name (e.g. all-MiniLM-L6-v2).
     pub text_model: Option<String>,
+    /// Pretrained weights the encoder started from (`fit --pretrained`); none for runs that
+    /// started from random weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<crate::pretrained::PretrainedInfo>,
 }
 
 pub const RUN_FORMAT_VERSION: u32 = 1;

@@ -194,6 +194,7 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
         text_bundle: Some(text_bundle.to_path_buf()),
         text_key: Some(text_key),
         text_model: Some("tiny-text".into()),
+        pretrained: None,
     }
 }
 
