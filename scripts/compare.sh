@@ -109,6 +109,8 @@ for ((k = 0; k < FOLDS; k++)); do
   "$TRAINER" ensemble "${members[@]}" --out "$out/bundle" --name "ensemble-$name-fold$k"
   "$TRAINER" eval --bundle "$out/bundle" --validation-of "$RUNS/${TOP[0]}/fold$k" \
     --data "$DATA" --subset val --json "$out/eval.json"
+  printf '{"description": "ensemble of %s, each trained on this fold; embeddings concatenated and scaled by 1/sqrt(%d)"}\n' \
+    "${TOP[*]}" "${#TOP[@]}" >"$out/members.json"
 done
 
 "$TRAINER" report --runs "$RUNS" --out "$REPORT"

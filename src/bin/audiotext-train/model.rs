@@ -81,6 +81,7 @@ impl EncoderConfig {
     }
 
     /// The CNN10 shape: channels 64, 128, 256, 512, fc 512, max + mean pooling.
+    #[cfg(test)]
     pub fn cnn10(n_mels: usize, embedding_dim: usize) -> EncoderConfig {
         EncoderConfig::new(
             Architecture::Cnn10,
@@ -92,6 +93,7 @@ impl EncoderConfig {
     }
 
     /// The same architecture at base width `width`.
+    #[cfg(test)]
     pub fn with_width(mut self, width: usize) -> EncoderConfig {
         self.channels = self.architecture.channels(width);
         self.fc_dim = self.architecture.output_channels(&self.channels);

@@ -161,6 +161,19 @@ fn read_row(group: &Path, config_dir: &Path, folds: &[PathBuf]) -> Result<Row> {
             if row.description.is_empty() {
                 row.description = v["source"].as_str().unwrap_or("").to_string();
             }
+            // Size and parameters of the exported ensemble graph (BatchNorm folded).
+            if let Ok(bytes) = std::fs::read(fold.join("bundle").join("audio.onnx")) {
+                row.onnx_bytes = Some(bytes.len());
+                if let Ok(model) = audiotext0::onnx::ModelProto::from_bytes(&bytes) {
+                    let n: u64 = model
+                        .graph
+                        .iter()
+                        .flat_map(|g| g.initializer.iter())
+                        .map(|t| t.element_count())
+                        .sum();
+                    row.parameters = Some(n as usize);
+                }
+            }
             let members = fold.join("members.json");
             if let Ok(text) = std::fs::read_to_string(&members) {
                 if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&text) {
@@ -207,11 +220,12 @@ fn read_row(group: &Path, config_dir: &Path, folds: &[PathBuf]) -> Result<Row> {
                     .len(),
             );
             row.description = format!(
-                "{}; {}; loss {}; width {}",
+                "{}; {}; loss {}; {} epochs, batch {}",
                 enc.architecture.describe(&enc.channels),
                 enc.pooling.describe(),
                 config.train.loss,
-                enc.channels[0]
+                config.train.epochs,
+                config.train.batch_size
             );
         }
     }
@@ -285,7 +299,7 @@ fn bar_chart(path: &Path, group: &str, rows: &[&Row]) -> Result<()> {
         .fold(0.0f64, f64::max)
         * 1.15
         + 1e-3;
-    let n = rows.len() as i32;
+    let n = rows.len();
     let labels: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
     let mut c = ChartBuilder::on(&root)
         .caption(
@@ -295,14 +309,19 @@ fn bar_chart(path: &Path, group: &str, rows: &[&Row]) -> Result<()> {
         .margin(16)
         .x_label_area_size(70)
         .y_label_area_size(64)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..y_max)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..y_max)
         .map_err(|e| err(&e))?;
     c.configure_mesh()
         .disable_x_mesh()
+        .x_labels(n)
         .y_desc("mAP@10")
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-            _ => String::new(),
+        .x_label_formatter(&|v| {
+            let i = v.round();
+            if (v - i).abs() < 1e-6 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .label_style((crate::plot::FONT, 14))
         .axis_desc_style((crate::plot::FONT, 16))
@@ -310,17 +329,17 @@ fn bar_chart(path: &Path, group: &str, rows: &[&Row]) -> Result<()> {
         .map_err(|e| err(&e))?;
     let color = RGBColor(52, 101, 164);
     c.draw_series(rows.iter().enumerate().map(|(i, r)| {
-        let x0 = SegmentValue::Exact(i as i32);
-        let x1 = SegmentValue::Exact(i as i32 + 1);
-        let mut bar = Rectangle::new([(x0, 0.0), (x1, r.mean(3))], color.mix(0.6).filled());
-        bar.set_margin(0, 0, 12, 12);
-        bar
+        let x = i as f64;
+        Rectangle::new(
+            [(x - 0.35, 0.0), (x + 0.35, r.mean(3))],
+            color.mix(0.6).filled(),
+        )
     }))
     .map_err(|e| err(&e))?;
     c.draw_series(rows.iter().enumerate().flat_map(|(i, r)| {
         r.folds
             .iter()
-            .map(move |f| Circle::new((SegmentValue::CenterOf(i as i32), f[3]), 4, BLACK.filled()))
+            .map(move |f| Circle::new((i as f64, f[3]), 4, BLACK.filled()))
     }))
     .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
