@@ -125,7 +125,7 @@ pub fn write_plots(run_dir: &Path, logs: &[EpochLog]) -> Result<()> {
     let grey = RGBColor(110, 110, 110);
     chart(
         &run_dir.join("loss.png"),
-        "Contrastive loss (symmetric InfoNCE)",
+        "Training and validation loss (fit --loss)",
         "loss",
         &[
             series("train", blue, logs, |l| Some(l.train_loss)),
