@@ -1,14 +1,27 @@
-//! `audiotext-train export-text`: a sentence-transformers folder of the BERT family becomes a
-//! model bundle (`text.onnx`, `tokenizer.json`, `manifest.json`).
+//! `audiotext-train export-text`: a sentence-transformers folder of the BERT or MPNet family
+//! becomes a model bundle (`text.onnx`, `tokenizer.json`, `manifest.json`).
 //!
 //! The ONNX graph reproduces `SentenceTransformer(folder).encode(texts, normalize_embeddings=True)`
 //! on already tokenized input:
 //!
-//! - inputs `input_ids` and `attention_mask`, int64 `[batch, tokens]` (token type ids are all
-//!   zero and not an input; positions are `0..tokens`, `tokens <= max_position_embeddings`);
-//! - BERT: word + token type 0 + position embeddings, LayerNorm, then per layer multi-head
-//!   self-attention with an additive key mask, output dense + residual + LayerNorm, FFN with the
-//!   exact (erf) GELU, residual + LayerNorm (post-LN, as in HF's `BertModel`);
+//! - inputs `input_ids` and `attention_mask`, int64 `[batch, tokens]`;
+//! - BERT (`model_type: "bert"`, e.g. all-MiniLM-L6-v2): word + token type 0 + position
+//!   embeddings (token type ids are all zero and not an input; positions are `0..tokens`,
+//!   `tokens <= max_position_embeddings`), LayerNorm, then per layer multi-head self-attention
+//!   with an additive key mask, output dense + residual + LayerNorm, FFN with the exact (erf)
+//!   GELU, residual + LayerNorm (post-LN, as in HF's `BertModel`);
+//! - MPNet (`model_type: "mpnet"`, e.g. all-mpnet-base-v2, HF's `MPNetModel`): word + position
+//!   embeddings (no token types), LayerNorm, then the same post-LN layers (weights named
+//!   `attention.attn.{q,k,v,o}` and `attention.LayerNorm`) whose attention logits also get a
+//!   relative position bias shared by all layers. Positions are those of HF's
+//!   `create_position_ids_from_input_ids`: `padding_idx + 1 + (index among real tokens)`, with
+//!   padding (and masked tokens) at `padding_idx` (1), so `tokens <= max_position_embeddings - 2`.
+//!   The bias is `relative_attention_bias[bucket(j - i)]` with T5's bidirectional buckets
+//!   ([`relative_position_bucket`], max distance 128). Buckets depend only on the sequence
+//!   length, so the graph holds a precomputed bucket table for every length the position
+//!   embeddings allow (`[max_position_embeddings - 2]^2` int64, 2 MB for all-mpnet-base-v2)
+//!   and slices it to the batch's length: the same integers HF computes, exact by construction
+//!   and simpler than rebuilding the bucketing from Range, Abs, Log, Cast and Where in the graph;
 //! - pooling from `1_Pooling/config.json` (`mean`, `cls` or `max`) over the attention mask;
 //! - an optional linear projection head (`--head`, PyTorch `nn.Linear` layout);
 //! - L2 normalisation, `x / max(|x|, 1e-12)`;
@@ -75,9 +88,36 @@ pub struct ExportTextReport {
     pub seconds: f64,
 }
 
-/// The BERT settings the graph depends on, read from `config.json`.
+/// HF's MPNet offsets positions by its padding index: real tokens start at `MPNET_PADDING_IDX
+/// + 1`. `MPNetEmbeddings` hard-codes 1 whatever the config says.
+pub const MPNET_PADDING_IDX: i64 = 1;
+/// The distance from which all relative positions share MPNet's last bucket (hard-coded in HF's
+/// `MPNetEncoder.relative_position_bucket`).
+pub const MPNET_MAX_DISTANCE: i64 = 128;
+
+/// The encoder architectures this exporter implements, from config.json's `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// HF `BertModel`: absolute positions `0..tokens`, token type embeddings.
+    Bert,
+    /// HF `MPNetModel`: positions after the padding index, relative position bias.
+    MPNet,
+}
+
+impl Architecture {
+    /// The `model_type` of config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Bert => "bert",
+            Architecture::MPNet => "mpnet",
+        }
+    }
+}
+
+/// The encoder settings the graph depends on, read from `config.json`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BertConfig {
+pub struct EncoderConfig {
+    pub architecture: Architecture,
     pub model_type: String,
     pub name_or_path: Option<String>,
     pub vocab_size: usize,
@@ -86,8 +126,24 @@ pub struct BertConfig {
     pub num_heads: usize,
     pub intermediate_size: usize,
     pub max_position_embeddings: usize,
+    /// BERT only (MPNet has no token types).
     pub type_vocab_size: usize,
     pub layer_norm_eps: f32,
+    /// MPNet only: rows of `encoder.relative_attention_bias.weight`.
+    pub relative_attention_num_buckets: usize,
+}
+
+impl EncoderConfig {
+    /// The most tokens (special tokens included) the position embeddings can number.
+    pub fn max_positions(&self) -> usize {
+        match self.architecture {
+            Architecture::Bert => self.max_position_embeddings,
+            // Rows 0..=padding_idx are never a real token's position.
+            Architecture::MPNet => self
+                .max_position_embeddings
+                .saturating_sub(MPNET_PADDING_IDX as usize + 1),
+        }
+    }
 }
 
 /// Pooling modes this exporter implements.
@@ -124,9 +180,10 @@ pub struct Head {
 pub struct SentenceTransformerFolder {
     pub dir: PathBuf,
     pub name: String,
-    pub config: BertConfig,
+    pub config: EncoderConfig,
     pub pooling: Pooling,
-    /// `max_seq_length` of sentence_bert_config.json, capped at `max_position_embeddings`.
+    /// `max_seq_length` of sentence_bert_config.json, capped at what the position embeddings
+    /// number ([`EncoderConfig::max_positions`]).
     pub max_tokens: usize,
     /// Whether modules.json lists a Normalize module.
     pub normalize: bool,
@@ -146,36 +203,33 @@ fn get_usize(config: &Value, key: &str, path: &Path) -> Result<usize> {
         .ok_or_else(|| anyhow!("{}: missing or non-integer field {key:?}", path.display()))
 }
 
-impl BertConfig {
+impl EncoderConfig {
     /// Parses and checks `config.json`, refusing what the exporter does not implement.
-    pub fn from_json(config: &Value, path: &Path) -> Result<BertConfig> {
+    pub fn from_json(config: &Value, path: &Path) -> Result<EncoderConfig> {
         let model_type = config
             .get("model_type")
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        match model_type.as_str() {
-            "bert" => {}
-            "mpnet" => bail!(
-                "{}: model_type \"mpnet\" is not supported yet (MPNet support is planned); export a BERT-family model (model_type \"bert\") such as sentence-transformers/all-MiniLM-L6-v2",
-                path.display()
-            ),
+        let architecture = match model_type.as_str() {
+            "bert" => Architecture::Bert,
+            "mpnet" => Architecture::MPNet,
             "" => bail!(
-                "{}: no model_type; only BERT-family models (model_type \"bert\") can be exported, MPNet support is planned",
+                "{}: no model_type; only BERT-family (model_type \"bert\", e.g. all-MiniLM-L6-v2) and MPNet (model_type \"mpnet\", e.g. all-mpnet-base-v2) models can be exported",
                 path.display()
             ),
             other => bail!(
-                "{}: model_type {other:?} is not supported; only BERT-family models (model_type \"bert\", e.g. all-MiniLM-L6-v2) can be exported, MPNet support is planned",
+                "{}: model_type {other:?} is not supported; only BERT-family (model_type \"bert\", e.g. all-MiniLM-L6-v2) and MPNet (model_type \"mpnet\", e.g. all-mpnet-base-v2) models can be exported",
                 path.display()
             ),
-        }
+        };
         let hidden_act = config
             .get("hidden_act")
             .and_then(Value::as_str)
             .unwrap_or("gelu");
         if hidden_act != "gelu" {
             bail!(
-                "{}: hidden_act {hidden_act:?} is not supported; only \"gelu\" (the exact erf GELU of BERT) is, tanh approximations such as \"gelu_new\" are not",
+                "{}: hidden_act {hidden_act:?} is not supported; only \"gelu\" (the exact erf GELU of BERT and MPNet) is, tanh approximations such as \"gelu_new\" are not",
                 path.display()
             );
         }
@@ -191,11 +245,12 @@ impl BertConfig {
         }
         if config.get("is_decoder").and_then(Value::as_bool) == Some(true) {
             bail!(
-                "{}: is_decoder is true; only encoder (bidirectional) BERT models can be exported",
+                "{}: is_decoder is true; only encoder (bidirectional) models can be exported",
                 path.display()
             );
         }
-        let cfg = BertConfig {
+        let cfg = EncoderConfig {
+            architecture,
             model_type,
             name_or_path: config
                 .get("_name_or_path")
@@ -207,14 +262,26 @@ impl BertConfig {
             num_heads: get_usize(config, "num_attention_heads", path)?,
             intermediate_size: get_usize(config, "intermediate_size", path)?,
             max_position_embeddings: get_usize(config, "max_position_embeddings", path)?,
-            type_vocab_size: config
-                .get("type_vocab_size")
-                .and_then(Value::as_u64)
-                .unwrap_or(2) as usize,
+            type_vocab_size: match architecture {
+                Architecture::Bert => config
+                    .get("type_vocab_size")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(2) as usize,
+                Architecture::MPNet => 0,
+            },
             layer_norm_eps: config
                 .get("layer_norm_eps")
                 .and_then(Value::as_f64)
                 .unwrap_or(1e-12) as f32,
+            relative_attention_num_buckets: match architecture {
+                Architecture::Bert => 0,
+                // HF's MPNetConfig default.
+                Architecture::MPNet => config
+                    .get("relative_attention_num_buckets")
+                    .map_or(Ok(32), |_| {
+                        get_usize(config, "relative_attention_num_buckets", path)
+                    })?,
+            },
         };
         if cfg.hidden_size == 0
             || cfg.num_heads == 0
@@ -227,8 +294,79 @@ impl BertConfig {
                 cfg.num_heads
             );
         }
+        if architecture == Architecture::MPNet {
+            // The graph finds padding by this id, as HF's position ids do; HF compares with
+            // its hard-coded padding_idx 1, so another id would make the two disagree.
+            if let Some(pad) = config.get("pad_token_id").filter(|v| !v.is_null()) {
+                if pad.as_i64() != Some(MPNET_PADDING_IDX) {
+                    bail!(
+                        "{}: pad_token_id {pad} is not supported; MPNet's position ids count tokens after padding_idx {MPNET_PADDING_IDX} (hard-coded in HF's MPNetEmbeddings), so the tokenizer's <pad> must have id {MPNET_PADDING_IDX} as in every published MPNet",
+                        path.display()
+                    );
+                }
+            }
+            let buckets = cfg.relative_attention_num_buckets;
+            // T5 bucketing: half the buckets per direction, half of those exact distances,
+            // and at least one exact distance below the max distance.
+            if !(4..=2 * MPNET_MAX_DISTANCE as usize).contains(&buckets) {
+                bail!(
+                    "{}: relative_attention_num_buckets {buckets} is not supported; MPNet's bucketing needs 4 to {} buckets (all published MPNets use 32)",
+                    path.display(),
+                    2 * MPNET_MAX_DISTANCE
+                );
+            }
+            if cfg.max_positions() == 0 {
+                bail!(
+                    "{}: max_position_embeddings {} leaves no position for a token; MPNet's positions start at padding_idx + 1 = {}",
+                    path.display(),
+                    cfg.max_position_embeddings,
+                    MPNET_PADDING_IDX + 1
+                );
+            }
+        }
         Ok(cfg)
     }
+}
+
+/// MPNet's (T5's bidirectional) bucket of a relative position `key - query`, as HF's
+/// `MPNetEncoder.relative_position_bucket`: half the buckets for keys after the query; in each
+/// half, distances below `num_buckets / 4` have a bucket each, longer ones share
+/// logarithmically wider buckets up to `max_distance`, beyond which all share the last one.
+///
+/// The logarithm is taken in f32 like PyTorch does; over every distance below 4096 it gives the
+/// same buckets as f64 (checked in the tests), so the table is not sensitive to rounding.
+pub fn relative_position_bucket(
+    relative_position: i64,
+    num_buckets: usize,
+    max_distance: i64,
+) -> i64 {
+    let half = (num_buckets / 2) as i64;
+    let n = -relative_position;
+    let direction = if n < 0 { half } else { 0 };
+    let n = n.abs();
+    let max_exact = half / 2;
+    if n < max_exact {
+        return direction + n;
+    }
+    let log_ratio =
+        (n as f32 / max_exact as f32).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
+    let large = max_exact + (log_ratio * (half - max_exact) as f32) as i64;
+    direction + large.min(half - 1)
+}
+
+/// `table[i * len + j]` = the bucket of key `j` seen from query `i`, for `len` positions.
+pub fn relative_position_bucket_table(len: usize, num_buckets: usize) -> Vec<i64> {
+    let mut table = Vec::with_capacity(len * len);
+    for query in 0..len as i64 {
+        for key in 0..len as i64 {
+            table.push(relative_position_bucket(
+                key - query,
+                num_buckets,
+                MPNET_MAX_DISTANCE,
+            ));
+        }
+    }
+    table
 }
 
 /// Reads the pooling mode from a sentence-transformers `Pooling` config.
@@ -350,7 +488,7 @@ impl SentenceTransformerFolder {
         }
 
         let config_path = dir.join("config.json");
-        let config = BertConfig::from_json(&read_json(&config_path)?, &config_path)?;
+        let config = EncoderConfig::from_json(&read_json(&config_path)?, &config_path)?;
 
         let pooling_path = pooling_dir.join("config.json");
         let pooling_json = read_json(&pooling_path)?;
@@ -374,8 +512,8 @@ impl SentenceTransformerFolder {
             .get("max_seq_length")
             .and_then(Value::as_u64)
             .map(|v| v as usize)
-            .unwrap_or(config.max_position_embeddings);
-        let max_tokens = max_seq_length.min(config.max_position_embeddings);
+            .unwrap_or(config.max_positions());
+        let max_tokens = max_seq_length.min(config.max_positions());
         // sentence-transformers lowercases the text itself when do_lower_case is set; the
         // bundle only has tokenizer.json, so that must lowercase already.
         if sbert.get("do_lower_case").and_then(Value::as_bool) == Some(true) {
@@ -465,9 +603,179 @@ pub fn load_head(path: &Path, in_features: usize) -> Result<Head> {
     })
 }
 
+/// Where one layer's attention weights are, under `encoder.layer.N.`.
+struct LayerNames {
+    query: &'static str,
+    key: &'static str,
+    value: &'static str,
+    /// The attention's output projection.
+    output: &'static str,
+    /// The LayerNorm after the attention's residual.
+    attention_norm: &'static str,
+}
+
+/// HF `BertLayer`.
+const BERT_LAYER: LayerNames = LayerNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+};
+
+/// HF `MPNetLayer`.
+const MPNET_LAYER: LayerNames = LayerNames {
+    query: "attention.attn.q",
+    key: "attention.attn.k",
+    value: "attention.attn.v",
+    output: "attention.attn.o",
+    attention_norm: "attention.LayerNorm",
+};
+
+/// Refuses a checkpoint whose tensors are not named as config.json's model_type says, naming
+/// the architecture they do look like.
+fn check_architecture_tensors(
+    config: &EncoderConfig,
+    weights: &Weights,
+    prefix: &str,
+    names: &LayerNames,
+) -> Result<()> {
+    let mut expected = Vec::new();
+    if config.architecture == Architecture::MPNet {
+        expected.push("encoder.relative_attention_bias.weight".to_string());
+    }
+    if config.num_layers > 0 {
+        expected.push(format!("encoder.layer.0.{}.weight", names.query));
+    }
+    let Some(missing) = expected.iter().find(|name| !weights.contains(name)) else {
+        return Ok(());
+    };
+    let looks_like = if weights.contains(&format!("encoder.layer.0.{}.weight", MPNET_LAYER.query)) {
+        Some(Architecture::MPNet)
+    } else if weights.contains(&format!("encoder.layer.0.{}.weight", BERT_LAYER.query)) {
+        Some(Architecture::Bert)
+    } else {
+        None
+    };
+    let hint = match looks_like {
+        Some(other) if other != config.architecture => format!(
+            "; its tensors are named like a {:?} checkpoint: set model_type to {:?} in config.json if that is what it is",
+            other.model_type(),
+            other.model_type()
+        ),
+        _ => format!(
+            "; is it a {:?} checkpoint? It holds e.g. {:?}",
+            config.model_type,
+            weights.names().into_iter().take(4).collect::<Vec<_>>()
+        ),
+    };
+    bail!(
+        "{}: config.json says model_type {:?} but there is no tensor {prefix}{missing}{hint}",
+        weights.path().display(),
+        config.model_type,
+    )
+}
+
+/// `embeddings.position_embeddings.weight` as an initializer.
+fn position_table(
+    g: &mut GraphBuilder,
+    config: &EncoderConfig,
+    weights: &mut Weights,
+) -> Result<String> {
+    let h = config.hidden_size;
+    let pos = weights.get(
+        "embeddings.position_embeddings.weight",
+        &[config.max_position_embeddings, h],
+    )?;
+    Ok(g.initializer_f32(
+        "embeddings.position_embeddings.weight",
+        &[config.max_position_embeddings as i64, h as i64],
+        &pos.data,
+    ))
+}
+
+/// `[tokens]`, the length of the batch, as a 1-d int64 (for Slice ends).
+fn token_count(g: &mut GraphBuilder, input_ids: &str) -> String {
+    g.node(
+        "Shape",
+        &[input_ids],
+        vec![
+            AttributeProto::int("start", 1),
+            AttributeProto::int("end", 2),
+        ],
+    )
+}
+
+/// MPNet's position ids `[batch, tokens]`: HF's `create_position_ids_from_input_ids`,
+/// `padding_idx + cumsum(real) * real`, where a real token is one that is not `<pad>` (as in
+/// HF) and is attended to, so that a batch padded with another id, or on the left, still
+/// numbers its real tokens from `padding_idx + 1`.
+fn mpnet_position_ids(g: &mut GraphBuilder, input_ids: &str, attention_mask: &str) -> String {
+    let padding_idx = g.initializer_i64("padding_idx", &[], &[MPNET_PADDING_IDX]);
+    let is_pad = g.node("Equal", &[input_ids, &padding_idx], vec![]);
+    let not_pad = g.node("Not", &[&is_pad], vec![]);
+    let attended = g.node(
+        "Cast",
+        &[attention_mask],
+        vec![AttributeProto::int("to", DataType::Bool as i64)],
+    );
+    let real = g.node("And", &[&not_pad, &attended], vec![]);
+    let real = g.node(
+        "Cast",
+        &[&real],
+        vec![AttributeProto::int("to", DataType::Int64 as i64)],
+    );
+    let token_axis = g.initializer_i64("token_axis", &[], &[1]);
+    let count = g.node("CumSum", &[&real, &token_axis], vec![]);
+    let count = g.node("Mul", &[&count, &real], vec![]);
+    g.node("Add", &[&count, &padding_idx], vec![])
+}
+
+/// MPNet's relative position bias `[heads, tokens, tokens]`: the precomputed bucket table
+/// sliced to the batch's length, looked up in `encoder.relative_attention_bias.weight`.
+fn mpnet_position_bias(
+    g: &mut GraphBuilder,
+    config: &EncoderConfig,
+    weights: &mut Weights,
+    tokens: &str,
+) -> Result<String> {
+    let buckets = config.relative_attention_num_buckets;
+    let heads = config.num_heads;
+    let weight = weights.get("encoder.relative_attention_bias.weight", &[buckets, heads])?;
+    let weight = g.initializer_f32(
+        "encoder.relative_attention_bias.weight",
+        &[buckets as i64, heads as i64],
+        &weight.data,
+    );
+    let len = config.max_positions();
+    let table = g.initializer_i64(
+        "encoder.relative_position_buckets",
+        &[len as i64, len as i64],
+        &relative_position_bucket_table(len, buckets),
+    );
+    let starts = g.const_i64("bucket_starts", &[0, 0]);
+    let ends = g.node(
+        "Concat",
+        &[tokens, tokens],
+        vec![AttributeProto::int("axis", 0)],
+    );
+    let axes = g.const_i64("bucket_axes", &[0, 1]);
+    let table = g.node("Slice", &[&table, &starts, &ends, &axes], vec![]);
+    let bias = g.node(
+        "Gather",
+        &[&weight, &table],
+        vec![AttributeProto::int("axis", 0)],
+    );
+    Ok(g.node(
+        "Transpose",
+        &[&bias],
+        vec![AttributeProto::ints("perm", &[2, 0, 1])],
+    ))
+}
+
 /// Builds the ONNX model; returns it with the number of checkpoint weights it uses.
 pub fn build_text_graph(
-    config: &BertConfig,
+    config: &EncoderConfig,
     weights: &mut Weights,
     pooling: Pooling,
     head: Option<&Head>,
@@ -479,13 +787,18 @@ pub fn build_text_graph(
     let eps = config.layer_norm_eps;
     let embedding_dim = head.map_or(h, |hd| hd.out_features);
 
-    weights.detect_prefix("embeddings.word_embeddings.weight")?;
+    let prefix = weights.detect_prefix("embeddings.word_embeddings.weight")?;
+    let names = match config.architecture {
+        Architecture::Bert => &BERT_LAYER,
+        Architecture::MPNet => &MPNET_LAYER,
+    };
+    check_architecture_tensors(config, weights, &prefix, names)?;
     let mut g = GraphBuilder::new("text_encoder", TEXT_OPSET);
     let batch_tokens = [Dim::from("batch"), Dim::from("tokens")];
     let input_ids = g.input("input_ids", DataType::Int64, &batch_tokens);
     let attention_mask = g.input("attention_mask", DataType::Int64, &batch_tokens);
 
-    // ---- embeddings: word + token type 0 + position, then LayerNorm (HF's order of sums).
+    // ---- embeddings: word (+ token type 0) + position, then LayerNorm (HF's order of sums).
     let word = weights.get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
     let word = g.initializer_f32(
         "embeddings.word_embeddings.weight",
@@ -497,38 +810,41 @@ pub fn build_text_graph(
         &[&word, &input_ids],
         vec![AttributeProto::int("axis", 0)],
     );
-    if config.type_vocab_size > 0 && weights.contains("embeddings.token_type_embeddings.weight") {
-        let tt = weights.get(
-            "embeddings.token_type_embeddings.weight",
-            &[config.type_vocab_size, h],
-        )?;
-        let tt0 = g.initializer_f32(
-            "embeddings.token_type_embeddings.row0",
-            &[h as i64],
-            &tt.data[..h],
-        );
-        x = g.node("Add", &[&x, &tt0], vec![]);
-    }
-    let pos = weights.get(
-        "embeddings.position_embeddings.weight",
-        &[config.max_position_embeddings, h],
-    )?;
-    let pos = g.initializer_f32(
-        "embeddings.position_embeddings.weight",
-        &[config.max_position_embeddings as i64, h as i64],
-        &pos.data,
-    );
-    let tokens = g.node(
-        "Shape",
-        &[&input_ids],
-        vec![
-            AttributeProto::int("start", 1),
-            AttributeProto::int("end", 2),
-        ],
-    );
-    let zero = g.const_i64("zero", &[0]);
-    let pos_rows = g.node("Slice", &[&pos, &zero, &tokens, &zero], vec![]);
-    x = g.node("Add", &[&x, &pos_rows], vec![]);
+    let tokens = match config.architecture {
+        Architecture::Bert => {
+            if config.type_vocab_size > 0
+                && weights.contains("embeddings.token_type_embeddings.weight")
+            {
+                let tt = weights.get(
+                    "embeddings.token_type_embeddings.weight",
+                    &[config.type_vocab_size, h],
+                )?;
+                let tt0 = g.initializer_f32(
+                    "embeddings.token_type_embeddings.row0",
+                    &[h as i64],
+                    &tt.data[..h],
+                );
+                x = g.node("Add", &[&x, &tt0], vec![]);
+            }
+            let pos = position_table(&mut g, config, weights)?;
+            let tokens = token_count(&mut g, &input_ids);
+            let zero = g.const_i64("zero", &[0]);
+            let pos_rows = g.node("Slice", &[&pos, &zero, &tokens, &zero], vec![]);
+            x = g.node("Add", &[&x, &pos_rows], vec![]);
+            tokens
+        }
+        Architecture::MPNet => {
+            let pos = position_table(&mut g, config, weights)?;
+            let position_ids = mpnet_position_ids(&mut g, &input_ids, &attention_mask);
+            let pos_rows = g.node(
+                "Gather",
+                &[&pos, &position_ids],
+                vec![AttributeProto::int("axis", 0)],
+            );
+            x = g.node("Add", &[&x, &pos_rows], vec![]);
+            token_count(&mut g, &input_ids)
+        }
+    };
     let ln_w = weights.get("embeddings.LayerNorm.weight", &[h])?;
     let ln_b = weights.get("embeddings.LayerNorm.bias", &[h])?;
     x = g.layer_norm("embeddings.LayerNorm", &x, &ln_w.data, &ln_b.data, eps);
@@ -544,6 +860,15 @@ pub fn build_text_graph(
     let neg = g.scalar_f32("mask_neg", MASK_NEG);
     let bias = g.node("Mul", &[&inverted, &neg], vec![]);
     let key_bias = g.unsqueeze(&bias, &[1, 2]);
+    // What every layer adds to its attention logits: the key mask, plus for MPNet the
+    // relative position bias, computed once as HF's MPNetEncoder does ([batch, heads, q, k]).
+    let attention_bias = match config.architecture {
+        Architecture::Bert => key_bias,
+        Architecture::MPNet => {
+            let position_bias = mpnet_position_bias(&mut g, config, weights, &tokens)?;
+            g.node("Add", &[&position_bias, &key_bias], vec![])
+        }
+    };
 
     let heads_shape = g.const_i64("heads_shape", &[0, 0, nh as i64, dh as i64]);
     let hidden_shape = g.const_i64("hidden_shape", &[0, 0, h as i64]);
@@ -571,10 +896,10 @@ pub fn build_text_graph(
                 outf,
             ))
         };
-        // Self-attention: softmax(Q K^T / sqrt(d) + mask) V per head.
-        let q = linear(&mut g, weights, "attention.self.query", &x, h, h)?;
-        let k = linear(&mut g, weights, "attention.self.key", &x, h, h)?;
-        let v = linear(&mut g, weights, "attention.self.value", &x, h, h)?;
+        // Self-attention: softmax(Q K^T / sqrt(d) + bias) V per head.
+        let q = linear(&mut g, weights, names.query, &x, h, h)?;
+        let k = linear(&mut g, weights, names.key, &x, h, h)?;
+        let v = linear(&mut g, weights, names.value, &x, h, h)?;
         let q = g.node("Reshape", &[&q, &heads_shape], vec![]);
         let q = g.node(
             "Transpose",
@@ -595,7 +920,7 @@ pub fn build_text_graph(
         );
         let scores = g.node("MatMul", &[&q, &k], vec![]);
         let scores = g.node("Div", &[&scores, &sqrt_dh], vec![]);
-        let scores = g.node("Add", &[&scores, &key_bias], vec![]);
+        let scores = g.node("Add", &[&scores, &attention_bias], vec![]);
         let probs = g.node("Softmax", &[&scores], vec![AttributeProto::int("axis", -1)]);
         let context = g.node("MatMul", &[&probs, &v], vec![]);
         let context = g.node(
@@ -604,17 +929,12 @@ pub fn build_text_graph(
             vec![AttributeProto::ints("perm", &[0, 2, 1, 3])],
         );
         let context = g.node("Reshape", &[&context, &hidden_shape], vec![]);
-        let attn = linear(&mut g, weights, "attention.output.dense", &context, h, h)?;
+        let attn = linear(&mut g, weights, names.output, &context, h, h)?;
         let attn = g.node("Add", &[&attn, &x], vec![]);
-        let w = weights.get(&format!("{p}attention.output.LayerNorm.weight"), &[h])?;
-        let b = weights.get(&format!("{p}attention.output.LayerNorm.bias"), &[h])?;
-        let x1 = g.layer_norm(
-            &format!("{p}attention.output.LayerNorm"),
-            &attn,
-            &w.data,
-            &b.data,
-            eps,
-        );
+        let norm = names.attention_norm;
+        let w = weights.get(&format!("{p}{norm}.weight"), &[h])?;
+        let b = weights.get(&format!("{p}{norm}.bias"), &[h])?;
+        let x1 = g.layer_norm(&format!("{p}{norm}"), &attn, &w.data, &b.data, eps);
 
         // Feed-forward: dense, GELU(x) = x * 0.5 * (1 + erf(x / sqrt 2)), dense.
         let inter = linear(
@@ -706,6 +1026,7 @@ pub fn build_text_graph(
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: Some(doc.to_string()),
         metadata: vec![
+            ("model_type".into(), config.architecture.model_type().into()),
             ("pooling".into(), pooling.as_str().into()),
             ("embedding_dim".into(), embedding_dim.to_string()),
             ("normalized".into(), "true".into()),
@@ -714,15 +1035,17 @@ pub fn build_text_graph(
     Ok((model, parameters))
 }
 
-/// The licence recorded for a known source model.
+/// The licence recorded for a known source model (folder names as `huggingface-cli download`
+/// or the HF cache, `sentence-transformers_NAME`, leave them).
 fn known_license(name: &str) -> Option<String> {
-    if name.eq_ignore_ascii_case("all-MiniLM-L6-v2")
-        || name.to_ascii_lowercase().ends_with("_all-minilm-l6-v2")
-    {
-        Some("Apache-2.0 (all-MiniLM-L6-v2, sentence-transformers)".to_string())
-    } else {
-        None
-    }
+    let lower = name.to_ascii_lowercase();
+    ["all-MiniLM-L6-v2", "all-mpnet-base-v2"]
+        .into_iter()
+        .find(|known| {
+            let known = known.to_ascii_lowercase();
+            lower == known || lower.ends_with(&format!("_{known}"))
+        })
+        .map(|known| format!("Apache-2.0 ({known}, sentence-transformers)"))
 }
 
 /// Exports a sentence-transformers folder to a model bundle.
@@ -782,7 +1105,7 @@ pub fn export_text(options: &ExportTextOptions) -> Result<ExportTextReport> {
     };
 
     let mut weights = Weights::open(&folder.dir.join("model.safetensors"))?;
-    let source = json!({
+    let mut source = json!({
         "model_type": config.model_type,
         "folder": folder.name,
         "name_or_path": config.name_or_path,
@@ -803,9 +1126,15 @@ pub fn export_text(options: &ExportTextOptions) -> Result<ExportTextReport> {
         "opset": TEXT_OPSET,
         "exporter": format!("audiotext-train {}", env!("CARGO_PKG_VERSION")),
     });
+    if config.architecture == Architecture::MPNet {
+        source["relative_attention_num_buckets"] = json!(config.relative_attention_num_buckets);
+        source["relative_attention_max_distance"] = json!(MPNET_MAX_DISTANCE);
+        source["padding_idx"] = json!(MPNET_PADDING_IDX);
+    }
     let doc = format!(
-        "{} text encoder ({} layers, hidden {}), {} pooling{}, L2-normalised; exported by audiotext-train",
+        "{} text encoder ({} {} layers, hidden {}), {} pooling{}, L2-normalised; exported by audiotext-train",
         folder.name,
+        config.model_type,
         config.num_layers,
         config.hidden_size,
         folder.pooling.as_str(),
@@ -1011,7 +1340,14 @@ mod tests {
             .map(|(_, _, d)| d.len() as u64)
             .sum();
         write_safetensors(&dir.join("model.safetensors"), &t);
-        std::fs::write(dir.join("tokenizer.json"), "{\"model\": {}}").unwrap();
+        write_sentence_transformers_files(dir, "{\"model\": {}}");
+        params
+    }
+
+    /// What sentence-transformers writes next to the weights: tokenizer, max length 64,
+    /// mean pooling, Normalize.
+    fn write_sentence_transformers_files(dir: &Path, tokenizer_json: &str) {
+        std::fs::write(dir.join("tokenizer.json"), tokenizer_json).unwrap();
         std::fs::write(
             dir.join("sentence_bert_config.json"),
             r#"{"max_seq_length": 64, "do_lower_case": false}"#,
@@ -1032,6 +1368,108 @@ mod tests {
                 {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
         )
         .unwrap();
+    }
+
+    const MPNET_BUCKETS: usize = 32;
+    const MPNET_WORDS: [&str; 12] = [
+        "a", "dog", "barks", "the", "cat", "rain", "on", "roof", "##s", "##ing", ".", ",",
+    ];
+
+    /// A WordPiece tokenizer.json with MPNet's special tokens (`<s>` 0, `<pad>` 1, `</s>` 2,
+    /// `<unk>` 3) and its post-processor (`<s> A </s>`, `<s> A </s> </s> B </s>`).
+    fn mpnet_tokenizer_json() -> String {
+        let specials = ["<s>", "<pad>", "</s>", "<unk>"];
+        let mut vocab = serde_json::Map::new();
+        for (id, token) in specials.iter().chain(MPNET_WORDS.iter()).enumerate() {
+            vocab.insert(token.to_string(), json!(id));
+        }
+        let added: Vec<Value> = specials
+            .iter()
+            .enumerate()
+            .map(|(id, t)| {
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                                  "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let special = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+        let sequence = |s: &str, type_id: u32| json!({"Sequence": {"id": s, "type_id": type_id}});
+        json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                           "strip_accents": null, "lowercase": true},
+            "pre_tokenizer": {"type": "BertPreTokenizer"},
+            "post_processor": {
+                "type": "TemplateProcessing",
+                "single": [special("<s>"), sequence("A", 0), special("</s>")],
+                "pair": [special("<s>"), sequence("A", 0), special("</s>"), special("</s>"),
+                         sequence("B", 1), special("</s>")],
+                "special_tokens": {
+                    "<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]},
+                    "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}
+                }
+            },
+            "decoder": null,
+            "model": {"type": "WordPiece", "unk_token": "<unk>", "continuing_subword_prefix": "##",
+                      "max_input_chars_per_word": 100, "vocab": vocab}
+        })
+        .to_string()
+    }
+
+    /// A tiny random MPNet in sentence-transformers layout (HF `MPNetModel` tensor names under
+    /// `prefix`); returns its parameter count.
+    fn tiny_mpnet(dir: &Path, prefix: &str, config_patch: Value) -> u64 {
+        let mut config = json!({
+            "model_type": "mpnet", "architectures": ["MPNetModel"], "hidden_size": H,
+            "num_hidden_layers": 2, "num_attention_heads": HEADS, "intermediate_size": INTER,
+            "vocab_size": VOCAB, "max_position_embeddings": MAX_POS,
+            "relative_attention_num_buckets": MPNET_BUCKETS, "layer_norm_eps": 1e-5,
+            "hidden_act": "gelu", "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2
+        });
+        for (k, v) in config_patch.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>| {
+            let n = shape.iter().product();
+            let seed = t.len();
+            t.push((format!("{prefix}{name}"), shape, values(n, seed)));
+        };
+        add("embeddings.word_embeddings.weight".into(), vec![VOCAB, H]);
+        add(
+            "embeddings.position_embeddings.weight".into(),
+            vec![MAX_POS, H],
+        );
+        add("embeddings.LayerNorm.weight".into(), vec![H]);
+        add("embeddings.LayerNorm.bias".into(), vec![H]);
+        add(
+            "encoder.relative_attention_bias.weight".into(),
+            vec![MPNET_BUCKETS, HEADS],
+        );
+        for l in 0..2 {
+            let p = format!("encoder.layer.{l}.");
+            for name in ["q", "k", "v", "o"] {
+                add(format!("{p}attention.attn.{name}.weight"), vec![H, H]);
+                add(format!("{p}attention.attn.{name}.bias"), vec![H]);
+            }
+            add(format!("{p}intermediate.dense.weight"), vec![INTER, H]);
+            add(format!("{p}intermediate.dense.bias"), vec![INTER]);
+            add(format!("{p}output.dense.weight"), vec![H, INTER]);
+            add(format!("{p}output.dense.bias"), vec![H]);
+            for ln in ["attention.LayerNorm", "output.LayerNorm"] {
+                add(format!("{p}{ln}.weight"), vec![H]);
+                add(format!("{p}{ln}.bias"), vec![H]);
+            }
+        }
+        let params = t.iter().map(|(_, _, d)| d.len() as u64).sum();
+        // MPNetModel's pooler, which the sentence embedding does not use.
+        t.push((
+            format!("{prefix}pooler.dense.weight"),
+            vec![H, H],
+            values(H * H, 99),
+        ));
+        write_safetensors(&dir.join("model.safetensors"), &t);
+        write_sentence_transformers_files(dir, &mpnet_tokenizer_json());
         params
     }
 
@@ -1271,8 +1709,13 @@ mod tests {
     #[test]
     fn refuses_unsupported_models_with_a_fix() {
         let cases = [
-            (json!({"model_type": "mpnet"}), "MPNet support is planned"),
+            // BERT weights under an MPNet config.
+            (
+                json!({"model_type": "mpnet"}),
+                "no tensor encoder.relative_attention_bias.weight; its tensors are named like a \"bert\" checkpoint",
+            ),
             (json!({"model_type": "roberta"}), "only BERT-family"),
+            (json!({"model_type": "roberta"}), "and MPNet"),
             (json!({"hidden_act": "gelu_new"}), "hidden_act \"gelu_new\""),
             (
                 json!({"position_embedding_type": "relative_key"}),
@@ -1331,6 +1774,219 @@ mod tests {
             known_license("all-MiniLM-L6-v2").as_deref(),
             Some("Apache-2.0 (all-MiniLM-L6-v2, sentence-transformers)")
         );
-        assert_eq!(known_license("all-mpnet-base-v2"), None);
+        assert_eq!(
+            known_license("sentence-transformers_all-mpnet-base-v2").as_deref(),
+            Some("Apache-2.0 (all-mpnet-base-v2, sentence-transformers)")
+        );
+        assert_eq!(known_license("my-mpnet-base-v2"), None);
+    }
+
+    #[test]
+    fn relative_position_buckets_match_hand_computed_values() {
+        // (key - query, bucket) for 32 buckets and max distance 128: keys before the query
+        // (negative) use buckets 0..16, keys after it 16..32; distances 0..7 are exact, then
+        // 8 + floor(8 * ln(d / 8) / ln(16)) up to 15.
+        let expected = [
+            (0, 0),
+            (-1, 1),
+            (-7, 7),
+            (-8, 8),
+            (-11, 8),
+            (-12, 9),
+            (-15, 9),
+            (-16, 10),
+            (-23, 11),
+            (-32, 12),
+            (-45, 12),
+            (-46, 13),
+            (-63, 13),
+            (-64, 14),
+            (-90, 14),
+            (-91, 15),
+            (-127, 15),
+            (-128, 15),
+            (-1000, 15),
+            (1, 17),
+            (7, 23),
+            (8, 24),
+            (16, 26),
+            (64, 30),
+            (127, 31),
+            (513, 31),
+        ];
+        for (relative, bucket) in expected {
+            assert_eq!(
+                relative_position_bucket(relative, 32, MPNET_MAX_DISTANCE),
+                bucket,
+                "relative position {relative}"
+            );
+        }
+        // PyTorch takes the log in f32; f64 gives the same buckets at every distance the
+        // tables can hold, so the boundaries (16, 32, 64: exact powers) are not a matter of
+        // rounding.
+        for n in 8..4096i64 {
+            let wide = 8 + ((n as f64 / 8.0).ln() / 16f64.ln() * 8.0) as i64;
+            assert_eq!(
+                relative_position_bucket(-n, 32, MPNET_MAX_DISTANCE),
+                wide.min(15),
+                "distance {n}"
+            );
+        }
+        let table = relative_position_bucket_table(3, 32);
+        assert_eq!(table, [0, 17, 18, 1, 0, 17, 2, 1, 0]);
+    }
+
+    #[test]
+    fn exports_a_tiny_mpnet_bundle() {
+        for prefix in ["", "mpnet."] {
+            let src = TempDir::new("mpnet");
+            let out = TempDir::new("out");
+            let params = tiny_mpnet(&src.0, prefix, json!({}));
+            let report = export_text(&options(&src.0, &out.0)).unwrap();
+            assert_eq!(report.model_type, "mpnet");
+            assert_eq!(report.embedding_dim, H);
+            assert_eq!(
+                report.max_tokens,
+                MAX_POS - 2,
+                "max_seq_length 64 is capped at the {} positions after padding_idx",
+                MAX_POS - 2
+            );
+            assert_eq!(
+                report.parameters, params,
+                "every tensor but the pooler is used"
+            );
+
+            let manifest = Manifest::read(&out.0).unwrap();
+            let text = manifest.text.unwrap();
+            assert_eq!(
+                (text.max_tokens, text.pooling.as_str()),
+                (MAX_POS - 2, "mean")
+            );
+            let source = text.source.unwrap();
+            assert_eq!(source["model_type"], "mpnet");
+            assert_eq!(source["relative_attention_num_buckets"], MPNET_BUCKETS);
+            assert_eq!(source["relative_attention_max_distance"], 128);
+            assert_eq!(source["padding_idx"], 1);
+
+            let model = ModelProto::from_bytes(&std::fs::read(out.0.join(TEXT_ONNX_FILE)).unwrap())
+                .unwrap();
+            assert!(model
+                .metadata_props
+                .iter()
+                .any(|p| p.key.as_deref() == Some("model_type")
+                    && p.value.as_deref() == Some("mpnet")));
+            let graph = model.graph.unwrap();
+            let count = |op: &str| {
+                graph
+                    .node
+                    .iter()
+                    .filter(|n| n.op_type.as_deref() == Some(op))
+                    .count()
+            };
+            assert_eq!(count("LayerNormalization"), 1 + 2 * 2);
+            assert_eq!(count("Softmax"), 2);
+            assert_eq!(count("Erf"), 2);
+            // Position ids once, the bias once for all layers.
+            assert_eq!(count("CumSum"), 1);
+            assert_eq!(count("Concat"), 1);
+            let initializer = |name: &str| {
+                graph
+                    .initializer
+                    .iter()
+                    .find(|t| t.name.as_deref() == Some(name))
+                    .unwrap_or_else(|| panic!("no initializer {name}"))
+            };
+            let table = initializer("encoder.relative_position_buckets");
+            let len = (MAX_POS - 2) as i64;
+            assert_eq!(table.dims, [len, len]);
+            let raw = table.raw_data.as_ref().unwrap();
+            let buckets: Vec<i64> = raw
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(
+                buckets,
+                relative_position_bucket_table(MAX_POS - 2, MPNET_BUCKETS)
+            );
+            assert_eq!(
+                initializer("encoder.relative_attention_bias.weight").dims,
+                [MPNET_BUCKETS as i64, HEADS as i64]
+            );
+            assert!(graph.initializer.iter().all(|t| !t
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .contains("token_type")));
+            let mut defined: std::collections::HashSet<String> = graph
+                .input
+                .iter()
+                .map(|i| i.name.clone().unwrap())
+                .collect();
+            defined.extend(graph.initializer.iter().map(|t| t.name.clone().unwrap()));
+            for node in &graph.node {
+                for input in &node.input {
+                    assert!(defined.contains(input), "{input} used before it is defined");
+                }
+                defined.extend(node.output.iter().cloned());
+            }
+
+            // The bundle's tokenizer is the folder's, and the extension's loader wraps text in
+            // MPNet's <s> ... </s> and truncates at max_tokens.
+            let tokenizer =
+                crate::text::load_tokenizer(&out.0.join(TOKENIZER_FILE), report.max_tokens)
+                    .unwrap();
+            let ids = tokenizer.encode("A dog barks", true).unwrap();
+            assert_eq!(ids.get_ids(), [0, 4, 5, 6, 2]);
+            let long = tokenizer.encode("dog ".repeat(40), true).unwrap();
+            assert_eq!(long.get_ids().len(), MAX_POS - 2);
+            assert_eq!(long.get_ids().last(), Some(&2));
+        }
+    }
+
+    #[test]
+    fn refuses_unsupported_mpnet_shapes_with_a_fix() {
+        let cases = [
+            (
+                json!({"pad_token_id": 0}),
+                "pad_token_id 0 is not supported",
+            ),
+            (
+                json!({"relative_attention_num_buckets": 2}),
+                "relative_attention_num_buckets 2 is not supported",
+            ),
+            // The checkpoint has 32 buckets.
+            (
+                json!({"relative_attention_num_buckets": 16}),
+                "relative_attention_bias.weight has shape [32, 2], expected [16, 2]",
+            ),
+            (json!({"max_position_embeddings": 2}), "leaves no position"),
+            (
+                json!({"max_position_embeddings": 18}),
+                "position_embeddings.weight has shape [16, 8], expected [18, 8]",
+            ),
+            (json!({"num_attention_heads": 3}), "not a multiple"),
+            (json!({"hidden_act": "gelu_new"}), "hidden_act \"gelu_new\""),
+            (
+                json!({"model_type": "bert"}),
+                "named like a \"mpnet\" checkpoint",
+            ),
+        ];
+        for (patch, message) in cases {
+            let src = TempDir::new("bad-mpnet");
+            let out = TempDir::new("out");
+            tiny_mpnet(&src.0, "mpnet.", patch.clone());
+            let error = format!("{:#}", export_text(&options(&src.0, &out.0)).unwrap_err());
+            assert!(error.contains(message), "{patch}: {error}");
+            assert!(
+                error.contains("config.json") || error.contains("model.safetensors"),
+                "{patch}: the error names the file: {error}"
+            );
+            assert!(!out.0.join(TEXT_ONNX_FILE).exists());
+        }
+        // A missing pad_token_id is HF's default 1.
+        let src = TempDir::new("no-pad");
+        let out = TempDir::new("out");
+        tiny_mpnet(&src.0, "", json!({"pad_token_id": null}));
+        export_text(&options(&src.0, &out.0)).unwrap();
     }
 }
