@@ -8,6 +8,8 @@
 //! - `eval --run RUN_DIR | --bundle DIR --data DIR`: retrieval metrics (R@k, mAP@10) both ways.
 //! - `export --run RUN_DIR --out BUNDLE_DIR`: writes `audio.onnx` and the manifest's audio
 //!   section next to the text encoder, then checks ONNX Runtime against the trainer.
+//! - `ensemble --member DIR --member DIR [...] --out DIR`: one bundle whose embedding is the
+//!   members' concatenated and scaled by 1/sqrt(n) (cosine = mean of the members' cosines).
 //!
 //! The training framework (burn) lives only in this binary's modules; the library half of the
 //! trainer (`audiotext0::train`: data layouts, splits, metrics, caches) has no burn in it.
@@ -15,6 +17,7 @@
 //! Errors are printed once, with their chain of causes, and the exit code is 2.
 
 mod embed;
+mod ensemble;
 mod eval;
 mod export_audio;
 mod features;
@@ -59,6 +62,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Export a run's audio encoder to audio.onnx in a bundle folder, and check it.
     Export(export_audio::ExportArgs),
+    /// Combine bundles into one whose embedding is the members' concatenated / sqrt(n).
+    Ensemble(ensemble::EnsembleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +106,7 @@ fn run() -> Result<ExitCode> {
         Command::Fit(args) => fit::run(args)?,
         Command::Eval(args) => eval::run(args)?,
         Command::Export(args) => export_audio::run(args)?,
+        Command::Ensemble(args) => ensemble::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }
