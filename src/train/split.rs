@@ -292,7 +292,13 @@ mod tests {
             for &i in &s.validation {
                 seen[i] += 1;
                 // Both clips of a recording are on the same side.
-                assert!(s.validation.iter().filter(|&&j| groups[j] == groups[i]).count() == 2);
+                assert!(
+                    s.validation
+                        .iter()
+                        .filter(|&&j| groups[j] == groups[i])
+                        .count()
+                        == 2
+                );
             }
             for c in 0..4 {
                 let n = s
@@ -304,7 +310,10 @@ mod tests {
             }
             assert_eq!(s, fold_by_group(&groups, Some(&classes), 3, fold, 5));
         }
-        assert!(seen.iter().all(|&n| n == 1), "each item validates exactly once");
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "each item validates exactly once"
+        );
         assert_ne!(
             fold_by_group(&groups, Some(&classes), 3, 0, 5).validation,
             fold_by_group(&groups, Some(&classes), 3, 0, 6).validation

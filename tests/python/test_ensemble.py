@@ -7,25 +7,15 @@ for longer files)."""
 import hashlib
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 import make_audio as ma
-from conftest import DEFAULT_BUNDLE, DIST, open_connection
+from conftest import DEFAULT_BUNDLE, open_connection
+from trainer_cli import RATE, trainer, write_tone_dataset
 
-TRAINER = DIST / "audiotext-train"
-RATE = 32000
-TONES = [(300, "a low hum"), (900, "a whistle"), (2700, "a high beep"), (5000, "a shrill squeal")]
 QUERIES = ["a dog barks", "a high beep", "rain on a roof", "a low hum"]
-
-
-def trainer(*args, check=True):
-    result = subprocess.run([str(TRAINER), *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, f"audiotext-train {args[0]} failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 def vec(blob):
@@ -39,14 +29,7 @@ def sha256(path):
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("ensemble")
-    data = root / "data"
-    (data / "audio").mkdir(parents=True)
-    rows = ["file_name,caption_1,caption_2"]
-    for i, (freq, caption) in enumerate(TONES * 2):
-        name = f"tone-{i}.wav"
-        ma.write_wav(data / "audio" / name, ma.sine(freq, RATE, 1.5).astype(np.float32), RATE, "f32")
-        rows.append(f"{name},{caption},{caption} that lasts")
-    (data / "captions.csv").write_text("\n".join(rows) + "\n")
+    data = write_tone_dataset(root / "data")
     trainer(
         "fit", "--data", data, "--text-bundle", DEFAULT_BUNDLE, "--out", root / "run",
         "--epochs", 1, "--max-steps", 1, "--width", 2, "--batch-size", 8, "--max-seconds", 2,

@@ -33,14 +33,14 @@ use audiotext0::train::metrics::{self, RetrievalMetrics};
 use audiotext0::train::split::{fnv1a, fold_by_group, split_by_group, SplitMix64};
 
 use crate::embed::{bar_style, caption_embeddings};
-use crate::loss::LossSpec;
-use crate::mix::{draw_pool, mix_features, Mix, MixOptions};
 use crate::encoders::pooling::PoolingKind;
 use crate::encoders::Architecture;
+use crate::loss::LossSpec;
+use crate::mix::{draw_pool, mix_features, Mix, MixOptions};
 use crate::model::{input_tensor, to_vec, Contrastive, ContrastiveConfig, EncoderConfig};
 use crate::run::{
-    checkpoint_path, device, embed_clips, embed_texts, pad_value, CheckpointState, DataInfo, Fold,
-    DeviceKind, RunConfig, TrainOptions, CHECKPOINT_DIR, METRICS_FILE, RUN_FORMAT_VERSION,
+    checkpoint_path, device, embed_clips, embed_texts, pad_value, CheckpointState, DataInfo,
+    DeviceKind, Fold, RunConfig, TrainOptions, CHECKPOINT_DIR, METRICS_FILE, RUN_FORMAT_VERSION,
 };
 use crate::specaug::{make_batch, SpecAugment};
 
@@ -539,7 +539,13 @@ pub fn prepare(
                     .collect()
             });
             let s = match data.fold {
-                Some(f) => fold_by_group(&groups, labels.as_deref(), f.count, f.index, data.split_seed),
+                Some(f) => fold_by_group(
+                    &groups,
+                    labels.as_deref(),
+                    f.count,
+                    f.index,
+                    data.split_seed,
+                ),
                 None => split_by_group(
                     &groups,
                     labels.as_deref(),
@@ -622,7 +628,10 @@ pub fn prepare(
         m.embedding = embeddings.by_text[&m.caption].clone();
     }
     if !mixes.is_empty() {
-        println!("mixes: a pool of {} clip pairs with joined captions", mixes.len());
+        println!(
+            "mixes: a pool of {} clip pairs with joined captions",
+            mixes.len()
+        );
     }
     if embeddings.dim != config.model.encoder.embedding_dim {
         bail!(
@@ -651,18 +660,16 @@ pub fn prepare(
     let clips = all
         .iter()
         .zip(features)
-        .map(|(c, features)| {
-            ClipData {
-                name: c.file_name.clone(),
-                features,
-                captions: c
-                    .captions
-                    .iter()
-                    .map(|t| embeddings.by_text[t].clone())
-                    .collect(),
-                caption_key: caption_set_key(&c.captions),
-                class: c.label.as_ref().and_then(|l| classes.binary_search(l).ok()),
-            }
+        .map(|(c, features)| ClipData {
+            name: c.file_name.clone(),
+            features,
+            captions: c
+                .captions
+                .iter()
+                .map(|t| embeddings.by_text[t].clone())
+                .collect(),
+            caption_key: caption_set_key(&c.captions),
+            class: c.label.as_ref().and_then(|l| classes.binary_search(l).ok()),
         })
         .collect();
     Ok((

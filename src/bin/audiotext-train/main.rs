@@ -2,7 +2,7 @@
 //!
 //! Subcommands:
 //! - `export-text --from DIR --out DIR [--head FILE]`: export a sentence-transformers text
-//!   model (BERT family, e.g. all-MiniLM-L6-v2) to `text.onnx` + `tokenizer.json` + `manifest.json`.
+//!   model (BERT or MPNet family, e.g. all-MiniLM-L6-v2, all-mpnet-base-v2) to `text.onnx` + `tokenizer.json` + `manifest.json`.
 //! - `fit --data DIR --text-bundle DIR --out RUN_DIR`: contrastive training of the audio encoder
 //!   against the frozen sentence embeddings of the captions (`--resume RUN_DIR` continues).
 //! - `eval --run RUN_DIR | --bundle DIR --data DIR`: retrieval metrics (R@k, mAP@10) both ways.
@@ -11,21 +11,27 @@
 //! - `ensemble --member DIR --member DIR [...] --out DIR`: one bundle whose embedding is the
 //!   members' concatenated and scaled by 1/sqrt(n) (cosine = mean of the members' cosines).
 //!
+//! - `report --runs DIR --out FILE.md`: the comparison table of a cross-validated grid of runs
+//!   (`scripts/compare.sh`), with plots.
+//!
 //! The training framework (burn) lives only in this binary's modules; the library half of the
 //! trainer (`audiotext0::train`: data layouts, splits, metrics, caches) has no burn in it.
 //!
 //! Errors are printed once, with their chain of causes, and the exit code is 2.
 
 mod embed;
+mod encoders;
 mod ensemble;
 mod eval;
 mod export_audio;
 mod features;
 mod fit;
 mod loss;
+mod mix;
 mod model;
 mod plot;
 mod pretrained;
+mod report;
 mod run;
 mod specaug;
 #[cfg(test)]
@@ -54,7 +60,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Export a sentence-transformers text model (BERT family) to a model bundle folder.
+    /// Export a sentence-transformers text model (BERT or MPNet family) to a model bundle folder.
     ExportText(ExportTextArgs),
     /// Train the audio encoder contrastively against frozen caption embeddings.
     Fit(fit::FitArgs),
@@ -64,6 +70,8 @@ enum Command {
     Export(export_audio::ExportArgs),
     /// Combine bundles into one whose embedding is the members' concatenated / sqrt(n).
     Ensemble(ensemble::EnsembleArgs),
+    /// Tabulate a cross-validated grid of runs (mean and spread over folds) with plots.
+    Report(report::ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +115,7 @@ fn run() -> Result<ExitCode> {
         Command::Eval(args) => eval::run(args)?,
         Command::Export(args) => export_audio::run(args)?,
         Command::Ensemble(args) => ensemble::run(args)?,
+        Command::Report(args) => report::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,70 @@
+"""Every encoder, pooling head and loss of the trainer, end to end through the CLI and SQL:
+`fit` one step on generated tones, `export` (which checks ONNX Runtime against the trainer and
+fails above 1e-4), then the SQLite extension loads the bundle and embeds a clip and a caption
+with it. The comparison's bundles are built the same way (scripts/compare.sh)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import make_audio as ma
+from conftest import DEFAULT_BUNDLE, open_connection
+from trainer_cli import RATE, trainer, write_tone_dataset
+
+CONFIGS = (
+    [(encoder, "mean-max", "infonce") for encoder in ["cnn6", "cnn10", "cnn14", "resnet38", "crnn", "tcn", "spec2vec"]]
+    + [("cnn10", pooling, "infonce") for pooling in ["mean", "max", "lstm-last", "lstm-mean", "netvlad", "netrvlad"]]
+    + [("tcn", "mean-max", loss) for loss in ["ntxent", "triplet-weighted", "cosine", "infonce+0.1*vicreg"]]
+)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("encoders")
+    write_tone_dataset(root / "data")
+    clip = root / "chirp.wav"
+    ma.write_wav(clip, ma.chirp(200, 8000, RATE, 12.5).astype(np.float32), RATE, "f32")
+    return root
+
+
+@pytest.mark.parametrize("encoder,pooling,loss", CONFIGS, ids=lambda v: v)
+def test_trains_exports_and_embeds_in_sql(workdir, encoder, pooling, loss):
+    name = f"{encoder}-{pooling}-{loss}".replace("*", "x").replace("+", "p")
+    run, bundle = workdir / "runs" / name, workdir / "bundles" / name
+    trainer(
+        "fit", "--data", workdir / "data", "--text-bundle", DEFAULT_BUNDLE, "--out", run,
+        "--encoder", encoder, "--pooling", pooling, "--loss", loss, "--clusters", 3,
+        "--epochs", 1, "--max-steps", 1, "--width", 2, "--batch-size", 8, "--max-seconds", 2,
+        "--seed", 5, "--cache", workdir / "cache", "--data-license", "CC0-1.0 (generated test tones)",
+    )
+    exported = trainer("export", "--run", run, "--out", bundle, "--checkpoint", "last")
+    assert "parity: max |diff|" in exported.stdout
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    described = manifest["audio"]["encoder"]
+    assert described["config"]["architecture"]["kind"] == encoder
+    saved_pooling = described["config"]["pooling"]
+    if pooling.startswith("lstm-"):
+        assert saved_pooling == {"kind": "lstm", "hidden": saved_pooling["hidden"], "last": pooling == "lstm-last"}
+    else:
+        assert saved_pooling["kind"] == pooling
+    # The run config writes every option of the spec out (e.g. `cosine:margin=0`).
+    saved = manifest["training"]["audio_encoder"]["hyperparameters"]["loss"]
+    assert [t.split(":")[0] for t in saved.split("+")] == [t.split(":")[0] for t in loss.split("+")]
+
+    conn = open_connection()
+    try:
+        conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', ?)", (str(bundle),))
+        # 12.5 s: two windows (10 s + 2.5 s), so the windowing and any padding are exercised.
+        (audio,) = conn.execute("SELECT audio_embed('m', ?)", (str(workdir / "chirp.wav"),)).fetchone()
+        (score,) = conn.execute(
+            "SELECT audio_text_score('m', audio_embed('m', ?), 'a rising whistle')",
+            (str(workdir / "chirp.wav"),),
+        ).fetchone()
+    finally:
+        conn.close()
+    a = np.frombuffer(audio, dtype="<f4")
+    assert a.shape == (manifest["embedding_dim"],)
+    assert np.all(np.isfinite(a)) and abs(np.linalg.norm(a) - 1.0) < 1e-5
+    assert -1.0 <= score <= 1.0
