@@ -53,7 +53,8 @@ ranked() {
   python3 - "$RUNS/$1" <<'EOF'
 import json, pathlib, sys
 rows = []
-for config in sorted(pathlib.Path(sys.argv[1]).iterdir()):
+group = pathlib.Path(sys.argv[1])
+for config in sorted(group.iterdir()) if group.is_dir() else []:
     scores = []
     for fold in sorted(config.glob("fold*")):
         lines = (fold / "metrics.jsonl").read_text().splitlines()
@@ -84,7 +85,7 @@ for p in $POOLINGS; do train poolings "$p" --encoder "$BEST_ENCODER" --pooling "
 # Every run becomes a bundle; the extension must load it and embed a clip.
 clip=$(find "$DATA/audio" -type f | sort | head -1)
 for fold_dir in "$RUNS"/{encoders,losses,poolings}/*/fold*; do
-  [ -f "$fold_dir/complete" ] || continue
+  [ -f "$fold_dir/complete" ] || continue  # also skips unmatched globs
   if [ ! -f "$fold_dir/bundle/audio.onnx" ]; then
     "$TRAINER" export --run "$fold_dir" --checkpoint last --out "$fold_dir/bundle" --name "$(basename "$(dirname "$fold_dir")")-$(basename "$fold_dir")" >/dev/null
   fi
