@@ -1397,52 +1397,13 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::OnceLock;
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("audiotext-checkpoint-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// The project's virtual environment's Python, else `python3` from the PATH.
-    fn python() -> Option<PathBuf> {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-        if venv.is_file() {
-            return Some(venv);
-        }
-        let found = std::process::Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        found.then(|| PathBuf::from("python3"))
-    }
+    use crate::train::testing::{fresh_dir, make_checkpoints};
 
     /// The checkpoints of tests/python/make_checkpoints.py, written once per test run; `None`
     /// (with a message) when there is no Python.
     fn python_checkpoints() -> Option<&'static Path> {
         static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-        DIR.get_or_init(|| {
-            let Some(python) = python() else {
-                eprintln!("skipped: no python3 to write the test checkpoints with (tests/python/make_checkpoints.py)");
-                return None;
-            };
-            let dir = temp_dir("python");
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_checkpoints.py");
-            let output = std::process::Command::new(&python)
-                .arg(&script)
-                .arg(&dir)
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            Some(dir)
-        })
-        .as_deref()
+        DIR.get_or_init(|| make_checkpoints(&[], &[])).as_deref()
     }
 
     fn expected(dir: &Path) -> serde_json::Value {
@@ -1696,7 +1657,7 @@ mod tests {
     #[test]
     fn reads_safetensors_of_every_float_and_integer_type() {
         use safetensors::tensor::TensorView;
-        let dir = temp_dir("safetensors");
+        let dir = fresh_dir("safetensors");
         let f32s: Vec<u8> = [1.0f32, -2.0, 0.5, 4.0]
             .iter()
             .flat_map(|v| v.to_le_bytes())

@@ -5,7 +5,7 @@
 //! in training and its sibling in validation, validation measures memory instead of
 //! generalisation. [`split_by_group`] keeps every group (recording) on one side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// SplitMix64 (Steele, Lea, Flood 2014, "Fast splittable pseudorandom number generators"):
 /// tiny, fast and fully determined by its seed, so a run and its resume see the same numbers.
@@ -86,19 +86,8 @@ pub fn split_by_group(
     if let Some(strata) = strata {
         assert_eq!(strata.len(), groups.len(), "one class per item");
     }
-    // Group -> its class; BTreeMaps keep the order independent of the input order.
-    let mut group_class: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut sorted: Vec<usize> = (0..groups.len()).collect();
-    sorted.sort_by(|&a, &b| groups[a].cmp(&groups[b]).then(a.cmp(&b)));
-    for &i in &sorted {
-        let class = strata.map(|s| s[i].as_str()).unwrap_or("");
-        group_class.entry(groups[i].as_str()).or_insert(class);
-    }
-    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (group, class) in &group_class {
-        by_class.entry(class).or_default().push(group);
-    }
-    let mut validation_groups: std::collections::HashSet<&str> = Default::default();
+    let by_class = groups_by_class(groups, strata);
+    let mut validation_groups: HashSet<&str> = HashSet::new();
     for (class, mut class_groups) in by_class {
         let mut rng = SplitMix64::derive(seed, &[fnv1a(class.as_bytes())]);
         rng.shuffle(&mut class_groups);
@@ -109,18 +98,7 @@ pub fn split_by_group(
         }
         validation_groups.extend(class_groups.into_iter().take(take));
     }
-    let mut split = Split {
-        train: Vec::new(),
-        validation: Vec::new(),
-    };
-    for (i, group) in groups.iter().enumerate() {
-        if validation_groups.contains(group.as_str()) {
-            split.validation.push(i);
-        } else {
-            split.train.push(i);
-        }
-    }
-    split
+    split_items(groups, &validation_groups)
 }
 
 /// Fold `fold` of `folds` as validation, the other folds as training, for cross-validation by
@@ -135,18 +113,8 @@ pub fn fold_by_group(
     seed: u64,
 ) -> Split {
     assert!(folds >= 2 && fold < folds, "fold {fold} of {folds}");
-    let mut group_class: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut sorted: Vec<usize> = (0..groups.len()).collect();
-    sorted.sort_by(|&a, &b| groups[a].cmp(&groups[b]).then(a.cmp(&b)));
-    for &i in &sorted {
-        let class = strata.map(|s| s[i].as_str()).unwrap_or("");
-        group_class.entry(groups[i].as_str()).or_insert(class);
-    }
-    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (group, class) in &group_class {
-        by_class.entry(class).or_default().push(group);
-    }
-    let mut validation_groups: std::collections::HashSet<&str> = Default::default();
+    let by_class = groups_by_class(groups, strata);
+    let mut validation_groups: HashSet<&str> = HashSet::new();
     // The deal continues across classes so small classes do not all start at fold 0.
     let mut dealt = 0usize;
     for (class, mut class_groups) in by_class {
@@ -159,6 +127,31 @@ pub fn fold_by_group(
             dealt += 1;
         }
     }
+    split_items(groups, &validation_groups)
+}
+
+/// Each class's groups (a group's class is the class of its first item), sorted; BTreeMaps
+/// keep the result independent of the order of the items.
+fn groups_by_class<'a>(
+    groups: &'a [String],
+    strata: Option<&'a [String]>,
+) -> BTreeMap<&'a str, Vec<&'a str>> {
+    let mut group_class: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut sorted: Vec<usize> = (0..groups.len()).collect();
+    sorted.sort_by(|&a, &b| groups[a].cmp(&groups[b]).then(a.cmp(&b)));
+    for &i in &sorted {
+        let class = strata.map(|s| s[i].as_str()).unwrap_or("");
+        group_class.entry(groups[i].as_str()).or_insert(class);
+    }
+    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (group, class) in &group_class {
+        by_class.entry(class).or_default().push(group);
+    }
+    by_class
+}
+
+/// Items whose group is in `validation_groups` go to validation, the others to training.
+fn split_items(groups: &[String], validation_groups: &HashSet<&str>) -> Split {
     let mut split = Split {
         train: Vec::new(),
         validation: Vec::new(),

@@ -1440,23 +1440,7 @@ mod tests {
         "wet", "road", "while", "people", "talk", "birds", "the", "sings",
     ];
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir()
-                .join(format!("audiotext-ensemble-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use audiotext0::train::testing::TempDir;
 
     fn front_end() -> FrontEnd {
         FrontEnd {

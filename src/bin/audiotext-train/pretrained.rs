@@ -498,26 +498,7 @@ mod tests {
         (Architecture::Cnn14, 2),
     ];
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("audiotext-pretrained-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    /// The project's virtual environment's Python, else `python3` from the PATH.
-    fn python() -> Option<PathBuf> {
-        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-        if venv.is_file() {
-            return Some(venv);
-        }
-        let found = std::process::Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        found.then(|| PathBuf::from("python3"))
-    }
+    use audiotext0::train::testing::{fresh_dir, make_checkpoints};
 
     /// The PANNs-shaped checkpoints of tests/python/make_checkpoints.py (`.pth` and its values
     /// as `.json`), plus the same tensors as `.safetensors`, written once per test run; `None`
@@ -525,27 +506,10 @@ mod tests {
     fn checkpoints() -> Option<&'static Path> {
         static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
         DIR.get_or_init(|| {
-            let Some(python) = python() else {
-                eprintln!("skipped: no python3 to write the PANNs test checkpoints with (tests/python/make_checkpoints.py --panns)");
-                return None;
-            };
-            let dir = temp_dir("files");
-            let script =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/make_checkpoints.py");
-            let output = std::process::Command::new(&python)
-                .arg(&script)
-                .arg("--panns")
-                .arg(&dir)
-                .arg(MELS.to_string())
-                .args(FILES.iter().map(|(a, w)| format!("{}:{w}", a.name())))
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let args: Vec<String> = std::iter::once(MELS.to_string())
+                .chain(FILES.iter().map(|(a, w)| format!("{}:{w}", a.name())))
+                .collect();
+            let dir = make_checkpoints(&["--panns"], &args)?;
             for (a, w) in FILES {
                 let values = expected(&dir, a.clone(), w);
                 write_safetensors(&file(&dir, a, w, "safetensors"), &values);
@@ -1148,7 +1112,7 @@ mod tests {
             validation: Vec::new(),
             mixes: Vec::new(),
         };
-        let run_dir = temp_dir("fit");
+        let run_dir = fresh_dir("fit");
         config.write(&run_dir).unwrap();
         assert_eq!(RunConfig::read(&run_dir).unwrap(), config);
         let summary = train(
@@ -1197,7 +1161,7 @@ mod tests {
         let e = train(
             &config,
             &data,
-            &temp_dir("fit-changed"),
+            &fresh_dir("fit-changed"),
             false,
             DeviceKind::Flex,
             Some(1),

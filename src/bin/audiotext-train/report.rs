@@ -238,10 +238,10 @@ fn read_row(group: &Path, config_dir: &Path, folds: &[PathBuf]) -> Result<Row> {
 fn markdown(rows: &[Row], plots: &[(String, String)]) -> String {
     let mut s = String::new();
     let folds = rows.iter().map(|r| r.folds.len()).max().unwrap_or(0);
-    s.push_str(&format!(
+    s.push_str(
         "| group | configuration | R@1 | R@5 | R@10 | mAP@10 | s/epoch | parameters | audio.onnx | folds |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n"
-    ));
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
     let best = rows
         .iter()
         .map(|r| r.mean(3))

@@ -21,23 +21,7 @@ use crate::specaug::SpecAugment;
 const DIM: usize = 8;
 const TONES_HZ: [f32; 4] = [300.0, 900.0, 2200.0, 5000.0];
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("audiotext-train-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use audiotext0::train::testing::TempDir;
 
 fn front_end() -> FrontEnd {
     FrontEnd {

@@ -205,7 +205,8 @@ impl Architecture {
     }
 }
 
-/// A built backbone.
+/// A built backbone. One exists per model, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone {
     Cnn(Cnn),
