@@ -1276,6 +1276,7 @@ mod tests {
     /// (learning rate 0.01), and every value on the way is finite.
     #[test]
     fn every_term_lowers_its_loss_on_a_tiny_batch() {
+        let _rng = crate::burn_rng_lock();
         use burn::module::Param;
         use burn::nn::LinearConfig;
         use burn::optim::{AdamWConfig, GradientsParams};

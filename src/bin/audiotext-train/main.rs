@@ -37,6 +37,15 @@ mod specaug;
 #[cfg(test)]
 mod tests;
 
+/// burn's CPU backend keeps one random generator per process. Tests that seed it and expect
+/// the same weights twice (resume) must not interleave with tests that draw from it, so every
+/// test that builds or trains a model holds this lock.
+#[cfg(test)]
+pub fn burn_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -321,6 +321,7 @@ mod tests {
 
     #[test]
     fn shapes_norms_and_parameter_count() {
+        let _rng = crate::burn_rng_lock();
         let device = Device::flex();
         let config = tiny();
         let encoder = config.init(&device).valid();
@@ -353,6 +354,7 @@ mod tests {
 
     #[test]
     fn text_head_starts_as_identity() {
+        let _rng = crate::burn_rng_lock();
         let device = Device::flex();
         let config = ContrastiveConfig {
             encoder: tiny(),

@@ -609,6 +609,7 @@ mod tests {
 
     #[test]
     fn every_tensor_lands_in_its_place_from_both_formats() {
+        let _rng = crate::burn_rng_lock();
         let Some(dir) = checkpoints() else {
             return;
         };
@@ -813,6 +814,7 @@ mod tests {
 
     #[test]
     fn imported_encoder_computes_panns_forward_pass() {
+        let _rng = crate::burn_rng_lock();
         let Some(dir) = checkpoints() else {
             return;
         };
@@ -874,6 +876,7 @@ mod tests {
 
     #[test]
     fn mismatches_and_missing_tensors_are_errors_that_say_what_fits() {
+        let _rng = crate::burn_rng_lock();
         let Some(dir) = checkpoints() else {
             return;
         };
@@ -1005,6 +1008,7 @@ mod tests {
 
     #[test]
     fn unknown_names_are_left_out_and_wrapped_models_import() {
+        let _rng = crate::burn_rng_lock();
         let Some(dir) = checkpoints() else {
             return;
         };
@@ -1039,6 +1043,7 @@ mod tests {
 
     #[test]
     fn fit_starts_from_the_imported_weights_and_trains_them() {
+        let _rng = crate::burn_rng_lock();
         let Some(dir) = checkpoints() else {
             return;
         };

@@ -184,6 +184,7 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
 
 #[test]
 fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
+    let _rng = crate::burn_rng_lock();
     let tmp = TempDir::new("e2e");
     let fe = front_end();
     let data = prepared(&fe);
@@ -358,6 +359,7 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
 
 #[test]
 fn text_head_is_appended_to_a_text_graph() {
+    let _rng = crate::burn_rng_lock();
     use audiotext0::onnx::{DataType, GraphBuilder, ModelInfo};
     // A "text model" that outputs its input, normalised.
     let mut g = GraphBuilder::new("t", 17);

@@ -143,6 +143,7 @@ fn parity(config: &EncoderConfig, model: &crate::model::AudioEncoder, tag: &str)
 
 /// Trains a few steps, checks the loss falls, exports and compares.
 fn check(encoder: &str, pooling: &str) {
+    let _rng = crate::burn_rng_lock();
     let config = tiny(encoder, pooling);
     let tag = format!("{encoder}+{pooling}");
     let (losses, model) = train_steps(&config, 12);
