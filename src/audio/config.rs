@@ -40,6 +40,14 @@ pub struct FrontEnd {
     /// top_db=None)`), or `ln` = ln(x + log_floor).
     pub log: String,
     pub log_floor: f32,
+    /// Multiscale log-mel: further window lengths in samples, each `1..=n_fft`, each adding one
+    /// input channel computed exactly like the first (same n_fft, hop, centring, padding,
+    /// filterbank and log) with its own periodic Hann window of that length, zero-padded and
+    /// centred to n_fft (librosa's `melspectrogram(win_length=...)` for each). Channel 0 is
+    /// `win_length`; channel `c >= 1` is `multiscale_win_lengths[c - 1]`. Absent or empty: one
+    /// channel, as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multiscale_win_lengths: Vec<usize>,
 }
 
 /// How a file longer than the model's window is cut, and how window embeddings are pooled.
@@ -76,7 +84,20 @@ impl FrontEnd {
             mel_norm: "slaney".into(),
             log: "db".into(),
             log_floor: 1e-10,
+            multiscale_win_lengths: Vec::new(),
         }
+    }
+
+    /// Input channels of the log-mel: 1 + `multiscale_win_lengths.len()`.
+    pub fn channels(&self) -> usize {
+        1 + self.multiscale_win_lengths.len()
+    }
+
+    /// The window length of every channel, channel 0 (`win_length`) first.
+    pub fn win_lengths(&self) -> Vec<usize> {
+        std::iter::once(self.win_length)
+            .chain(self.multiscale_win_lengths.iter().copied())
+            .collect()
     }
 
     /// Number of frames for a signal of `samples` samples.

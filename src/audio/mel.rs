@@ -23,18 +23,35 @@ use crate::audio::config::FrontEnd;
 use crate::error::{Error, Result};
 
 /// A log-mel spectrogram: `frames` rows of `n_mels` values, row-major (frame-major).
+///
+/// With a multiscale front-end (`FrontEnd::channels() = C > 1`, `M` mel bands), each row holds
+/// `C * M` values: channel 0's M bands (window `win_length`), then channel 1's (the first of
+/// `multiscale_win_lengths`), and so on, i.e. `data[(t * C + c) * M + m]`. So `n_mels` is the
+/// number of values per frame (`C * M`), which is the mel band count only when `C = 1`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogMel {
     pub frames: usize,
+    /// Values per frame: `channels * bands` (= the bands when there is one channel).
     pub n_mels: usize,
     /// `frames * n_mels` values; frame `t` is `data[t * n_mels..(t + 1) * n_mels]`.
     pub data: Vec<f32>,
 }
 
 impl LogMel {
-    /// The mel values of frame `t`.
+    /// The values of frame `t` (every channel's bands, channel by channel).
     pub fn frame(&self, t: usize) -> &[f32] {
         &self.data[t * self.n_mels..(t + 1) * self.n_mels]
+    }
+
+    /// Values per frame (`channels * bands`): the same as the `n_mels` field, by its meaning.
+    pub fn row_len(&self) -> usize {
+        self.n_mels
+    }
+
+    /// The `bands` mel values of channel `c` in frame `t` (`bands` = `MelExtractor::n_mels`).
+    pub fn channel(&self, t: usize, c: usize, bands: usize) -> &[f32] {
+        let row = self.frame(t);
+        &row[c * bands..(c + 1) * bands]
     }
 }
 
@@ -92,8 +109,9 @@ pub struct MelExtractor {
     log: LogKind,
     log_floor: f32,
     n_mels: usize,
-    /// The periodic Hann window of `win_length`, zero-padded and centred to `n_fft`.
-    window: Vec<f32>,
+    /// One window per channel: the periodic Hann window of that channel's length, zero-padded
+    /// and centred to `n_fft` (channel 0: `win_length`, then `multiscale_win_lengths`).
+    windows: Vec<Vec<f32>>,
     fft: Arc<dyn RealToComplex<f32>>,
     filters: Vec<SparseFilter>,
     weights: Vec<f32>,
@@ -106,6 +124,7 @@ impl std::fmt::Debug for MelExtractor {
             .field("hop_length", &self.hop_length)
             .field("center", &self.center)
             .field("n_mels", &self.n_mels)
+            .field("channels", &self.windows.len())
             .finish_non_exhaustive()
     }
 }
@@ -220,14 +239,19 @@ impl MelExtractor {
             )));
         }
 
-        let mut window = vec![0f32; fe.n_fft];
-        let lpad = (fe.n_fft - fe.win_length) / 2;
-        for (w, h) in window[lpad..lpad + fe.win_length]
-            .iter_mut()
-            .zip(hann_periodic(fe.win_length))
-        {
-            *w = h as f32;
+        for (i, &length) in fe.multiscale_win_lengths.iter().enumerate() {
+            if length == 0 || length > fe.n_fft {
+                return Err(invalid(format!(
+                    "multiscale_win_lengths[{i}] is {length} while n_fft is {}: set every entry to 1 <= length <= n_fft, or remove it",
+                    fe.n_fft
+                )));
+            }
         }
+        let windows: Vec<Vec<f32>> = fe
+            .win_lengths()
+            .into_iter()
+            .map(|length| padded_hann(fe.n_fft, length))
+            .collect();
 
         let dense = mel_filterbank(
             fe.sample_rate,
@@ -267,7 +291,7 @@ impl MelExtractor {
             log,
             log_floor: fe.log_floor,
             n_mels: fe.n_mels,
-            window,
+            windows,
             fft,
             filters,
             weights,
@@ -279,8 +303,19 @@ impl MelExtractor {
         self.sample_rate
     }
 
+    /// Mel bands per channel (the manifest's `n_mels`).
     pub fn n_mels(&self) -> usize {
         self.n_mels
+    }
+
+    /// Input channels: 1 + the number of `multiscale_win_lengths`.
+    pub fn channels(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Values per frame of the `LogMel`s this extractor computes: `channels() * n_mels()`.
+    pub fn values_per_frame(&self) -> usize {
+        self.windows.len() * self.n_mels
     }
 
     /// Number of frames for a signal of `samples` samples (same as `FrontEnd::frames`).
@@ -288,9 +323,15 @@ impl MelExtractor {
         crate::audio::config::frame_count(samples, self.n_fft, self.hop_length, self.center)
     }
 
-    /// The window applied to each frame (`n_fft` values, the Hann window centred in it).
+    /// The window applied to each frame of channel 0 (`n_fft` values, the Hann window of
+    /// `win_length` centred in it).
     pub fn window(&self) -> &[f32] {
-        &self.window
+        &self.windows[0]
+    }
+
+    /// The window of channel `c` (`n_fft` values), or `None` past the last channel.
+    pub fn channel_window(&self, c: usize) -> Option<&[f32]> {
+        self.windows.get(c).map(Vec::as_slice)
     }
 
     /// The filterbank as a dense `n_mels x (n_fft / 2 + 1)` row-major matrix, as
@@ -317,7 +358,8 @@ impl MelExtractor {
     /// Same as `compute`, with caller-owned scratch buffers.
     pub fn compute_with(&self, samples: &[f32], scratch: &mut MelScratch) -> LogMel {
         let n_frames = self.frames(samples.len());
-        let mut data = vec![0f32; n_frames * self.n_mels];
+        let row_len = self.values_per_frame();
+        let mut data = vec![0f32; n_frames * row_len];
         let MelScratch {
             padded,
             frame,
@@ -338,46 +380,65 @@ impl MelExtractor {
             samples
         };
 
-        for (t, row) in data.chunks_exact_mut(self.n_mels).enumerate() {
+        for (t, row) in data.chunks_exact_mut(row_len).enumerate() {
             let start = t * self.hop_length;
             let segment = &signal[start..start + self.n_fft];
-            for ((f, &x), &w) in frame.iter_mut().zip(segment).zip(&self.window) {
-                *f = x * w;
-            }
-            self.fft
-                .process_with_scratch(frame, spectrum, fft_scratch)
-                .expect("buffer lengths match the FFT plan");
-            match self.power {
-                Power::Two => {
-                    for (p, c) in power.iter_mut().zip(spectrum.iter()) {
-                        *p = c.re * c.re + c.im * c.im;
-                    }
-                }
-                Power::One => {
-                    for (p, c) in power.iter_mut().zip(spectrum.iter()) {
-                        *p = (c.re * c.re + c.im * c.im).sqrt();
-                    }
-                }
-                Power::Other(e) => {
-                    for (p, c) in power.iter_mut().zip(spectrum.iter()) {
-                        *p = (c.re * c.re + c.im * c.im).powf(e / 2.0);
-                    }
-                }
-            }
-            for (out, f) in row.iter_mut().zip(&self.filters) {
-                let bins = &power[f.first_bin..f.first_bin + f.len];
-                let weights = &self.weights[f.offset..f.offset + f.len];
-                let mel: f32 = bins.iter().zip(weights).map(|(p, w)| p * w).sum();
-                *out = match self.log {
-                    LogKind::Db => 10.0 * mel.max(self.log_floor).log10(),
-                    LogKind::Ln => (mel + self.log_floor).ln(),
-                };
+            for (window, row) in self.windows.iter().zip(row.chunks_exact_mut(self.n_mels)) {
+                self.frame_into(segment, window, row, frame, spectrum, fft_scratch, power);
             }
         }
         LogMel {
             frames: n_frames,
-            n_mels: self.n_mels,
+            n_mels: row_len,
             data,
+        }
+    }
+
+    /// One channel of one frame: `segment` (n_fft samples) times `window`, FFT, power, mel
+    /// projection and log into `row` (n_mels values).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn frame_into(
+        &self,
+        segment: &[f32],
+        window: &[f32],
+        row: &mut [f32],
+        frame: &mut [f32],
+        spectrum: &mut [Complex<f32>],
+        fft_scratch: &mut [Complex<f32>],
+        power: &mut [f32],
+    ) {
+        for ((f, &x), &w) in frame.iter_mut().zip(segment).zip(window) {
+            *f = x * w;
+        }
+        self.fft
+            .process_with_scratch(frame, spectrum, fft_scratch)
+            .expect("buffer lengths match the FFT plan");
+        match self.power {
+            Power::Two => {
+                for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                    *p = c.re * c.re + c.im * c.im;
+                }
+            }
+            Power::One => {
+                for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                    *p = (c.re * c.re + c.im * c.im).sqrt();
+                }
+            }
+            Power::Other(e) => {
+                for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                    *p = (c.re * c.re + c.im * c.im).powf(e / 2.0);
+                }
+            }
+        }
+        for (out, f) in row.iter_mut().zip(&self.filters) {
+            let bins = &power[f.first_bin..f.first_bin + f.len];
+            let weights = &self.weights[f.offset..f.offset + f.len];
+            let mel: f32 = bins.iter().zip(weights).map(|(p, w)| p * w).sum();
+            *out = match self.log {
+                LogKind::Db => 10.0 * mel.max(self.log_floor).log10(),
+                LogKind::Ln => (mel + self.log_floor).ln(),
+            };
         }
     }
 
@@ -412,6 +473,20 @@ fn reflect_index(i: i64, n: usize) -> usize {
     } else {
         m as usize
     }
+}
+
+/// The periodic Hann window of `win_length` samples, zero-padded to `n_fft` with the window
+/// centred (left pad `(n_fft - win_length) / 2`, as librosa's `util.pad_center`), in f32.
+fn padded_hann(n_fft: usize, win_length: usize) -> Vec<f32> {
+    let mut window = vec![0f32; n_fft];
+    let lpad = (n_fft - win_length) / 2;
+    for (w, h) in window[lpad..lpad + win_length]
+        .iter_mut()
+        .zip(hann_periodic(win_length))
+    {
+        *w = h as f32;
+    }
+    window
 }
 
 /// `numpy.linspace(start, stop, num)` (same operation order: `i * step + start`, last = stop).
@@ -528,6 +603,7 @@ mod tests {
             mel_norm: "slaney".into(),
             log: "db".into(),
             log_floor: 1e-10,
+            multiscale_win_lengths: Vec::new(),
         }
     }
 
@@ -734,6 +810,100 @@ mod tests {
     }
 
     #[test]
+    fn multiscale_channel_zero_is_the_single_window_front_end() {
+        for (pad, center) in [("reflect", true), ("constant", true), ("constant", false)] {
+            let single = FrontEnd {
+                pad_mode: pad.into(),
+                center,
+                ..FrontEnd::panns_32k()
+            };
+            let multi = FrontEnd {
+                multiscale_win_lengths: vec![512, 256, 1024, 1],
+                ..single.clone()
+            };
+            assert_eq!(multi.channels(), 5);
+            let one = MelExtractor::new(&single).unwrap();
+            let many = MelExtractor::new(&multi).unwrap();
+            assert_eq!((many.n_mels(), many.channels()), (64, 5));
+            assert_eq!(many.values_per_frame(), 320);
+            let x: Vec<f32> = (0..16_000)
+                .map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5 + (i as f32 * 0.05).sin())
+                .collect();
+            for len in [0usize, 1, 700, 1024, 16_000] {
+                let a = one.compute(&x[..len]);
+                let b = many.compute(&x[..len]);
+                assert_eq!(b.frames, a.frames);
+                assert_eq!(b.n_mels, 5 * 64);
+                assert_eq!(b.data.len(), b.frames * 320);
+                for t in 0..a.frames {
+                    // Bit for bit: the same operations in the same order.
+                    assert_eq!(
+                        b.channel(t, 0, 64),
+                        a.frame(t),
+                        "{pad} {center} {len} t {t}"
+                    );
+                }
+                // Each further channel is a single-window extractor with that win_length.
+                for (c, &w) in multi.multiscale_win_lengths.iter().enumerate() {
+                    let alone = MelExtractor::new(&FrontEnd {
+                        win_length: w,
+                        ..single.clone()
+                    })
+                    .unwrap()
+                    .compute(&x[..len]);
+                    for t in 0..a.frames {
+                        assert_eq!(b.channel(t, c + 1, 64), alone.frame(t), "channel {}", c + 1);
+                    }
+                }
+            }
+            // Channels with different windows differ.
+            let b = many.compute(&x);
+            assert_ne!(b.channel(10, 0, 64), b.channel(10, 1, 64));
+        }
+    }
+
+    #[test]
+    fn multiscale_windows_are_centred_hann() {
+        let fe = FrontEnd {
+            multiscale_win_lengths: vec![8, 5],
+            ..tiny(16000, 16, 4, 0.0, 8000.0)
+        };
+        let mel = MelExtractor::new(&fe).unwrap();
+        assert_eq!(mel.window(), mel.channel_window(0).unwrap());
+        let w = mel.channel_window(1).unwrap();
+        assert!(w[..4].iter().all(|&x| x == 0.0) && w[12..].iter().all(|&x| x == 0.0));
+        assert_eq!(w[8], 1.0);
+        // Odd length: left pad (16 - 5) / 2 = 5, as librosa's pad_center.
+        let w = mel.channel_window(2).unwrap();
+        let hann5: Vec<f32> = hann_periodic(5).into_iter().map(|h| h as f32).collect();
+        assert_eq!(&w[5..10], hann5.as_slice());
+        assert!(w[..5].iter().chain(&w[10..]).all(|&x| x == 0.0));
+        assert!(mel.channel_window(3).is_none());
+    }
+
+    #[test]
+    fn multiscale_keys_serialise_only_when_set() {
+        let fe = FrontEnd::panns_32k();
+        let json = serde_json::to_value(&fe).unwrap();
+        assert!(json.get("multiscale_win_lengths").is_none());
+        // A manifest written before the key existed reads as one channel.
+        let back: FrontEnd = serde_json::from_value(json).unwrap();
+        assert_eq!(back, fe);
+        assert_eq!(back.channels(), 1);
+        let multi = FrontEnd {
+            multiscale_win_lengths: vec![512, 256],
+            ..fe
+        };
+        let json = serde_json::to_value(&multi).unwrap();
+        assert_eq!(
+            json["multiscale_win_lengths"],
+            serde_json::json!([512, 256])
+        );
+        assert_eq!(serde_json::from_value::<FrontEnd>(json).unwrap(), multi);
+        assert_eq!(multi.win_lengths(), vec![1024, 512, 256]);
+    }
+
+    #[test]
     fn invalid_settings_are_refused() {
         let base = FrontEnd::panns_32k();
         let cases: Vec<(FrontEnd, &str)> = vec![
@@ -778,6 +948,20 @@ mod tests {
                     ..base.clone()
                 },
                 "win_length is 2048 while n_fft is 1024",
+            ),
+            (
+                FrontEnd {
+                    multiscale_win_lengths: vec![512, 2048],
+                    ..base.clone()
+                },
+                "multiscale_win_lengths[1] is 2048 while n_fft is 1024",
+            ),
+            (
+                FrontEnd {
+                    multiscale_win_lengths: vec![0],
+                    ..base.clone()
+                },
+                "multiscale_win_lengths[0] is 0",
             ),
             (
                 FrontEnd {
