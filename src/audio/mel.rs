@@ -308,6 +308,11 @@ impl MelExtractor {
         self.n_mels
     }
 
+    /// Hop between frames in samples.
+    pub fn hop_length(&self) -> usize {
+        self.hop_length
+    }
+
     /// Input channels: 1 + the number of `multiscale_win_lengths`.
     pub fn channels(&self) -> usize {
         self.windows.len()

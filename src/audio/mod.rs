@@ -20,4 +20,6 @@ pub use config::{FrontEnd, Windowing};
 pub use decode::{probe, AudioInfo, AudioSource, Decoder};
 pub use mel::{LogMel, MelExtractor};
 pub use resample::StreamResampler;
-pub use stream::{decode_mono, log_mel_windows, window_bounds, LogMelWindows, WindowPlan};
+pub use stream::{
+    decode_mono, log_mel_windows, window_bounds, window_waveform, LogMelWindows, WindowPlan,
+};

@@ -11,6 +11,13 @@
 //!
 //! `log_mel_windows` streams: it holds at most one window of resampled samples plus one decoded
 //! packet (after resampling), whatever the file's length (`LogMelWindows::max_buffered_samples`).
+//!
+//! Waveforms (for encoders with a waveform input, e.g. Wavegram-Logmel): the waveform of a
+//! window that starts at sample `s` and whose log-mel has `T` frames is `x[s .. s + T *
+//! hop_length]` of the resampled mono signal `x`, zero-filled past the end of the file
+//! (`window_waveform`). With centred frames `T * hop_length` exceeds the window's length by up
+//! to one hop, so a stream asked for waveforms (`LogMelWindows::with_waveforms`) reads up to
+//! one hop past each window before returning it.
 
 use std::sync::Arc;
 
@@ -112,6 +119,18 @@ pub fn window_bounds(
     Ok(WindowPlan::new(windowing, sample_rate)?.bounds(total_samples))
 }
 
+/// The waveform of a window starting at sample `start` of `signal` whose log-mel has `frames`
+/// frames: `signal[start .. start + frames * hop_length]`, zero-filled past the end of `signal`
+/// (see the module doc). The trainer and the extension feed waveform inputs with this.
+pub fn window_waveform(signal: &[f32], start: usize, frames: usize, hop_length: usize) -> Vec<f32> {
+    let len = frames * hop_length;
+    let mut out = vec![0f32; len];
+    let from = start.min(signal.len());
+    let to = (start + len).min(signal.len());
+    out[..to - from].copy_from_slice(&signal[from..to]);
+    out
+}
+
 /// Streams the log-mel of each window of a file (see `log_mel_windows`).
 pub struct LogMelWindows {
     decoder: Decoder,
@@ -132,6 +151,12 @@ pub struct LogMelWindows {
     eof: bool,
     done: bool,
     max_buffered: usize,
+    /// Samples read past a full window before it is returned (waveforms only; 0 otherwise).
+    lookahead: usize,
+    /// Whether each window's waveform is kept (`with_waveforms`).
+    keep_waveforms: bool,
+    /// The waveform of the window last returned, until taken.
+    waveform: Option<Vec<f32>>,
 }
 
 /// Opens `source` and streams the log-mel spectrogram of each of its windows.
@@ -169,7 +194,27 @@ impl LogMelWindows {
             eof: false,
             done: false,
             max_buffered: 0,
+            lookahead: 0,
+            keep_waveforms: false,
+            waveform: None,
         })
+    }
+
+    /// Also keeps each window's waveform (`window_waveform`: `frames * hop_length` samples from
+    /// the window's start, zero-filled past the end of the file), to be read with
+    /// `take_waveform` after each window. Reads up to one hop past a window before returning it.
+    pub fn with_waveforms(mut self) -> LogMelWindows {
+        let clip = self.plan.clip_samples;
+        let needed = self.mel.frames(clip) * self.mel.hop_length();
+        self.lookahead = needed.saturating_sub(clip);
+        self.keep_waveforms = true;
+        self
+    }
+
+    /// The waveform of the window last returned (`None` without `with_waveforms`, before the
+    /// first window, or when already taken).
+    pub fn take_waveform(&mut self) -> Option<Vec<f32>> {
+        self.waveform.take()
     }
 
     /// The file's headers.
@@ -197,7 +242,7 @@ impl LogMelWindows {
     }
 
     /// The most samples held at once (current window + resampled chunk not yet taken): stays
-    /// below one window plus one packet, however long the file.
+    /// below one window plus one packet (plus one hop with waveforms), however long the file.
     pub fn max_buffered_samples(&self) -> usize {
         self.max_buffered
     }
@@ -221,16 +266,28 @@ impl LogMelWindows {
         Ok(true)
     }
 
-    fn emit(&mut self) -> LogMel {
-        let end = self.start + self.buf.len() as u64;
+    /// Returns the window of the first `len` samples of `buf` (and keeps its waveform).
+    fn emit(&mut self, len: usize) -> LogMel {
+        let end = self.start + len as u64;
         self.last_bounds = Some((self.start, end));
         self.windows += 1;
-        self.mel.compute(&self.buf)
+        let log_mel = self.mel.compute(&self.buf[..len]);
+        if self.keep_waveforms {
+            // `buf` holds the window and the lookahead, or everything up to the end of the file.
+            self.waveform = Some(window_waveform(
+                &self.buf,
+                0,
+                log_mel.frames,
+                self.mel.hop_length(),
+            ));
+        }
+        log_mel
     }
 
     fn step(&mut self) -> Result<Option<LogMel>> {
         let (clip, hop) = (self.plan.clip_samples, self.plan.hop_samples);
-        while self.buf.len() < clip {
+        let target = clip + self.lookahead;
+        while self.buf.len() < target {
             if self.pending_pos == self.pending.len() {
                 if !self.refill()? {
                     break;
@@ -244,18 +301,18 @@ impl LogMelWindows {
                 self.pending_pos += k;
                 continue;
             }
-            let take = (clip - self.buf.len()).min(avail);
+            let take = (target - self.buf.len()).min(avail);
             self.buf
                 .extend_from_slice(&self.pending[self.pending_pos..self.pending_pos + take]);
             self.pending_pos += take;
         }
-        if self.buf.len() == clip {
-            let out = self.emit();
-            if hop < clip {
+        if self.buf.len() >= clip {
+            let out = self.emit(clip);
+            if hop <= self.buf.len() {
                 self.buf.drain(..hop);
             } else {
+                self.skip = hop - self.buf.len();
                 self.buf.clear();
-                self.skip = hop - clip;
             }
             self.start += hop as u64;
             return Ok(Some(out));
@@ -268,7 +325,7 @@ impl LogMelWindows {
         if len == 0 || covered || (self.windows > 0 && len < self.plan.min_samples) {
             return Ok(None);
         }
-        Ok(Some(self.emit()))
+        Ok(Some(self.emit(len)))
     }
 }
 

@@ -88,13 +88,23 @@ pub struct AudioSection {
     pub encoder: Option<serde_json::Value>,
 }
 
-/// The audio encoder's input tensor.
+/// The audio encoder's input tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AudioInput {
+    /// Name of the log-mel input.
     pub name: String,
-    /// Comma-separated axis names, e.g. `batch,1,frames,mels`.
+    /// Comma-separated axis names of the log-mel input: `batch,1,frames,mels` or
+    /// `batch,frames,mels` (one channel), or `batch,frames,channels,mels` (any number of
+    /// channels; `multiscale_win_lengths` adds channels).
     pub layout: String,
+    /// Name of a second input that receives each window's resampled mono samples, float32
+    /// `[batch, frames * hop_length]` (Wavegram-Logmel encoders): for a window starting at
+    /// sample `s` whose log-mel has `frames` frames, `x[s .. s + frames * hop_length]`,
+    /// zero-filled past the end of the file (and, for a window padded to the encoder's
+    /// `min_frames`, zero-padded to the padded length). Absent: the encoder takes log-mel only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waveform: Option<String>,
 }
 
 fn default_input_ids() -> String {

@@ -25,7 +25,7 @@ use rusqlite::Connection;
 
 use super::{files, guard, vector_to_blob, Registry};
 use crate::audio::encoder::{pool, AudioEncoder, FileFeatures};
-use crate::audio::{AudioSource, LogMel};
+use crate::audio::AudioSource;
 
 const NAME: &str = "audio_embed_files";
 /// Files decoded together; the encoder sees their windows in one go.
@@ -226,14 +226,10 @@ impl EmbedFilesCursor {
             .recv()
             .map_err(|_| "internal error: the decoding thread stopped early".to_string())?;
         work.remaining_files -= chunk.len();
-        let windows: Vec<&LogMel> = chunk
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .flat_map(|f| f.windows.iter())
-            .collect();
+        let files: Vec<&FileFeatures> = chunk.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut embeddings = work
             .encoder
-            .embed_windows(&windows)
+            .embed_features(&files)
             .map_err(|e| e.to_string())?
             .into_iter();
         for (path, result) in chunk {
