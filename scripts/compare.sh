@@ -32,6 +32,13 @@ TRAINER=dist/audiotext-train
 [ -x "$TRAINER" ] && [ -f dist/audiotext0.so ] || { echo "run scripts/build.sh first" >&2; exit 1; }
 [ -d "$DATA" ] || { echo "no dataset at $DATA (set DATA)" >&2; exit 1; }
 
+# reuse GROUP NAME SOURCE: the configuration GROUP/NAME is the same as SOURCE (a run folder
+# relative to RUNS), so link it instead of training it twice.
+reuse() {
+  mkdir -p "$RUNS/$1"
+  [ -e "$RUNS/$1/$2" ] || ln -s "../$3" "$RUNS/$1/$2"
+}
+
 # train GROUP NAME FIT_FLAGS...: one run per fold, skipped when already complete.
 train() {
   local group=$1 name=$2
@@ -77,10 +84,18 @@ flags_of() {
 }
 
 for e in $ENCODERS; do train encoders "$e" --encoder "$e"; done
-BEST_ENCODER=$(ranked encoders | head -1 | cut -d' ' -f1)
+# BEST_ENCODER may be set to keep stages 2-3 on an earlier choice when encoders are added later.
+BEST_ENCODER=${BEST_ENCODER:-$(ranked encoders | head -1 | cut -d' ' -f1)}
 echo "best encoder: $BEST_ENCODER"
-for l in $LOSSES; do train losses "$l" --encoder "$BEST_ENCODER" --loss "$l"; done
-for p in $POOLINGS; do train poolings "$p" --encoder "$BEST_ENCODER" --pooling "$p"; done
+# Stage 1 already trained the best encoder with InfoNCE and mean-max pooling (fit's defaults).
+for l in $LOSSES; do
+  if [ "$l" = infonce ]; then reuse losses "$l" "encoders/$BEST_ENCODER"; continue; fi
+  train losses "$l" --encoder "$BEST_ENCODER" --loss "$l"
+done
+for p in $POOLINGS; do
+  if [ "$p" = mean-max ]; then reuse poolings "$p" "encoders/$BEST_ENCODER"; continue; fi
+  train poolings "$p" --encoder "$BEST_ENCODER" --pooling "$p"
+done
 
 # Every run becomes a bundle; the extension must load it and embed a clip.
 clip=$(find "$DATA/audio" -type f | sort | head -1)
@@ -95,9 +110,10 @@ for fold_dir in "$RUNS"/{encoders,losses,poolings}/*/fold*; do
   [ "$dims" -gt 0 ] || { echo "the extension could not embed with $fold_dir/bundle" >&2; exit 1; }
 done
 
-# Ensemble of the three best configurations overall, per fold.
+# Ensemble of the three best configurations overall, per fold (a linked configuration counts once).
 mapfile -t TOP < <(for g in encoders losses poolings; do ranked $g | sed "s|^|$g/|"; done |
-  sort -k2 -r -g | awk '!seen[$2 FS $1]++' | head -3 | cut -d' ' -f1)
+  while read -r config score; do echo "$config $score $(readlink -f "$RUNS/$config")"; done |
+  sort -k2 -r -g | awk '!seen[$3]++' | head -3 | cut -d' ' -f1)
 name=$(printf '%s+' "${TOP[@]##*/}")
 name=${name%+}
 for ((k = 0; k < FOLDS; k++)); do
