@@ -109,6 +109,32 @@ fn configs() -> Vec<(&'static str, FrontEnd)> {
             },
         ),
         (
+            // Multiscale: channel 0 is win_length 1024, then 512 and an odd 333 (centred with
+            // the extra zero on the right, as librosa's pad_center).
+            "panns_multiscale",
+            FrontEnd {
+                multiscale_win_lengths: vec![512, 333],
+                ..panns.clone()
+            },
+        ),
+        (
+            "uncentred_multiscale_16k",
+            FrontEnd {
+                sample_rate: 16000,
+                n_fft: 512,
+                win_length: 400,
+                hop_length: 160,
+                center: false,
+                n_mels: 40,
+                fmin: 0.0,
+                fmax: 8000.0,
+                log: "ln".into(),
+                log_floor: 1e-6,
+                multiscale_win_lengths: vec![200, 512],
+                ..panns.clone()
+            },
+        ),
+        (
             "hop_over_half_reflect",
             FrontEnd {
                 n_fft: 512,
@@ -215,6 +241,15 @@ fn logmel_matches_librosa() {
                 clip_seconds: 2.5,
                 hop_seconds: 4.0,
                 min_seconds: 0.3,
+                pooling: "mean".into(),
+            },
+        ),
+        (
+            "panns_multiscale",
+            Windowing {
+                clip_seconds: 3.0,
+                hop_seconds: 2.0,
+                min_seconds: 0.5,
                 pooling: "mean".into(),
             },
         ),

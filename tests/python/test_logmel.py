@@ -64,8 +64,21 @@ def window_bounds(total, rate, windowing):
     return out
 
 
+def win_lengths(cfg):
+    """The window length of every channel: win_length, then multiscale_win_lengths."""
+    return [cfg["win_length"]] + list(cfg.get("multiscale_win_lengths", []))
+
+
 def librosa_logmel(y, cfg):
-    """librosa's melspectrogram + the manifest's log for one FrontEnd, frames x mels, float64."""
+    """librosa's melspectrogram + the manifest's log for one FrontEnd, frames x (channels *
+    mels), float64: with multiscale_win_lengths, one melspectrogram per window length
+    (win_length=...), side by side in each frame's row, channel 0 first."""
+    channels = [librosa_logmel_one(y, cfg, w) for w in win_lengths(cfg)]
+    return np.concatenate(channels, axis=1)
+
+
+def librosa_logmel_one(y, cfg, win_length):
+    """One channel: librosa's melspectrogram with `win_length`, + the log, frames x mels."""
     import librosa
 
     # Short inputs are part of the test; librosa warns that n_fft exceeds them.
@@ -76,7 +89,7 @@ def librosa_logmel(y, cfg):
         sr=cfg["sample_rate"],
         n_fft=cfg["n_fft"],
         hop_length=cfg["hop_length"],
-        win_length=cfg["win_length"],
+        win_length=win_length,
         window=cfg["window"],
         center=cfg["center"],
         pad_mode=cfg["pad_mode"],
@@ -111,7 +124,23 @@ def level_scale(cfg):
 
 
 def compare(ours, ref, cfg):
-    """Differences between two log-mels of one config (see the module doc); returns a dict."""
+    """Differences between two log-mels of one config, channel by channel (each channel is a
+    log-mel of its own, with its own peak); returns one dict: ok when every channel is, and the
+    largest error of any."""
+    if ours.shape != ref.shape:
+        return {"ok": False, "why": f"shape {ours.shape} vs librosa {ref.shape}"}
+    m = cfg["n_mels"]
+    rs = [compare_one(ours[:, c * m:(c + 1) * m], ref[:, c * m:(c + 1) * m], cfg)
+          for c in range(len(win_lengths(cfg)))]
+    out = {"ok": all(r["ok"] for r in rs)}
+    for key in ("loud_max_db", "all_max_rel", "max_db"):
+        out[key] = max(r[key] for r in rs)
+    out["n"] = sum(r["n"] for r in rs)
+    return out
+
+
+def compare_one(ours, ref, cfg):
+    """Differences between two log-mels of one channel (see the module doc); returns a dict."""
     if ours.shape != ref.shape:
         return {"ok": False, "why": f"shape {ours.shape} vs librosa {ref.shape}"}
     if ours.size == 0:
@@ -178,7 +207,7 @@ def check_cases(dump_dir, verbose=True, kinds=("synthetic", "windowed", "clip"))
         ours = np.load(dump_dir / case["logmel"])
         if not cfg["center"] and len(y) < cfg["n_fft"]:
             # librosa refuses; we return no frames.
-            r = {"ok": ours.shape == (0, cfg["n_mels"]), "loud_max_db": 0.0, "all_max_rel": 0.0, "max_db": 0.0, "n": 0}
+            r = {"ok": ours.shape == (0, cfg["n_mels"] * len(win_lengths(cfg))), "loud_max_db": 0.0, "all_max_rel": 0.0, "max_db": 0.0, "n": 0}
         else:
             r = compare(ours, librosa_logmel(y, cfg), cfg)
         rows.append((name, case["config"], r))
@@ -290,6 +319,28 @@ def test_reflect_padding_beyond_the_signal():
     """numpy's reflect keeps mirroring past the signal; the Rust pad relies on it."""
     assert np.pad(np.array([1.0, 2.0, 3.0]), 5, mode="reflect").tolist() == [2, 1, 2, 3, 2, 1, 2, 3, 2, 1, 2, 3, 2]
     assert np.pad(np.array([4.0]), 3, mode="reflect").tolist() == [4.0] * 7
+
+
+def test_multiscale_channels_are_librosas_win_lengths():
+    """The reference's multiscale layout: channel c of each row is librosa with that channel's
+    win_length (needs no Rust; the Rust side is held to it by test_rust_dumps)."""
+    import librosa
+
+    cfg = {"sample_rate": 16000, "n_fft": 512, "win_length": 512, "hop_length": 160,
+           "window": "hann", "center": True, "pad_mode": "constant", "power": 2.0, "n_mels": 20,
+           "fmin": 0.0, "fmax": 8000.0, "mel_scale": "slaney", "mel_norm": "slaney", "log": "db",
+           "log_floor": 1e-10, "multiscale_win_lengths": [256, 101]}
+    y = np.sin(np.arange(4000) * 0.3) + 0.1 * np.cos(np.arange(4000) * 0.01)
+    both = librosa_logmel(y, cfg)
+    assert both.shape == (26, 60)
+    for c, w in enumerate([512, 256, 101]):
+        s = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, hop_length=160, win_length=w,
+                                           pad_mode="constant", n_mels=20, fmax=8000.0)
+        want = librosa.power_to_db(s, ref=1.0, amin=1e-10, top_db=None).T
+        # (the reference rounds log_floor to float32, as the manifest's f32 does)
+        np.testing.assert_allclose(both[:, c * 20:(c + 1) * 20], want, rtol=0, atol=1e-6)
+    # Different windows give different channels.
+    assert not np.allclose(both[:, :20], both[:, 20:40])
 
 
 def test_rust_dumps():
