@@ -25,27 +25,58 @@ use crate::model::manifest::Manifest;
 const FEATURE_FORMAT: &[u8; 8] = b"ATFEAT02";
 const TEXT_FORMAT: &[u8; 8] = b"ATTEXT01";
 
-/// A log-mel spectrogram, row-major `frames x n_mels`.
-#[derive(Debug, Clone, PartialEq)]
+/// A log-mel spectrogram, row-major `frames x n_mels` (`n_mels`: values per frame, every
+/// channel's bands for a multiscale front end), and for encoders that also read the signal,
+/// its samples.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Features {
     /// Length of the signal in samples at the front-end's rate (0 when unknown).
     pub samples: usize,
     pub frames: usize,
     pub n_mels: usize,
     pub data: Vec<f32>,
+    /// Empty, or the signal as a waveform encoder receives it: `frames * hop_length` samples,
+    /// frame `t` owning `t * hop..(t + 1) * hop`, zeros past the end of the file (see the
+    /// manifest's `input.waveform`). Never cached: decoded again when a run needs it.
+    pub waveform: Vec<f32>,
 }
 
 impl Features {
-    /// Rows `start..start + frames` (clamped to the clip); `samples` becomes unknown (0).
+    /// Rows `start..start + frames` (clamped to the clip), with their samples; `samples`
+    /// becomes unknown (0).
     pub fn crop(&self, start: usize, frames: usize) -> Features {
         let start = start.min(self.frames);
         let end = (start + frames).min(self.frames);
+        let hop = self.hop();
         Features {
             samples: 0,
             frames: end - start,
             n_mels: self.n_mels,
             data: self.data[start * self.n_mels..end * self.n_mels].to_vec(),
+            waveform: self
+                .waveform
+                .get(start * hop..end * hop)
+                .unwrap_or(&[])
+                .to_vec(),
         }
+    }
+
+    /// Samples per frame of `waveform` (0 without one).
+    pub fn hop(&self) -> usize {
+        if self.frames == 0 {
+            0
+        } else {
+            self.waveform.len() / self.frames
+        }
+    }
+
+    /// Attaches the signal `samples` (at the front-end's rate) as `waveform`, zero-filled or
+    /// cut to `frames * hop_length`.
+    pub fn with_waveform(mut self, samples: &[f32], hop_length: usize) -> Features {
+        let n = self.frames * hop_length;
+        self.waveform = samples[..n.min(samples.len())].to_vec();
+        self.waveform.resize(n, 0.0);
+        self
     }
 }
 
@@ -215,6 +246,7 @@ fn decode_features(bytes: &[u8]) -> Option<Features> {
         frames,
         n_mels,
         data,
+        waveform: Vec::new(),
     })
 }
 

@@ -1624,6 +1624,7 @@ mod tests {
                 input: crate::model::manifest::AudioInput {
                     name: "log_mel".into(),
                     layout: "batch,1,frames,mels".into(),
+                    waveform: None,
                 },
                 output: "embedding".into(),
                 encoder: None,

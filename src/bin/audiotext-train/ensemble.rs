@@ -1291,6 +1291,7 @@ fn ensemble_manifest(
             front_end: first.audio.front_end.clone(),
             windowing: first.audio.windowing.clone(),
             input: AudioInput {
+                waveform: None,
                 name: first.audio.input.name.clone(),
                 layout: first.audio.input.layout.clone(),
             },
@@ -1639,6 +1640,7 @@ mod tests {
                     front_end: self.front_end.clone(),
                     windowing: self.windowing.clone(),
                     input: AudioInput {
+                        waveform: None,
                         name: "log_mel".into(),
                         layout: "batch,1,frames,mels".into(),
                     },

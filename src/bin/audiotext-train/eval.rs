@@ -214,6 +214,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 || bar.inc(1),
             )?;
             bar.finish_and_clear();
+            let features = if config.model.encoder.architecture.needs_waveform() {
+                crate::features::with_waveforms(features, &paths, &config.front_end)?
+            } else {
+                features
+            };
             let feats: Vec<&Features> = features.iter().map(|f| f.as_ref()).collect();
             let bar = ProgressBar::new(feats.len() as u64)
                 .with_style(bar_style("windows"))
@@ -242,6 +247,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 &paths,
                 &audio_section.front_end,
                 &audio_section.windowing,
+                audio_section.input.waveform.is_some(),
                 || bar.inc(1),
             )?;
             bar.finish_and_clear();
@@ -363,11 +369,12 @@ pub fn bundle_audio_embeddings(
         .audio
         .clone()
         .context("the bundle has no audio section")?;
-    if audio.input.layout != crate::export_audio::INPUT_LAYOUT {
+    let channels = audio.front_end.channels();
+    if audio.input.layout != crate::export_audio::input_layout(channels) {
         bail!(
-            "the bundle's audio input layout is {:?}; this evaluator reads {:?}",
+            "the bundle's audio input layout is {:?}; this evaluator reads {:?} for {channels} channel(s)",
             audio.input.layout,
-            crate::export_audio::INPUT_LAYOUT
+            crate::export_audio::input_layout(channels)
         );
     }
     let min_frames = audio
@@ -387,12 +394,21 @@ pub fn bundle_audio_embeddings(
         pad_value(&audio.front_end),
         manifest.embedding_dim,
         batch_size,
-        |values, b, frames, mels| {
-            let input = ort::value::Tensor::from_array((
-                [b as i64, 1, frames as i64, mels as i64],
-                values,
-            ))?;
-            let outputs = session.run(ort::inputs![audio.input.name.as_str() => input])?;
+        |values, b, frames, mels, waveform| {
+            let shape = crate::export_audio::input_shape(b, frames, channels, mels / channels);
+            let input = ort::value::Tensor::from_array((shape, values))?;
+            let outputs = match &audio.input.waveform {
+                Some(name) => {
+                    if waveform.is_empty() {
+                        bail!("the bundle's encoder reads the waveform; these windows carry none");
+                    }
+                    let n = (waveform.len() / b) as i64;
+                    let w = ort::value::Tensor::from_array(([b as i64, n], waveform))?;
+                    session
+                        .run(ort::inputs![audio.input.name.as_str() => input, name.as_str() => w])?
+                }
+                None => session.run(ort::inputs![audio.input.name.as_str() => input])?,
+            };
             let output = outputs
                 .get(audio.output.as_str())
                 .context("audio.onnx lacks its output")?;

@@ -39,13 +39,40 @@ use audiotext0::train::cache::{default_cache_dir, text_encoder_key, FeatureCache
 use audiotext0::train::data::Dataset;
 
 use crate::encoders::blocks::{bn_affine, crop_time_onnx, linear_onnx, pad_time_onnx};
-use crate::model::{input_tensor, to_vec, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS};
+use crate::encoders::wavegram::{pad_samples_onnx, WAVEGRAM_HOP};
+use crate::model::{
+    input_tensor, to_vec, waveform_tensor, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS,
+};
 use crate::run::{device, load_model, ort_runtime, pad_value, DeviceKind, RunConfig, Which};
 
 pub const AUDIO_OPSET: i64 = 17;
 pub const AUDIO_ONNX_FILE: &str = "audio.onnx";
 pub const INPUT_NAME: &str = "log_mel";
+/// The second input of waveform encoders: `[batch, frames * hop_length]` samples.
+pub const WAVEFORM_NAME: &str = "waveform";
 pub const INPUT_LAYOUT: &str = "batch,1,frames,mels";
+/// The input layout of a multiscale front end (one channel per window length), as the
+/// front end writes its rows.
+pub const MULTISCALE_INPUT_LAYOUT: &str = "batch,frames,channels,mels";
+
+/// The manifest's input layout for an encoder of `channels` input channels.
+pub fn input_layout(channels: usize) -> &'static str {
+    if channels == 1 {
+        INPUT_LAYOUT
+    } else {
+        MULTISCALE_INPUT_LAYOUT
+    }
+}
+
+/// The shape of `audio.onnx`'s log-mel input (see [`input_layout`]).
+pub fn input_shape(batch: usize, frames: usize, channels: usize, mels: usize) -> Vec<i64> {
+    let (b, t, c, m) = (batch as i64, frames as i64, channels as i64, mels as i64);
+    if channels == 1 {
+        vec![b, 1, t, m]
+    } else {
+        vec![b, t, c, m]
+    }
+}
 pub const OUTPUT_NAME: &str = "embedding";
 /// Largest accepted |ONNX Runtime - trainer| over every embedding component.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
@@ -177,6 +204,11 @@ pub fn parity_inputs(config: &RunConfig, cache: Option<&Path>) -> (Vec<Features>
                 .unwrap_or_else(default_cache_dir),
         ));
         let (f, _) = crate::features::dataset_features(&picked, fe, &cache, || {})?;
+        let f = if config.model.encoder.architecture.needs_waveform() {
+            crate::features::with_waveforms(f, &picked, fe)?
+        } else {
+            f
+        };
         Ok(f.iter().map(|a| (**a).clone()).collect())
     };
     match from_data() {
@@ -185,10 +217,16 @@ pub fn parity_inputs(config: &RunConfig, cache: Option<&Path>) -> (Vec<Features>
             if let Err(e) = other {
                 eprintln!("note: checking the export on generated features ({e:#})");
             }
-            (
-                generated_features(fe.n_mels, 3, 320),
-                "generated features".into(),
-            )
+            let mut f = generated_features(fe.n_mels * fe.channels(), 3, 320);
+            if config.model.encoder.architecture.needs_waveform() {
+                for (c, clip) in f.iter_mut().enumerate() {
+                    let samples: Vec<f32> = (0..clip.frames * fe.hop_length)
+                        .map(|i| (i as f32 * 0.01 * (c + 1) as f32).sin() * 0.3)
+                        .collect();
+                    *clip = clip.clone().with_waveform(&samples, fe.hop_length);
+                }
+            }
+            (f, "generated features".into())
         }
     }
 }
@@ -198,6 +236,7 @@ pub fn generated_features(n_mels: usize, clips: usize, frames: usize) -> Vec<Fea
     let mut rng = audiotext0::train::split::SplitMix64::new(17);
     (0..clips)
         .map(|c| Features {
+            waveform: Vec::new(),
             samples: 0,
             frames,
             n_mels,
@@ -328,8 +367,12 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         front_end: config.front_end.clone(),
         windowing: config.windowing.clone(),
         input: AudioInput {
+            waveform: enc
+                .architecture
+                .needs_waveform()
+                .then(|| WAVEFORM_NAME.into()),
             name: INPUT_NAME.into(),
-            layout: INPUT_LAYOUT.into(),
+            layout: input_layout(enc.input_channels).into(),
         },
         output: OUTPUT_NAME.into(),
         encoder: Some(encoder_json(enc, config)),
@@ -464,11 +507,30 @@ fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
 pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32) -> ModelProto {
     let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
     let n_mels = enc.n_mels as i64;
-    let x = g.input(
-        INPUT_NAME,
-        DataType::Float,
-        &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
-    );
+    let x = if enc.input_channels == 1 {
+        g.input(
+            INPUT_NAME,
+            DataType::Float,
+            &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
+        )
+    } else {
+        // Rows hold every channel's bands: [b, t, c, m] -> [b, c, t, m].
+        let x = g.input(
+            INPUT_NAME,
+            DataType::Float,
+            &[
+                "batch".into(),
+                "frames".into(),
+                (enc.input_channels as i64).into(),
+                n_mels.into(),
+            ],
+        );
+        g.node(
+            "Transpose",
+            &[&x],
+            vec![AttributeProto::ints("perm", &[0, 2, 1, 3])],
+        )
+    };
     // Inputs shorter than the encoder's minimum are padded with silence at the end, as the
     // trainer pads them; encoders with a fixed input length also crop.
     let mut x = pad_time_onnx(&mut g, &x, enc.min_frames(), silence);
@@ -481,7 +543,16 @@ pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32)
     let b0 = g.initializer_f32("bn0.shift", &[n_mels], &b0);
     x = g.node("Mul", &[&x, &s0], vec![]);
     x = g.node("Add", &[&x, &b0], vec![]);
-    let frames = model.backbone.to_onnx(&mut g, &x);
+    // Waveform encoders: the samples of the same frames, zero-padded like the log-mel.
+    let waveform = enc.architecture.needs_waveform().then(|| {
+        let w = g.input(
+            WAVEFORM_NAME,
+            DataType::Float,
+            &["batch".into(), "samples".into()],
+        );
+        pad_samples_onnx(&mut g, &w, enc.min_frames() * WAVEGRAM_HOP)
+    });
+    let frames = model.backbone.to_onnx(&mut g, &x, waveform.as_deref());
     let pooled = model.pooling.to_onnx(&mut g, &frames);
     let x = linear_onnx(&mut g, "fc", &pooled, &model.fc);
     let x = g.node("Relu", &[&x], vec![]);
@@ -506,11 +577,12 @@ pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32)
         producer_name: "audiotext-train".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: Some(format!(
-            "log-mel [batch, 1, frames, mels] -> L2-normalised audio embedding; {}; {}",
+            "log-mel [{}] -> L2-normalised audio embedding; {}; {}",
+            input_layout(enc.input_channels),
             enc.architecture.describe(&enc.channels),
             enc.pooling.describe()
         )),
-        metadata: vec![("layout".into(), INPUT_LAYOUT.into())],
+        metadata: vec![("layout".into(), input_layout(enc.input_channels).into())],
     })
 }
 
@@ -612,10 +684,12 @@ pub fn audio_parity(
     }
     let device = model.audio.fc.weight.val().device();
     let (mut session, placement) = rt.session(onnx_path)?;
-    let mels = enc.n_mels;
+    // Values per frame: every channel's mel bands.
+    let mels = enc.n_mels * enc.input_channels;
     let first = &clips[0];
     let short = (first.frames * 3 / 5).max(enc.min_frames());
-    let mut cases: Vec<(usize, usize, Vec<f32>)> = vec![(1, first.frames, first.data.clone())];
+    // Each case: a batch of clips of equal length (with their samples, for waveform encoders).
+    let mut cases: Vec<Vec<Features>> = vec![vec![first.clone()]];
     let mut batch = Vec::new();
     for i in 0..3 {
         let c = &clips[i % clips.len()];
@@ -624,36 +698,56 @@ pub fn audio_parity(
         } else {
             0
         };
-        let mut crop = c.crop(offset, short);
-        crop = crate::run::pad_frames(&crop, short, silence);
-        batch.extend_from_slice(&crop.data);
+        batch.push(crate::run::pad_frames(
+            &c.crop(offset, short),
+            short,
+            silence,
+        ));
     }
-    cases.push((3, short, batch));
+    cases.push(batch);
     // Shorter than the encoder's minimum: the graph pads like the trainer.
     let tiny = enc.min_frames().saturating_sub(5).max(1).min(first.frames);
-    let tiny_values: Vec<f32> = (0..2)
-        .flat_map(|i| clips[i % clips.len()].crop(0, tiny).data)
-        .collect();
-    cases.push((2, tiny, tiny_values));
+    cases.push(
+        (0..2)
+            .map(|i| clips[i % clips.len()].crop(0, tiny))
+            .collect(),
+    );
     let mut worst = 0f32;
     let mut lines = Vec::new();
-    for (b, frames, values) in cases {
+    for case in cases {
+        let (b, frames) = (case.len(), case[0].frames);
         // The trainer pads short inputs before the model (see `run::embed_windows`).
-        let padded_frames = frames.max(enc.min_frames());
-        let mut padded = Vec::with_capacity(b * padded_frames * mels);
-        for row in values.chunks(frames * mels) {
-            padded.extend_from_slice(row);
-            padded.resize(padded.len() + (padded_frames - frames) * mels, silence);
-        }
-        let expected =
-            to_vec(
-                model
-                    .audio
-                    .forward(input_tensor(padded, b, padded_frames, mels, &device)),
-            );
-        let input =
-            ort::value::Tensor::from_array(([b as i64, 1, frames as i64, mels as i64], values))?;
-        let outputs = session.run(ort::inputs![INPUT_NAME => input])?;
+        let padded: Vec<Features> = case
+            .iter()
+            .map(|f| crate::run::pad_frames(f, enc.min_frames(), silence))
+            .collect();
+        let padded_frames = padded[0].frames;
+        let expected = to_vec(model.audio.forward_with(
+            input_tensor(
+                padded.iter().flat_map(|f| f.data.clone()).collect(),
+                b,
+                padded_frames,
+                mels,
+                enc.input_channels,
+                &device,
+            ),
+            waveform_tensor(
+                padded.iter().flat_map(|f| f.waveform.clone()).collect(),
+                b,
+                &device,
+            ),
+        ));
+        let shape = input_shape(b, frames, enc.input_channels, enc.n_mels);
+        let values: Vec<f32> = case.iter().flat_map(|f| f.data.clone()).collect();
+        let input = ort::value::Tensor::from_array((shape, values))?;
+        let outputs = if enc.architecture.needs_waveform() {
+            let samples: Vec<f32> = case.iter().flat_map(|f| f.waveform.clone()).collect();
+            let n = samples.len() / b;
+            let waveform = ort::value::Tensor::from_array(([b as i64, n as i64], samples))?;
+            session.run(ort::inputs![INPUT_NAME => input, WAVEFORM_NAME => waveform])?
+        } else {
+            session.run(ort::inputs![INPUT_NAME => input])?
+        };
         let output = outputs
             .get(OUTPUT_NAME)
             .context("audio.onnx has no output \"embedding\"")?;

@@ -22,6 +22,7 @@ pub fn clip_features(path: &Path, fe: &FrontEnd, mel: &MelExtractor) -> Result<F
         .with_context(|| format!("cannot decode {}", path.display()))?;
     let m = mel.compute(&samples);
     Ok(Features {
+        waveform: Vec::new(),
         samples: samples.len(),
         frames: m.frames,
         n_mels: m.n_mels,
@@ -53,6 +54,26 @@ pub fn dataset_features(
     Ok((features, hits.into_inner()))
 }
 
+/// The same features with each clip's signal attached (`Features::waveform`), for encoders
+/// that read the waveform. Decoded again, in parallel: the feature cache holds log-mel only.
+pub fn with_waveforms(
+    features: Vec<Arc<Features>>,
+    paths: &[&Path],
+    fe: &FrontEnd,
+) -> Result<Vec<Arc<Features>>> {
+    features
+        .into_par_iter()
+        .zip(paths.par_iter())
+        .map(|(f, path)| {
+            let samples = decode_mono(&AudioSource::Path(path), fe.sample_rate)
+                .with_context(|| format!("cannot decode {}", path.display()))?;
+            Ok(Arc::new(
+                (*f).clone().with_waveform(&samples, fe.hop_length),
+            ))
+        })
+        .collect()
+}
+
 /// The inference windows of a clip, cut from its whole spectrogram at the sample bounds the
 /// extension uses (`audiotext0::audio::window_bounds`). A window starting at sample `s` starts
 /// at frame `s / hop_length`; it equals the extension's own window except within `n_fft / 2`
@@ -81,25 +102,29 @@ pub fn file_windows(
     paths: &[&Path],
     fe: &FrontEnd,
     windowing: &Windowing,
+    waveforms: bool,
     progress: impl Fn() + Sync,
 ) -> Result<Vec<Vec<Features>>> {
     let mel = Arc::new(MelExtractor::new(fe).context("invalid front-end settings")?);
     paths
         .par_iter()
         .map(|path| {
-            let windows = LogMelWindows::new(&AudioSource::Path(path), mel.clone(), windowing)
+            let mut windows = LogMelWindows::new(&AudioSource::Path(path), mel.clone(), windowing)
                 .with_context(|| format!("cannot decode {}", path.display()))?;
-            let out = windows
-                .map(|w| {
-                    let w = w.with_context(|| format!("cannot decode {}", path.display()))?;
-                    Ok(Features {
-                        samples: 0,
-                        frames: w.frames,
-                        n_mels: w.n_mels,
-                        data: w.data,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            if waveforms {
+                windows = windows.with_waveforms();
+            }
+            let mut out = Vec::new();
+            while let Some(w) = windows.next() {
+                let w = w.with_context(|| format!("cannot decode {}", path.display()))?;
+                out.push(Features {
+                    waveform: windows.take_waveform().unwrap_or_default(),
+                    samples: 0,
+                    frames: w.frames,
+                    n_mels: w.n_mels,
+                    data: w.data,
+                });
+            }
             progress();
             Ok(out)
         })
@@ -118,6 +143,7 @@ mod tests {
         let samples = 25 * 32_000;
         let frames = fe.frames(samples);
         let f = Features {
+            waveform: Vec::new(),
             samples,
             frames,
             n_mels: 1,
@@ -129,6 +155,7 @@ mod tests {
         // 10.5 s: the 0.5 s tail is shorter than min_seconds (1 s) and dropped.
         let samples = 336_000;
         let g = Features {
+            waveform: Vec::new(),
             samples,
             frames: fe.frames(samples),
             n_mels: 1,
@@ -217,7 +244,7 @@ mod file_tests {
             min_seconds: 0.25,
             pooling: "mean".into(),
         };
-        let streamed = file_windows(&paths[..1], &fe, &windowing, || {}).unwrap();
+        let streamed = file_windows(&paths[..1], &fe, &windowing, false, || {}).unwrap();
         let cut = clip_windows(&f[0], &fe, &windowing).unwrap();
         assert_eq!(streamed[0].len(), 2);
         assert_eq!(

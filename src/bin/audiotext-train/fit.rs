@@ -37,7 +37,9 @@ use crate::encoders::pooling::PoolingKind;
 use crate::encoders::Architecture;
 use crate::loss::LossSpec;
 use crate::mix::{draw_pool, mix_features, Mix, MixOptions};
-use crate::model::{input_tensor, to_vec, Contrastive, ContrastiveConfig, EncoderConfig};
+use crate::model::{
+    input_tensor, to_vec, waveform_tensor, Contrastive, ContrastiveConfig, EncoderConfig,
+};
 use crate::run::{
     checkpoint_path, device, embed_clips, embed_texts, pad_value, CheckpointState, DataInfo,
     DeviceKind, Fold, RunConfig, TrainOptions, CHECKPOINT_DIR, METRICS_FILE, RUN_FORMAT_VERSION,
@@ -120,7 +122,7 @@ pub struct FitArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Audio encoder: cnn6, cnn10, cnn14 (PANNs CNNs), resnet38, crnn (conv + BiGRU), tcn
-    /// (dilated Conv1d stack), spec2vec (whole fixed-size spectrogram).
+    /// (dilated Conv1d stack), spec2vec (whole fixed-size spectrogram), wavegram-logmel (PANNs Wavegram-Logmel-CNN14: a learned 1-D conv front end on the waveform beside the log-mel).
     #[arg(long, default_value = "cnn10")]
     pub encoder: String,
     /// Encoder base width: channels w, 2w, 4w, ... (64 gives the published PANNs sizes).
@@ -160,6 +162,12 @@ pub struct FitArgs {
     /// `triplet-max:margin=0.3`.
     #[arg(long, value_name = "SPEC", default_value = "infonce")]
     pub loss: LossSpec,
+    /// Multiscale mel: further STFT window lengths in samples (each at most the FFT size,
+    /// 1024), each computed like the 1024-sample one and stacked as one more input channel,
+    /// e.g. `256,512`. Exported bundles carry them in the manifest; the extension computes the
+    /// same channels.
+    #[arg(long, value_delimiter = ',', value_name = "SAMPLES")]
+    pub multiscale: Vec<usize>,
     /// Training crop length in seconds (longer clips are cropped at random each step).
     #[arg(long, default_value_t = 10.0)]
     pub max_seconds: f32,
@@ -338,7 +346,13 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         .data
         .clone()
         .context("pass --data DIR (the dataset folder)")?;
-    let front_end = FrontEnd::panns_32k();
+    let front_end = FrontEnd {
+        multiscale_win_lengths: args.multiscale.clone(),
+        ..FrontEnd::panns_32k()
+    };
+    // Checked before any feature is computed.
+    audiotext0::audio::MelExtractor::new(&front_end)
+        .map_err(|e| anyhow::anyhow!("--multiscale: {e}"))?;
     let windowing = Windowing::ten_seconds();
     let text_manifest = audiotext0::model::manifest::Manifest::read(&args.text_bundle)
         .with_context(|| {
@@ -356,6 +370,17 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         pad_value(&front_end),
     )
     .map_err(|e| anyhow::anyhow!("--encoder: {e}"))?;
+    if architecture.needs_waveform()
+        && (front_end.hop_length != crate::encoders::wavegram::WAVEGRAM_HOP
+            || front_end.n_mels % 2 != 0)
+    {
+        bail!(
+            "--encoder {}: the wavegram front end downsamples by {} samples per frame and folds into n_mels / 2 bands; use a front end with hop_length {} and an even n_mels",
+            args.encoder,
+            crate::encoders::wavegram::WAVEGRAM_HOP,
+            crate::encoders::wavegram::WAVEGRAM_HOP
+        );
+    }
     let frame_dim = {
         let channels = architecture.channels(args.width);
         architecture.output_channels(&channels)
@@ -367,6 +392,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
     )
     .map_err(|e| anyhow::anyhow!("--pooling: {e}"))?;
     let encoder = EncoderConfig {
+        input_channels: front_end.channels(),
         block_dropout: args.block_dropout,
         head_dropout: args.head_dropout,
         ..EncoderConfig::new(
@@ -593,6 +619,11 @@ pub fn prepare(
         || bar.inc(1),
     )?;
     bar.finish_and_clear();
+    let features = if config.model.encoder.architecture.needs_waveform() {
+        crate::features::with_waveforms(features, &paths, &config.front_end)?
+    } else {
+        features
+    };
     println!(
         "features: {} clips ({} from the cache) in {:.1} s",
         features.len(),
@@ -872,7 +903,15 @@ pub fn train(
                     None => data.clips[i].features.as_ref(),
                 })
                 .collect();
-            let b = make_batch(&feats, t.max_frames, min_frames, pad, &t.specaug, &mut aug);
+            let b = make_batch(
+                &feats,
+                t.max_frames,
+                min_frames,
+                pad,
+                config.model.encoder.n_mels,
+                &t.specaug,
+                &mut aug,
+            );
             let mut text = Vec::with_capacity(batch.len() * dim);
             let mut keys = Vec::with_capacity(batch.len());
             for (&i, m) in batch.iter().zip(&mixed) {
@@ -889,9 +928,17 @@ pub fn train(
                 }
             }
             let n = batch.len();
-            let x = input_tensor(b.values, b.batch, b.frames, b.mels, &ad);
+            let x = input_tensor(
+                b.values,
+                b.batch,
+                b.frames,
+                b.mels,
+                config.model.encoder.input_channels,
+                &ad,
+            );
             let text = Tensor::<2>::from_data(TensorData::new(text, [n, dim]), &ad);
-            let audio = model.audio.forward(x);
+            let waveform = waveform_tensor(b.waveform, n, &ad);
+            let audio = model.audio.forward_with(x, waveform);
             let text = model.text(text);
             let scale = model.scale(config.model.temperature, &ad);
             let loss = t.loss.compute(audio, text, scale, &keys);

@@ -82,7 +82,15 @@ pub fn mix_features(a: &Features, b: &Features) -> Features {
     let data = (0..frames * n)
         .map(|i| 10.0 * (power(a, i) + power(b, i)).max(1e-30).log10())
         .collect();
+    // Waveform encoders hear the sum of the two signals (the shorter one ends in silence).
+    let mut waveform = vec![0f32; a.waveform.len().max(b.waveform.len())];
+    for f in [a, b] {
+        for (w, x) in waveform.iter_mut().zip(&f.waveform) {
+            *w += x;
+        }
+    }
     Features {
+        waveform,
         samples: a.samples.max(b.samples),
         frames,
         n_mels: n,
@@ -153,6 +161,7 @@ mod tests {
 
     fn features(frames: usize, value: f32) -> Features {
         Features {
+            waveform: Vec::new(),
             samples: 0,
             frames,
             n_mels: 2,

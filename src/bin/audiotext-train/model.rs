@@ -36,6 +36,10 @@ pub const MAX_SCALE: f32 = 100.0;
 pub struct EncoderConfig {
     /// Mel bands of the input (the front-end's `n_mels`).
     pub n_mels: usize,
+    /// Input channels: 1, or one per window length of a multiscale front end
+    /// (`FrontEnd::channels`).
+    #[serde(default = "one")]
+    pub input_channels: usize,
     /// Widths of the backbone's stages (see [`Architecture::channels`]).
     pub channels: Vec<usize>,
     /// Width of the hidden fully connected layer.
@@ -56,6 +60,10 @@ pub struct EncoderConfig {
     pub pooling: PoolingKind,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl EncoderConfig {
     /// An encoder of base width `width` (64 gives the published PANNs sizes); `fc` is as wide
     /// as the backbone's output.
@@ -69,6 +77,7 @@ impl EncoderConfig {
         let channels = architecture.channels(width);
         EncoderConfig {
             n_mels,
+            input_channels: 1,
             fc_dim: architecture.output_channels(&channels),
             channels,
             embedding_dim,
@@ -119,6 +128,7 @@ impl EncoderConfig {
     pub fn init(&self, device: &Device) -> AudioEncoder {
         assert!(!self.channels.is_empty(), "at least one width");
         let backbone = self.architecture.init(
+            self.input_channels,
             self.n_mels,
             &self.channels,
             self.block_dropout,
@@ -170,7 +180,7 @@ pub fn trainable_parameters<M: Module>(module: &M) -> usize {
     trainable_tensor_sizes(module).iter().sum()
 }
 
-/// The audio encoder: log-mel `[batch, 1, frames, mels]` to an L2-normalised embedding.
+/// The audio encoder: log-mel `[batch, channels, frames, mels]` to an L2-normalised embedding.
 #[derive(Module, Debug)]
 pub struct AudioEncoder {
     pub bn0: BatchNorm,
@@ -185,15 +195,21 @@ pub struct AudioEncoder {
 }
 
 impl AudioEncoder {
-    /// `[batch, 1, frames, mels]` -> `[batch, embedding_dim]`, L2-normalised.
+    /// `[batch, channels, frames, mels]` -> `[batch, embedding_dim]`, L2-normalised.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        self.forward_with(x, None)
+    }
+
+    /// [`AudioEncoder::forward`] with the waveform `[batch, frames * hop]` that waveform
+    /// encoders also read (ignored by the others).
+    pub fn forward_with(&self, x: Tensor<4>, waveform: Option<Tensor<2>>) -> Tensor<2> {
         let x = match self.fixed_frames {
             Some((frames, silence)) => fit_frames(x, frames, silence),
             None => x,
         };
         // bn0 normalises each mel band: move mels to the channel axis and back.
         let x = self.bn0.forward(x.swap_dims(1, 3)).swap_dims(1, 3);
-        let pooled = self.pooling.forward(self.backbone.forward(x));
+        let pooled = self.pooling.forward(self.backbone.forward(x, waveform));
         let x = relu(self.fc.forward(self.dropout.forward(pooled)));
         l2_normalize(self.proj.forward(x))
     }
@@ -295,15 +311,39 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     }
 }
 
-/// A `[batch, 1, frames, mels]` tensor from row-major values.
+/// The waveform `[batch, samples]` of a batch, when it has one.
+pub fn waveform_tensor(values: Vec<f32>, batch: usize, device: &Device) -> Option<Tensor<2>> {
+    if values.is_empty() {
+        return None;
+    }
+    let samples = values.len() / batch;
+    Some(Tensor::from_data(
+        TensorData::new(values, [batch, samples]),
+        device,
+    ))
+}
+
+/// The encoder's `[batch, channels, frames, mels]` input from row-major values laid out as
+/// the front end writes them, `[batch, frames, channels, mels]` (`row` = channels x mels
+/// values per frame).
 pub fn input_tensor(
     values: Vec<f32>,
     batch: usize,
     frames: usize,
-    mels: usize,
+    row: usize,
+    channels: usize,
     device: &Device,
 ) -> Tensor<4> {
-    Tensor::from_data(TensorData::new(values, [batch, 1, frames, mels]), device)
+    let mels = row / channels;
+    let x = Tensor::from_data(
+        TensorData::new(values, [batch, frames, channels, mels]),
+        device,
+    );
+    if channels == 1 {
+        x.reshape([batch, 1, frames, mels])
+    } else {
+        x.swap_dims(1, 2)
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +373,7 @@ mod tests {
                 3,
                 frames,
                 16,
+                1,
                 &device,
             );
             let y = encoder.forward(x);

@@ -837,6 +837,7 @@ mod tests {
                 batch,
                 frames,
                 MELS,
+                1,
                 &device,
             )));
             let pw = to_vec(encoder.proj.weight.val());
@@ -1098,6 +1099,7 @@ mod tests {
                 ClipData {
                     name: format!("clip{c}.wav"),
                     features: Arc::new(Features {
+                        waveform: Vec::new(),
                         samples: 0,
                         frames: 32,
                         n_mels: MELS,

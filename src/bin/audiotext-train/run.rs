@@ -19,7 +19,7 @@ use audiotext0::audio::{FrontEnd, Windowing};
 use audiotext0::model::runtime::{self, Runtime};
 use audiotext0::train::cache::Features;
 
-use crate::model::{input_tensor, to_vec, Contrastive, ContrastiveConfig};
+use crate::model::{input_tensor, to_vec, waveform_tensor, Contrastive, ContrastiveConfig};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -277,7 +277,8 @@ fn ort_candidates() -> Vec<PathBuf> {
 
 /// Embeds clips given as their inference windows: windows of equal length are batched (at most
 /// `batch_size`; shorter than `min_frames` padded with `pad`) and given to
-/// `encode(values, batch, frames, mels)`, which returns `batch` rows of `dim` values; window
+/// `encode(values, batch, frames, mels, waveform)` (`waveform`: the windows' samples, empty
+/// when the features carry none), which returns `batch` rows of `dim` values; window
 /// embeddings are averaged per clip and L2-normalised (the manifest's `mean` pooling).
 pub fn embed_windows(
     clips: &[Vec<Features>],
@@ -285,7 +286,7 @@ pub fn embed_windows(
     pad: f32,
     dim: usize,
     batch_size: usize,
-    mut encode: impl FnMut(Vec<f32>, usize, usize, usize) -> Result<Vec<f32>>,
+    mut encode: impl FnMut(Vec<f32>, usize, usize, usize, Vec<f32>) -> Result<Vec<f32>>,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
     let mut by_len: std::collections::BTreeMap<usize, Vec<(usize, Features)>> = Default::default();
@@ -304,10 +305,12 @@ pub fn embed_windows(
         for chunk in group.chunks(batch_size.max(1)) {
             let mels = chunk[0].1.n_mels;
             let mut values = Vec::with_capacity(chunk.len() * frames * mels);
+            let mut waveform = Vec::new();
             for (_, f) in chunk {
                 values.extend_from_slice(&f.data);
+                waveform.extend_from_slice(&f.waveform);
             }
-            let y = encode(values, chunk.len(), frames, mels)?;
+            let y = encode(values, chunk.len(), frames, mels, waveform)?;
             if y.len() != chunk.len() * dim {
                 bail!(
                     "the encoder returned {} values for {} windows of {dim} dims",
@@ -355,12 +358,18 @@ pub fn embed_clips(
         pad_value(&config.front_end),
         config.model.encoder.embedding_dim,
         batch_size,
-        |values, b, frames, mels| {
-            Ok(to_vec(
-                model
-                    .audio
-                    .forward(input_tensor(values, b, frames, mels, device)),
-            ))
+        |values, b, frames, mels, waveform| {
+            Ok(to_vec(model.audio.forward_with(
+                input_tensor(
+                    values,
+                    b,
+                    frames,
+                    mels,
+                    config.model.encoder.input_channels,
+                    device,
+                ),
+                waveform_tensor(waveform, b, device),
+            )))
         },
         progress,
     )
@@ -378,11 +387,17 @@ pub fn pad_value(fe: &FrontEnd) -> f32 {
 pub fn pad_frames(f: &Features, frames: usize, value: f32) -> Features {
     let mut data = f.data.clone();
     data.resize(frames.max(f.frames) * f.n_mels, value);
+    // The signal of the padded frames is silence.
+    let mut waveform = f.waveform.clone();
+    if !waveform.is_empty() {
+        waveform.resize(frames.max(f.frames) * f.hop(), 0.0);
+    }
     Features {
         samples: 0,
         frames: frames.max(f.frames),
         n_mels: f.n_mels,
         data,
+        waveform,
     }
 }
 
@@ -413,6 +428,7 @@ mod tests {
         let fe = FrontEnd::panns_32k();
         assert_eq!(pad_value(&fe), -100.0);
         let f = Features {
+            waveform: Vec::new(),
             samples: 0,
             frames: 2,
             n_mels: 1,
@@ -421,6 +437,7 @@ mod tests {
         assert_eq!(pad_frames(&f, 4, -1.0).data, vec![0.0, 1.0, -1.0, -1.0]);
         // Two clips, one of two windows of different lengths: means per clip, normalised.
         let w = |frames: usize, v: f32| Features {
+            waveform: Vec::new(),
             samples: 0,
             frames,
             n_mels: 1,
@@ -434,7 +451,7 @@ mod tests {
             0.0,
             2,
             8,
-            |values, b, frames, _| {
+            |values, b, frames, _, _| {
                 calls.push((b, frames));
                 // "Embedding" = (first value, 1).
                 Ok((0..b).flat_map(|i| [values[i * frames], 1.0]).collect())

@@ -32,11 +32,13 @@ impl SpecAugment {
     }
 
     /// Masks `f` in place; masked cells take the clip's mean value (neutral for the
-    /// per-band normalisation that follows in the model).
-    pub fn apply(&self, f: &mut Features, rng: &mut SplitMix64) {
-        if f.frames == 0 || f.n_mels == 0 {
+    /// per-band normalisation that follows in the model). `bands`: mel bands per channel; a
+    /// frequency mask covers the same bands in every channel of a multiscale input.
+    pub fn apply(&self, f: &mut Features, bands: usize, rng: &mut SplitMix64) {
+        if f.frames == 0 || f.n_mels == 0 || bands == 0 {
             return;
         }
+        let channels = f.n_mels / bands;
         let mean = f.data.iter().sum::<f32>() / f.data.len() as f32;
         for _ in 0..self.time_masks {
             let width = rng.below(self.time_mask_frames.min(f.frames) + 1);
@@ -46,22 +48,28 @@ impl SpecAugment {
             }
         }
         for _ in 0..self.freq_masks {
-            let width = rng.below(self.freq_mask_bands.min(f.n_mels) + 1);
-            let start = rng.below(f.n_mels - width + 1);
+            let width = rng.below(self.freq_mask_bands.min(bands) + 1);
+            let start = rng.below(bands - width + 1);
             for t in 0..f.frames {
-                f.data[t * f.n_mels + start..t * f.n_mels + start + width].fill(mean);
+                for c in 0..channels {
+                    let at = t * f.n_mels + c * bands + start;
+                    f.data[at..at + width].fill(mean);
+                }
             }
         }
     }
 }
 
-/// A batch of clips as one `[batch, 1, frames, mels]` block of values.
+/// A batch of clips as one `[batch, frames, row]` block of values (`row` = channels x mels).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub values: Vec<f32>,
     pub batch: usize,
     pub frames: usize,
     pub mels: usize,
+    /// `[batch, frames * hop]` samples when the clips carry waveforms (silence-padded like
+    /// `values`), else empty.
+    pub waveform: Vec<f32>,
 }
 
 /// Builds a batch: each clip is cropped at random to at most `max_frames`, augmented, and
@@ -71,6 +79,7 @@ pub fn make_batch(
     max_frames: usize,
     min_frames: usize,
     pad: f32,
+    bands: usize,
     augment: &SpecAugment,
     rng: &mut SplitMix64,
 ) -> Batch {
@@ -86,7 +95,7 @@ pub fn make_batch(
         })
         .collect();
     for f in &mut cropped {
-        augment.apply(f, rng);
+        augment.apply(f, bands, rng);
     }
     let frames = cropped
         .iter()
@@ -99,11 +108,20 @@ pub fn make_batch(
         values.extend_from_slice(&f.data);
         values.resize(values.len() + (frames - f.frames) * mels, pad);
     }
+    let hop = cropped[0].hop();
+    let mut waveform = Vec::new();
+    if hop > 0 {
+        for f in &cropped {
+            waveform.extend_from_slice(&f.waveform);
+            waveform.resize(waveform.len() + (frames - f.frames) * hop, 0.0);
+        }
+    }
     Batch {
         values,
         batch: clips.len(),
         frames,
         mels,
+        waveform,
     }
 }
 
@@ -113,6 +131,7 @@ mod tests {
 
     fn ramp(frames: usize, mels: usize) -> Features {
         Features {
+            waveform: Vec::new(),
             samples: 0,
             frames,
             n_mels: mels,
@@ -130,15 +149,39 @@ mod tests {
         };
         let mut a = ramp(10, 4);
         let mut b = ramp(10, 4);
-        aug.apply(&mut a, &mut SplitMix64::new(5));
-        aug.apply(&mut b, &mut SplitMix64::new(5));
+        aug.apply(&mut a, 4, &mut SplitMix64::new(5));
+        aug.apply(&mut b, 4, &mut SplitMix64::new(5));
         assert_eq!(a, b);
         let mean = (0..40).sum::<usize>() as f32 / 40.0;
         let masked = a.data.iter().filter(|&&v| v == mean).count();
         assert!(masked <= 2 * 3 * 4 + 2 * 2 * 10);
         let mut c = ramp(10, 4);
-        SpecAugment::off().apply(&mut c, &mut SplitMix64::new(5));
+        SpecAugment::off().apply(&mut c, 4, &mut SplitMix64::new(5));
         assert_eq!(c, ramp(10, 4));
+    }
+
+    #[test]
+    fn frequency_masks_cover_the_same_bands_in_every_channel() {
+        let aug = SpecAugment {
+            time_masks: 0,
+            time_mask_frames: 0,
+            freq_masks: 3,
+            freq_mask_bands: 3,
+        };
+        // 3 channels of 8 bands: a row is 24 values.
+        let mut f = ramp(6, 24);
+        aug.apply(&mut f, 8, &mut SplitMix64::new(11));
+        let mean = (0..6 * 24).sum::<usize>() as f32 / (6 * 24) as f32;
+        let mut masked_somewhere = false;
+        for row in f.data.chunks(24) {
+            let masked: Vec<Vec<bool>> = row
+                .chunks(8)
+                .map(|c| c.iter().map(|&v| v == mean).collect())
+                .collect();
+            assert!(masked.iter().all(|m| *m == masked[0]), "{masked:?}");
+            masked_somewhere |= masked[0].iter().any(|&m| m);
+        }
+        assert!(masked_somewhere);
     }
 
     #[test]
@@ -151,6 +194,7 @@ mod tests {
             8,
             4,
             -100.0,
+            2,
             &SpecAugment::off(),
             &mut rng,
         );
@@ -165,7 +209,7 @@ mod tests {
         // The short clip is followed by 5 frames of silence.
         assert_eq!(&b.values[16..22], &short.data[..]);
         assert!(b.values[22..].iter().all(|&v| v == -100.0));
-        let tiny = make_batch(&[&short], 8, 4, 0.0, &SpecAugment::off(), &mut rng);
+        let tiny = make_batch(&[&short], 8, 4, 0.0, 2, &SpecAugment::off(), &mut rng);
         assert_eq!(tiny.frames, 4, "padded to the encoder's minimum");
     }
 }

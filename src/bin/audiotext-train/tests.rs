@@ -47,6 +47,7 @@ fn tone(fe: &FrontEnd, hz: f32, phase: f32, seed: u64) -> Features {
         .collect();
     let m = MelExtractor::new(fe).unwrap().compute(&samples);
     Features {
+        waveform: Vec::new(),
         samples: samples.len(),
         frames: m.frames,
         n_mels: m.n_mels,
@@ -431,7 +432,7 @@ fn step_time_of_the_default_model() {
     );
     for step in 0..3 {
         let t0 = Instant::now();
-        let x = input_tensor(values.clone(), batch, frames, mels, &device);
+        let x = input_tensor(values.clone(), batch, frames, mels, 1, &device);
         let t = Tensor::<2>::from_data(TensorData::new(text.clone(), [batch, 384]), &device);
         let y = Tensor::<2>::from_data(
             TensorData::new(soft_targets(&keys), [batch, batch]),
@@ -463,7 +464,7 @@ fn step_time_of_the_default_model() {
     let start = Instant::now();
     let y = valid
         .audio
-        .forward(input_tensor(values, batch, frames, mels, &inner));
+        .forward(input_tensor(values, batch, frames, mels, 1, &inner));
     let _ = to_vec(y);
     eprintln!(
         "inference of {batch} clips: {:.2} s",

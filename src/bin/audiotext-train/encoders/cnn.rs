@@ -24,11 +24,12 @@ pub enum CnnVariant {
 }
 
 impl CnnVariant {
-    /// Block shapes for the given channel list.
-    pub fn blocks(self, channels: &[usize]) -> Vec<ConvBlockShape> {
+    /// Block shapes for the given channel list, after `in_channels` input channels (1, or one
+    /// per window length of a multiscale front end).
+    pub fn blocks(self, in_channels: usize, channels: &[usize]) -> Vec<ConvBlockShape> {
         let kernel = if self == CnnVariant::Cnn6 { 5 } else { 3 };
         let last = channels.len().saturating_sub(1);
-        let mut c_in = 1;
+        let mut c_in = in_channels;
         channels
             .iter()
             .enumerate()
@@ -74,7 +75,7 @@ impl Cnn {
         }
     }
 
-    /// `[b, 1, t, m]` -> `[b, c, t', m']` (before averaging over mels).
+    /// `[b, c_in, t, m]` -> `[b, c, t', m']` (before averaging over mels).
     pub fn forward_2d(&self, mut x: Tensor<4>) -> Tensor<4> {
         for block in &self.blocks {
             x = block.forward(x);
@@ -82,7 +83,7 @@ impl Cnn {
         x
     }
 
-    /// `[b, 1, t, m]` -> `[b, c, t']`.
+    /// `[b, c_in, t, m]` -> `[b, c, t']`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
         mean_over_mels(self.forward_2d(x))
     }

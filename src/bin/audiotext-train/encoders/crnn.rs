@@ -21,8 +21,15 @@ pub struct Crnn {
 
 impl Crnn {
     /// `channels`: the conv blocks' widths.
-    pub fn new(channels: &[usize], hidden: usize, dropout: f64, eps: f64, device: &Device) -> Crnn {
-        let mut c_in = 1;
+    pub fn new(
+        in_channels: usize,
+        channels: &[usize],
+        hidden: usize,
+        dropout: f64,
+        eps: f64,
+        device: &Device,
+    ) -> Crnn {
+        let mut c_in = in_channels;
         let shapes: Vec<ConvBlockShape> = channels
             .iter()
             .map(|&c| {

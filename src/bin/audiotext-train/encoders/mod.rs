@@ -14,6 +14,7 @@
 //! | `crnn` | conv front + bidirectional GRU ([`crnn`]) | `t / 8` |
 //! | `tcn` | dilated residual `Conv1d` stack ([`tcn`]) | `t` |
 //! | `spec2vec` | whole fixed-size spectrogram ([`spec2vec`]) | 1 |
+//! | `wavegram-logmel` | waveform conv front end + log-mel, CNN14 ([`wavegram`]) | `t / 32` |
 
 pub mod blocks;
 pub mod cnn;
@@ -25,6 +26,7 @@ pub mod spec2vec;
 pub mod tcn;
 #[cfg(test)]
 mod tests;
+pub mod wavegram;
 
 use burn::module::Module;
 use burn::prelude::*;
@@ -37,6 +39,7 @@ use crnn::Crnn;
 use resnet::ResNet;
 use spec2vec::Spec2Vec;
 use tcn::Tcn;
+use wavegram::Wavegram;
 
 /// Which backbone, with the settings that are not widths (widths are `EncoderConfig::channels`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -60,11 +63,20 @@ pub enum Architecture {
         frames: usize,
         silence: f32,
     },
+    /// PANNs' Wavegram-Logmel-CNN14: also reads the waveform (`hop_length` 320).
+    WavegramLogmel,
 }
 
 /// Names accepted by `--encoder`.
 pub const ENCODER_NAMES: &[&str] = &[
-    "cnn6", "cnn10", "cnn14", "resnet38", "crnn", "tcn", "spec2vec",
+    "cnn6",
+    "cnn10",
+    "cnn14",
+    "resnet38",
+    "crnn",
+    "tcn",
+    "spec2vec",
+    "wavegram-logmel",
 ];
 
 impl Architecture {
@@ -88,6 +100,7 @@ impl Architecture {
                 causal: false,
             },
             "spec2vec" => Architecture::Spec2vec { frames, silence },
+            "wavegram-logmel" => Architecture::WavegramLogmel,
             other => {
                 return Err(format!(
                     "unknown encoder {other:?}; choose one of {}",
@@ -107,6 +120,7 @@ impl Architecture {
             Architecture::Crnn { .. } => "crnn",
             Architecture::Tcn { .. } => "tcn",
             Architecture::Spec2vec { .. } => "spec2vec",
+            Architecture::WavegramLogmel => "wavegram-logmel",
         }
     }
 
@@ -115,7 +129,7 @@ impl Architecture {
         match self {
             Architecture::Cnn6 => CnnVariant::Cnn6.channels(w),
             Architecture::Cnn10 => CnnVariant::Cnn10.channels(w),
-            Architecture::Cnn14 => CnnVariant::Cnn14.channels(w),
+            Architecture::Cnn14 | Architecture::WavegramLogmel => CnnVariant::Cnn14.channels(w),
             Architecture::Resnet38 => vec![w, 2 * w, 4 * w, 8 * w, 32 * w],
             Architecture::Crnn { .. } => vec![w, 2 * w, 4 * w],
             Architecture::Tcn { dilations, .. } => vec![4 * w; dilations.len()],
@@ -136,11 +150,16 @@ impl Architecture {
     pub fn min_frames(&self, channels: &[usize]) -> usize {
         match self {
             Architecture::Cnn6 | Architecture::Cnn10 => 1 << channels.len(),
-            Architecture::Cnn14 => 1 << (channels.len() - 1),
+            Architecture::Cnn14 | Architecture::WavegramLogmel => 1 << (channels.len() - 1),
             Architecture::Resnet38 => 32,
             Architecture::Crnn { .. } => 1 << channels.len(),
             Architecture::Tcn { .. } | Architecture::Spec2vec { .. } => 1,
         }
+    }
+
+    /// Whether the encoder also reads the waveform (the manifest's `input.waveform`).
+    pub fn needs_waveform(&self) -> bool {
+        matches!(self, Architecture::WavegramLogmel)
     }
 
     /// The fixed input length, for encoders that take one.
@@ -166,11 +185,14 @@ impl Architecture {
             Architecture::Crnn { gru_hidden } => format!("CRNN: conv blocks {ch}, bidirectional GRU of {gru_hidden} per direction"),
             Architecture::Tcn { kernel, dilations, causal } => format!("TCN: {} residual blocks (kernel {kernel}, dilations {dilations:?}, {}), channels {ch}", dilations.len(), if *causal { "causal" } else { "non-causal" }),
             Architecture::Spec2vec { frames, .. } => format!("Spec2Vec-style: fixed {frames} frames, strided convs {ch}, flatten + Linear"),
+            Architecture::WavegramLogmel => format!("Wavegram-Logmel-CNN14-style (PANNs): 1-D conv front end on the waveform (stride 5, three dilated blocks pooled by 4) joined with the log-mel after CNN14's first block; channels {ch}"),
         }
     }
 
+    /// `in_channels`: 1, or one per window length of a multiscale front end.
     pub fn init(
         &self,
+        in_channels: usize,
         n_mels: usize,
         channels: &[usize],
         dropout: f64,
@@ -184,23 +206,58 @@ impl Architecture {
                     Architecture::Cnn10 => CnnVariant::Cnn10,
                     _ => CnnVariant::Cnn14,
                 };
-                Backbone::Cnn(Cnn::new(&variant.blocks(channels), dropout, eps, device))
+                Backbone::Cnn(Cnn::new(
+                    &variant.blocks(in_channels, channels),
+                    dropout,
+                    eps,
+                    device,
+                ))
             }
-            Architecture::Resnet38 => Backbone::Resnet(ResNet::new(channels, dropout, eps, device)),
-            Architecture::Crnn { gru_hidden } => {
-                Backbone::Crnn(Crnn::new(channels, *gru_hidden, dropout, eps, device))
+            Architecture::Resnet38 => {
+                Backbone::Resnet(ResNet::new(in_channels, channels, dropout, eps, device))
             }
+            Architecture::Crnn { gru_hidden } => Backbone::Crnn(Crnn::new(
+                in_channels,
+                channels,
+                *gru_hidden,
+                dropout,
+                eps,
+                device,
+            )),
             Architecture::Tcn {
                 kernel,
                 dilations,
                 causal,
             } => Backbone::Tcn(Tcn::new(
-                n_mels, channels, dilations, *kernel, *causal, dropout, eps, device,
+                in_channels * n_mels,
+                channels,
+                dilations,
+                *kernel,
+                *causal,
+                dropout,
+                eps,
+                device,
             )),
             Architecture::Spec2vec { frames, .. } => {
                 let out = *channels.last().expect("at least one width");
-                Backbone::Spec2vec(Spec2Vec::new(*frames, n_mels, channels, out, eps, device))
+                Backbone::Spec2vec(Spec2Vec::new(
+                    in_channels,
+                    *frames,
+                    n_mels,
+                    channels,
+                    out,
+                    eps,
+                    device,
+                ))
             }
+            Architecture::WavegramLogmel => Backbone::Wavegram(Wavegram::new(
+                in_channels,
+                n_mels,
+                channels,
+                dropout,
+                eps,
+                device,
+            )),
         }
     }
 }
@@ -214,12 +271,18 @@ pub enum Backbone {
     Crnn(Crnn),
     Tcn(Tcn),
     Spec2vec(Spec2Vec),
+    Wavegram(Wavegram),
 }
 
 impl Backbone {
-    /// `[b, 1, t, m]` (after `bn0`) -> `[b, c, t']`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+    /// `[b, c_in, t, m]` (after `bn0`) -> `[b, c, t']`; `waveform` `[b, t * 320]` for the
+    /// encoders that read it.
+    pub fn forward(&self, x: Tensor<4>, waveform: Option<Tensor<2>>) -> Tensor<3> {
         match self {
+            Backbone::Wavegram(m) => m.forward(
+                x,
+                waveform.expect("the trainer passes the waveform to a wavegram encoder"),
+            ),
             Backbone::Cnn(m) => m.forward(x),
             Backbone::Resnet(m) => m.forward(x),
             Backbone::Crnn(m) => m.forward(x),
@@ -228,8 +291,13 @@ impl Backbone {
         }
     }
 
-    pub fn to_onnx(&self, g: &mut GraphBuilder, x: &str) -> String {
+    pub fn to_onnx(&self, g: &mut GraphBuilder, x: &str, waveform: Option<&str>) -> String {
         match self {
+            Backbone::Wavegram(m) => m.to_onnx(
+                g,
+                x,
+                waveform.expect("the export declares a waveform input for a wavegram encoder"),
+            ),
             Backbone::Cnn(m) => m.to_onnx(g, x),
             Backbone::Resnet(m) => m.to_onnx(g, x),
             Backbone::Crnn(m) => m.to_onnx(g, x),

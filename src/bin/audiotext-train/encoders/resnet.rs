@@ -128,7 +128,13 @@ pub struct ResNet {
 
 impl ResNet {
     /// `channels`: the four stage widths then the final block's width.
-    pub fn new(channels: &[usize], dropout: f64, eps: f64, device: &Device) -> ResNet {
+    pub fn new(
+        in_channels: usize,
+        channels: &[usize],
+        dropout: f64,
+        eps: f64,
+        device: &Device,
+    ) -> ResNet {
         assert_eq!(
             channels.len(),
             5,
@@ -136,7 +142,7 @@ impl ResNet {
         );
         let stem = ConvBlock::new(
             ConvBlockShape {
-                c_in: 1,
+                c_in: in_channels,
                 c_out: channels[0],
                 kernel: 3,
                 pool: 2,

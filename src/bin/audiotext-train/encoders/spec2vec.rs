@@ -36,8 +36,9 @@ pub struct Spec2Vec {
 }
 
 impl Spec2Vec {
-    /// Input `frames x n_mels`; conv widths `channels`; output `out` features.
+    /// Input `in_channels x frames x n_mels`; conv widths `channels`; output `out` features.
     pub fn new(
+        in_channels: usize,
         frames: usize,
         n_mels: usize,
         channels: &[usize],
@@ -45,7 +46,7 @@ impl Spec2Vec {
         eps: f64,
         device: &Device,
     ) -> Spec2Vec {
-        let (mut t, mut m, mut c_in) = (frames, n_mels, 1);
+        let (mut t, mut m, mut c_in) = (frames, n_mels, in_channels);
         let mut convs = Vec::new();
         let mut bns = Vec::new();
         for &c in channels {
@@ -64,7 +65,7 @@ impl Spec2Vec {
         }
     }
 
-    /// `[b, 1, frames, m]` -> `[b, out, 1]`; the input must already be `frames` long.
+    /// `[b, c_in, frames, m]` -> `[b, out, 1]`; the input must already be `frames` long.
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<3> {
         for (conv, bn) in self.convs.iter().zip(&self.bns) {
             x = relu(bn.forward(conv.forward(x)));

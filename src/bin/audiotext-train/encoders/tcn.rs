@@ -116,8 +116,9 @@ pub struct Tcn {
 impl Tcn {
     /// One block per `(channels[i], dilations[i])`.
     #[allow(clippy::too_many_arguments)]
+    /// `inputs`: input channels times mel bands.
     pub fn new(
-        n_mels: usize,
+        inputs: usize,
         channels: &[usize],
         dilations: &[usize],
         kernel: usize,
@@ -131,7 +132,7 @@ impl Tcn {
             dilations.len(),
             "one dilation per TCN block"
         );
-        let mut c_in = n_mels;
+        let mut c_in = inputs;
         let blocks = channels
             .iter()
             .zip(dilations)
@@ -144,9 +145,11 @@ impl Tcn {
         Tcn { blocks }
     }
 
-    /// `[b, 1, t, m]` -> `[b, c, t]`.
+    /// `[b, c_in, t, m]` -> `[b, c, t]`: every (channel, mel band) is one input channel.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        let mut x: Tensor<3> = x.squeeze_dim::<3>(1).swap_dims(1, 2); // [b, m, t]
+        let [b, _, t, _] = x.dims();
+        let x: Tensor<3> = x.swap_dims(1, 2).reshape([b as i32, t as i32, -1]);
+        let mut x = x.swap_dims(1, 2); // [b, c_in * m, t]
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -154,7 +157,13 @@ impl Tcn {
     }
 
     pub fn to_onnx(&self, g: &mut GraphBuilder, x: &str) -> String {
-        let x = g.squeeze(x, &[1]);
+        let x = g.node(
+            "Transpose",
+            &[x],
+            vec![AttributeProto::ints("perm", &[0, 2, 1, 3])],
+        );
+        let shape = g.const_i64("tcn.flat_shape", &[0, 0, -1]);
+        let x = g.node("Reshape", &[&x, &shape], vec![]);
         let mut x = g.node(
             "Transpose",
             &[&x],

@@ -7,9 +7,11 @@ use burn::prelude::*;
 
 use super::pooling::PoolingKind;
 use super::Architecture;
-use crate::export_audio::{build_audio_onnx, INPUT_NAME, OUTPUT_NAME};
+use crate::export_audio::{build_audio_onnx, INPUT_NAME, OUTPUT_NAME, WAVEFORM_NAME};
 use crate::loss::{info_nce, soft_targets};
-use crate::model::{input_tensor, l2_normalize, to_vec, trainable_parameters, EncoderConfig};
+use crate::model::{
+    input_tensor, l2_normalize, to_vec, trainable_parameters, waveform_tensor, EncoderConfig,
+};
 
 const MELS: usize = 32;
 const DIM: usize = 8;
@@ -29,15 +31,34 @@ fn tiny(encoder: &str, pooling: &str) -> EncoderConfig {
     }
 }
 
-/// Log-mel-like values: a different tone and level per clip, in dB.
-fn features(batch: usize, frames: usize, seed: usize) -> Vec<f32> {
-    (0..batch * frames * MELS)
+/// Log-mel-like values with `row` values per frame (`MELS` per channel): a different tone
+/// and level per clip, in dB.
+fn features(batch: usize, frames: usize, row: usize, seed: usize) -> Vec<f32> {
+    (0..batch * frames * row)
         .map(|i| {
-            let (b, t, m) = (i / (frames * MELS), (i / MELS) % frames, i % MELS);
-            let band = ((b * 7 + seed * 3) % MELS) as f32;
+            let (b, t, m) = (i / (frames * row), (i / row) % frames, i % row);
+            let band = ((b * 7 + seed * 3) % MELS + (m / MELS) * 5) as f32;
+            let m = m % MELS;
             let tone = (-(m as f32 - band).powi(2) / 8.0).exp() * 40.0;
             let wobble = ((t * (b + 2) + m * 5 + seed) % 11) as f32;
             -70.0 + tone + wobble + (t as f32 * 0.3 * (b + 1) as f32).sin() * 4.0
+        })
+        .collect()
+}
+
+/// Waveforms for waveform encoders (`frames * 320` samples per clip: a tone per clip and a
+/// little deterministic noise), else empty.
+fn waveforms(config: &EncoderConfig, batch: usize, frames: usize, seed: usize) -> Vec<f32> {
+    if !config.architecture.needs_waveform() {
+        return Vec::new();
+    }
+    let n = frames * super::wavegram::WAVEGRAM_HOP;
+    (0..batch * n)
+        .map(|i| {
+            let (b, s) = (i / n, i % n);
+            let hz = 200.0 + 300.0 * ((b + seed) % 5) as f32;
+            0.5 * (s as f32 * hz / 32_000.0 * std::f32::consts::TAU).sin()
+                + 0.05 * (((s * 7919 + b * 31) % 101) as f32 / 50.0 - 1.0)
         })
         .collect()
 }
@@ -68,9 +89,23 @@ fn train_steps(config: &EncoderConfig, steps: usize) -> (Vec<f32>, crate::model:
     );
     let scale = Tensor::<1>::from_data(TensorData::new(vec![10.0f32], [1]), &device);
     let mut losses = Vec::new();
+    let (channels, row) = (config.input_channels, config.input_channels * MELS);
     for step in 0..steps {
-        let x = input_tensor(features(batch, frames, 0), batch, frames, MELS, &device);
-        let loss = info_nce(model.forward(x), text.clone(), scale.clone(), y.clone());
+        let x = input_tensor(
+            features(batch, frames, row, 0),
+            batch,
+            frames,
+            row,
+            channels,
+            &device,
+        );
+        let w = waveform_tensor(waveforms(config, batch, frames, 0), batch, &device);
+        let loss = info_nce(
+            model.forward_with(x, w),
+            text.clone(),
+            scale.clone(),
+            y.clone(),
+        );
         losses.push(to_vec(loss.clone())[0]);
         let params = GradientsParams::from_grads(loss.backward(), &model);
         if step == 0 {
@@ -112,20 +147,38 @@ fn parity(config: &EncoderConfig, model: &crate::model::AudioEncoder, tag: &str)
     let mut worst = 0f32;
     // Full length, longer than Spec2Vec's window (cropped), and shorter than every
     // encoder's minimum (padded inside the graph, as the trainer pads it).
+    let (channels, row) = (config.input_channels, config.input_channels * MELS);
     for (batch, frames, seed) in [(2, 64, 1), (3, 47, 2), (1, 90, 3), (2, 5, 4)] {
-        let values = features(batch, frames, seed);
+        let values = features(batch, frames, row, seed);
         let padded_frames = frames.max(config.min_frames());
         let mut padded = Vec::new();
-        for row in values.chunks(frames * MELS) {
-            padded.extend_from_slice(row);
-            padded.resize(padded.len() + (padded_frames - frames) * MELS, SILENCE);
+        for clip in values.chunks(frames * row) {
+            padded.extend_from_slice(clip);
+            padded.resize(padded.len() + (padded_frames - frames) * row, SILENCE);
         }
-        let expected =
-            to_vec(model.forward(input_tensor(padded, batch, padded_frames, MELS, &device)));
-        let input =
-            ort::value::Tensor::from_array(([batch as i64, 1, frames as i64, MELS as i64], values))
+        // The trainer pads the waveform with silence, like the log-mel.
+        let wave = waveforms(config, batch, frames, seed);
+        let mut padded_wave = Vec::new();
+        let hop = super::wavegram::WAVEGRAM_HOP;
+        for clip in wave.chunks((frames * hop).max(1)) {
+            padded_wave.extend_from_slice(clip);
+            padded_wave.resize(padded_wave.len() + (padded_frames - frames) * hop, 0.0);
+        }
+        let expected = to_vec(model.forward_with(
+            input_tensor(padded, batch, padded_frames, row, channels, &device),
+            waveform_tensor(padded_wave, batch, &device),
+        ));
+        let shape = crate::export_audio::input_shape(batch, frames, channels, MELS);
+        let input = ort::value::Tensor::from_array((shape, values)).unwrap();
+        let outputs = if wave.is_empty() {
+            session.run(ort::inputs![INPUT_NAME => input]).unwrap()
+        } else {
+            let w = ort::value::Tensor::from_array(([batch as i64, (frames * hop) as i64], wave))
                 .unwrap();
-        let outputs = session.run(ort::inputs![INPUT_NAME => input]).unwrap();
+            session
+                .run(ort::inputs![INPUT_NAME => input, WAVEFORM_NAME => w])
+                .unwrap()
+        };
         let (shape, got) = outputs
             .get(OUTPUT_NAME)
             .unwrap()
@@ -143,9 +196,20 @@ fn parity(config: &EncoderConfig, model: &crate::model::AudioEncoder, tag: &str)
 
 /// Trains a few steps, checks the loss falls, exports and compares.
 fn check(encoder: &str, pooling: &str) {
+    check_channels(encoder, pooling, 1);
+}
+
+/// [`check`] with `channels` input channels (a multiscale front end).
+fn check_channels(encoder: &str, pooling: &str, channels: usize) {
     let _rng = crate::burn_rng_lock();
-    let config = tiny(encoder, pooling);
-    let tag = format!("{encoder}+{pooling}");
+    let config = EncoderConfig {
+        input_channels: channels,
+        ..tiny(encoder, pooling)
+    };
+    let tag = match channels {
+        1 => format!("{encoder}+{pooling}"),
+        c => format!("{encoder}+{pooling}+{c}ch"),
+    };
     let (losses, model) = train_steps(&config, 12);
     assert!(
         losses.iter().all(|l| l.is_finite()),
@@ -201,8 +265,28 @@ fn tcn_trains_and_exports() {
 }
 
 #[test]
+fn wavegram_logmel_trains_and_exports() {
+    check("wavegram-logmel", "mean-max");
+}
+
+#[test]
 fn spec2vec_trains_and_exports() {
     check("spec2vec", "mean");
+}
+
+#[test]
+fn multiscale_inputs_train_and_export() {
+    // Every backbone's first layer takes the extra channels.
+    for encoder in [
+        "cnn6",
+        "resnet38",
+        "crnn",
+        "tcn",
+        "spec2vec",
+        "wavegram-logmel",
+    ] {
+        check_channels(encoder, "mean", 3);
+    }
 }
 
 #[test]
