@@ -13,7 +13,7 @@ from conftest import DEFAULT_BUNDLE, open_connection
 from trainer_cli import RATE, trainer, write_tone_dataset
 
 CONFIGS = (
-    [(encoder, "mean-max", "infonce") for encoder in ["cnn6", "cnn10", "cnn14", "resnet38", "crnn", "tcn", "spec2vec"]]
+    [(encoder, "mean-max", "infonce") for encoder in ["cnn6", "cnn10", "cnn14", "resnet38", "crnn", "tcn", "spec2vec", "wavegram-logmel"]]
     + [("cnn10", pooling, "infonce") for pooling in ["mean", "max", "lstm-last", "lstm-mean", "netvlad", "netrvlad"]]
     + [("tcn", "mean-max", loss) for loss in ["ntxent", "triplet-weighted", "cosine", "infonce+0.1*vicreg"]]
 )
@@ -30,13 +30,31 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("encoder,pooling,loss", CONFIGS, ids=lambda v: v)
 def test_trains_exports_and_embeds_in_sql(workdir, encoder, pooling, loss):
-    name = f"{encoder}-{pooling}-{loss}".replace("*", "x").replace("+", "p")
+    manifest = fit_export_and_embed(workdir, encoder, pooling, loss)
+    # Waveform encoders name their second input; the others have none.
+    assert manifest["audio"]["input"].get("waveform") == ("waveform" if encoder == "wavegram-logmel" else None)
+
+
+@pytest.mark.parametrize("encoder", ["cnn10", "tcn", "wavegram-logmel"])
+def test_multiscale_mel_trains_exports_and_embeds_in_sql(workdir, encoder):
+    manifest = fit_export_and_embed(workdir, encoder, "mean-max", "infonce", ["--multiscale", "256,512"])
+    audio = manifest["audio"]
+    assert audio["multiscale_win_lengths"] == [256, 512]
+    assert audio["input"]["layout"] == "batch,frames,channels,mels"
+    assert audio["encoder"]["config"]["input_channels"] == 3
+
+
+def fit_export_and_embed(workdir, encoder, pooling, loss, extra=()):
+    """Trains one step, exports (with its parity check), embeds a 12.5 s clip and a caption in
+    SQL; returns the bundle's manifest."""
+    name = f"{encoder}-{pooling}-{loss}-{'-'.join(extra)}".replace("*", "x").replace("+", "p").replace(",", "_")
     run, bundle = workdir / "runs" / name, workdir / "bundles" / name
     trainer(
         "fit", "--data", workdir / "data", "--text-bundle", DEFAULT_BUNDLE, "--out", run,
         "--encoder", encoder, "--pooling", pooling, "--loss", loss, "--clusters", 3,
         "--epochs", 1, "--max-steps", 1, "--width", 2, "--batch-size", 8, "--max-seconds", 2,
         "--seed", 5, "--cache", workdir / "cache", "--data-license", "CC0-1.0 (generated test tones)",
+        *extra,
     )
     exported = trainer("export", "--run", run, "--out", bundle, "--checkpoint", "last")
     assert "parity: max |diff|" in exported.stdout
@@ -68,3 +86,4 @@ def test_trains_exports_and_embeds_in_sql(workdir, encoder, pooling, loss):
     assert a.shape == (manifest["embedding_dim"],)
     assert np.all(np.isfinite(a)) and abs(np.linalg.norm(a) - 1.0) < 1e-5
     assert -1.0 <= score <= 1.0
+    return manifest
