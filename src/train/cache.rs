@@ -191,22 +191,23 @@ impl FeatureCache {
         compute: impl FnOnce(&Path) -> Result<Features>,
     ) -> Result<(Features, bool)> {
         let key = Self::key(path, front_end)?;
+        // Values per frame: every channel's mel bands (multiscale front ends have several).
+        let row = front_end.n_mels * front_end.channels();
         if let Some(features) = self.load(&key) {
-            if features.n_mels == front_end.n_mels {
+            if features.n_mels == row {
                 return Ok((features, true));
             }
         }
         let features = compute(path)?;
-        if features.n_mels != front_end.n_mels
-            || features.data.len() != features.frames * features.n_mels
-        {
+        if features.n_mels != row || features.data.len() != features.frames * features.n_mels {
             bail!(
-                "{}: the front-end returned {} x {} features with {} values, while {} mel bands were asked for",
+                "{}: the front-end returned {} x {} features with {} values, while {} mel bands x {} channels were asked for",
                 path.display(),
                 features.frames,
                 features.n_mels,
                 features.data.len(),
-                front_end.n_mels
+                front_end.n_mels,
+                front_end.channels()
             );
         }
         self.store(&key, &features)?;

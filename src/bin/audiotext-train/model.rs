@@ -196,6 +196,7 @@ pub struct AudioEncoder {
 
 impl AudioEncoder {
     /// `[batch, channels, frames, mels]` -> `[batch, embedding_dim]`, L2-normalised.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_with(x, None)
     }
