@@ -388,6 +388,7 @@ mod tests {
         let mut fe = FrontEnd::panns_32k();
         fe.n_mels = 2;
         let f = Features {
+            waveform: Vec::new(),
             samples: 700,
             frames: 3,
             n_mels: 2,
@@ -421,6 +422,7 @@ mod tests {
         // Wrong band count from the front-end is an error.
         let error = FeatureCache::new(None).get_or_compute(&clip, &other, |_| {
             Ok(Features {
+                waveform: Vec::new(),
                 samples: 0,
                 frames: 1,
                 n_mels: 3,
@@ -431,6 +433,7 @@ mod tests {
         assert_eq!(
             f.crop(1, 5),
             Features {
+                waveform: Vec::new(),
                 samples: 0,
                 frames: 2,
                 n_mels: 2,
