@@ -38,8 +38,10 @@ use audiotext0::onnx::{
 use audiotext0::train::cache::{default_cache_dir, text_encoder_key, FeatureCache, Features};
 use audiotext0::train::data::Dataset;
 
-use crate::encoders::blocks::{bn_affine, crop_time_onnx, linear_onnx, pad_time_onnx};
-use crate::encoders::wavegram::{pad_samples_onnx, WAVEGRAM_HOP};
+use crate::encoders::blocks::{
+    bn_affine, crop_time_onnx, linear_onnx, pad_end_onnx, pad_time_onnx,
+};
+use crate::encoders::wavegram::WAVEGRAM_HOP;
 use crate::model::{
     input_tensor, to_vec, waveform_tensor, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS,
 };
@@ -550,7 +552,7 @@ pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32)
             DataType::Float,
             &["batch".into(), "samples".into()],
         );
-        pad_samples_onnx(&mut g, &w, enc.min_frames() * WAVEGRAM_HOP)
+        pad_end_onnx(&mut g, &w, 2, 1, enc.min_frames() * WAVEGRAM_HOP, 0.0)
     });
     let frames = model.backbone.to_onnx(&mut g, &x, waveform.as_deref());
     let pooled = model.pooling.to_onnx(&mut g, &frames);

@@ -302,24 +302,37 @@ pub fn mean_over_mels(x: Tensor<4>) -> Tensor<3> {
 /// Pads `x` `[b, c, t, m]` at the end of the time axis with `value` up to `min_frames` frames
 /// (nothing when it is long enough): `pads = [0, 0, 0, 0, 0, 0, max(min - t, 0), 0]`.
 pub fn pad_time_onnx(g: &mut GraphBuilder, x: &str, min_frames: usize, value: f32) -> String {
+    pad_end_onnx(g, x, 4, 2, min_frames, value)
+}
+
+/// Pads axis `axis` of a rank-`rank` tensor at its end with `value` to at least `min` entries
+/// (the length is only known at run time, so the amount is computed in the graph).
+pub fn pad_end_onnx(
+    g: &mut GraphBuilder,
+    x: &str,
+    rank: usize,
+    axis: usize,
+    min: usize,
+    value: f32,
+) -> String {
     let shape = g.node("Shape", &[x], vec![]);
-    let time_axis = g.const_i64("time_axis", &[2]);
-    let frames = g.node(
+    let axis_index = g.const_i64("pad_axis", &[axis as i64]);
+    let length = g.node(
         "Gather",
-        &[&shape, &time_axis],
+        &[&shape, &axis_index],
         vec![AttributeProto::int("axis", 0)],
     );
-    let min_frames = g.const_i64("min_frames", &[min_frames as i64]);
-    let missing = g.node("Sub", &[&min_frames, &frames], vec![]);
+    let min = g.const_i64("pad_min", &[min as i64]);
+    let missing = g.node("Sub", &[&min, &length], vec![]);
     let zero = g.const_i64("zero", &[0]);
     let missing = g.node("Max", &[&missing, &zero], vec![]);
-    let before = g.const_i64("pads_before", &[0, 0, 0, 0, 0, 0]);
-    let pads = g.node(
-        "Concat",
-        &[&before, &missing, &zero],
-        vec![AttributeProto::int("axis", 0)],
-    );
-    let value = g.scalar_f32("silence", value);
+    // ONNX pads: every axis's start, then every axis's end; only `axis`'s end is non-zero.
+    let before = g.const_i64("pads_before", &vec![0; rank + axis]);
+    let after = (axis + 1 < rank).then(|| g.const_i64("pads_after", &vec![0; rank - axis - 1]));
+    let mut parts = vec![before.as_str(), missing.as_str()];
+    parts.extend(after.as_deref());
+    let pads = g.node("Concat", &parts, vec![AttributeProto::int("axis", 0)]);
+    let value = g.scalar_f32("pad_value", value);
     g.node(
         "Pad",
         &[x, &pads, &value],

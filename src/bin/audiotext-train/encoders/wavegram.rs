@@ -222,29 +222,3 @@ impl Wavegram {
         g.reduce("ReduceMean", &x, &[3], false)
     }
 }
-
-/// Pads a `[b, samples]` waveform at the end with zeros to at least `min_samples`.
-pub fn pad_samples_onnx(g: &mut GraphBuilder, x: &str, min_samples: usize) -> String {
-    let shape = g.node("Shape", &[x], vec![]);
-    let axis = g.const_i64("samples_axis", &[1]);
-    let samples = g.node(
-        "Gather",
-        &[&shape, &axis],
-        vec![AttributeProto::int("axis", 0)],
-    );
-    let min = g.const_i64("min_samples", &[min_samples as i64]);
-    let missing = g.node("Sub", &[&min, &samples], vec![]);
-    let zero = g.const_i64("zero_samples", &[0]);
-    let missing = g.node("Max", &[&missing, &zero], vec![]);
-    let before = g.const_i64("sample_pads_before", &[0, 0, 0]);
-    let pads = g.node(
-        "Concat",
-        &[&before, &missing],
-        vec![AttributeProto::int("axis", 0)],
-    );
-    g.node(
-        "Pad",
-        &[x, &pads],
-        vec![AttributeProto::string("mode", "constant")],
-    )
-}
