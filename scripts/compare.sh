@@ -46,8 +46,14 @@ train() {
   for ((k = 0; k < FOLDS; k++)); do
     local out=$RUNS/$group/$name/fold$k
     [ -f "$out/complete" ] && continue
-    rm -rf "$out"
     echo "== $group/$name fold $k"
+    # A run cut off (the machine went away) goes on from its last epoch.
+    if [ -f "$out/checkpoints/last.json" ]; then
+      "$TRAINER" fit --resume "$out" --epochs "$EPOCHS"
+      touch "$out/complete"
+      continue
+    fi
+    rm -rf "$out"
     # shellcheck disable=SC2086
     "$TRAINER" fit --data "$DATA" --folds "$FOLDS" --fold "$k" --epochs "$EPOCHS" \
       --width "$WIDTH" --batch-size "$BATCH" --out "$out" $TRAIN_FLAGS "$@"
