@@ -39,6 +39,24 @@ reuse() {
   [ -e "$RUNS/$1/$2" ] || ln -s "../$3" "$RUNS/$1/$2"
 }
 
+# epochs_done RUN: completed epochs of a run folder.
+epochs_done() {
+  if [ -f "$1/metrics.jsonl" ]; then wc -l <"$1/metrics.jsonl"; else echo 0; fi
+}
+
+# timed RUN CMD...: runs CMD (a `fit` of RUN) and appends "cpu_seconds wall_seconds
+# epochs_before epochs_after" to RUN/cpu.txt. The report's cost per epoch is CPU time (user +
+# system): on a shared host wall time also counts the time other guests held the cores.
+timed() {
+  local run=$1 before t user sys real
+  shift
+  before=$(epochs_done "$run")
+  t=$( { TIMEFORMAT='%U %S %R'; time "$@" >&3 2>&4; } 2>&1)
+  read -r user sys real <<<"$t"
+  echo "$(python3 -c "print(round($user + $sys, 2))") $real $before $(epochs_done "$run")" >>"$run/cpu.txt"
+}
+exec 3>&1 4>&2
+
 # train GROUP NAME FIT_FLAGS...: one run per fold, skipped when already complete.
 train() {
   local group=$1 name=$2
@@ -49,13 +67,13 @@ train() {
     echo "== $group/$name fold $k"
     # A run cut off (the machine went away) goes on from its last epoch.
     if [ -f "$out/checkpoints/last.json" ]; then
-      "$TRAINER" fit --resume "$out" --epochs "$EPOCHS"
+      timed "$out" "$TRAINER" fit --resume "$out" --epochs "$EPOCHS"
       touch "$out/complete"
       continue
     fi
     rm -rf "$out"
     # shellcheck disable=SC2086
-    "$TRAINER" fit --data "$DATA" --folds "$FOLDS" --fold "$k" --epochs "$EPOCHS" \
+    timed "$out" "$TRAINER" fit --data "$DATA" --folds "$FOLDS" --fold "$k" --epochs "$EPOCHS" \
       --width "$WIDTH" --batch-size "$BATCH" --out "$out" $TRAIN_FLAGS "$@"
     touch "$out/complete"
   done

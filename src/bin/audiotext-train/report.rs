@@ -4,7 +4,8 @@
 //! `fit` (its metrics are those of its LAST epoch, so no epoch is picked on the fold that
 //! measures it) or, for an ensemble, a folder holding `eval.json` from `eval --json` on the
 //! fold's validation clips. Writes a Markdown table with the mean and standard deviation over
-//! folds of text-to-audio R@1, R@5, R@10 and mAP@10, the training time per epoch, the
+//! folds of text-to-audio R@1, R@5, R@10 and mAP@10, the training time per epoch (wall clock,
+//! and CPU time when the fold has the `cpu.txt` that `scripts/compare.sh` writes), the
 //! parameter count and the size of the exported `audio.onnx`, plus one bar chart of mAP@10 per
 //! group.
 
@@ -39,6 +40,9 @@ pub struct Row {
     /// Per fold: `[r1, r5, r10, map10]`.
     pub folds: Vec<[f64; 4]>,
     pub seconds_per_epoch: Option<f64>,
+    /// CPU seconds (user + system, all threads) per epoch, from `cpu.txt`: unlike wall time,
+    /// it does not count the time a shared host gave the cores to other guests.
+    pub cpu_seconds_per_epoch: Option<f64>,
     pub epochs: Option<usize>,
     pub parameters: Option<usize>,
     pub onnx_bytes: Option<usize>,
@@ -141,11 +145,13 @@ fn read_row(group: &Path, config_dir: &Path, folds: &[PathBuf]) -> Result<Row> {
         description: String::new(),
         folds: Vec::new(),
         seconds_per_epoch: None,
+        cpu_seconds_per_epoch: None,
         epochs: None,
         parameters: None,
         onnx_bytes: None,
     };
     let mut seconds = Vec::new();
+    let (mut cpu_seconds, mut cpu_epochs) = (0.0, 0usize);
     for fold in folds {
         let eval = fold.join("eval.json");
         if eval.is_file() {
@@ -209,6 +215,10 @@ fn read_row(group: &Path, config_dir: &Path, folds: &[PathBuf]) -> Result<Row> {
             m(last.t2a_map10, "t2a_map10")?,
         ]);
         seconds.extend(logs.iter().map(|l| l.seconds));
+        if let Some((s, e)) = read_cpu_times(fold)? {
+            cpu_seconds += s;
+            cpu_epochs += e;
+        }
         row.epochs = Some(last.epoch);
         if row.parameters.is_none() {
             let enc = &config.model.encoder;
@@ -232,15 +242,50 @@ fn read_row(group: &Path, config_dir: &Path, folds: &[PathBuf]) -> Result<Row> {
     if !seconds.is_empty() {
         row.seconds_per_epoch = Some(seconds.iter().sum::<f64>() / seconds.len() as f64);
     }
+    if cpu_epochs > 0 {
+        row.cpu_seconds_per_epoch = Some(cpu_seconds / cpu_epochs as f64);
+    }
     Ok(row)
+}
+
+/// Sums a fold's `cpu.txt` (one line per `fit` invocation: `cpu_seconds wall_seconds
+/// epochs_before epochs_after`) into (CPU seconds, epochs trained); None without the file.
+/// The CPU time includes start-up and the per-epoch validation, as the wall time does.
+fn read_cpu_times(fold: &Path) -> Result<Option<(f64, usize)>> {
+    let path = fold.join("cpu.txt");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    let (mut seconds, mut epochs) = (0.0, 0);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let parsed = (f.len() == 4)
+            .then(|| {
+                Some((
+                    f[0].parse::<f64>().ok()?,
+                    f[2].parse::<usize>().ok()?,
+                    f[3].parse::<usize>().ok()?,
+                ))
+            })
+            .flatten();
+        let (cpu, before, after) = parsed.with_context(|| {
+            format!(
+                "{}: expected `cpu_seconds wall_seconds epochs_before epochs_after`, got {line:?}",
+                path.display()
+            )
+        })?;
+        seconds += cpu;
+        epochs += after.saturating_sub(before);
+    }
+    Ok(Some((seconds, epochs)))
 }
 
 fn markdown(rows: &[Row], plots: &[(String, String)]) -> String {
     let mut s = String::new();
     let folds = rows.iter().map(|r| r.folds.len()).max().unwrap_or(0);
     s.push_str(
-        "| group | configuration | R@1 | R@5 | R@10 | mAP@10 | s/epoch | parameters | audio.onnx | folds |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "| group | configuration | R@1 | R@5 | R@10 | mAP@10 | s/epoch | CPU s/epoch | parameters | audio.onnx | folds |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let best = rows
         .iter()
@@ -254,7 +299,7 @@ fn markdown(rows: &[Row], plots: &[(String, String)]) -> String {
             cell(3)
         };
         s.push_str(&format!(
-            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.group,
             r.name,
             cell(0),
@@ -262,6 +307,9 @@ fn markdown(rows: &[Row], plots: &[(String, String)]) -> String {
             cell(2),
             map,
             r.seconds_per_epoch
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "–".into()),
+            r.cpu_seconds_per_epoch
                 .map(|v| format!("{v:.0}"))
                 .unwrap_or_else(|| "–".into()),
             r.parameters
@@ -275,7 +323,9 @@ fn markdown(rows: &[Row], plots: &[(String, String)]) -> String {
     }
     s.push_str(&format!(
         "\nMean ± sample standard deviation over {folds} folds; metrics of the last epoch of each \
-         run (no epoch chosen on the fold that scores it).\n\n"
+         run (no epoch chosen on the fold that scores it). `s/epoch` is wall-clock time per epoch \
+         (training and validation); `CPU s/epoch` is the CPU time of all threads per epoch, \
+         start-up included, which does not count time a shared host gave to other guests.\n\n"
     ));
     for r in rows {
         s.push_str(&format!("- `{}`: {}\n", r.name, r.description));
@@ -358,6 +408,7 @@ mod tests {
             description: String::new(),
             folds: vec![[0.1, 0.2, 0.3, 0.2], [0.3, 0.4, 0.5, 0.4]],
             seconds_per_epoch: Some(2.0),
+            cpu_seconds_per_epoch: Some(3.0),
             epochs: Some(1),
             parameters: Some(10),
             onnx_bytes: Some(100),
@@ -368,5 +419,23 @@ mod tests {
         let md = markdown(&[row], &[("g".into(), "x-g.png".into())]);
         assert!(md.contains("**0.300 ± 0.141**"), "{md}");
         assert!(md.contains("![mAP@10, g](x-g.png)"));
+        assert!(md.contains("| 2 | 3 | 0.00 M |"), "{md}");
+    }
+
+    #[test]
+    fn cpu_times_add_up_over_a_resumed_run() {
+        let dir = audiotext0::train::testing::TempDir::new("cpu-times");
+        assert!(read_cpu_times(dir.path()).unwrap().is_none());
+        // Cut off after epoch 4, resumed to epoch 10.
+        std::fs::write(dir.path().join("cpu.txt"), "40.5 60 0 4\n61.5 90 4 10\n").unwrap();
+        let (seconds, epochs) = read_cpu_times(dir.path()).unwrap().unwrap();
+        assert!((seconds - 102.0).abs() < 1e-9);
+        assert_eq!(epochs, 10);
+        std::fs::write(dir.path().join("cpu.txt"), "40.5 60 0\n").unwrap();
+        let err = read_cpu_times(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("cpu.txt") && err.contains("epochs_after"),
+            "{err}"
+        );
     }
 }
