@@ -184,6 +184,11 @@ pub struct FitArgs {
     /// Epoch checkpoints to keep besides `last` and `best`.
     #[arg(long, default_value_t = 3)]
     pub keep_checkpoints: usize,
+    /// Validate after every N-th epoch and after the last one only: for runs where only the
+    /// final metrics matter (a cross-validated comparison); `best` is picked among validated
+    /// epochs.
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub validate_every: usize,
     /// Licence of the training data, written into exported manifests (default: read from the
     /// dataset's LICENSE file).
     #[arg(long)]
@@ -446,6 +451,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
             },
             clip_grad_norm: args.clip_grad_norm,
             keep_checkpoints: args.keep_checkpoints,
+            validate_every: args.validate_every,
             loss: args.loss.clone(),
             mix: MixOptions {
                 probability: args.mix_prob,
@@ -974,7 +980,9 @@ pub fn train(
             seconds_per_step: step_time / done as f64,
             ..Default::default()
         };
-        if !data.validation.is_empty() {
+        let last_epoch = epoch == t.epochs || max_steps.is_some_and(|m| state.step >= m);
+        let validate_now = epoch % t.validate_every.max(1) == 0 || last_epoch;
+        if validate_now && !data.validation.is_empty() {
             let v = validate(&model, config, data, &multi)?;
             log.val_loss = Some(v.loss);
             log.t2a_r1 = Some(v.t2a.r1);

@@ -1078,6 +1078,7 @@ mod tests {
                 specaug: SpecAugment::off(),
                 clip_grad_norm: 0.0,
                 keep_checkpoints: 0,
+                validate_every: 1,
                 loss: Default::default(),
                 mix: Default::default(),
             },

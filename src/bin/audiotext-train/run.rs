@@ -50,6 +50,13 @@ pub struct TrainOptions {
     /// Mixing two clips with joined captions (off in runs written before it existed).
     #[serde(default)]
     pub mix: crate::mix::MixOptions,
+    /// Validate after every N-th epoch and after the last (1 in runs written before it existed).
+    #[serde(default = "every_epoch")]
+    pub validate_every: usize,
+}
+
+fn every_epoch() -> usize {
+    1
 }
 
 /// Where the data came from and how it was split.

@@ -155,6 +155,7 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
             specaug: SpecAugment::off(),
             clip_grad_norm: 0.0,
             keep_checkpoints: 1,
+            validate_every: 1,
             loss: Default::default(),
             mix: Default::default(),
         },
@@ -218,8 +219,10 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(losses[7] < losses[0], "loss does not decrease: {losses:?}");
     // Resuming continues the same trajectory as one uninterrupted run (model, BatchNorm
-    // statistics, optimizer moments and random streams all restored).
+    // statistics, optimizer moments and random streams all restored). That run validates
+    // after epochs 3, 6 and 8 only, which must not change the trajectory either.
     let straight_dir = tmp.0.join("straight");
+    cfg.train.validate_every = 3;
     cfg.write(&straight_dir).unwrap();
     let straight = train(
         &cfg,
@@ -238,6 +241,13 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
             straight.step_losses
         );
     }
+    let validated: Vec<usize> = straight
+        .epochs
+        .iter()
+        .filter(|l| l.t2a_map10.is_some())
+        .map(|l| l.epoch)
+        .collect();
+    assert_eq!(validated, [3, 6, 8]);
     let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 8);
     assert!(metrics
