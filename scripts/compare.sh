@@ -79,38 +79,48 @@ train() {
   done
 }
 
-# Mean last-epoch text-to-audio mAP@10 over the folds of each config in GROUP, best first.
+# ranked GROUP: per configuration "name mean_map10 standard_error cpu_seconds_per_epoch", best
+# mean first (last-epoch text-to-audio mAP@10 over folds; cost from the folds' cpu.txt).
 ranked() {
   python3 - "$RUNS/$1" <<'EOF'
-import json, pathlib, sys
+import json, math, pathlib, sys
 rows = []
 group = pathlib.Path(sys.argv[1])
 for config in sorted(group.iterdir()) if group.is_dir() else []:
-    scores = []
+    scores, cpu, epochs = [], 0.0, 0
     for fold in sorted(config.glob("fold*")):
         lines = (fold / "metrics.jsonl").read_text().splitlines()
         scores.append(json.loads(lines[-1])["t2a_map10"])
+        if (fold / "cpu.txt").is_file():
+            for line in (fold / "cpu.txt").read_text().splitlines():
+                if line.strip():
+                    seconds, _, before, after = line.split()
+                    cpu, epochs = cpu + float(seconds), epochs + int(after) - int(before)
     if scores:
-        rows.append((sum(scores) / len(scores), config.name))
-for score, name in sorted(rows, reverse=True):
-    print(name, f"{score:.4f}")
+        n = len(scores)
+        mean = sum(scores) / n
+        se = math.sqrt(sum((s - mean) ** 2 for s in scores) / (n - 1) / n) if n > 1 else 0.0
+        rows.append((mean, se, cpu / epochs if epochs else float("inf"), config.name))
+for mean, se, cost, name in sorted(rows, reverse=True):
+    print(name, f"{mean:.4f}", f"{se:.4f}", f"{cost:.1f}")
 EOF
 }
 
-# The fit flags of a configuration name (encoder, loss or pooling names as in the stages).
-flags_of() {
-  local group=$1 name=$2
-  case $group in
-    encoders) echo "--encoder $name" ;;
-    losses) echo "--encoder $BEST_ENCODER --loss $name" ;;
-    poolings) echo "--encoder $BEST_ENCODER --pooling $name" ;;
-  esac
+# one_se_choice GROUP: the cheapest configuration within one standard error of the best mean.
+one_se_choice() {
+  ranked "$1" | awk 'NR == 1 { floor = $2 - $3 } $2 >= floor { print $4, $1 }' | sort -g | head -1 | cut -d' ' -f2
 }
 
 for e in $ENCODERS; do train encoders "$e" --encoder "$e"; done
+# Stages 2-3 use the encoder picked by the one-standard-error rule: the cheapest (CPU seconds
+# per epoch) of the encoders whose mean mAP@10 is within one standard error (over folds) of the
+# best mean. On a few hundred clips the folds disagree by about as much as close encoders do,
+# and the losses and poolings are then compared on an encoder that is not needlessly slow.
 # BEST_ENCODER may be set to keep stages 2-3 on an earlier choice when encoders are added later.
-BEST_ENCODER=${BEST_ENCODER:-$(ranked encoders | head -1 | cut -d' ' -f1)}
-echo "best encoder: $BEST_ENCODER"
+BEST_ENCODER=${BEST_ENCODER:-$(one_se_choice encoders)}
+echo "encoders (mean mAP@10, standard error, CPU s/epoch):"
+ranked encoders | sed 's/^/  /'
+echo "encoder for stages 2-3 (one-standard-error rule): $BEST_ENCODER"
 # Stage 1 already trained the best encoder with InfoNCE and mean-max pooling (fit's defaults).
 for l in $LOSSES; do
   if [ "$l" = infonce ]; then reuse losses "$l" "encoders/$BEST_ENCODER"; continue; fi
@@ -136,7 +146,7 @@ done
 
 # Ensemble of the three best configurations overall, per fold (a linked configuration counts once).
 mapfile -t TOP < <(for g in encoders losses poolings; do ranked $g | sed "s|^|$g/|"; done |
-  while read -r config score; do echo "$config $score $(readlink -f "$RUNS/$config")"; done |
+  while read -r config score _; do echo "$config $score $(readlink -f "$RUNS/$config")"; done |
   sort -k2 -r -g | awk '!seen[$3]++' | head -3 | cut -d' ' -f1)
 name=$(printf '%s+' "${TOP[@]##*/}")
 name=${name%+}
