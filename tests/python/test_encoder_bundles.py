@@ -1,7 +1,8 @@
 """Every encoder, pooling head and loss of the trainer, end to end through the CLI and SQL:
 `fit` one step on generated tones, `export` (which checks ONNX Runtime against the trainer and
 fails above 1e-4), then the SQLite extension loads the bundle and embeds a clip and a caption
-with it. The comparison's bundles are built the same way (scripts/compare.sh)."""
+with it, and librosa + onnxruntime reproduce the extension's embedding from nothing but the
+bundle's manifest. The comparison's bundles are built the same way (scripts/compare.sh)."""
 
 import json
 
@@ -33,6 +34,7 @@ def test_trains_exports_and_embeds_in_sql(workdir, encoder, pooling, loss):
     manifest = fit_export_and_embed(workdir, encoder, pooling, loss)
     # Waveform encoders name their second input; the others have none.
     assert manifest["audio"]["input"].get("waveform") == ("waveform" if encoder == "wavegram-logmel" else None)
+    assert_reproduced_from_the_manifest(workdir, encoder, pooling, loss)
 
 
 @pytest.mark.parametrize("encoder", ["cnn10", "tcn", "wavegram-logmel"])
@@ -42,12 +44,43 @@ def test_multiscale_mel_trains_exports_and_embeds_in_sql(workdir, encoder):
     assert audio["multiscale_win_lengths"] == [256, 512]
     assert audio["input"]["layout"] == "batch,frames,channels,mels"
     assert audio["encoder"]["config"]["input_channels"] == 3
+    assert_reproduced_from_the_manifest(workdir, encoder, "mean-max", "infonce", ["--multiscale", "256,512"])
+
+
+def assert_reproduced_from_the_manifest(workdir, encoder, pooling, loss, extra=()):
+    """librosa + onnxruntime, reading nothing but the manifest, embed the 12.5 s clip as
+    audio_embed does (test_manifest_reproduction.py). A one-step model maps every sound to
+    nearly the same direction, so a cosine bar would pass anything: the reproduction must
+    instead land within 1% of the distance between the embeddings of two different sounds.
+    Such a model's waveform branch contributes almost nothing yet (its BatchNorm statistics are
+    untrained), so this shows the manifest's `waveform` input is fed, not what it is fed: that
+    contract is tested on a hand-made graph in src/audio/encoder.rs
+    (`waveform_input_gets_each_windows_samples`)."""
+    pytest.importorskip("librosa", reason="librosa is in tests/python/requirements.txt")
+    from test_manifest_reproduction import reproduce
+
+    bundle = workdir / "bundles" / run_name(encoder, pooling, loss, extra)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    clip, other = workdir / "chirp.wav", sorted((workdir / "data" / "audio").iterdir())[0]
+    conn = open_connection()
+    try:
+        conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', ?)", (str(bundle),))
+        ours, theirs = (
+            np.frombuffer(conn.execute("SELECT audio_embed('m', ?)", (str(p),)).fetchone()[0], "<f4")
+            for p in (clip, other)
+        )
+    finally:
+        conn.close()
+    between = float(np.linalg.norm(ours - theirs))
+    assert between > 1e-4, f"the model does not tell a chirp from a tone ({between:.2e})"
+    error = float(np.linalg.norm(ours - reproduce(clip, manifest, bundle)))
+    assert error <= 0.01 * between, (error, between)
 
 
 def fit_export_and_embed(workdir, encoder, pooling, loss, extra=()):
     """Trains one step, exports (with its parity check), embeds a 12.5 s clip and a caption in
     SQL; returns the bundle's manifest."""
-    name = f"{encoder}-{pooling}-{loss}-{'-'.join(extra)}".replace("*", "x").replace("+", "p").replace(",", "_")
+    name = run_name(encoder, pooling, loss, extra)
     run, bundle = workdir / "runs" / name, workdir / "bundles" / name
     trainer(
         "fit", "--data", workdir / "data", "--text-bundle", DEFAULT_BUNDLE, "--out", run,
@@ -87,3 +120,7 @@ def fit_export_and_embed(workdir, encoder, pooling, loss, extra=()):
     assert np.all(np.isfinite(a)) and abs(np.linalg.norm(a) - 1.0) < 1e-5
     assert -1.0 <= score <= 1.0
     return manifest
+
+
+def run_name(encoder, pooling, loss, extra=()):
+    return f"{encoder}-{pooling}-{loss}-{'-'.join(extra)}".replace("*", "x").replace("+", "p").replace(",", "_")

@@ -1,7 +1,10 @@
 """The manifest's audio section is enough to reproduce audio_embed independently: librosa
 decodes, resamples and computes the log-mel from the manifest's keys (librosa's own argument
-names), onnxruntime runs audio.onnx, windows are pooled as `windowing` says. Resamplers and
-decoders differ (librosa uses soxr and libsndfile/audioread), so the bar is cosine >= 0.99."""
+names, one channel per window length with `multiscale_win_lengths`), onnxruntime runs
+audio.onnx (with the window's samples on a `waveform` input when the manifest names one),
+windows are pooled as `windowing` says. test_encoder_bundles.py reproduces every encoder's
+bundle (multiscale and waveform ones included) with `reproduce`. Resamplers and decoders differ
+(librosa uses soxr and libsndfile/audioread), so the bar is cosine >= 0.99."""
 
 import json
 import os
@@ -44,26 +47,46 @@ def window_bounds(total, sr, windowing):
     return bounds
 
 
+def log_mel(y, a, win_length):
+    """frames x mels, as the manifest's keys say (librosa's own argument names)."""
+    power = librosa.feature.melspectrogram(
+        y=y, sr=a["sample_rate"], n_fft=a["n_fft"], hop_length=a["hop_length"], win_length=win_length,
+        window=a["window"], center=a["center"], pad_mode=a["pad_mode"], power=a["power"], n_mels=a["n_mels"],
+        fmin=a["fmin"], fmax=a["fmax"], htk=a["mel_scale"] == "htk", norm="slaney" if a["mel_norm"] == "slaney" else None,
+    )
+    log = 10 * np.log10(np.maximum(power, a["log_floor"])) if a["log"] == "db" else np.log(power + a["log_floor"])
+    return log.T.astype(np.float32)
+
+
 def reproduce(path, manifest, bundle):
     a = manifest["audio"]
-    sr = a["sample_rate"]
+    sr, hop = a["sample_rate"], a["hop_length"]
     y, _ = librosa.load(path, sr=sr, mono=True)
     session = ort.InferenceSession(str(bundle / a["onnx"]), providers=["CPUExecutionProvider"])
     silence = 10 * np.log10(a["log_floor"]) if a["log"] == "db" else np.log(a["log_floor"])
     min_frames = (a.get("encoder") or {}).get("min_frames", 1)
+    # Multiscale mel: one input channel per window length, `win_length` first.
+    win_lengths = [a["win_length"], *a.get("multiscale_win_lengths", [])]
+    layout, waveform_input = a["input"]["layout"], a["input"].get("waveform")
     embeddings = []
     for start, end in window_bounds(len(y), sr, a["windowing"]):
-        power = librosa.feature.melspectrogram(
-            y=y[start:end], sr=sr, n_fft=a["n_fft"], hop_length=a["hop_length"], win_length=a["win_length"],
-            window=a["window"], center=a["center"], pad_mode=a["pad_mode"], power=a["power"], n_mels=a["n_mels"],
-            fmin=a["fmin"], fmax=a["fmax"], htk=a["mel_scale"] == "htk", norm="slaney" if a["mel_norm"] == "slaney" else None,
-        )
-        log_mel = 10 * np.log10(np.maximum(power, a["log_floor"])) if a["log"] == "db" else np.log(power + a["log_floor"])
-        frames = log_mel.T.astype(np.float32)  # frames x mels
-        if len(frames) < min_frames:
-            frames = np.concatenate([frames, np.full((min_frames - len(frames), frames.shape[1]), silence, np.float32)])
-        assert a["input"]["layout"] == "batch,1,frames,mels"
-        (out,) = session.run([a["output"]], {a["input"]["name"]: frames[None, None]})
+        x = np.stack([log_mel(y[start:end], a, w) for w in win_lengths], axis=1)  # frames x channels x mels
+        frames = len(x)
+        # The waveform input: the window's samples for frames * hop, read on past the window's
+        # end and zero-filled past the file's.
+        wave = np.zeros(max(frames, min_frames) * hop, np.float32)
+        take = y[start : start + frames * hop]
+        wave[: len(take)] = take
+        if frames < min_frames:
+            x = np.concatenate([x, np.full((min_frames - frames, *x.shape[1:]), silence, np.float32)])
+        if layout == "batch,frames,channels,mels":
+            feeds = {a["input"]["name"]: x[None]}
+        else:
+            assert layout == "batch,1,frames,mels" and x.shape[1] == 1, (layout, x.shape)
+            feeds = {a["input"]["name"]: x[None, :, 0][:, None]}
+        if waveform_input:
+            feeds[waveform_input] = wave[None]
+        (out,) = session.run([a["output"]], feeds)
         embeddings.append(out[0])
     pooled = np.mean(embeddings, axis=0)
     return pooled / np.linalg.norm(pooled)
