@@ -89,6 +89,8 @@ group = pathlib.Path(sys.argv[1])
 for config in sorted(group.iterdir()) if group.is_dir() else []:
     scores, cpu, epochs = [], 0.0, 0
     for fold in sorted(config.glob("fold*")):
+        if not (fold / "complete").is_file():
+            continue
         lines = (fold / "metrics.jsonl").read_text().splitlines()
         scores.append(json.loads(lines[-1])["t2a_map10"])
         if (fold / "cpu.txt").is_file():
