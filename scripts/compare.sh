@@ -12,7 +12,7 @@
 # clip with, and `audiotext-train report` writes the table and plots to REPORT.
 #
 # Settings (environment): DATA, FOLDS (3), EPOCHS (12), WIDTH (16), BATCH (32), ENCODERS,
-# LOSSES, POOLINGS, REPORT (docs/comparison/README.md), TRAIN_FLAGS (extra `fit` flags).
+# LOSSES, POOLINGS, REPORT (docs/comparison/results.md), TRAIN_FLAGS (extra `fit` flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +25,7 @@ BATCH=${BATCH:-32}
 ENCODERS=${ENCODERS:-"cnn6 cnn10 cnn14 resnet38 crnn tcn spec2vec wavegram-logmel"}
 LOSSES=${LOSSES:-"infonce ntxent triplet-sum triplet-max triplet-weighted vicreg cosine infonce+0.1*vicreg"}
 POOLINGS=${POOLINGS:-"mean max mean-max lstm-last lstm-mean netvlad netrvlad"}
-REPORT=${REPORT:-docs/comparison/README.md}
+REPORT=${REPORT:-docs/comparison/results.md}
 TRAIN_FLAGS=${TRAIN_FLAGS:-}
 TRAINER=dist/audiotext-train
 
