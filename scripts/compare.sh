@@ -11,22 +11,24 @@
 # then every run is exported to a bundle that the SQLite extension must load and embed a
 # clip with, and `audiotext-train report` writes the table and plots to REPORT.
 #
-# Settings (environment): DATA, FOLDS (3), EPOCHS (12), WIDTH (16), BATCH (32), ENCODERS,
-# LOSSES, POOLINGS, REPORT (docs/comparison/results.md), TRAIN_FLAGS (extra `fit` flags).
+# Settings (environment): DATA, FOLDS (2), EPOCHS (8), WIDTH (8), BATCH (16), ENCODERS,
+# LOSSES, POOLINGS, REPORT (docs/comparison/results.md), TRAIN_FLAGS (extra `fit` flags,
+# default `--validate-every 4`). The defaults are the published comparison (docs/comparison),
+# sized for 2 CPU cores; raise EPOCHS and WIDTH where there is a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data/esc50-dev}
 RUNS=${1:-runs/compare}
-FOLDS=${FOLDS:-3}
-EPOCHS=${EPOCHS:-12}
-WIDTH=${WIDTH:-16}
-BATCH=${BATCH:-32}
+FOLDS=${FOLDS:-2}
+EPOCHS=${EPOCHS:-8}
+WIDTH=${WIDTH:-8}
+BATCH=${BATCH:-16}
 ENCODERS=${ENCODERS:-"cnn6 cnn10 cnn14 resnet38 crnn tcn spec2vec wavegram-logmel"}
 LOSSES=${LOSSES:-"infonce ntxent triplet-sum triplet-max triplet-weighted vicreg cosine infonce+0.1*vicreg"}
 POOLINGS=${POOLINGS:-"mean max mean-max lstm-last lstm-mean netvlad netrvlad"}
 REPORT=${REPORT:-docs/comparison/results.md}
-TRAIN_FLAGS=${TRAIN_FLAGS:-}
+TRAIN_FLAGS=${TRAIN_FLAGS-"--validate-every 4"}  # unset: the default; empty: no flags
 TRAINER=dist/audiotext-train
 
 [ -x "$TRAINER" ] && [ -f dist/audiotext0.so ] || { echo "run scripts/build.sh first" >&2; exit 1; }
