@@ -258,16 +258,15 @@ fn read_cpu_times(fold: &Path) -> Result<Option<(f64, usize)>> {
     };
     let (mut seconds, mut epochs) = (0.0, 0);
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let parsed = (f.len() == 4)
-            .then(|| {
-                Some((
-                    f[0].parse::<f64>().ok()?,
-                    f[2].parse::<usize>().ok()?,
-                    f[3].parse::<usize>().ok()?,
-                ))
-            })
-            .flatten();
+        let parsed = match line.split_whitespace().collect::<Vec<_>>()[..] {
+            [cpu, _wall, before, after] => cpu
+                .parse::<f64>()
+                .ok()
+                .zip(before.parse::<usize>().ok())
+                .zip(after.parse::<usize>().ok())
+                .map(|((c, b), a)| (c, b, a)),
+            _ => None,
+        };
         let (cpu, before, after) = parsed.with_context(|| {
             format!(
                 "{}: expected `cpu_seconds wall_seconds epochs_before epochs_after`, got {line:?}",
