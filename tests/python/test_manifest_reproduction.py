@@ -18,6 +18,8 @@ ort = pytest.importorskip("onnxruntime")
 
 import make_audio as ma
 from conftest import DEFAULT_BUNDLE, open_connection
+# The log-mel parity test's statements of the window contract and of librosa's log-mel.
+from test_logmel import librosa_logmel, window_bounds
 
 COSINE_BAR = 0.99
 # Upsampling (a 16 kHz file to the model's 32 kHz) leaves the band above the source's Nyquist
@@ -30,34 +32,6 @@ def bundle_dir():
     return Path(os.environ.get("AUDIOTEXT_TEST_AUDIO_BUNDLE", DEFAULT_BUNDLE))
 
 
-def window_bounds(total, sr, windowing):
-    """The windows the manifest describes: clip_seconds long, hop_seconds apart; a trailing
-    window shorter than min_seconds is dropped unless it is the only one."""
-    to_samples = lambda s: int(np.floor(s * sr + 0.5))
-    clip, hop, minimum = (to_samples(windowing[k]) for k in ("clip_seconds", "hop_seconds", "min_seconds"))
-    bounds, start = [], 0
-    while start < total:
-        end = min(start + clip, total)
-        if end - start < clip and end - start < minimum and bounds:
-            break
-        bounds.append((start, end))
-        if end == total:
-            break
-        start += hop
-    return bounds
-
-
-def log_mel(y, a, win_length):
-    """frames x mels, as the manifest's keys say (librosa's own argument names)."""
-    power = librosa.feature.melspectrogram(
-        y=y, sr=a["sample_rate"], n_fft=a["n_fft"], hop_length=a["hop_length"], win_length=win_length,
-        window=a["window"], center=a["center"], pad_mode=a["pad_mode"], power=a["power"], n_mels=a["n_mels"],
-        fmin=a["fmin"], fmax=a["fmax"], htk=a["mel_scale"] == "htk", norm="slaney" if a["mel_norm"] == "slaney" else None,
-    )
-    log = 10 * np.log10(np.maximum(power, a["log_floor"])) if a["log"] == "db" else np.log(power + a["log_floor"])
-    return log.T.astype(np.float32)
-
-
 def reproduce(path, manifest, bundle):
     a = manifest["audio"]
     sr, hop = a["sample_rate"], a["hop_length"]
@@ -66,12 +40,13 @@ def reproduce(path, manifest, bundle):
     silence = 10 * np.log10(a["log_floor"]) if a["log"] == "db" else np.log(a["log_floor"])
     min_frames = (a.get("encoder") or {}).get("min_frames", 1)
     # Multiscale mel: one input channel per window length, `win_length` first.
-    win_lengths = [a["win_length"], *a.get("multiscale_win_lengths", [])]
+    channels = 1 + len(a.get("multiscale_win_lengths", []))
     layout, waveform_input = a["input"]["layout"], a["input"].get("waveform")
     embeddings = []
     for start, end in window_bounds(len(y), sr, a["windowing"]):
-        x = np.stack([log_mel(y[start:end], a, w) for w in win_lengths], axis=1)  # frames x channels x mels
+        x = librosa_logmel(y[start:end], a).astype(np.float32)
         frames = len(x)
+        x = x.reshape(frames, channels, a["n_mels"])
         # The waveform input: the window's samples for frames * hop, read on past the window's
         # end and zero-filled past the file's.
         wave = np.zeros(max(frames, min_frames) * hop, np.float32)
