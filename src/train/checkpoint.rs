@@ -46,7 +46,7 @@
 //! Checkpoints are saved as the state dict itself or wrapped, as PANNs' are
 //! (`{'model': state_dict, 'iteration': ..., 'sampler': ...}`): the dict of tensors is found at
 //! the top or under `model`, `state_dict`, `model_state_dict`, `module` or `net`, a few levels
-//! deep. A `module.` prefix on every name (a model saved inside `nn.DataParallel`) is removed.
+//! deep, or as an item of a tuple saved at the top (aiSFX's `torch.save((weights, ds_dict))`). A `module.` prefix on every name (a model saved inside `nn.DataParallel`) is removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -958,8 +958,16 @@ impl<'a> Unpickler<'a> {
 
     /// The dict of tensors in `value`: itself, or under one of [`STATE_DICT_KEYS`].
     fn find_state_dict(&self, value: &Value, depth: usize) -> Option<Vec<(String, TensorRef)>> {
-        let Value::Dict(id) = value else {
-            return None;
+        let id = match value {
+            Value::Dict(id) => id,
+            // `torch.save((state_dict, extra))`, as aiSFX saves `(weights, ds_dict)`: the first
+            // item that holds a state dict, only at the top (a tensor's sizes are tuples too).
+            Value::Tuple(items, _) if depth == 0 => {
+                return items
+                    .iter()
+                    .find_map(|item| self.find_state_dict(item, depth + 1))
+            }
+            _ => return None,
         };
         let entries = &self.dicts[*id];
         let is_state_dict = entries.iter().all(|(k, v)| {
@@ -1010,7 +1018,7 @@ impl<'a> Unpickler<'a> {
     fn state_dict(&self, root: &Value, path: &Path) -> Result<Vec<(String, TensorRef)>> {
         let mut tensors = self.find_state_dict(root, 0).ok_or_else(|| {
             anyhow!(
-                "{} holds no state dict (a dict of tensors, at the top or under {}): it holds {}",
+                "{} holds no state dict (a dict of tensors, at the top, in a tuple at the top, or under {}): it holds {}",
                 path.display(),
                 STATE_DICT_KEYS.map(|k| format!("'{k}'")).join(", "),
                 self.describe_object(root)
@@ -1417,7 +1425,7 @@ mod tests {
         };
         let expected = expected(dir);
         let files = expected["tensors"].as_object().unwrap();
-        assert_eq!(files.len(), 4);
+        assert_eq!(files.len(), 5);
         for (file, tensors) in files {
             let state =
                 read_checkpoint(&dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));

@@ -318,6 +318,19 @@ def big_endian_file(out, expected):
     expected["tensors"]["big_endian.pth"] = c.expected
 
 
+def tuple_file(out, expected):
+    """aiSFX's shape: torch.save((state_dict, ds_dict)), a tuple at the top."""
+    c = Checkpoint()
+    sd = collections.OrderedDict()
+    sd["embedding_net.conv_block1.conv1.weight"] = c.contiguous(
+        "embedding_net.conv_block1.conv1.weight", [[[[0.5, -0.25], [1.0, 2.0]]]]
+    )
+    sd["fc.0.0.bias"] = c.contiguous("fc.0.0.bias", [0.125, -3.0])
+    ds_dict = {"library_a": (0, 42), "library_b": (1, 7)}
+    write_zip(os.path.join(out, "tuple.pth"), (sd, ds_dict), c)
+    expected["tensors"]["tuple.pth"] = c.expected
+
+
 def legacy_file(out, expected):
     """torch < 1.6: consecutive pickles, CUDA storage classes, a storage view, a wrapper."""
     c = Checkpoint()
@@ -465,6 +478,7 @@ def main():
     panns_file(out, expected)
     big_endian_file(out, expected)
     legacy_file(out, expected)
+    tuple_file(out, expected)
     broken_files(out, expected)
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
