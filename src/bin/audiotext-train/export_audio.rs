@@ -505,8 +505,27 @@ fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
     })
 }
 
+/// What an exported graph outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphOutput {
+    /// The L2-normalised embedding (`audio.onnx`).
+    Embedding,
+    /// The pooling head's output, before the projection head (`export-backbone`).
+    Pooled,
+}
+
 /// The ONNX graph of an encoder (see the module docs).
 pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32) -> ModelProto {
+    build_encoder_onnx(model, enc, silence, GraphOutput::Embedding)
+}
+
+/// The ONNX graph of an encoder up to `output`.
+pub fn build_encoder_onnx(
+    model: &AudioEncoder,
+    enc: &EncoderConfig,
+    silence: f32,
+    output: GraphOutput,
+) -> ModelProto {
     let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
     let n_mels = enc.n_mels as i64;
     let x = if enc.input_channels == 1 {
@@ -540,11 +559,13 @@ pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32)
         x = pad_time_onnx(&mut g, &x, frames, fixed_silence);
         x = crop_time_onnx(&mut g, &x, frames);
     }
-    let (s0, b0) = bn_affine(&model.bn0);
-    let s0 = g.initializer_f32("bn0.scale", &[n_mels], &s0);
-    let b0 = g.initializer_f32("bn0.shift", &[n_mels], &b0);
-    x = g.node("Mul", &[&x, &s0], vec![]);
-    x = g.node("Add", &[&x, &b0], vec![]);
+    if let Some(bn0) = &model.bn0 {
+        let (s0, b0) = bn_affine(bn0);
+        let s0 = g.initializer_f32("bn0.scale", &[n_mels], &s0);
+        let b0 = g.initializer_f32("bn0.shift", &[n_mels], &b0);
+        x = g.node("Mul", &[&x, &s0], vec![]);
+        x = g.node("Add", &[&x, &b0], vec![]);
+    }
     // Waveform encoders: the samples of the same frames, zero-padded like the log-mel.
     let waveform = enc.architecture.needs_waveform().then(|| {
         let w = g.input(
@@ -556,6 +577,25 @@ pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32)
     });
     let frames = model.backbone.to_onnx(&mut g, &x, waveform.as_deref());
     let pooled = model.pooling.to_onnx(&mut g, &frames);
+    if output == GraphOutput::Pooled {
+        g.node_to("Identity", &[&pooled], vec![], &[OUTPUT_NAME]);
+        g.output(
+            OUTPUT_NAME,
+            DataType::Float,
+            &["batch".into(), (enc.pooled_dim() as i64).into()],
+        );
+        return g.finish(ModelInfo {
+            producer_name: "audiotext-train".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            doc_string: Some(format!(
+                "log-mel [{}] -> pooled backbone output (not normalised); {}; {}",
+                input_layout(enc.input_channels),
+                enc.architecture.describe(&enc.channels),
+                enc.pooling.describe()
+            )),
+            metadata: vec![("layout".into(), input_layout(enc.input_channels).into())],
+        });
+    }
     let x = linear_onnx(&mut g, "fc", &pooled, &model.fc);
     let x = g.node("Relu", &[&x], vec![]);
     let x = linear_onnx(&mut g, "proj", &x, &model.proj);

@@ -19,6 +19,7 @@
 //!
 //! Errors are printed once, with their chain of causes, and the exit code is 2.
 
+mod backbone;
 mod embed;
 mod encoders;
 mod ensemble;
@@ -81,6 +82,8 @@ enum Command {
     Ensemble(ensemble::EnsembleArgs),
     /// Tabulate a cross-validated grid of runs (mean and spread over folds) with plots.
     Report(report::ReportArgs),
+    /// Write a pretrained backbone (aiSFX) as backbone.onnx, checked against the trainer.
+    ExportBackbone(backbone::ExportBackboneArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +128,7 @@ fn run() -> Result<ExitCode> {
         Command::Export(args) => export_audio::run(args)?,
         Command::Ensemble(args) => ensemble::run(args)?,
         Command::Report(args) => report::run(args)?,
+        Command::ExportBackbone(args) => backbone::run_export(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -137,7 +137,10 @@ impl EncoderConfig {
         );
         let frame_dim = self.architecture.output_channels(&self.channels);
         AudioEncoder {
-            bn0: batch_norm(self.n_mels, self.bn_epsilon, device),
+            bn0: self
+                .architecture
+                .has_bn0()
+                .then(|| batch_norm(self.n_mels, self.bn_epsilon, device)),
             backbone,
             pooling: self.pooling.init(frame_dim, device),
             dropout: DropoutConfig::new(self.head_dropout).init(),
@@ -183,7 +186,8 @@ pub fn trainable_parameters<M: Module>(module: &M) -> usize {
 /// The audio encoder: log-mel `[batch, channels, frames, mels]` to an L2-normalised embedding.
 #[derive(Module, Debug)]
 pub struct AudioEncoder {
-    pub bn0: BatchNorm,
+    /// Absent for backbones that take the front-end's scale as it is (aiSFX).
+    pub bn0: Option<BatchNorm>,
     pub backbone: Backbone,
     pub pooling: Pooling,
     pub dropout: Dropout,
@@ -204,13 +208,26 @@ impl AudioEncoder {
     /// [`AudioEncoder::forward`] with the waveform `[batch, frames * hop]` that waveform
     /// encoders also read (ignored by the others).
     pub fn forward_with(&self, x: Tensor<4>, waveform: Option<Tensor<2>>) -> Tensor<2> {
+        self.head(self.pooled(x, waveform))
+    }
+
+    /// The pooling head's output `[batch, pooled_dim]`: what the projection head receives
+    /// (aiSFX's published embedding, for `--encoder aisfx --pooling max`).
+    pub fn pooled(&self, x: Tensor<4>, waveform: Option<Tensor<2>>) -> Tensor<2> {
         let x = match self.fixed_frames {
             Some((frames, silence)) => fit_frames(x, frames, silence),
             None => x,
         };
         // bn0 normalises each mel band: move mels to the channel axis and back.
-        let x = self.bn0.forward(x.swap_dims(1, 3)).swap_dims(1, 3);
-        let pooled = self.pooling.forward(self.backbone.forward(x, waveform));
+        let x = match &self.bn0 {
+            Some(bn0) => bn0.forward(x.swap_dims(1, 3)).swap_dims(1, 3),
+            None => x,
+        };
+        self.pooling.forward(self.backbone.forward(x, waveform))
+    }
+
+    /// The projection head on pooled vectors: dropout, `fc` + ReLU, `proj`, L2 normalisation.
+    pub fn head(&self, pooled: Tensor<2>) -> Tensor<2> {
         let x = relu(self.fc.forward(self.dropout.forward(pooled)));
         l2_normalize(self.proj.forward(x))
     }

@@ -92,7 +92,7 @@ pub fn check(path: &Path, encoder: &EncoderConfig) -> Result<PretrainedInfo> {
     Ok(PretrainedInfo {
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
         sha256: sha256_file(path)?,
-        source: format!("PANNs {}", encoder.architecture.name()),
+        source: source_name(&encoder.architecture),
         imported: plan.imported.len(),
         ignored: plan.ignored.len() + plan.unknown.len(),
     })
@@ -145,7 +145,8 @@ pub fn load(
             list(&plan.unknown)
         );
     }
-    if !matches!(config.pooling, PoolingKind::MeanMax) {
+    if config.architecture != Architecture::Aisfx && !matches!(config.pooling, PoolingKind::MeanMax)
+    {
         eprintln!(
             "note: PANNs' fc1 was trained after max + mean pooling (--pooling mean-max); \
              with --pooling {} it starts from weights made for another input",
@@ -153,16 +154,21 @@ pub fn load(
         );
     }
     println!(
-        "pretrained: {} tensors imported from {} (PANNs {}{}), {} ignored; proj starts afresh",
+        "pretrained: {} tensors imported from {} ({}{}), {} ignored; {} afresh",
         plan.imported.len(),
         path.display(),
-        config.architecture.name(),
+        source_name(&config.architecture),
         if plan.prefix.is_empty() {
             String::new()
         } else {
             format!(", names under {:?}", plan.prefix)
         },
-        plan.ignored.len() + plan.unknown.len()
+        plan.ignored.len() + plan.unknown.len(),
+        if config.architecture == Architecture::Aisfx {
+            "fc and proj start"
+        } else {
+            "proj starts"
+        }
     );
     Ok((encoder, plan))
 }
@@ -174,12 +180,25 @@ enum Layer<'a> {
     Linear(&'a mut Linear),
 }
 
-/// The layers a PANNs checkpoint fills, with their PANNs names (the table above).
+/// Where the weights come from, for messages and the manifest.
+fn source_name(architecture: &Architecture) -> String {
+    match architecture {
+        Architecture::Aisfx => "aiSFX (Ma and Lerch 2022)".into(),
+        other => format!("PANNs {}", other.name()),
+    }
+}
+
+/// The layers a PANNs (or aiSFX) checkpoint fills, with their names there (the table above):
+/// aiSFX has no `bn0`, and its classifiers are not `fc1`, so `fc` starts afresh.
 fn layers(encoder: &mut AudioEncoder) -> Result<Vec<(String, Layer<'_>)>> {
     let Backbone::Cnn(cnn) = &mut encoder.backbone else {
         bail!("PANNs CNN weights fit only the PANNs CNN encoders (--encoder cnn6, cnn10 or cnn14)")
     };
-    let mut out = vec![("bn0".to_string(), Layer::BatchNorm(&mut encoder.bn0))];
+    let has_fc1 = encoder.bn0.is_some();
+    let mut out = Vec::new();
+    if let Some(bn0) = &mut encoder.bn0 {
+        out.push(("bn0".to_string(), Layer::BatchNorm(bn0)));
+    }
     for (i, block) in cnn.blocks.iter_mut().enumerate() {
         let name = format!("conv_block{}", i + 1);
         out.push((format!("{name}.conv1"), Layer::Conv(&mut block.conv1)));
@@ -191,7 +210,9 @@ fn layers(encoder: &mut AudioEncoder) -> Result<Vec<(String, Layer<'_>)>> {
             out.push((format!("{name}.bn2"), Layer::BatchNorm(bn)));
         }
     }
-    out.push(("fc1".to_string(), Layer::Linear(&mut encoder.fc)));
+    if has_fc1 {
+        out.push(("fc1".to_string(), Layer::Linear(&mut encoder.fc)));
+    }
     Ok(out)
 }
 
@@ -299,11 +320,11 @@ pub fn plan(
     );
     if !matches!(
         config.architecture,
-        Architecture::Cnn6 | Architecture::Cnn10 | Architecture::Cnn14
+        Architecture::Cnn6 | Architecture::Cnn10 | Architecture::Cnn14 | Architecture::Aisfx
     ) {
         bail!(
             "--pretrained {file}: PANNs weights fit only the PANNs CNN encoders (--encoder \
-             cnn6, cnn10 or cnn14), not --encoder {}{}",
+             cnn6, cnn10 or cnn14) and aiSFX's (--encoder aisfx), not --encoder {}{}",
             config.architecture.name(),
             seen.advice(config)
         );
@@ -361,6 +382,10 @@ pub fn plan(
         match key.strip_prefix(prefix.as_str()) {
             Some(name) if wanted.contains(name) => {}
             Some(name) if is_panns_only(name) => plan.ignored.push(key.clone()),
+            // aiSFX's CrossNet classifiers, one per training library: not part of the embedding.
+            _ if config.architecture == Architecture::Aisfx && key.starts_with("fc.") => {
+                plan.ignored.push(key.clone())
+            }
             _ => plan.unknown.push(key.clone()),
         }
     }
@@ -411,6 +436,7 @@ impl Seen {
         Seen {
             architecture: match (blocks, double, kernel) {
                 (6, true, Some(3)) => Some("cnn14"),
+                (4, true, Some(3)) if get("bn0.weight").is_none() => Some("aisfx"),
                 (4, true, Some(3)) => Some("cnn10"),
                 (4, false, Some(5)) => Some("cnn6"),
                 _ => None,
@@ -642,7 +668,7 @@ mod tests {
                     "{what}"
                 );
 
-                assert_bn(&encoder.bn0, "bn0", &want, &what);
+                assert_bn(encoder.bn0.as_ref().unwrap(), "bn0", &want, &what);
                 let blocks = blocks(&encoder);
                 assert_eq!(blocks.len(), n_blocks);
                 for (i, block) in blocks.iter().enumerate() {
@@ -1148,7 +1174,10 @@ mod tests {
                 to_vec(blocks(encoder)[2].conv2.as_ref().unwrap().weight.val()),
                 "conv_block3.conv2.weight",
             ),
-            (to_vec(encoder.bn0.gamma.val()), "bn0.weight"),
+            (
+                to_vec(encoder.bn0.as_ref().unwrap().gamma.val()),
+                "bn0.weight",
+            ),
             (to_vec(encoder.fc.bias.as_ref().unwrap().val()), "fc1.bias"),
         ] {
             let file = &want[name].data;

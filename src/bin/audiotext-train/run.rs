@@ -386,6 +386,8 @@ pub fn embed_clips(
 pub fn pad_value(fe: &FrontEnd) -> f32 {
     match fe.log.as_str() {
         "ln" => fe.log_floor.ln(),
+        // log10(1 + m * 0) = 0, whatever the divisor.
+        "log10_1p" => 0.0,
         _ => 10.0 * fe.log_floor.log10(),
     }
 }

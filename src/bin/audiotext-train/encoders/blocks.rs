@@ -13,6 +13,7 @@ use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use burn::tensor::ops::MaxPoolOptions;
 
 use audiotext0::onnx::{AttributeProto, GraphBuilder};
 
@@ -166,6 +167,19 @@ pub fn avg_pool_onnx(g: &mut GraphBuilder, x: &str, kernel: [usize; 2]) -> Strin
     )
 }
 
+/// `MaxPool` with a 2-D kernel equal to its stride (floor, as PyTorch's `max_pool2d`).
+pub fn max_pool_onnx(g: &mut GraphBuilder, x: &str, kernel: [usize; 2]) -> String {
+    let k = [kernel[0] as i64, kernel[1] as i64];
+    g.node(
+        "MaxPool",
+        &[x],
+        vec![
+            AttributeProto::ints("kernel_shape", &k),
+            AttributeProto::ints("strides", &k),
+        ],
+    )
+}
+
 /// `x / max(|x|, 1e-12)` over axis `axis`.
 pub fn l2_normalize_onnx(g: &mut GraphBuilder, x: &str, axis: i64) -> String {
     let norm = g.node(
@@ -218,7 +232,8 @@ pub fn avg_pool(k: [usize; 2]) -> AvgPool2d {
 
 /// PANNs' conv block: one 5x5 (`ConvBlock5x5`, CNN6) or two 3x3 (`ConvBlock`, CNN10/14)
 /// conv + BatchNorm + ReLU, then average pooling (2x2, or none in CNN14's last block) and
-/// dropout. Field names follow PANNs (`conv1`, `bn1`, `conv2`, `bn2`) so that pretrained
+/// dropout. aiSFX's blocks (the DCASE cross-task baseline's `ConvBlock`) are the same with
+/// max pooling. Field names follow PANNs (`conv1`, `bn1`, `conv2`, `bn2`) so that pretrained
 /// weights map one to one.
 #[derive(Module, Debug)]
 pub struct ConvBlock {
@@ -232,6 +247,9 @@ pub struct ConvBlock {
     pub pool_size: usize,
     #[module(skip)]
     pub kernel: usize,
+    /// Max pooling instead of average pooling (aiSFX).
+    #[module(skip)]
+    pub max_pool: bool,
 }
 
 /// Shape of a [`ConvBlock`].
@@ -243,6 +261,8 @@ pub struct ConvBlockShape {
     pub kernel: usize,
     /// 1 (no pooling) or 2.
     pub pool: usize,
+    /// Max pooling instead of average pooling.
+    pub max_pool: bool,
 }
 
 impl ConvBlock {
@@ -253,10 +273,11 @@ impl ConvBlock {
             bn1: batch_norm(shape.c_out, eps, device),
             conv2: double.then(|| conv2d(shape.c_out, shape.c_out, 3, 1, device)),
             bn2: double.then(|| batch_norm(shape.c_out, eps, device)),
-            pool: (shape.pool > 1).then(|| avg_pool([shape.pool, shape.pool])),
+            pool: (shape.pool > 1 && !shape.max_pool).then(|| avg_pool([shape.pool, shape.pool])),
             dropout: DropoutConfig::new(dropout).init(),
             pool_size: shape.pool,
             kernel: shape.kernel,
+            max_pool: shape.max_pool,
         }
     }
 
@@ -267,6 +288,10 @@ impl ConvBlock {
         }
         if let Some(pool) = &self.pool {
             x = pool.forward(x);
+        }
+        if self.max_pool && self.pool_size > 1 {
+            let k = [self.pool_size, self.pool_size];
+            x = burn::tensor::module::max_pool2d(x, MaxPoolOptions::new(k).with_stride(k));
         }
         self.dropout.forward(x)
     }
@@ -289,6 +314,9 @@ impl ConvBlock {
         }
         if self.pool.is_some() {
             y = avg_pool_onnx(g, &y, [self.pool_size, self.pool_size]);
+        }
+        if self.max_pool && self.pool_size > 1 {
+            y = max_pool_onnx(g, &y, [self.pool_size, self.pool_size]);
         }
         y
     }

@@ -5,6 +5,11 @@
 //! | CNN6 | 4 | one 5x5 conv | `w, 2w, 4w, 8w` | 2x2 after each |
 //! | CNN10 | 4 | two 3x3 convs | `w, 2w, 4w, 8w` | 2x2 after each |
 //! | CNN14 | 6 | two 3x3 convs | `w .. 32w` | 2x2 after the first five, none after the last |
+//! | aiSFX | 4 | two 3x3 convs | `w, 2w, 4w, 8w` | 2x2 max after the first three, none after the last |
+//!
+//! aiSFX (Ma and Lerch, ISMIR 2022; `aisfx/models/cnn2d.py`, `EmbeddingNet('max', 3, 1, 64)`)
+//! is the DCASE 2018 cross-task baseline's 9-layer CNN with max pooling, trained on sound-effects
+//! libraries; its embedding is the mean over mels then the max over time (`--pooling max`).
 //!
 //! Output: the frame sequence `[batch, channels, frames / 2^pools]`, averaged over mels.
 
@@ -21,6 +26,7 @@ pub enum CnnVariant {
     Cnn6,
     Cnn10,
     Cnn14,
+    Aisfx,
 }
 
 impl CnnVariant {
@@ -34,16 +40,14 @@ impl CnnVariant {
             .iter()
             .enumerate()
             .map(|(i, &c)| {
-                let pool = if self == CnnVariant::Cnn14 && i == last {
-                    1
-                } else {
-                    2
-                };
+                let unpooled_last = matches!(self, CnnVariant::Cnn14 | CnnVariant::Aisfx);
+                let pool = if unpooled_last && i == last { 1 } else { 2 };
                 let shape = ConvBlockShape {
                     c_in,
                     c_out: c,
                     kernel,
                     pool,
+                    max_pool: self == CnnVariant::Aisfx,
                 };
                 c_in = c;
                 shape

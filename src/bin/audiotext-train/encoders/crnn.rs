@@ -38,6 +38,7 @@ impl Crnn {
                     c_out: c,
                     kernel: 3,
                     pool: 2,
+                    max_pool: false,
                 };
                 c_in = c;
                 s

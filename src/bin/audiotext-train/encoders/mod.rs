@@ -15,6 +15,7 @@
 //! | `tcn` | dilated residual `Conv1d` stack ([`tcn`]) | `t` |
 //! | `spec2vec` | whole fixed-size spectrogram ([`spec2vec`]) | 1 |
 //! | `wavegram-logmel` | waveform conv front end + log-mel, CNN14 ([`wavegram`]) | `t / 32` |
+//! | `aisfx` | aiSFX's pretrained sound-effects CNN ([`cnn`]), no `bn0` | `t / 8` |
 
 pub mod blocks;
 pub mod cnn;
@@ -65,6 +66,9 @@ pub enum Architecture {
     },
     /// PANNs' Wavegram-Logmel-CNN14: also reads the waveform (`hop_length` 320).
     WavegramLogmel,
+    /// aiSFX's sound-effects CNN (Ma and Lerch 2022): CNN10's blocks with max pooling, none
+    /// after the last, and no `bn0` (its front-end scales the log-mel itself).
+    Aisfx,
 }
 
 /// Names accepted by `--encoder`.
@@ -77,6 +81,7 @@ pub const ENCODER_NAMES: &[&str] = &[
     "tcn",
     "spec2vec",
     "wavegram-logmel",
+    "aisfx",
 ];
 
 impl Architecture {
@@ -101,6 +106,7 @@ impl Architecture {
             },
             "spec2vec" => Architecture::Spec2vec { frames, silence },
             "wavegram-logmel" => Architecture::WavegramLogmel,
+            "aisfx" => Architecture::Aisfx,
             other => {
                 return Err(format!(
                     "unknown encoder {other:?}; choose one of {}",
@@ -121,6 +127,7 @@ impl Architecture {
             Architecture::Tcn { .. } => "tcn",
             Architecture::Spec2vec { .. } => "spec2vec",
             Architecture::WavegramLogmel => "wavegram-logmel",
+            Architecture::Aisfx => "aisfx",
         }
     }
 
@@ -128,7 +135,7 @@ impl Architecture {
     pub fn channels(&self, w: usize) -> Vec<usize> {
         match self {
             Architecture::Cnn6 => CnnVariant::Cnn6.channels(w),
-            Architecture::Cnn10 => CnnVariant::Cnn10.channels(w),
+            Architecture::Cnn10 | Architecture::Aisfx => CnnVariant::Cnn10.channels(w),
             Architecture::Cnn14 | Architecture::WavegramLogmel => CnnVariant::Cnn14.channels(w),
             Architecture::Resnet38 => vec![w, 2 * w, 4 * w, 8 * w, 32 * w],
             Architecture::Crnn { .. } => vec![w, 2 * w, 4 * w],
@@ -150,11 +157,19 @@ impl Architecture {
     pub fn min_frames(&self, channels: &[usize]) -> usize {
         match self {
             Architecture::Cnn6 | Architecture::Cnn10 => 1 << channels.len(),
-            Architecture::Cnn14 | Architecture::WavegramLogmel => 1 << (channels.len() - 1),
+            Architecture::Cnn14 | Architecture::WavegramLogmel | Architecture::Aisfx => {
+                1 << (channels.len() - 1)
+            }
             Architecture::Resnet38 => 32,
             Architecture::Crnn { .. } => 1 << channels.len(),
             Architecture::Tcn { .. } | Architecture::Spec2vec { .. } => 1,
         }
+    }
+
+    /// Whether the encoder starts with `bn0`, a BatchNorm over mel bands (all but aiSFX, whose
+    /// pretrained blocks expect the front-end's own scaling).
+    pub fn has_bn0(&self) -> bool {
+        !matches!(self, Architecture::Aisfx)
     }
 
     /// Whether the encoder also reads the waveform (the manifest's `input.waveform`).
@@ -185,6 +200,7 @@ impl Architecture {
             Architecture::Crnn { gru_hidden } => format!("CRNN: conv blocks {ch}, bidirectional GRU of {gru_hidden} per direction"),
             Architecture::Tcn { kernel, dilations, causal } => format!("TCN: {} residual blocks (kernel {kernel}, dilations {dilations:?}, {}), channels {ch}", dilations.len(), if *causal { "causal" } else { "non-causal" }),
             Architecture::Spec2vec { frames, .. } => format!("Spec2Vec-style: fixed {frames} frames, strided convs {ch}, flatten + Linear"),
+            Architecture::Aisfx => format!("aiSFX (Ma and Lerch 2022): 4 blocks of two 3x3 convs, max pooling, channels {ch}"),
             Architecture::WavegramLogmel => format!("Wavegram-Logmel-CNN14-style (PANNs): 1-D conv front end on the waveform (stride 5, three dilated blocks pooled by 4) joined with the log-mel after CNN14's first block; channels {ch}"),
         }
     }
@@ -200,10 +216,14 @@ impl Architecture {
         device: &Device,
     ) -> Backbone {
         match self {
-            Architecture::Cnn6 | Architecture::Cnn10 | Architecture::Cnn14 => {
+            Architecture::Cnn6
+            | Architecture::Cnn10
+            | Architecture::Cnn14
+            | Architecture::Aisfx => {
                 let variant = match self {
                     Architecture::Cnn6 => CnnVariant::Cnn6,
                     Architecture::Cnn10 => CnnVariant::Cnn10,
+                    Architecture::Aisfx => CnnVariant::Aisfx,
                     _ => CnnVariant::Cnn14,
                 };
                 Backbone::Cnn(Cnn::new(

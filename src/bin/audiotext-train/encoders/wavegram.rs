@@ -150,6 +150,7 @@ impl Wavegram {
                     c_out: w,
                     kernel: 3,
                     pool: 1,
+                    max_pool: false,
                 },
                 dropout,
                 eps,
