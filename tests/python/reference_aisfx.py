@@ -314,15 +314,16 @@ def _conv3x3(x, w):
     """torch.nn.Conv2d(kernel 3, stride 1, padding 1, bias False) on (H, W, C_in) -> (H, W, C_out).
 
     Cross-correlation (no kernel flip): out[h, w, o] = sum_{c, i, j} xpad[h + i, w + j, c] * w[o, c, i, j],
-    with xpad x zero-padded by one on both sides of H and W: a sum of nine shifted 1x1 convolutions.
+    with xpad x zero-padded by one on both sides of H and W. As one matrix product (im2col): row
+    (h, w) of `cols` holds the 3x3 neighbourhood, ordered (i, j, c), and the kernel is laid out to
+    match. One large product rather than many small ones: multithreaded BLAS is slow on small
+    ones when the machine is busy.
     """
-    h, wd, _ = x.shape
+    h, wd, c = x.shape
     xp = np.pad(x, ((1, 1), (1, 1), (0, 0)))
-    out = np.zeros((h, wd, w.shape[0]))
-    for i in range(3):
-        for j in range(3):
-            out += xp[i:i + h, j:j + wd, :] @ w[:, :, i, j].T
-    return out
+    cols = np.concatenate([xp[i:i + h, j:j + wd, :] for i in range(3) for j in range(3)], axis=2)
+    kernel = w.transpose(2, 3, 1, 0).reshape(9 * c, w.shape[0])  # [(i, j, c), o]
+    return (cols.reshape(h * wd, 9 * c) @ kernel).reshape(h, wd, w.shape[0])
 
 
 def _batch_norm(x, weights, name):
