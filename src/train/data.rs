@@ -547,6 +547,42 @@ fn column(headers: &csv::StringRecord, name: &str, path: &Path) -> Result<usize>
         })
 }
 
+/// Class-level queries (`class,query` CSV, a header line first): each query with the index of
+/// its class in `classes` (sorted, as the labels' classes are). Held-out phrasings for
+/// validation, or a user's own queries for a labelled library (`eval --queries`).
+pub fn read_class_queries(path: &Path, classes: &[String]) -> Result<Vec<(usize, String)>> {
+    let mut reader = csv_reader(path)?;
+    let headers = reader
+        .headers()
+        .with_context(|| format!("{}: cannot read the header", path.display()))?
+        .clone();
+    let (class_col, query_col) = (column(&headers, "class", path)?, column(&headers, "query", path)?);
+    let mut out = Vec::new();
+    for (n, record) in reader.records().enumerate() {
+        let line = n + 2;
+        let record =
+            record.with_context(|| format!("{}: line {line} is not valid CSV", path.display()))?;
+        let class = record.get(class_col).unwrap_or("").trim();
+        let query = record.get(query_col).unwrap_or("").trim();
+        let Ok(index) = classes.binary_search_by(|c| c.as_str().cmp(class)) else {
+            bail!(
+                "{}: line {line}: class {class:?} is not one of the labels' {} classes ({}, ...)",
+                path.display(),
+                classes.len(),
+                classes.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        if query.is_empty() {
+            bail!("{}: line {line}: the query is empty", path.display());
+        }
+        out.push((index, query.to_string()));
+    }
+    if out.is_empty() {
+        bail!("{} holds no queries: write lines `class,query` under the header", path.display());
+    }
+    Ok(out)
+}
+
 /// Reads `file_name,caption_1..caption_N` rows; duplicate file names are an error.
 pub fn read_captions(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
     let mut reader = csv_reader(path)?;

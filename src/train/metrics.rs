@@ -169,6 +169,58 @@ pub fn class_precision_at(
     total / caption_clip.len() as f64
 }
 
+/// Class-level text-to-audio retrieval: every clip of the query's class is relevant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ClassRetrieval {
+    /// Fraction of queries whose top clip is of the query's class.
+    pub p1: f64,
+    /// Mean over queries of the fraction of the top 10 clips of the query's class.
+    pub p10: f64,
+    /// Mean over queries of AP@10: the sum of precision@k at each relevant rank k <= 10,
+    /// divided by min(relevant clips, 10) (so a perfect top 10 scores 1 however many clips
+    /// the class has). A query whose class has no clip counts 0.
+    pub map10: f64,
+    pub queries: usize,
+}
+
+/// [`ClassRetrieval`] for `sim` (`queries x clips`), `query_class[q]` the class of query `q`
+/// and `clip_class[c]` that of clip `c`.
+pub fn class_retrieval(sim: &[f32], query_class: &[usize], clip_class: &[usize]) -> ClassRetrieval {
+    let clips = clip_class.len();
+    check_shape(sim, query_class.len(), clips, "class_retrieval");
+    let mut m = ClassRetrieval {
+        queries: query_class.len(),
+        ..Default::default()
+    };
+    if query_class.is_empty() || clips == 0 {
+        return m;
+    }
+    for (q, &class) in query_class.iter().enumerate() {
+        let relevant = clip_class.iter().filter(|&&c| c == class).count();
+        let ranked = order(&sim[q * clips..(q + 1) * clips]);
+        let mut hits = 0usize;
+        let mut ap = 0.0;
+        for (k, &c) in ranked.iter().take(10).enumerate() {
+            if clip_class[c] == class {
+                hits += 1;
+                ap += hits as f64 / (k + 1) as f64;
+            }
+        }
+        if clip_class[ranked[0]] == class {
+            m.p1 += 1.0;
+        }
+        m.p10 += hits as f64 / 10f64.min(clips as f64);
+        if relevant > 0 {
+            m.map10 += ap / relevant.min(10) as f64;
+        }
+    }
+    let n = query_class.len() as f64;
+    m.p1 /= n;
+    m.p10 /= n;
+    m.map10 /= n;
+    m
+}
+
 /// `a @ b^T` for row-major `a` (`n x d`) and `b` (`m x d`): cosine similarities when the rows
 /// are L2-normalised.
 pub fn similarity(a: &[Vec<f32>], b: &[Vec<f32>]) -> Vec<f32> {
@@ -289,5 +341,22 @@ mod tests {
         );
         assert_eq!(rank_of(&[0.5, 0.5, 0.5], 2), 3);
         assert_eq!(rank_of(&[0.5, 0.9, 0.5], 0), 2);
+    }
+    #[test]
+    fn class_retrieval_scores_ranks_by_class() {
+        // Clips of classes [0, 1, 0, 1]; query 0 (class 0) ranks clips 0, 1, 2, 3;
+        // query 1 (class 1) ranks 0, 2, 1, 3.
+        let sim = [0.9, 0.8, 0.7, 0.1, 0.9, 0.2, 0.8, 0.1];
+        let m = class_retrieval(&sim, &[0, 1], &[0, 1, 0, 1]);
+        assert_eq!(m.queries, 2);
+        assert!((m.p1 - 0.5).abs() < 1e-12);
+        // Query 0: hits at ranks 1 and 3: (1 + 2/3) / 2; query 1: ranks 3 and 4: (1/3 + 2/4) / 2.
+        let want = ((1.0 + 2.0 / 3.0) / 2.0 + (1.0 / 3.0 + 0.5) / 2.0) / 2.0;
+        assert!((m.map10 - want).abs() < 1e-12, "{}", m.map10);
+        // Four clips: precision over the 4 there are, 2 of each class.
+        assert!((m.p10 - 0.5).abs() < 1e-12);
+        // A class without clips scores 0, never NaN.
+        let m = class_retrieval(&[0.5, 0.4], &[7], &[0, 1]);
+        assert_eq!((m.p1, m.map10), (0.0, 0.0));
     }
 }
