@@ -384,10 +384,7 @@ pub fn embed_clips(
 
 /// The value of silence in the front-end's log scale (padding value).
 pub fn pad_value(fe: &FrontEnd) -> f32 {
-    match fe.log.as_str() {
-        "ln" => fe.log_floor.ln(),
-        _ => 10.0 * fe.log_floor.log10(),
-    }
+    fe.silence_value()
 }
 
 /// Pads a clip with silence at the end up to `frames`.
