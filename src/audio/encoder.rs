@@ -129,14 +129,9 @@ impl AudioEncoder {
         declared.map_or(1, |n| n.max(1) as usize)
     }
 
-    /// The log-mel value of silence: the log of the floor, as the front-end computes it.
+    /// The log-mel value of silence, as the front-end computes it (`FrontEnd::silence_value`).
     fn silence_value(&self) -> f32 {
-        let floor = self.section.front_end.log_floor;
-        if self.section.front_end.log == "db" {
-            10.0 * floor.log10()
-        } else {
-            floor.ln()
-        }
+        self.section.front_end.silence_value()
     }
 
     /// Embeds windows in batches of equal length; returns one embedding per window, in order.

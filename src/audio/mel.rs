@@ -1,11 +1,15 @@
 //! Log-mel spectrogram: a port of librosa 0.11's `feature.melspectrogram` followed by the
-//! manifest's log (`power_to_db(ref=1, top_db=None)` or a natural log). Pure: slices in, a Vec out.
+//! manifest's log (`power_to_db(ref=1, top_db=None)`, a natural log or aiSFX's
+//! `log10(1 + m x)`), with the optional steps of `FrontEnd` around it (peak normalisation and
+//! gain of the samples, a low-pass on the spectrum, a divisor after the log; see
+//! `audio::config` for the order). Pure: slices in, a Vec out.
 //!
 //! Ported from librosa 0.11.0 (`librosa/core/spectrum.py` `stft`/`_spectrogram`,
-//! `librosa/filters.py` `mel`, `librosa/core/convert.py` `hz_to_mel`/`mel_to_hz`/
-//! `mel_frequencies`) and scipy's `get_window('hann', n, fftbins=True)`. The filterbank and the
-//! window are computed in f64 with numpy's operation order, then stored as f32; the FFT, the
-//! power spectrum and the mel projection run in f32 (tolerance: tests/python/test_logmel.py).
+//! `librosa/filters.py` `mel`, `librosa/util/utils.py` `normalize`, `librosa/core/convert.py`
+//! `hz_to_mel`/`mel_to_hz`/`mel_frequencies`) and scipy's `get_window('hann', n, fftbins=True)`.
+//! The filterbank and the window are computed in f64 with numpy's operation order, then stored
+//! as f32; the FFT, the power spectrum and the mel projection run in f32 (tolerance:
+//! tests/python/test_logmel.py).
 //!
 //! Padding when centred follows `numpy.pad` (librosa pads `n_fft / 2` on both sides):
 //! `constant` adds zeros; `reflect` mirrors without repeating the edge sample and, when the pad
@@ -72,6 +76,21 @@ enum Power {
 enum LogKind {
     Db,
     Ln,
+    /// log10(1 + multiplier * x).
+    Log10OnePlus {
+        multiplier: f32,
+    },
+}
+
+/// Filter normalisation (librosa `filters.mel(norm=...)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MelNorm {
+    /// No normalisation (`norm=None`): triangles of height 1.
+    None,
+    /// Slaney's area normalisation (`norm='slaney'`): each triangle times 2 / its width in Hz.
+    Slaney,
+    /// `norm=1`: each filter divided by the sum of its weights (`util.normalize(norm=1)`).
+    L1,
 }
 
 /// One triangular filter, stored as its non-zero run: bins `first_bin..first_bin + len` with
@@ -108,6 +127,15 @@ pub struct MelExtractor {
     power: Power,
     log: LogKind,
     log_floor: f32,
+    /// Every log value is divided by this (`log_divisor`), when set.
+    log_divisor: Option<f32>,
+    /// Whether each call's samples are divided by their peak |x| (`peak_normalize: window`).
+    peak_normalize: bool,
+    /// `10^(input_gain_db / 20)`, when `input_gain_db` is set.
+    input_gain: Option<f32>,
+    /// Bins `0..kept_bins` of the spectrum feed the mel projection; the rest are zeroed
+    /// (`lowpass_hz`; all `n_fft / 2 + 1` bins without it).
+    kept_bins: usize,
     n_mels: usize,
     /// One window per channel: the periodic Hann window of that channel's length, zero-padded
     /// and centred to `n_fft` (channel 0: `win_length`, then `multiscale_win_lengths`).
@@ -128,6 +156,11 @@ impl std::fmt::Debug for MelExtractor {
             .finish_non_exhaustive()
     }
 }
+
+/// The largest |input_gain_db|: beyond about 770 dB the factor is no longer a finite f32 (and
+/// 0 * inf would give NaN); 200 dB (x 1e10) keeps every power spectrum of samples in [-1, 1]
+/// finite for any practical n_fft, and is far beyond any useful gain.
+pub const MAX_INPUT_GAIN_DB: f32 = 200.0;
 
 fn invalid(msg: String) -> Error {
     Error::Other(format!("audio front-end: {msg}"))
@@ -214,21 +247,40 @@ impl MelExtractor {
                 )))
             }
         };
-        let slaney_norm = match fe.mel_norm.as_str() {
-            "slaney" => true,
-            "none" => false,
+        let mel_norm = match fe.mel_norm.as_str() {
+            "slaney" => MelNorm::Slaney,
+            "l1" => MelNorm::L1,
+            "none" => MelNorm::None,
             other => {
                 return Err(invalid(format!(
-                    "unknown mel_norm {other:?}: use \"slaney\" or \"none\""
+                    "unknown mel_norm {other:?}: use \"slaney\", \"l1\" or \"none\""
                 )))
             }
         };
-        let log = match fe.log.as_str() {
-            "db" => LogKind::Db,
-            "ln" => LogKind::Ln,
-            other => {
+        let log = match (fe.log.as_str(), fe.log_multiplier) {
+            ("db", None) => LogKind::Db,
+            ("ln", None) => LogKind::Ln,
+            ("log10_1p", Some(m)) if m.is_finite() && m > 0.0 => {
+                LogKind::Log10OnePlus { multiplier: m }
+            }
+            ("log10_1p", Some(m)) => {
                 return Err(invalid(format!(
-                    "unknown log {other:?}: use \"db\" or \"ln\""
+                    "log_multiplier is {m}: it must be a finite number > 0 (aiSFX: 10000)"
+                )))
+            }
+            ("log10_1p", None) => {
+                return Err(invalid(
+                    "log is \"log10_1p\" without log_multiplier: set the m of log10(1 + m x) (aiSFX: 10000)".into(),
+                ))
+            }
+            (log @ ("db" | "ln"), Some(m)) => {
+                return Err(invalid(format!(
+                    "log_multiplier is {m} while log is {log:?}: it applies to \"log10_1p\" only, remove it"
+                )))
+            }
+            (other, _) => {
+                return Err(invalid(format!(
+                    "unknown log {other:?}: use \"db\", \"ln\" or \"log10_1p\""
                 )))
             }
         };
@@ -238,6 +290,45 @@ impl MelExtractor {
                 fe.log_floor
             )));
         }
+        if let Some(d) = fe.log_divisor {
+            if !(d.is_finite() && d != 0.0) {
+                return Err(invalid(format!(
+                    "log_divisor is {d}: it must be a finite, nonzero number, or be left out"
+                )));
+            }
+        }
+        let peak_normalize = match fe.peak_normalize.as_deref() {
+            None => false,
+            Some("window") => true,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "unknown peak_normalize {other:?}: use \"window\", or leave it out"
+                )))
+            }
+        };
+        let input_gain = match fe.input_gain_db {
+            None => None,
+            Some(db) if db.is_finite() && db.abs() <= MAX_INPUT_GAIN_DB => {
+                Some(10f64.powf(db as f64 / 20.0) as f32)
+            }
+            Some(db) => {
+                return Err(invalid(format!(
+                    "input_gain_db is {db}: it must be a number of dB from -{MAX_INPUT_GAIN_DB} to {MAX_INPUT_GAIN_DB}, or be left out"
+                )))
+            }
+        };
+        let n_bins = fe.n_fft / 2 + 1;
+        let kept_bins = match fe.lowpass_hz {
+            None => n_bins,
+            Some(hz) if hz.is_finite() && hz > 0.0 => {
+                lowpass_kept_bins(fe.sample_rate, fe.n_fft, hz as f64)
+            }
+            Some(hz) => {
+                return Err(invalid(format!(
+                    "lowpass_hz is {hz}: it must be a finite frequency > 0 Hz, or be left out"
+                )))
+            }
+        };
 
         for (i, &length) in fe.multiscale_win_lengths.iter().enumerate() {
             if length == 0 || length > fe.n_fft {
@@ -260,9 +351,8 @@ impl MelExtractor {
             fmin,
             fmax,
             htk,
-            slaney_norm,
+            mel_norm,
         );
-        let n_bins = fe.n_fft / 2 + 1;
         let mut filters = Vec::with_capacity(fe.n_mels);
         let mut weights = Vec::new();
         for row in dense.chunks(n_bins) {
@@ -290,6 +380,10 @@ impl MelExtractor {
             power,
             log,
             log_floor: fe.log_floor,
+            log_divisor: fe.log_divisor,
+            peak_normalize,
+            input_gain,
+            kept_bins,
             n_mels: fe.n_mels,
             windows,
             fft,
@@ -378,8 +472,23 @@ impl MelExtractor {
         fft_scratch.resize(self.fft.get_scratch_len(), Complex::new(0.0, 0.0));
         power.resize(n_bins, 0.0);
 
+        // Peak normalisation and gain scale the signal before framing; padding is linear (zeros,
+        // or copies of samples), so scaling the padded signal is scaling the samples.
+        let peak = if self.peak_normalize {
+            let peak = samples.iter().fold(0f32, |m, &x| m.max(x.abs()));
+            (peak > 0.0).then_some(peak) // all zeros: left as they are
+        } else {
+            None
+        };
+        let scaled = peak.is_some() || self.input_gain.is_some();
         let signal: &[f32] = if self.center {
             self.pad(samples, padded);
+            self.scale(padded, peak);
+            padded
+        } else if scaled {
+            padded.clear();
+            padded.extend_from_slice(samples);
+            self.scale(padded, peak);
             padded
         } else {
             samples
@@ -399,8 +508,19 @@ impl MelExtractor {
         }
     }
 
-    /// One channel of one frame: `segment` (n_fft samples) times `window`, FFT, power, mel
-    /// projection and log into `row` (n_mels values).
+    /// Divides `x` by `peak` (the samples' peak |x|, when normalising) and multiplies it by the
+    /// input gain, in that order.
+    fn scale(&self, x: &mut [f32], peak: Option<f32>) {
+        match (peak, self.input_gain) {
+            (None, None) => {}
+            (Some(p), None) => x.iter_mut().for_each(|v| *v /= p),
+            (None, Some(g)) => x.iter_mut().for_each(|v| *v *= g),
+            (Some(p), Some(g)) => x.iter_mut().for_each(|v| *v = *v / p * g),
+        }
+    }
+
+    /// One channel of one frame: `segment` (n_fft samples) times `window`, FFT, power, low-pass,
+    /// mel projection, log and divisor into `row` (n_mels values).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     fn frame_into(
@@ -419,19 +539,23 @@ impl MelExtractor {
         self.fft
             .process_with_scratch(frame, spectrum, fft_scratch)
             .expect("buffer lengths match the FFT plan");
+        // The low-pass: bins from `kept_bins` on are zero (computed for no power exponent).
+        let (kept, cut) = power.split_at_mut(self.kept_bins);
+        cut.fill(0.0);
+        let spectrum = &spectrum[..self.kept_bins];
         match self.power {
             Power::Two => {
-                for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                for (p, c) in kept.iter_mut().zip(spectrum) {
                     *p = c.re * c.re + c.im * c.im;
                 }
             }
             Power::One => {
-                for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                for (p, c) in kept.iter_mut().zip(spectrum) {
                     *p = (c.re * c.re + c.im * c.im).sqrt();
                 }
             }
             Power::Other(e) => {
-                for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+                for (p, c) in kept.iter_mut().zip(spectrum) {
                     *p = (c.re * c.re + c.im * c.im).powf(e / 2.0);
                 }
             }
@@ -440,9 +564,17 @@ impl MelExtractor {
             let bins = &power[f.first_bin..f.first_bin + f.len];
             let weights = &self.weights[f.offset..f.offset + f.len];
             let mel: f32 = bins.iter().zip(weights).map(|(p, w)| p * w).sum();
-            *out = match self.log {
+            let value = match self.log {
                 LogKind::Db => 10.0 * mel.max(self.log_floor).log10(),
                 LogKind::Ln => (mel + self.log_floor).ln(),
+                // In f64: m * x cannot overflow, and ln_1p keeps small values exact.
+                LogKind::Log10OnePlus { multiplier } => {
+                    ((mel as f64 * multiplier as f64).ln_1p() * std::f64::consts::LOG10_E) as f32
+                }
+            };
+            *out = match self.log_divisor {
+                Some(d) => value / d,
+                None => value,
             };
         }
     }
@@ -550,10 +682,23 @@ pub fn mel_to_hz(mel: f64, htk: bool) -> f64 {
     }
 }
 
+/// The number of spectrum bins a low-pass at `lowpass_hz` keeps: bins `k` whose frequency
+/// `k * sample_rate / n_fft` (f64) is at most `lowpass_hz`, i.e. bins `0..kept`.
+fn lowpass_kept_bins(sample_rate: u32, n_fft: usize, lowpass_hz: f64) -> usize {
+    (0..n_fft / 2 + 1)
+        .take_while(|&k| k as f64 * sample_rate as f64 / n_fft as f64 <= lowpass_hz)
+        .count()
+}
+
 /// The mel filterbank, `n_mels x (n_fft / 2 + 1)` row-major, as `librosa.filters.mel(sr, n_fft,
-/// n_mels, fmin, fmax, htk, norm='slaney' or None, dtype=float32)`: triangles between mel-spaced
-/// edges, computed in f64, stored in f32 (and, with the area normalisation, multiplied by
-/// `2 / (upper - lower)` after that first rounding, as librosa's in-place float32 update does).
+/// n_mels, fmin, fmax, htk, norm, dtype=float32)`: triangles between mel-spaced edges, computed
+/// in f64, stored in f32, then normalised with librosa's rounding:
+/// - `Slaney` (`norm='slaney'`): multiplied by `2 / (upper - lower)` after that first
+///   rounding, as librosa's in-place float32 update does;
+/// - `L1` (`norm=1`, `util.normalize(weights, norm=1, axis=-1)`): each f32 weight, as f64,
+///   divided by the f64 sum of its row's weights (numpy's pairwise summation), rounded to f32;
+///   a row whose sum is below float32's smallest normal number (`util.tiny`) is left as it is
+///   (normalize's `fill=None`), so an empty filter stays zero.
 pub fn mel_filterbank(
     sample_rate: u32,
     n_fft: usize,
@@ -561,7 +706,7 @@ pub fn mel_filterbank(
     fmin: f64,
     fmax: f64,
     htk: bool,
-    slaney_norm: bool,
+    norm: MelNorm,
 ) -> Vec<f32> {
     let n_bins = n_fft / 2 + 1;
     // np.fft.rfftfreq(n_fft, d=1/sr): k * (1 / (n_fft * d))
@@ -577,14 +722,54 @@ pub fn mel_filterbank(
             let lower = -(edges[i] - f) / fdiff_lo;
             let upper = (edges[i + 2] - f) / fdiff_hi;
             let w = lower.min(upper).max(0.0) as f32;
-            weights[i * n_bins + k] = if slaney_norm {
+            weights[i * n_bins + k] = if norm == MelNorm::Slaney {
                 (w as f64 * enorm) as f32
             } else {
                 w
             };
         }
     }
+    if norm == MelNorm::L1 {
+        let mut row64 = vec![0f64; n_bins];
+        for row in weights.chunks_mut(n_bins) {
+            for (a, &w) in row64.iter_mut().zip(row.iter()) {
+                *a = (w as f64).abs();
+            }
+            let length = numpy_pairwise_sum(&row64);
+            if length >= f32::MIN_POSITIVE as f64 {
+                for w in row.iter_mut() {
+                    *w = (*w as f64 / length) as f32;
+                }
+            }
+        }
+    }
     weights
+}
+
+/// `numpy.sum` of a contiguous f64 array: numpy's pairwise summation (`pairwise_sum` in
+/// numpy/_core/src/umath/loops_utils.h.src: 8 running sums over blocks of at most 128
+/// values, halves split at a multiple of 8), so that a sum rounds as numpy's does.
+fn numpy_pairwise_sum(x: &[f64]) -> f64 {
+    const BLOCK: usize = 128;
+    let n = x.len();
+    if n < 8 {
+        x.iter().fold(0.0, |acc, &v| acc + v)
+    } else if n <= BLOCK {
+        let mut r = [0f64; 8];
+        r.copy_from_slice(&x[..8]);
+        let whole = n - n % 8;
+        for chunk in x[8..whole].chunks_exact(8) {
+            for (acc, &v) in r.iter_mut().zip(chunk) {
+                *acc += v;
+            }
+        }
+        let res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        x[whole..].iter().fold(res, |acc, &v| acc + v)
+    } else {
+        let half = n / 2;
+        let half = half - half % 8;
+        numpy_pairwise_sum(&x[..half]) + numpy_pairwise_sum(&x[half..])
+    }
 }
 
 #[cfg(test)]
@@ -609,6 +794,11 @@ mod tests {
             log: "db".into(),
             log_floor: 1e-10,
             multiscale_win_lengths: Vec::new(),
+            peak_normalize: None,
+            input_gain_db: None,
+            lowpass_hz: None,
+            log_multiplier: None,
+            log_divisor: None,
         }
     }
 
@@ -635,7 +825,7 @@ mod tests {
         // part), so 3 filters have edges at mels 0, 3.75, 7.5, 11.25, 15 = 0, 250, ..., 1000 Hz:
         // filter i peaks (weight 1) on bin i+1 and is 0 on the other bins; the area norm is
         // 2 / (500 Hz) = 0.004.
-        let w = mel_filterbank(2000, 8, 3, 0.0, 1000.0, false, true);
+        let w = mel_filterbank(2000, 8, 3, 0.0, 1000.0, false, MelNorm::Slaney);
         let want = [
             [0.0, 0.004, 0.0, 0.0, 0.0],
             [0.0, 0.0, 0.004, 0.0, 0.0],
@@ -647,9 +837,9 @@ mod tests {
             }
         }
         // One filter with edges 0, 500, 1000 Hz: half weight on bins 250 and 750 Hz; no norm.
-        let w = mel_filterbank(2000, 8, 1, 0.0, 1000.0, false, false);
+        let w = mel_filterbank(2000, 8, 1, 0.0, 1000.0, false, MelNorm::None);
         assert_eq!(w, vec![0.0, 0.5, 1.0, 0.5, 0.0]);
-        let w = mel_filterbank(2000, 8, 1, 0.0, 1000.0, false, true);
+        let w = mel_filterbank(2000, 8, 1, 0.0, 1000.0, false, MelNorm::Slaney);
         for (a, b) in w.iter().zip([0.0, 0.001, 0.002, 0.001, 0.0]) {
             assert!((a - b).abs() < 1e-9, "{w:?}");
         }
@@ -659,7 +849,7 @@ mod tests {
     fn sparse_filterbank_round_trips() {
         let fe = FrontEnd::panns_32k();
         let mel = MelExtractor::new(&fe).unwrap();
-        let dense = mel_filterbank(32000, 1024, 64, 50.0, 14000.0, false, true);
+        let dense = mel_filterbank(32000, 1024, 64, 50.0, 14000.0, false, MelNorm::Slaney);
         assert_eq!(mel.filterbank(), dense);
         assert!(mel.filters.iter().all(|f| f.len > 0));
         // Sparse: far fewer weights than the dense matrix.
@@ -1035,6 +1225,465 @@ mod tests {
             );
         }
     }
+
+    /// A signal with energy all over the band, at the aiSFX rate.
+    fn busy_signal(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let t = i as f64 / 44_100.0;
+                (0.4 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()
+                    + 0.2 * (2.0 * std::f64::consts::PI * 9_000.0 * t * (1.0 + t)).sin()
+                    + 0.05 * (((i * 7919) % 1000) as f64 / 1000.0 - 0.5)) as f32
+            })
+            .collect()
+    }
+
+    /// aiSFX's front-end without one of its sample-scaling steps, for comparisons.
+    fn aisfx_without_peak() -> FrontEnd {
+        FrontEnd {
+            peak_normalize: None,
+            ..FrontEnd::aisfx()
+        }
+    }
+
+    #[test]
+    fn numpy_pairwise_sum_rounds_as_numpy() {
+        // np.sum(1 / np.sqrt(np.arange(n) + 1)) with numpy 2.4; a left-to-right sum differs in
+        // the last bits for n = 100 (8 running sums) and n = 1025 (halves).
+        for (n, bits) in [
+            (7usize, 0x4010125007492efdu64),
+            (100, 0x403296f046b90b62),
+            (1025, 0x404f4b128fe95cc1),
+        ] {
+            let x: Vec<f64> = (0..n).map(|i| 1.0 / (i as f64 + 1.0).sqrt()).collect();
+            assert_eq!(numpy_pairwise_sum(&x).to_bits(), bits, "n {n}");
+        }
+        let x: Vec<f64> = (0..1025).map(|i| 1.0 / (i as f64 + 1.0).sqrt()).collect();
+        assert_ne!(x.iter().sum::<f64>().to_bits(), 0x404f4b128fe95cc1);
+        assert_eq!(numpy_pairwise_sum(&[]), 0.0);
+    }
+
+    #[test]
+    fn l1_filterbank_by_hand() {
+        // The triangles of filterbank_by_hand, each divided by the sum of its weights (as
+        // librosa.filters.mel(norm=1); test_logmel.py checks these values against librosa).
+        let w = mel_filterbank(2000, 8, 1, 0.0, 1000.0, false, MelNorm::L1);
+        assert_eq!(w, vec![0.0, 0.25, 0.5, 0.25, 0.0]);
+        let w = mel_filterbank(2000, 8, 3, 0.0, 1000.0, false, MelNorm::L1);
+        let want = [
+            [0.0, 1.0, 0.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0, 0.0],
+        ];
+        assert_eq!(w, want.concat());
+        // Too many bands for 5 bins: an empty filter stays empty (normalize leaves rows whose
+        // sum is below float32's tiny as they are), the others sum to 1.
+        let w = mel_filterbank(2000, 8, 6, 0.0, 1000.0, true, MelNorm::L1);
+        assert!(w[..5].iter().all(|&x| x == 0.0), "{w:?}");
+        for row in w.chunks(5).skip(1) {
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-6, "{row:?}");
+        }
+        // aiSFX's bank: every band non-empty and of unit sum; the same triangles as `none`.
+        let l1 = mel_filterbank(44_100, 2048, 96, 0.0, 22_050.0, true, MelNorm::L1);
+        let none = mel_filterbank(44_100, 2048, 96, 0.0, 22_050.0, true, MelNorm::None);
+        for (a, b) in l1.chunks(1025).zip(none.chunks(1025)) {
+            let sum: f64 = b.iter().map(|&x| x as f64).sum();
+            assert!(sum > 0.0);
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!(*x, (*y as f64 / sum) as f32);
+            }
+        }
+    }
+
+    #[test]
+    fn lowpass_keeps_bins_up_to_the_cut_off() {
+        // sr 16 kHz, n_fft 16: bins every 1 kHz, 0..=8 kHz.
+        assert_eq!(lowpass_kept_bins(16_000, 16, 3000.0), 4); // 3 kHz itself stays
+        assert_eq!(lowpass_kept_bins(16_000, 16, 2999.9), 3);
+        assert_eq!(lowpass_kept_bins(16_000, 16, 0.5), 1); // DC only
+        assert_eq!(lowpass_kept_bins(16_000, 16, 8000.0), 9);
+        assert_eq!(lowpass_kept_bins(16_000, 16, 1e9), 9);
+        // 44.1 kHz, n_fft 2048: 8 kHz lies between bins 371 (7989.3 Hz) and 372 (8010.8 Hz).
+        assert_eq!(lowpass_kept_bins(44_100, 2048, 8000.0), 372);
+        let fe = FrontEnd {
+            lowpass_hz: Some(8000.0),
+            ..FrontEnd::aisfx()
+        };
+        assert_eq!(MelExtractor::new(&fe).unwrap().kept_bins, 372);
+        assert_eq!(
+            MelExtractor::new(&FrontEnd::aisfx()).unwrap().kept_bins,
+            1025
+        );
+    }
+
+    #[test]
+    fn lowpass_silences_bands_above_and_keeps_bands_below() {
+        let x = busy_signal(44_100);
+        for log in ["db", "log10_1p"] {
+            let base = FrontEnd {
+                log: log.into(),
+                log_multiplier: (log == "log10_1p").then_some(10_000.0),
+                ..FrontEnd::aisfx()
+            };
+            let full = MelExtractor::new(&base).unwrap();
+            let cut = MelExtractor::new(&FrontEnd {
+                lowpass_hz: Some(8000.0),
+                ..base.clone()
+            })
+            .unwrap();
+            let (a, b) = (full.compute(&x), cut.compute(&x));
+            let (mut below, mut above) = (0, 0);
+            for (m, f) in cut.filters.iter().enumerate() {
+                for t in 0..a.frames {
+                    if f.first_bin + f.len <= cut.kept_bins {
+                        // Bit for bit: the same bins and weights.
+                        assert_eq!(b.frame(t)[m], a.frame(t)[m], "band {m}");
+                        below += 1;
+                    } else if f.first_bin >= cut.kept_bins {
+                        assert_eq!(b.frame(t)[m], base.silence_value(), "band {m}");
+                        above += 1;
+                    } else {
+                        // Straddling the cut-off: less energy than without the low-pass.
+                        assert!(b.frame(t)[m] <= a.frame(t)[m], "band {m}");
+                    }
+                }
+            }
+            assert!(below > 0 && above > 0, "{below} {above}");
+        }
+    }
+
+    #[test]
+    fn peak_normalisation_divides_each_call_by_its_peak() {
+        let x = busy_signal(30_000);
+        let peak = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let normalised: Vec<f32> = x.iter().map(|v| v / peak).collect();
+        for pad in ["constant", "reflect"] {
+            for center in [true, false] {
+                let plain = FrontEnd {
+                    pad_mode: pad.into(),
+                    center,
+                    ..aisfx_without_peak()
+                };
+                let fe = FrontEnd {
+                    peak_normalize: Some("window".into()),
+                    ..plain.clone()
+                };
+                let mel = MelExtractor::new(&fe).unwrap();
+                let want = MelExtractor::new(&plain).unwrap().compute(&normalised);
+                assert_eq!(mel.compute(&x), want, "{pad} {center}");
+                // Powers of two scale exactly: the same log-mel bit for bit at any level.
+                for k in [-100i32, -20, 7, 60] {
+                    let scaled: Vec<f32> = x.iter().map(|v| v * 2f32.powi(k)).collect();
+                    assert_eq!(mel.compute(&scaled), want, "2^{k}");
+                }
+                // Other levels within float32 rounding.
+                let scaled: Vec<f32> = x.iter().map(|v| v * 37.3).collect();
+                for (a, b) in mel.compute(&scaled).data.iter().zip(&want.data) {
+                    assert!((a - b).abs() < 1e-5, "{a} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gain_multiplies_after_peak_normalisation() {
+        let x = busy_signal(20_000);
+        let peak = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let plain = MelExtractor::new(&aisfx_without_peak()).unwrap();
+        let gain = 0.1f32; // 10^(-20 / 20), rounded to f32
+        let fe = FrontEnd {
+            input_gain_db: Some(-20.0),
+            ..FrontEnd::aisfx()
+        };
+        let want = plain.compute(&x.iter().map(|v| v / peak * gain).collect::<Vec<_>>());
+        assert_eq!(MelExtractor::new(&fe).unwrap().compute(&x), want);
+        // Gain alone, without peak normalisation.
+        let fe = FrontEnd {
+            input_gain_db: Some(-20.0),
+            ..aisfx_without_peak()
+        };
+        let want = plain.compute(&x.iter().map(|v| v * gain).collect::<Vec<_>>());
+        assert_eq!(MelExtractor::new(&fe).unwrap().compute(&x), want);
+        // +6.0206 dB doubles: in the power domain, x4.
+        let fe = FrontEnd {
+            input_gain_db: Some(20.0 * 2f32.log10()),
+            log: "db".into(),
+            log_multiplier: None,
+            log_divisor: None,
+            ..aisfx_without_peak()
+        };
+        let db = MelExtractor::new(&fe).unwrap().compute(&x);
+        let unity = MelExtractor::new(&FrontEnd {
+            input_gain_db: None,
+            ..fe.clone()
+        })
+        .unwrap()
+        .compute(&x);
+        for (a, b) in db.data.iter().zip(&unity.data) {
+            if *b > -60.0 {
+                assert!((a - b - 20.0 * 2f32.log10()).abs() < 1e-3, "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn log10_1p_and_divisor_by_hand() {
+        // The same mel values through `ln` with a negligible floor, then by hand.
+        let x = busy_signal(20_000);
+        let ln = FrontEnd {
+            log: "ln".into(),
+            log_floor: 1e-30,
+            log_multiplier: None,
+            log_divisor: None,
+            ..FrontEnd::aisfx()
+        };
+        let mel: Vec<f64> = MelExtractor::new(&ln)
+            .unwrap()
+            .compute(&x)
+            .data
+            .iter()
+            .map(|&v| (v as f64).exp())
+            .collect();
+        let out = MelExtractor::new(&FrontEnd::aisfx()).unwrap().compute(&x);
+        let divisor = 9.457798957824707f64;
+        let mut largest = 0f32;
+        for (&got, &m) in out.data.iter().zip(&mel) {
+            let want = (10_000.0 * m + 1.0).log10() / divisor;
+            assert!(
+                (got as f64 - want).abs() < 1e-5 * want.max(1.0),
+                "{got} {want}"
+            );
+            largest = largest.max(got);
+        }
+        // The divisor brings aiSFX's values to about [0, 1].
+        assert!(largest > 0.5 && largest < 1.2, "{largest}");
+        // A divisor applies to `db` and `ln` too.
+        let db = FrontEnd::panns_32k();
+        let x = &busy_signal(32_000);
+        let a = MelExtractor::new(&db).unwrap().compute(x);
+        let b = MelExtractor::new(&FrontEnd {
+            log_divisor: Some(-4.0),
+            ..db.clone()
+        })
+        .unwrap()
+        .compute(x);
+        for (a, b) in a.data.iter().zip(&b.data) {
+            assert_eq!(*b, a / -4.0);
+        }
+    }
+
+    #[test]
+    fn silence_is_the_silence_value_and_finite() {
+        let variants = [
+            FrontEnd::aisfx(),
+            FrontEnd {
+                input_gain_db: Some(-20.0),
+                lowpass_hz: Some(8000.0),
+                ..FrontEnd::aisfx()
+            },
+            FrontEnd {
+                log_divisor: Some(3.0),
+                ..FrontEnd::panns_32k()
+            },
+            FrontEnd {
+                peak_normalize: Some("window".into()),
+                log: "ln".into(),
+                log_floor: 1e-6,
+                ..FrontEnd::panns_32k()
+            },
+        ];
+        for fe in &variants {
+            let mel = MelExtractor::new(fe).unwrap();
+            for n in [0usize, 1, 5, 2048, 10_000] {
+                let out = mel.compute(&vec![0f32; n]);
+                assert_eq!(out.frames, fe.frames(n));
+                assert!(
+                    out.data.iter().all(|&v| v == fe.silence_value()),
+                    "{fe:?} {n}: {:?}",
+                    &out.data[..4]
+                );
+            }
+        }
+        assert_eq!(FrontEnd::aisfx().silence_value(), 0.0);
+        assert_eq!(FrontEnd::panns_32k().silence_value(), -100.0);
+    }
+
+    #[test]
+    fn aisfx_output_is_finite_at_any_level() {
+        let mel = MelExtractor::new(&FrontEnd {
+            input_gain_db: Some(MAX_INPUT_GAIN_DB),
+            ..FrontEnd::aisfx()
+        })
+        .unwrap();
+        let quiet = MelExtractor::new(&FrontEnd {
+            input_gain_db: Some(-MAX_INPUT_GAIN_DB),
+            ..FrontEnd::aisfx()
+        })
+        .unwrap();
+        let x = busy_signal(12_000);
+        for scale in [1e-38f32, 1e-30, 1e-3, 1.0, 1e6, 1e30] {
+            for n in [1usize, 2, 1000, 12_000] {
+                let y: Vec<f32> = x[..n].iter().map(|v| v * scale).collect();
+                for m in [&mel, &quiet] {
+                    let out = m.compute(&y);
+                    assert!(out.data.iter().all(|v| v.is_finite()), "{scale} {n}");
+                }
+            }
+        }
+        // One non-zero subnormal sample: divided by itself, not multiplied by 1 / it (inf).
+        let out = MelExtractor::new(&FrontEnd::aisfx())
+            .unwrap()
+            .compute(&[0.0, 1e-45, 0.0]);
+        assert!(out.data.iter().all(|v| v.is_finite()));
+        assert!(out.data.iter().any(|&v| v > 0.0));
+    }
+
+    #[test]
+    fn multiscale_channels_get_the_aisfx_treatment() {
+        let single = FrontEnd {
+            input_gain_db: Some(-20.0),
+            lowpass_hz: Some(8000.0),
+            ..FrontEnd::aisfx()
+        };
+        let multi = FrontEnd {
+            multiscale_win_lengths: vec![1024, 333],
+            ..single.clone()
+        };
+        let many = MelExtractor::new(&multi).unwrap();
+        let x: Vec<f32> = busy_signal(30_000).iter().map(|v| v * 0.01).collect();
+        let b = many.compute(&x);
+        for (c, w) in multi.win_lengths().into_iter().enumerate() {
+            let alone = MelExtractor::new(&FrontEnd {
+                win_length: w,
+                ..single.clone()
+            })
+            .unwrap()
+            .compute(&x);
+            for t in 0..b.frames {
+                assert_eq!(b.channel(t, c, 96), alone.frame(t), "channel {c} t {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn aisfx_invalid_settings_are_refused() {
+        let base = FrontEnd::aisfx();
+        let cases: Vec<(FrontEnd, &str)> = vec![
+            (
+                FrontEnd {
+                    log_multiplier: None,
+                    ..base.clone()
+                },
+                "without log_multiplier",
+            ),
+            (
+                FrontEnd {
+                    log_multiplier: Some(0.0),
+                    ..base.clone()
+                },
+                "log_multiplier is 0",
+            ),
+            (
+                FrontEnd {
+                    log_multiplier: Some(f32::INFINITY),
+                    ..base.clone()
+                },
+                "log_multiplier is inf",
+            ),
+            (
+                FrontEnd {
+                    log: "db".into(),
+                    ..base.clone()
+                },
+                "applies to \"log10_1p\" only",
+            ),
+            (
+                FrontEnd {
+                    log: "log2".into(),
+                    ..base.clone()
+                },
+                "unknown log \"log2\": use \"db\", \"ln\" or \"log10_1p\"",
+            ),
+            (
+                FrontEnd {
+                    log_divisor: Some(0.0),
+                    ..base.clone()
+                },
+                "log_divisor is 0",
+            ),
+            (
+                FrontEnd {
+                    log_divisor: Some(f32::NAN),
+                    ..base.clone()
+                },
+                "log_divisor is NaN",
+            ),
+            (
+                FrontEnd {
+                    peak_normalize: Some("file".into()),
+                    ..base.clone()
+                },
+                "unknown peak_normalize \"file\"",
+            ),
+            (
+                FrontEnd {
+                    input_gain_db: Some(f32::NEG_INFINITY),
+                    ..base.clone()
+                },
+                "input_gain_db is -inf",
+            ),
+            (
+                FrontEnd {
+                    input_gain_db: Some(201.0),
+                    ..base.clone()
+                },
+                "input_gain_db is 201: it must be a number of dB from -200 to 200",
+            ),
+            (
+                FrontEnd {
+                    lowpass_hz: Some(0.0),
+                    ..base.clone()
+                },
+                "lowpass_hz is 0",
+            ),
+            (
+                FrontEnd {
+                    lowpass_hz: Some(f32::NAN),
+                    ..base.clone()
+                },
+                "lowpass_hz is NaN",
+            ),
+            (
+                FrontEnd {
+                    mel_norm: "l2".into(),
+                    ..base.clone()
+                },
+                "use \"slaney\", \"l1\" or \"none\"",
+            ),
+        ];
+        for (fe, want) in cases {
+            let err = MelExtractor::new(&fe).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} lacks {want:?}");
+            assert!(
+                err.starts_with("audio front-end: ") && !err.ends_with('.'),
+                "{err}"
+            );
+        }
+        // Allowed: a low-pass at or above Nyquist (keeps every bin), a negative divisor.
+        for fe in [
+            FrontEnd {
+                lowpass_hz: Some(30_000.0),
+                ..base.clone()
+            },
+            FrontEnd {
+                log_divisor: Some(-2.0),
+                ..base.clone()
+            },
+        ] {
+            MelExtractor::new(&fe).unwrap();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1044,21 +1693,32 @@ mod bench {
     #[test]
     #[ignore = "timing, run with --release -- --ignored --nocapture"]
     fn bench_compute() {
-        let mel = MelExtractor::new(&FrontEnd::panns_32k()).unwrap();
-        let x: Vec<f32> = (0..160_000)
-            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-            .collect();
-        let mut scratch = MelScratch::default();
-        mel.compute_with(&x, &mut scratch);
-        let t = std::time::Instant::now();
-        let mut frames = 0;
-        for _ in 0..100 {
-            frames += mel.compute_with(&x, &mut scratch).frames;
+        let aisfx_all_steps = FrontEnd {
+            input_gain_db: Some(-20.0),
+            lowpass_hz: Some(8000.0),
+            ..FrontEnd::aisfx()
+        };
+        for (name, fe) in [
+            ("panns_32k", FrontEnd::panns_32k()),
+            ("aisfx", FrontEnd::aisfx()),
+            ("aisfx + gain + lowpass", aisfx_all_steps),
+        ] {
+            let mel = MelExtractor::new(&fe).unwrap();
+            let x: Vec<f32> = (0..fe.sample_rate as usize * 5)
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+                .collect();
+            let mut scratch = MelScratch::default();
+            mel.compute_with(&x, &mut scratch);
+            let t = std::time::Instant::now();
+            let mut frames = 0;
+            for _ in 0..100 {
+                frames += mel.compute_with(&x, &mut scratch).frames;
+            }
+            let e = t.elapsed();
+            println!(
+                "{name}: {frames} frames in {e:?}: {:.2} us/frame",
+                e.as_secs_f64() * 1e6 / frames as f64
+            );
         }
-        let e = t.elapsed();
-        println!(
-            "{frames} frames in {e:?}: {:.2} us/frame",
-            e.as_secs_f64() * 1e6 / frames as f64
-        );
     }
 }

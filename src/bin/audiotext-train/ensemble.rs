@@ -720,14 +720,9 @@ fn audio_plan(members: &[Member], ensemble_min_frames: usize) -> Result<MergePla
     })
 }
 
-/// The log-mel value of silence, as the extension pads windows (the log of the floor).
+/// The log-mel value of silence, as the extension pads windows (`FrontEnd::silence_value`).
 fn silence_value(audio: &AudioSection) -> f32 {
-    let floor = audio.front_end.log_floor;
-    if audio.front_end.log == "db" {
-        10.0 * floor.log10()
-    } else {
-        floor.ln()
-    }
+    audio.front_end.silence_value()
 }
 
 fn node(

@@ -384,12 +384,7 @@ pub fn embed_clips(
 
 /// The value of silence in the front-end's log scale (padding value).
 pub fn pad_value(fe: &FrontEnd) -> f32 {
-    match fe.log.as_str() {
-        "ln" => fe.log_floor.ln(),
-        // log10(1 + m * 0) = 0, whatever the divisor.
-        "log10_1p" => 0.0,
-        _ => 10.0 * fe.log_floor.log10(),
-    }
+    fe.silence_value()
 }
 
 /// Pads a clip with silence at the end up to `frames`.
