@@ -263,6 +263,11 @@ impl BackboneRunner {
         })
     }
 
+    /// Values per window: the backbone's pooled output size.
+    pub fn dim(&self) -> usize {
+        self.config.pooled_dim()
+    }
+
     /// The pooled backbone output of each window (`pooled_dim` values each), in order. Windows
     /// shorter than the encoder's minimum are padded with silence (0 on aiSFX's scale), as the
     /// exported bundle pads them.

@@ -23,6 +23,13 @@ pub struct CaptionEmbeddings {
     pub model: String,
 }
 
+/// The embedding size of a text bundle (from its manifest).
+pub fn text_dim(bundle_dir: &Path) -> Result<usize> {
+    let bundle = Bundle::open(bundle_dir)
+        .with_context(|| format!("cannot open the text bundle {}", bundle_dir.display()))?;
+    Ok(bundle.manifest.embedding_dim)
+}
+
 /// Embeds `texts` (duplicates allowed) with the text encoder of the bundle at `bundle_dir`.
 pub fn caption_embeddings(
     bundle_dir: &Path,

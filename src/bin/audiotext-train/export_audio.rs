@@ -42,6 +42,7 @@ use crate::encoders::blocks::{
     bn_affine, crop_time_onnx, linear_onnx, pad_end_onnx, pad_time_onnx,
 };
 use crate::encoders::wavegram::WAVEGRAM_HOP;
+use crate::encoders::Architecture;
 use crate::model::{
     input_tensor, to_vec, waveform_tensor, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS,
 };
@@ -461,6 +462,10 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Attribution of aiSFX's weights (CC BY 4.0 asks for it): PyPI's aisfx 0.1.2 wheel ships them;
+/// its classifier line says MIT, its LICENSE file says CC BY 4.0, which we follow.
+pub const AISFX_ATTRIBUTION: &str = "aiSFX by Alison B. Ma and Alexander Lerch (\"Representation Learning for the Automatic Indexing of Sound Effects Libraries\", ISMIR 2022), CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/), weights from PyPI's aisfx 0.1.2 (aisfx/models/checkpoint.pth; the wheel's classifier says MIT, its LICENSE file CC BY 4.0, followed here), unmodified";
+
 /// The licence of the bundle: the audio encoder inherits the terms of its training data.
 fn license_text(config: &RunConfig, text_license: Option<&str>) -> String {
     let text_part = text_license.map(|t| {
@@ -481,6 +486,14 @@ fn license_text(config: &RunConfig, text_license: Option<&str>) -> String {
         Some(l) => format!("audio encoder: {l}, inherited from its training data ({root})"),
         None => format!("audio encoder: trained on {root}, whose licence is not recorded; check the data's terms before use"),
     };
+    // Pretrained weights carry their own terms, next to the data's.
+    let audio = match &config.pretrained {
+        Some(p) if config.model.encoder.architecture == Architecture::Aisfx => format!(
+            "{audio}; its backbone: {AISFX_ATTRIBUTION} (sha256 {})",
+            p.sha256
+        ),
+        _ => audio,
+    };
     match text_part {
         Some(t) => format!("{audio}; text encoder: {t}"),
         None => audio,
@@ -490,7 +503,11 @@ fn license_text(config: &RunConfig, text_license: Option<&str>) -> String {
 fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
     json!({
         "architecture": enc.architecture.describe(&enc.channels),
-        "input_norm": "BatchNorm over mel bands (folded into Mul + Add)",
+        "input_norm": if enc.architecture.has_bn0() {
+            "BatchNorm over mel bands (folded into Mul + Add)"
+        } else {
+            "none: the front-end's scaling (log_multiplier, log_divisor) is the backbone's"
+        },
         "batchnorm": "folded into the preceding convolution",
         "pooling": enc.pooling.describe(),
         "head": format!("Linear {} -> {} + ReLU, Linear {} -> {}, L2-normalised", enc.pooled_dim(), enc.fc_dim, enc.fc_dim, enc.embedding_dim),

@@ -266,6 +266,12 @@ pub struct EpochLog {
     /// Text-to-audio class precision at 10 (datasets with labels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_p10: Option<f64>,
+    /// Class precision at 1 and class mAP@10 (`fit-head`: every clip of the query's class is
+    /// relevant; held-out queries when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_p1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_map10: Option<f64>,
     pub temperature: f64,
     pub lr: f64,
     pub seconds: f64,
@@ -487,6 +493,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         text_key: None,
         text_model: Some(text_manifest.name),
         pretrained,
+        head: None,
     })
 }
 

@@ -27,6 +27,7 @@ mod eval;
 mod export_audio;
 mod features;
 mod fit;
+mod head;
 mod loss;
 mod mix;
 mod model;
@@ -82,6 +83,8 @@ enum Command {
     Ensemble(ensemble::EnsembleArgs),
     /// Tabulate a cross-validated grid of runs (mean and spread over folds) with plots.
     Report(report::ReportArgs),
+    /// Train a projection head on a frozen pretrained backbone (aiSFX), on cached outputs.
+    FitHead(head::FitHeadArgs),
     /// Write a pretrained backbone (aiSFX) as backbone.onnx, checked against the trainer.
     ExportBackbone(backbone::ExportBackboneArgs),
 }
@@ -128,6 +131,7 @@ fn run() -> Result<ExitCode> {
         Command::Export(args) => export_audio::run(args)?,
         Command::Ensemble(args) => ensemble::run(args)?,
         Command::Report(args) => report::run(args)?,
+        Command::FitHead(args) => head::run(args)?,
         Command::ExportBackbone(args) => backbone::run_export(args)?,
     }
     Ok(ExitCode::SUCCESS)

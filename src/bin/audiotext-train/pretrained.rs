@@ -1118,6 +1118,7 @@ mod tests {
             text_key: None,
             text_model: None,
             pretrained: Some(info.clone()),
+            head: None,
         };
         let clips = (0..4)
             .map(|c| {

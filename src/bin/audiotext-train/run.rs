@@ -105,6 +105,9 @@ pub struct RunConfig {
     /// started from random weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<crate::pretrained::PretrainedInfo>,
+    /// A `fit-head` run: only the head is in the run folder; the backbone is `pretrained`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<crate::head::HeadRun>,
 }
 
 pub const RUN_FORMAT_VERSION: u32 = 1;
@@ -180,6 +183,9 @@ pub fn load_model(
     which: Which,
     device: &Device,
 ) -> Result<(Contrastive, CheckpointState)> {
+    if let Some(head) = &config.head {
+        return load_head_run(run_dir, config, head, device);
+    }
     let mut stem = which.file_stem();
     if which == Which::Best && !checkpoint_path(run_dir, "best", "model").is_file() {
         // A run without validation has no best checkpoint.
@@ -209,6 +215,29 @@ pub fn load_model(
             )
         })?;
     let state_path = run_dir.join(CHECKPOINT_DIR).join(format!("{stem}.json"));
+    let state: CheckpointState = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("cannot read {}", state_path.display()))?,
+    )?;
+    Ok((model.valid(), state))
+}
+
+/// A `fit-head` run's model: the recorded pretrained backbone with the run's head.
+fn load_head_run(
+    run_dir: &Path,
+    config: &RunConfig,
+    head: &crate::head::HeadRun,
+    device: &Device,
+) -> Result<(Contrastive, CheckpointState)> {
+    let info = config
+        .pretrained
+        .as_ref()
+        .context("the fit-head run records no pretrained backbone")?;
+    let info = crate::backbone::resolve_checkpoint(info)?;
+    let mut model = config.model.init(device);
+    model.audio = crate::pretrained::import(model.audio, &config.model.encoder, &info, device)?;
+    let model = crate::head::load_head(model, &run_dir.join(&head.head_file), device)?;
+    let state_path = run_dir.join(CHECKPOINT_DIR).join("last.json");
     let state: CheckpointState = serde_json::from_str(
         &std::fs::read_to_string(&state_path)
             .with_context(|| format!("cannot read {}", state_path.display()))?,

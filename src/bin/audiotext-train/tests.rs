@@ -181,6 +181,7 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
         text_key: Some(text_key),
         text_model: Some("tiny-text".into()),
         pretrained: None,
+        head: None,
     }
 }
 

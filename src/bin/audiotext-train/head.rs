@@ -1,0 +1,899 @@
+//! `fit-head`: a projection head into the text space on a frozen pretrained backbone (aiSFX),
+//! trained contrastively on cached backbone outputs.
+//!
+//! Each clip is cut into the extension's windows (aiSFX: 100 frames, hop 50); the frozen
+//! backbone turns each window into its 512-value embedding once ([`crate::backbone`]), and
+//! those are cached. A training row is a clip (or a mix of two clips described by one caption
+//! of each joined with "while"): the head maps each of its windows to an L2-normalised vector,
+//! and their mean, normalised again, is the clip's embedding, exactly as `audio_embed` pools a
+//! file's windows. The loss is the trainer's contrastive loss against the frozen caption
+//! embeddings.
+//!
+//! Validation reports class-level retrieval (every clip of the query's class is relevant:
+//! precision at 1, mAP@10) for queries held out from training (`--queries class,query`, new
+//! phrasings) beside the DCASE metrics over the clips' own captions. `--validate-on DIR`
+//! validates on other copies of the validation clips (matched by file stem), such as full-band
+//! originals of band-limited training data.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Param;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::prelude::*;
+use clap::Args;
+use indicatif::ProgressBar;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use audiotext0::audio::{decode_mono, window_bounds, AudioSource, FrontEnd, MelExtractor, Windowing};
+use audiotext0::train::cache::{default_cache_dir, Features};
+use audiotext0::train::data::{read_class_queries, Dataset, Layout};
+use audiotext0::train::metrics::{self, ClassRetrieval};
+use audiotext0::train::split::{fnv1a, fold_by_group, SplitMix64};
+
+use crate::backbone::{checkpoint_path, pretrained_encoder, BackboneRunner, BACKBONE_ONNX_FILE};
+use crate::embed::{bar_style, caption_embeddings};
+use crate::fit::{lr_at, read_license, EpochLog};
+use crate::loss::LossSpec;
+use crate::mix::{draw_pool, Mix, MixOptions};
+use crate::model::{l2_normalize, to_vec, Contrastive, ContrastiveConfig};
+use crate::run::{ort_runtime, CheckpointState, DataInfo, Fold, RunConfig, TrainOptions};
+
+/// The head's weights in a run folder (PyTorch `nn.Linear` layout: weight `[out, in]`).
+pub const HEAD_FILE: &str = "head.safetensors";
+/// Clips whose windows are computed and embedded at a time (bounds the memory of log-mels).
+const CHUNK_CLIPS: usize = 32;
+/// Bumped when the meaning of a cached backbone output changes.
+const BACKBONE_CACHE_FORMAT: &str = "ATBACK01";
+
+#[derive(Debug, Args)]
+pub struct FitHeadArgs {
+    /// Dataset folder: captions.csv + audio/ (+ labels.csv for class metrics).
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Pretrained backbone (frozen): aisfx.
+    #[arg(long, default_value = "aisfx")]
+    pub encoder: String,
+    /// Its checkpoint [default: .cache/pretrained/aisfx/checkpoint.pth, from set-up].
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
+    /// Cross-validation: folds of recordings (class-balanced); without it every clip trains.
+    #[arg(long, requires = "fold")]
+    pub folds: Option<usize>,
+    /// Which fold validates (0-based), with --folds.
+    #[arg(long, requires = "folds")]
+    pub fold: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Validate on the copies of the validation clips in this dataset folder (same file stems,
+    /// any audio extension), e.g. full-band originals of band-limited training clips.
+    #[arg(long, value_name = "DIR")]
+    pub validate_on: Option<PathBuf>,
+    /// Validation queries held out from training: CSV `class,query` (the classes of labels.csv).
+    /// Without it, the validation clips' own captions are the queries.
+    #[arg(long, value_name = "CSV")]
+    pub queries: Option<PathBuf>,
+    /// Front-end: gain after per-window peak normalisation, in dB.
+    #[arg(long, allow_hyphen_values = true)]
+    pub input_gain_db: Option<f32>,
+    /// Front-end: zero the spectrum above this frequency (band-limited training data).
+    #[arg(long)]
+    pub lowpass_hz: Option<f32>,
+    /// Chance that a training row is a mix of two clips with joined captions (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub mix_prob: f64,
+    /// Mixes drawn per training clip for the pool (each costs one backbone pass).
+    #[arg(long, default_value_t = 1)]
+    pub mix_per_clip: usize,
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW), after one epoch of warm-up, then cosine decay.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-2)]
+    pub weight_decay: f64,
+    /// Dropout on the backbone's output before the head (training only).
+    #[arg(long, default_value_t = 0.3)]
+    pub head_dropout: f64,
+    /// Width of the head's hidden layer (fc + ReLU, then the projection).
+    #[arg(long, default_value_t = 512)]
+    pub fc_dim: usize,
+    /// Softmax temperature (initial value when learned).
+    #[arg(long, default_value_t = 0.05)]
+    pub temperature: f64,
+    #[arg(long)]
+    pub fixed_temperature: bool,
+    /// Contrastive loss (as `fit --loss`).
+    #[arg(long, value_name = "SPEC", default_value = "infonce")]
+    pub loss: LossSpec,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validate after every N-th epoch and after the last.
+    #[arg(long, default_value_t = 5)]
+    pub validate_every: usize,
+    /// Text bundle whose sentence embeddings are the targets.
+    #[arg(long, value_name = "DIR", default_value = "models/default")]
+    pub text_bundle: PathBuf,
+    /// Run folder to create.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub out: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub ort: Option<PathBuf>,
+}
+
+/// What `fit-head` adds to a run's config: the run holds only the head; the backbone comes from
+/// the recorded checkpoint (`RunConfig::pretrained`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadRun {
+    /// The head's weights, in the run folder.
+    pub head_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_on: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<PathBuf>,
+    /// Mixes in the pool (drawn from the training clips).
+    pub mixes: usize,
+}
+
+/// One training or validation item: its windows' backbone outputs (`windows x dim`).
+struct Item {
+    windows: Vec<f32>,
+    count: usize,
+}
+
+pub fn run(args: FitHeadArgs) -> Result<()> {
+    if args.out.join(crate::run::CONFIG_FILE).exists() {
+        bail!(
+            "{} already holds a run; pick another --out",
+            args.out.display()
+        );
+    }
+    let cache_root = args.cache.clone().unwrap_or_else(default_cache_dir);
+    let mut fe = FrontEnd::aisfx();
+    fe.input_gain_db = args.input_gain_db;
+    fe.lowpass_hz = args.lowpass_hz;
+    let windowing = Windowing::aisfx_blocks();
+
+    // Data and split (by recording, never a recording on both sides).
+    let set = Dataset::open(&args.data, &Layout::Generic)?;
+    let clips = &set.clips;
+    let groups: Vec<String> = clips.iter().map(|c| c.recording.clone()).collect();
+    let labels: Option<Vec<String>> = set.has_labels().then(|| {
+        clips
+            .iter()
+            .map(|c| c.label.clone().unwrap_or_default())
+            .collect()
+    });
+    let (train, validation) = match (args.folds, args.fold) {
+        (Some(count), Some(index)) => {
+            if count < 2 || index >= count {
+                bail!("--fold {index} of --folds {count}: pick 0 <= fold < folds, folds >= 2");
+            }
+            let s = fold_by_group(&groups, labels.as_deref(), count, index, args.split_seed);
+            (s.train, s.validation)
+        }
+        _ => ((0..clips.len()).collect::<Vec<_>>(), Vec::new()),
+    };
+    let mut classes: Vec<String> = clips.iter().filter_map(|c| c.label.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    let class_of = |label: &Option<String>| -> Option<usize> {
+        label.as_ref().and_then(|l| classes.binary_search(l).ok())
+    };
+
+    // Where each validation clip is read from.
+    let validation_paths: Vec<(usize, PathBuf)> = match &args.validate_on {
+        None => validation.iter().map(|&i| (i, clips[i].path.clone())).collect(),
+        Some(dir) => {
+            let other = Dataset::open(dir, &Layout::Generic)?;
+            let by_stem: HashMap<String, PathBuf> = other
+                .clips
+                .iter()
+                .map(|c| (stem(&c.file_name), c.path.clone()))
+                .collect();
+            validation
+                .iter()
+                .filter_map(|&i| by_stem.get(&stem(&clips[i].file_name)).map(|p| (i, p.clone())))
+                .collect()
+        }
+    };
+    println!(
+        "data: {} clips, {} training, {} validating{}",
+        clips.len(),
+        train.len(),
+        validation_paths.len(),
+        match &args.validate_on {
+            Some(dir) => format!(" (their copies in {})", dir.display()),
+            None => String::new(),
+        }
+    );
+
+    // The frozen backbone as ONNX, cached by checkpoint.
+    let path = checkpoint_path(args.pretrained.as_deref())?;
+    let text_dim = crate::embed::text_dim(&args.text_bundle)?;
+    let mut encoder = pretrained_encoder(&args.encoder, text_dim)?;
+    encoder.fc_dim = args.fc_dim;
+    encoder.head_dropout = args.head_dropout;
+    let info = crate::pretrained::check(&path, &encoder)?;
+    let rt = ort_runtime(args.ort.as_deref())?;
+    let onnx_dir = cache_root
+        .join("backbones")
+        .join(format!("{}-{}", args.encoder, &info.sha256[..16]));
+    let onnx = onnx_dir.join(BACKBONE_ONNX_FILE);
+    if !onnx.is_file() {
+        let model = crate::backbone::load_backbone(&encoder, &info)?;
+        std::fs::create_dir_all(&onnx_dir)?;
+        let tmp = onnx_dir.join(format!(".{BACKBONE_ONNX_FILE}.{}", std::process::id()));
+        crate::backbone::write_backbone_onnx(&model, &encoder, &tmp)?;
+        let (worst, _) = crate::backbone::backbone_parity(&model, &encoder, &tmp, rt)?;
+        std::fs::rename(&tmp, &onnx)?;
+        println!("backbone: {} (parity with the trainer {worst:.1e})", onnx.display());
+    }
+    let runner = BackboneRunner::new(&onnx, &encoder, rt)?;
+    let backbone_cache = BackboneCache::new(&cache_root, &fe, &windowing, &info.sha256)?;
+
+    // Backbone outputs of every clip used.
+    let start = Instant::now();
+    let mut wanted: Vec<(usize, PathBuf)> = train.iter().map(|&i| (i, clips[i].path.clone())).collect();
+    let train_count = wanted.len();
+    wanted.extend(validation_paths.iter().cloned());
+    let paths: Vec<&Path> = wanted.iter().map(|(_, p)| p.as_path()).collect();
+    let (items, hits) = backbone_cache.file_items(&paths, &fe, &windowing, &runner)?;
+    let (train_items, validation_items) = items.split_at(train_count);
+    println!(
+        "backbone: {} clips, {} windows ({} clips from the cache) in {:.1} s on {}",
+        items.len(),
+        items.iter().map(|i| i.count).sum::<usize>(),
+        hits,
+        start.elapsed().as_secs_f64(),
+        runner.provider
+    );
+
+    // Mixes: one pool drawn over every clip of the dataset (so that the folds of a
+    // cross-validation share their cached mixes), of which a run keeps those whose two clips
+    // both train. Indices are into `clips`; the mix's level offset is fixed by its pool index.
+    let keys: Vec<u64> = clips.iter().map(|c| caption_set_key(&c.captions)).collect();
+    let mut mixes: Vec<(usize, Mix)> = if args.mix_prob > 0.0 {
+        let trains: std::collections::HashSet<usize> = train.iter().copied().collect();
+        draw_pool(
+            &(0..clips.len()).collect::<Vec<_>>(),
+            &|i| clips[i].captions.clone(),
+            &|i| keys[i],
+            args.mix_per_clip,
+            args.seed,
+        )
+        .into_iter()
+        .enumerate()
+        .filter(|(_, m)| trains.contains(&m.first) && trains.contains(&m.second))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let mix_items = if mixes.is_empty() {
+        Vec::new()
+    } else {
+        let start = Instant::now();
+        let pairs: Vec<(&Path, &Path, f32)> = mixes
+            .iter()
+            .map(|(n, m)| {
+                let gain_db =
+                    -6.0 * SplitMix64::derive(args.seed, &[0x6d69, *n as u64]).next_f64() as f32;
+                (
+                    clips[m.first].path.as_path(),
+                    clips[m.second].path.as_path(),
+                    gain_db,
+                )
+            })
+            .collect();
+        let (items, hits) = backbone_cache.mix_items(&pairs, &fe, &windowing, &runner)?;
+        println!(
+            "mixes: {} pairs ({} from the cache) in {:.1} s",
+            items.len(),
+            hits,
+            start.elapsed().as_secs_f64()
+        );
+        items
+    };
+
+    // Caption and query embeddings.
+    let queries: Vec<(usize, String)> = match &args.queries {
+        Some(csv) => read_class_queries(csv, &classes)?,
+        None => Vec::new(),
+    };
+    let mut texts: Vec<&str> = train
+        .iter()
+        .chain(&validation)
+        .flat_map(|&i| clips[i].captions.iter().map(String::as_str))
+        .collect();
+    texts.extend(mixes.iter().map(|(_, m)| m.caption.as_str()));
+    texts.extend(queries.iter().map(|(_, q)| q.as_str()));
+    let embeddings = caption_embeddings(&args.text_bundle, &texts, Some(&cache_root), args.ort.as_deref())?;
+    for (_, m) in &mut mixes {
+        m.embedding = embeddings.by_text[&m.caption].clone();
+    }
+
+    let config = RunConfig {
+        format_version: crate::run::RUN_FORMAT_VERSION,
+        model: ContrastiveConfig {
+            encoder: encoder.clone(),
+            text_head: false,
+            temperature: args.temperature,
+            learn_temperature: !args.fixed_temperature,
+        },
+        train: TrainOptions {
+            epochs: args.epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            min_lr_ratio: 0.01,
+            warmup_epochs: 1.0,
+            weight_decay: args.weight_decay,
+            seed: args.seed,
+            max_frames: 0,
+            specaug: crate::specaug::SpecAugment {
+                time_masks: 0,
+                time_mask_frames: 0,
+                freq_masks: 0,
+                freq_mask_bands: 0,
+            },
+            clip_grad_norm: 0.0,
+            keep_checkpoints: 0,
+            loss: args.loss.clone(),
+            mix: MixOptions {
+                probability: args.mix_prob,
+                per_clip: args.mix_per_clip,
+            },
+            validate_every: args.validate_every,
+        },
+        front_end: fe.clone(),
+        windowing: windowing.clone(),
+        data: Some(DataInfo {
+            root: args.data.clone(),
+            layout: "generic".into(),
+            validation_split: None,
+            validation_fraction: 0.0,
+            fold: args.folds.zip(args.fold).map(|(count, index)| Fold { index, count }),
+            split_seed: args.split_seed,
+            train_clips: train.len(),
+            validation_files: validation.iter().map(|&i| clips[i].file_name.clone()).collect(),
+            license: read_license(&args.data),
+        }),
+        text_bundle: Some(args.text_bundle.clone()),
+        text_key: Some(embeddings.key.clone()),
+        text_model: Some(embeddings.model.clone()),
+        pretrained: Some(info),
+        head: Some(HeadRun {
+            head_file: HEAD_FILE.into(),
+            validate_on: args.validate_on.clone(),
+            queries: args.queries.clone(),
+            mixes: mixes.len(),
+        }),
+    };
+    config.write(&args.out)?;
+
+    // Training rows: the clips, then the mixes.
+    let text_of = |i: usize| -> Vec<Vec<f32>> {
+        clips[i].captions.iter().map(|t| embeddings.by_text[t].clone()).collect()
+    };
+    let rows: Vec<Row> = train
+        .iter()
+        .zip(train_items)
+        .map(|(&i, item)| Row {
+            item,
+            captions: text_of(i),
+            key: keys[i],
+        })
+        .collect();
+    let mix_rows: Vec<Row> = mixes
+        .iter()
+        .zip(&mix_items)
+        .map(|((_, m), item)| Row {
+            item,
+            captions: vec![m.embedding.clone()],
+            key: m.key,
+        })
+        .collect();
+    let by_text = &embeddings.by_text;
+    let validation_set = Validation {
+        items: validation_items,
+        clip_class: validation_paths
+            .iter()
+            .map(|(i, _)| class_of(&clips[*i].label).unwrap_or(usize::MAX))
+            .collect(),
+        caption_queries: validation_paths
+            .iter()
+            .enumerate()
+            .flat_map(|(n, (i, _))| {
+                clips[*i]
+                    .captions
+                    .iter()
+                    .map(move |t| (n, by_text[t].clone()))
+            })
+            .collect(),
+        class_queries: queries
+            .iter()
+            .map(|(c, q)| (*c, embeddings.by_text[q].clone()))
+            .collect(),
+    };
+    let logs = train_head(&config, &rows, &mix_rows, &validation_set, &args.out)?;
+    if let Some(last) = logs.last() {
+        println!(
+            "done: {} epochs; last: loss {:.4}{}",
+            last.epoch,
+            last.train_loss,
+            match (last.class_p1, last.class_map10) {
+                (Some(p1), Some(map)) => format!(", class P@1 {p1:.3}, class mAP@10 {map:.3}"),
+                _ => String::new(),
+            }
+        );
+    }
+    Ok(())
+}
+
+fn stem(file_name: &str) -> String {
+    Path::new(file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn caption_set_key(captions: &[String]) -> u64 {
+    fnv1a(captions.join("\u{1f}").as_bytes())
+}
+
+/// A training row: an item with its caption embeddings (one drawn per step) and its
+/// contrastive key.
+struct Row<'a> {
+    item: &'a Item,
+    captions: Vec<Vec<f32>>,
+    key: u64,
+}
+
+struct Validation<'a> {
+    items: &'a [Item],
+    clip_class: Vec<usize>,
+    /// (validation clip, caption embedding): the DCASE metrics' queries.
+    caption_queries: Vec<(usize, Vec<f32>)>,
+    /// (class, query embedding): held-out phrasings.
+    class_queries: Vec<(usize, Vec<f32>)>,
+}
+
+/// Items `[windows x dim]` stacked, and the `[items x windows]` matrix that averages each
+/// item's windows.
+fn stack(items: &[&Item], dim: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let total: usize = items.iter().map(|i| i.count).sum();
+    let mut values = Vec::with_capacity(total * dim);
+    let mut mean = vec![0f32; items.len() * total];
+    let mut w = 0;
+    for (r, item) in items.iter().enumerate() {
+        values.extend_from_slice(&item.windows);
+        for k in 0..item.count {
+            mean[r * total + w + k] = 1.0 / item.count as f32;
+        }
+        w += item.count;
+    }
+    (
+        Tensor::from_data(TensorData::new(values, [total, dim]), device),
+        Tensor::from_data(TensorData::new(mean, [items.len(), total]), device),
+    )
+}
+
+/// Clip embeddings: the head on each window, the mean, L2-normalised (as `audio_embed`).
+fn embed_items(model: &Contrastive, items: &[&Item], dim: usize, device: &Device) -> Tensor<2> {
+    let (windows, mean) = stack(items, dim, device);
+    l2_normalize(mean.matmul(model.audio.head(windows)))
+}
+
+fn train_head(
+    config: &RunConfig,
+    rows: &[Row],
+    mix_rows: &[Row],
+    validation: &Validation,
+    run_dir: &Path,
+) -> Result<Vec<EpochLog>> {
+    let t = &config.train;
+    let base = Device::flex();
+    let ad = base.clone().autodiff();
+    base.seed(t.seed);
+    let mut model = config.model.init(&ad);
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(t.weight_decay as f32)
+        .init();
+    let dim = config.model.encoder.pooled_dim();
+    let text_dim = config.model.encoder.embedding_dim;
+    let steps = rows.len().div_ceil(t.batch_size);
+    let total = steps * t.epochs;
+    let warmup = (t.warmup_epochs * steps as f64).round() as usize;
+    let mut step = 0;
+    let mut logs = Vec::new();
+    let metrics_path = run_dir.join(crate::run::METRICS_FILE);
+    let _ = std::fs::remove_file(&metrics_path);
+    for epoch in 1..=t.epochs {
+        let started = Instant::now();
+        base.seed(t.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9));
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        SplitMix64::derive(t.seed, &[epoch as u64, 1]).shuffle(&mut order);
+        let mut pick = SplitMix64::derive(t.seed, &[epoch as u64, 2]);
+        let mut aug = SplitMix64::derive(t.seed, &[epoch as u64, 3]);
+        let (mut loss_sum, mut done, mut lr) = (0.0, 0usize, 0.0);
+        for batch in order.chunks(t.batch_size).filter(|b| b.len() >= 2) {
+            let chosen: Vec<&Row> = batch
+                .iter()
+                .map(|&r| {
+                    if !mix_rows.is_empty() && aug.next_f64() < t.mix.probability {
+                        &mix_rows[aug.below(mix_rows.len())]
+                    } else {
+                        &rows[r]
+                    }
+                })
+                .collect();
+            let items: Vec<&Item> = chosen.iter().map(|r| r.item).collect();
+            let (windows, mean) = stack(&items, dim, &ad);
+            let audio = l2_normalize(mean.matmul(model.audio.head(windows)));
+            let mut text = Vec::with_capacity(chosen.len() * text_dim);
+            for row in &chosen {
+                text.extend_from_slice(&row.captions[pick.below(row.captions.len())]);
+            }
+            let text = model.text(Tensor::from_data(
+                TensorData::new(text, [chosen.len(), text_dim]),
+                &ad,
+            ));
+            let keys: Vec<u64> = chosen.iter().map(|r| r.key).collect();
+            let scale = model.scale(config.model.temperature, &ad);
+            let loss = t.loss.compute(audio, text, scale, &keys);
+            let value = to_vec(loss.clone())[0] as f64;
+            if !value.is_finite() {
+                bail!("the loss became {value} at step {} (epoch {epoch}); lower --lr", step + 1);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            lr = lr_at(step, total, warmup, t.lr, t.min_lr_ratio);
+            model = optim.step(lr, model, grads);
+            step += 1;
+            done += 1;
+            loss_sum += value;
+        }
+        let mut log = EpochLog {
+            epoch,
+            steps: done,
+            train_loss: loss_sum / done.max(1) as f64,
+            temperature: model.temperature(config.model.temperature),
+            lr,
+            ..Default::default()
+        };
+        let train_seconds = started.elapsed().as_secs_f64();
+        log.seconds_per_step = train_seconds / done.max(1) as f64;
+        let validate_now = epoch % t.validate_every.max(1) == 0 || epoch == t.epochs;
+        if validate_now && !validation.items.is_empty() {
+            let v = Instant::now();
+            validate(&model.valid(), validation, dim, &mut log);
+            log.validation_seconds = v.elapsed().as_secs_f64();
+        }
+        log.seconds = started.elapsed().as_secs_f64();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        writeln!(file, "{}", serde_json::to_string(&log)?)?;
+        println!("{}", epoch_line(&log, t.epochs));
+        logs.push(log);
+    }
+    save_head(&model.valid(), &run_dir.join(HEAD_FILE))?;
+    let state = CheckpointState {
+        epoch: t.epochs,
+        step,
+        best_epoch: None,
+        best_map10: None,
+    };
+    let dir = run_dir.join(crate::run::CHECKPOINT_DIR);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("last.json"), serde_json::to_string_pretty(&state)? + "\n")?;
+    if let Err(e) = crate::plot::write_plots(run_dir, &logs) {
+        eprintln!("warning: cannot draw the plots: {e:#}");
+    }
+    Ok(logs)
+}
+
+fn epoch_line(log: &EpochLog, epochs: usize) -> String {
+    let mut line = format!(
+        "epoch {}/{epochs}: loss {:.4}, temperature {:.4}, lr {:.2e}",
+        log.epoch, log.train_loss, log.temperature, log.lr
+    );
+    if let (Some(p1), Some(map)) = (log.class_p1, log.class_map10) {
+        line += &format!("; queries: class P@1 {p1:.3}, class mAP@10 {map:.3}");
+    }
+    if let (Some(r1), Some(map)) = (log.t2a_r1, log.t2a_map10) {
+        line += &format!("; captions: R@1 {r1:.3}, mAP@10 {map:.3}");
+    }
+    if let Some(p) = log.class_p10 {
+        line += &format!(", class P@10 {p:.3}");
+    }
+    line
+}
+
+/// Validation metrics into `log`: class retrieval for the held-out queries (or, without them,
+/// the captions), DCASE metrics for the captions.
+fn validate(model: &Contrastive, v: &Validation, dim: usize, log: &mut EpochLog) {
+    let device = Device::flex();
+    let items: Vec<&Item> = v.items.iter().collect();
+    let clips: Vec<Vec<f32>> = to_vec(embed_items(model, &items, dim, &device))
+        .chunks(model.audio.proj.weight.val().dims()[1])
+        .map(<[f32]>::to_vec)
+        .collect();
+    let captions: Vec<Vec<f32>> = v.caption_queries.iter().map(|(_, e)| e.clone()).collect();
+    let caption_clip: Vec<usize> = v.caption_queries.iter().map(|(c, _)| *c).collect();
+    let sim = metrics::similarity(&captions, &clips);
+    let t2a = metrics::text_to_audio(&sim, &caption_clip, clips.len());
+    log.t2a_r1 = Some(t2a.r1);
+    log.t2a_r5 = Some(t2a.r5);
+    log.t2a_r10 = Some(t2a.r10);
+    log.t2a_map10 = Some(t2a.map10);
+    let class: ClassRetrieval = if v.class_queries.is_empty() {
+        let query_class: Vec<usize> = caption_clip.iter().map(|&c| v.clip_class[c]).collect();
+        metrics::class_retrieval(&sim, &query_class, &v.clip_class)
+    } else {
+        let queries: Vec<Vec<f32>> = v.class_queries.iter().map(|(_, e)| e.clone()).collect();
+        let query_class: Vec<usize> = v.class_queries.iter().map(|(c, _)| *c).collect();
+        metrics::class_retrieval(&metrics::similarity(&queries, &clips), &query_class, &v.clip_class)
+    };
+    log.class_p1 = Some(class.p1);
+    log.class_map10 = Some(class.map10);
+    log.class_p10 = Some(class.p10);
+}
+
+/// Writes the head (fc, proj and the learned scale) in PyTorch's `nn.Linear` layout.
+fn save_head(model: &Contrastive, path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for (name, linear) in [("fc", &model.audio.fc), ("proj", &model.audio.proj)] {
+        let [i, o] = linear.weight.val().dims();
+        tensors.push((format!("{name}.weight"), vec![o, i], crate::encoders::blocks::out_in(linear)));
+        if let Some(b) = &linear.bias {
+            tensors.push((format!("{name}.bias"), vec![o], to_vec(b.val())));
+        }
+    }
+    if let Some(s) = &model.log_scale {
+        tensors.push(("log_scale".into(), vec![1], to_vec(s.val())));
+    }
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .into_iter()
+        .map(|(n, shape, v)| (n, v.iter().flat_map(|x| x.to_le_bytes()).collect(), shape))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, b, shape)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let data = safetensors::serialize(views, None)?;
+    std::fs::write(path, data).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Loads a head written by [`save_head`] into `model` (on `device`).
+pub fn load_head(mut model: Contrastive, path: &Path, device: &Device) -> Result<Contrastive> {
+    let state = audiotext0::train::checkpoint::read_safetensors(path)
+        .with_context(|| format!("cannot read the head {}", path.display()))?;
+    for (name, linear) in [("fc", &mut model.audio.fc), ("proj", &mut model.audio.proj)] {
+        let [i, o] = linear.weight.lazy_shape().dims::<2>();
+        let w = state
+            .get(&format!("{name}.weight"))
+            .with_context(|| format!("{} has no {name}.weight", path.display()))?;
+        if w.shape != [o, i] {
+            bail!(
+                "{}: {name}.weight is {:?}, the run's encoder needs [{o}, {i}]",
+                path.display(),
+                w.shape
+            );
+        }
+        let mut t = vec![0f32; w.data.len()];
+        for r in 0..o {
+            for c in 0..i {
+                t[c * o + r] = w.data[r * i + c];
+            }
+        }
+        linear.weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [i, o]), device));
+        if linear.bias.is_some() {
+            let b = state
+                .get(&format!("{name}.bias"))
+                .with_context(|| format!("{} has no {name}.bias", path.display()))?;
+            linear.bias = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(b.data.clone(), [o]),
+                device,
+            )));
+        }
+    }
+    if model.log_scale.is_some() {
+        if let Some(s) = state.get("log_scale") {
+            model.log_scale = Some(Param::from_tensor(Tensor::from_data(
+                TensorData::new(s.data.clone(), [1]),
+                device,
+            )));
+        }
+    }
+    Ok(model)
+}
+
+/// Backbone outputs cached per file (or mix) and front-end, under `<cache>/backbone/`.
+struct BackboneCache {
+    dir: PathBuf,
+    /// Hash of everything but the file: format, front-end, windowing, checkpoint.
+    setting: String,
+}
+
+impl BackboneCache {
+    fn new(root: &Path, fe: &FrontEnd, windowing: &Windowing, checkpoint_sha256: &str) -> Result<BackboneCache> {
+        let setting = format!(
+            "{BACKBONE_CACHE_FORMAT}\u{1f}{}\u{1f}{}\u{1f}{checkpoint_sha256}",
+            serde_json::to_string(fe)?,
+            serde_json::to_string(windowing)?
+        );
+        Ok(BackboneCache {
+            dir: root.join("backbone"),
+            setting,
+        })
+    }
+
+    /// The cache file of `what` (a description of the source: paths, sizes, times, gains).
+    fn file(&self, what: &str) -> PathBuf {
+        let key = format!("{:016x}{:016x}", fnv1a(format!("{}\u{1e}{what}", self.setting).as_bytes()), fnv1a(format!("{what}\u{1e}{}", self.setting).as_bytes()));
+        self.dir.join(&key[..2]).join(key)
+    }
+
+    fn read(&self, file: &Path, dim: usize) -> Option<Item> {
+        let bytes = std::fs::read(file).ok()?;
+        let count = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        if bytes.len() != 4 + count * dim * 4 || count == 0 {
+            return None;
+        }
+        let windows = bytes[4..]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect();
+        Some(Item { windows, count })
+    }
+
+    fn write(&self, file: &Path, item: &Item) -> Result<()> {
+        let dir = file.parent().expect("cache file in a folder");
+        std::fs::create_dir_all(dir)?;
+        let mut bytes = (item.count as u32).to_le_bytes().to_vec();
+        bytes.extend(item.windows.iter().flat_map(|v| v.to_le_bytes()));
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, file)?;
+        Ok(())
+    }
+
+    /// Items of `sources` (each a cache description and a way to compute its windows' log-mels),
+    /// from the cache or computed CHUNK_CLIPS at a time: log-mels in parallel, then the backbone.
+    fn items<S: Sync>(
+        &self,
+        sources: &[S],
+        describe: impl Fn(&S) -> Result<String> + Sync,
+        windows: impl Fn(&S) -> Result<Vec<Features>> + Sync,
+        runner: &BackboneRunner,
+    ) -> Result<(Vec<Item>, usize)> {
+        let dim = runner.dim();
+        let files: Vec<PathBuf> = sources
+            .iter()
+            .map(|s| Ok(self.file(&describe(s)?)))
+            .collect::<Result<_>>()?;
+        let mut out: Vec<Option<Item>> = files.iter().map(|f| self.read(f, dim)).collect();
+        let hits = out.iter().filter(|i| i.is_some()).count();
+        let missing: Vec<usize> = (0..sources.len()).filter(|&i| out[i].is_none()).collect();
+        let bar = ProgressBar::new(missing.len() as u64)
+            .with_style(bar_style("clips"))
+            .with_message("backbone");
+        for chunk in missing.chunks(CHUNK_CLIPS) {
+            let mels: Vec<Vec<Features>> = chunk
+                .par_iter()
+                .map(|&i| windows(&sources[i]))
+                .collect::<Result<_>>()?;
+            let flat: Vec<&Features> = mels.iter().flatten().collect();
+            let vectors = runner.embed(&flat)?;
+            let mut next = vectors.into_iter();
+            for (&i, clip) in chunk.iter().zip(&mels) {
+                let mut windows = Vec::with_capacity(clip.len() * dim);
+                for v in next.by_ref().take(clip.len()) {
+                    windows.extend(v);
+                }
+                let item = Item {
+                    windows,
+                    count: clip.len(),
+                };
+                self.write(&files[i], &item)?;
+                out[i] = Some(item);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok((out.into_iter().map(|i| i.expect("computed")).collect(), hits))
+    }
+
+    /// Items of audio files: the extension's own windows of each.
+    fn file_items(
+        &self,
+        paths: &[&Path],
+        fe: &FrontEnd,
+        windowing: &Windowing,
+        runner: &BackboneRunner,
+    ) -> Result<(Vec<Item>, usize)> {
+        self.items(
+            paths,
+            |p| file_identity(p),
+            |p| {
+                let windows = crate::features::file_windows(&[*p], fe, windowing, false, || {})?;
+                let windows = windows.into_iter().next().unwrap_or_default();
+                if windows.is_empty() {
+                    bail!("{} has no audio", p.display());
+                }
+                Ok(windows)
+            },
+            runner,
+        )
+    }
+
+    /// Items of mixes: `first + 10^(gain_db / 20) * second`, each peak-normalised over the
+    /// whole clip first, the shorter one silent after its end; then the extension's windows.
+    fn mix_items(
+        &self,
+        pairs: &[(&Path, &Path, f32)],
+        fe: &FrontEnd,
+        windowing: &Windowing,
+        runner: &BackboneRunner,
+    ) -> Result<(Vec<Item>, usize)> {
+        let mel = MelExtractor::new(fe).context("invalid front-end settings")?;
+        self.items(
+            pairs,
+            |(a, b, gain)| Ok(format!("mix\u{1f}{}\u{1f}{}\u{1f}{gain}", file_identity(a)?, file_identity(b)?)),
+            |(a, b, gain)| {
+                let decode = |p: &Path| {
+                    decode_mono(&AudioSource::Path(p), fe.sample_rate)
+                        .with_context(|| format!("cannot decode {}", p.display()))
+                };
+                let (x, y) = (decode(a)?, decode(b)?);
+                let peak = |s: &[f32]| s.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+                let (px, py) = (peak(&x), peak(&y) / 10f32.powf(gain / 20.0));
+                let mut mixed = vec![0f32; x.len().max(y.len())];
+                for (i, m) in mixed.iter_mut().enumerate() {
+                    *m = x.get(i).map_or(0.0, |v| v / px) + y.get(i).map_or(0.0, |v| v / py);
+                }
+                Ok(window_bounds(mixed.len(), fe.sample_rate, windowing)?
+                    .into_iter()
+                    .map(|(s, e)| {
+                        let m = mel.compute(&mixed[s..e]);
+                        Features {
+                            samples: 0,
+                            frames: m.frames,
+                            n_mels: m.n_mels,
+                            data: m.data,
+                            waveform: Vec::new(),
+                        }
+                    })
+                    .collect())
+            },
+            runner,
+        )
+    }
+}
+
+/// A file's path, size and modification time: a changed file misses the cache.
+fn file_identity(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    Ok(format!("{}\u{1f}{}\u{1f}{modified}", canonical.display(), meta.len()))
+}
