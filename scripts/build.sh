@@ -3,7 +3,10 @@
 #   dist/audiotext0.so        the SQLite extension (.load dist/audiotext0)
 #   dist/libonnxruntime.so*   ONNX Runtime from PyPI, found next to the extension
 #   dist/audiotext-train      the trainer
-#   models/default/           all-MiniLM-L6-v2 exported as a bundle (text.onnx, tokenizer.json)
+#   models/default/           the default bundle: all-MiniLM-L6-v2 exported as its text encoder
+#                             (text.onnx, tokenizer.json), and its audio encoder (audio.onnx)
+#                             assembled from aiSFX's pretrained weights (PyPI) and the committed
+#                             head (models/default/run), checked against the committed manifest
 # Idempotent: a second run rebuilds only what changed.
 # AUDIOTEXT_CUDA=1 takes ONNX Runtime from onnxruntime-gpu instead.
 set -euo pipefail
@@ -21,4 +24,23 @@ bundle=models/default
 if [ ! -f "$bundle/text.onnx" ] || [ dist/audiotext-train -nt "$bundle/text.onnx" ]; then
   echo "exporting all-MiniLM-L6-v2 to $bundle"
   dist/audiotext-train export-text --from .cache/pretrained/all-MiniLM-L6-v2 --out "$bundle"
+fi
+
+# The default audio encoder: the frozen aiSFX backbone from set-up's checkpoint plus the head
+# trained on it (committed in $bundle/run); the result must be the audio.onnx whose sha256 the
+# committed manifest records, byte for byte.
+if [ -f "$bundle/run/config.json" ] && { [ ! -f "$bundle/audio.onnx" ] ||
+  [ "$bundle/run/head.safetensors" -nt "$bundle/audio.onnx" ] || [ dist/audiotext-train -nt "$bundle/audio.onnx" ]; }; then
+  echo "assembling $bundle/audio.onnx (aiSFX backbone + the committed head)"
+  assembled=.cache/default-audio
+  rm -rf "$assembled"
+  dist/audiotext-train export --run "$bundle/run" --out "$assembled" --text-bundle "$bundle" --checkpoint last >/dev/null
+  want=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["files"]["audio.onnx"])' "$bundle/manifest.json")
+  got=$(sha256sum "$assembled/audio.onnx" | cut -d' ' -f1)
+  if [ "$want" != "$got" ]; then
+    echo "error: the assembled audio.onnx has sha256 $got, the committed manifest records $want: is .cache/pretrained/aisfx/checkpoint.pth the pinned one? (delete .cache/wheels/aisfx and re-run)" >&2
+    exit 1
+  fi
+  install -m 644 "$assembled/audio.onnx" "$bundle/audio.onnx"
+  rm -rf "$assembled"
 fi

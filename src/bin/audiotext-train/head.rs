@@ -89,6 +89,11 @@ pub struct FitHeadArgs {
     /// Mixes drawn per training clip for the pool (each costs one backbone pass).
     #[arg(long, default_value_t = 1)]
     pub mix_per_clip: usize,
+    /// SpecAugment: copies of each training clip whose windows' log-mels are masked (2 time
+    /// masks of up to 20 frames, 2 frequency masks of up to 12 bands) before the backbone; each
+    /// step draws the clip or one of its copies. Each copy costs one backbone pass.
+    #[arg(long, default_value_t = 0)]
+    pub specaug_copies: usize,
     #[arg(long, default_value_t = 40)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
@@ -257,6 +262,22 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         runner.provider
     );
 
+    // SpecAugment copies of the training clips.
+    let train_paths: Vec<&Path> = train.iter().map(|&i| clips[i].path.as_path()).collect();
+    let copies: Vec<Vec<Item>> = (1..=args.specaug_copies)
+        .map(|copy| {
+            let start = Instant::now();
+            let (items, hits) =
+                backbone_cache.masked_items(&train_paths, copy, &fe, &windowing, &runner)?;
+            println!(
+                "specaug copy {copy}: {} clips ({hits} from the cache) in {:.1} s",
+                items.len(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(items)
+        })
+        .collect::<Result<_>>()?;
+
     // Mixes: one pool drawn over every clip of the dataset (so that the folds of a
     // cross-validation share their cached mixes), of which a run keeps those whose two clips
     // both train. Indices are into `clips`; the mix's level offset is fixed by its pool index.
@@ -385,8 +406,11 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     let rows: Vec<Row> = train
         .iter()
         .zip(train_items)
-        .map(|(&i, item)| Row {
-            item,
+        .enumerate()
+        .map(|(n, (&i, item))| Row {
+            items: std::iter::once(item)
+                .chain(copies.iter().map(|c| &c[n]))
+                .collect(),
             captions: text_of(i),
             key: keys[i],
         })
@@ -395,7 +419,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         .iter()
         .zip(&mix_items)
         .map(|((_, m), item)| Row {
-            item,
+            items: vec![item],
             captions: vec![m.embedding.clone()],
             key: m.key,
         })
@@ -448,10 +472,10 @@ fn caption_set_key(captions: &[String]) -> u64 {
     fnv1a(captions.join("\u{1f}").as_bytes())
 }
 
-/// A training row: an item with its caption embeddings (one drawn per step) and its
-/// contrastive key.
+/// A training row: an item (or several versions of it, one drawn per step) with its caption
+/// embeddings (one drawn per step) and its contrastive key.
 struct Row<'a> {
-    item: &'a Item,
+    items: Vec<&'a Item>,
     captions: Vec<Vec<f32>>,
     key: u64,
 }
@@ -534,7 +558,10 @@ fn train_head(
                     }
                 })
                 .collect();
-            let items: Vec<&Item> = chosen.iter().map(|r| r.item).collect();
+            let items: Vec<&Item> = chosen
+                .iter()
+                .map(|r| r.items[aug.below(r.items.len())])
+                .collect();
             let (windows, mean) = stack(&items, dim, &ad);
             let audio = l2_normalize(mean.matmul(model.audio.head(windows)));
             let mut text = Vec::with_capacity(chosen.len() * text_dim);
@@ -834,6 +861,41 @@ impl BackboneCache {
                 let windows = windows.into_iter().next().unwrap_or_default();
                 if windows.is_empty() {
                     bail!("{} has no audio", p.display());
+                }
+                Ok(windows)
+            },
+            runner,
+        )
+    }
+
+    /// Items of SpecAugment copy `copy` of audio files: each window's log-mel masked (seeded by
+    /// the file and the copy) before the backbone.
+    fn masked_items(
+        &self,
+        paths: &[&Path],
+        copy: usize,
+        fe: &FrontEnd,
+        windowing: &Windowing,
+        runner: &BackboneRunner,
+    ) -> Result<(Vec<Item>, usize)> {
+        let masks = crate::specaug::SpecAugment {
+            time_masks: 2,
+            time_mask_frames: 20,
+            freq_masks: 2,
+            freq_mask_bands: 12,
+        };
+        let describe = |p: &&Path| Ok(format!("specaug{copy}:{masks:?}\u{1f}{}", file_identity(p)?));
+        self.items(
+            paths,
+            describe,
+            |p| {
+                let mut rng = SplitMix64::derive(fnv1a(describe(p)?.as_bytes()), &[copy as u64]);
+                let mut windows = crate::features::file_windows(&[*p], fe, windowing, false, || {})?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                for w in &mut windows {
+                    masks.apply(w, fe.n_mels, &mut rng);
                 }
                 Ok(windows)
             },
