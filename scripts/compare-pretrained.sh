@@ -10,6 +10,7 @@
 #   band      band-limited training data, full-band validation: the 32 kHz esc50-dev copies of
 #             each fold's validation clips, with and without an 8 kHz low-pass in the front-end
 #   head      head width and dropout
+#   specaug   one SpecAugment copy of each training clip
 #   mix       clip mixing with joined captions
 #   text      all-MiniLM-L6-v2 against all-mpnet-base-v2 (needs models/mpnet, see below)
 # Then `summary` prints the table (mean and standard error over folds).
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-runs/pretrained}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(gain band head mix text summary)
+[ ${#stages[@]} -gt 0 ] || stages=(gain band head specaug mix text summary)
 data=${DATA:-../shared/data/esc50-16k}
 full_band=${FULL_BAND:-../shared/data/esc50-dev}
 queries=data/esc50-validation-queries.csv
@@ -56,6 +57,8 @@ for stage in "${stages[@]}"; do
     head)
       fit "head1024-gain$gain" --input-gain-db "$gain" --fc-dim 1024
       fit "dropout0.5-gain$gain" --input-gain-db "$gain" --head-dropout 0.5 ;;
+    specaug)
+      fit "specaug1-gain$gain" --input-gain-db "$gain" --specaug-copies 1 ;;
     mix)
       fit "mix0.3-gain$gain" --input-gain-db "$gain" --mix-prob 0.3 --mix-per-clip 1 ;;
     text)
