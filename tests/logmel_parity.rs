@@ -9,6 +9,11 @@
 //! Skips (with a message) when the venv or librosa is missing; real clips are used when
 //! ../shared/data/esc50-dev/audio exists. Also times our front-end on those clips (decode +
 //! resample + log-mel), which the Python side compares with librosa's.
+//!
+//! The aiSFX front-end (`FrontEnd::aisfx`, with and without gain and low-pass) runs through the
+//! same synthetic and windowed comparisons, and in `aisfx` cases against a literal statement of
+//! aiSFX's own librosa code: a generated sound at several levels (peak normalisation), with
+//! `input_gain_db`, with `lowpass_hz`, and all zeros. Each config's filterbank is dumped too.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,7 +56,48 @@ fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
 
 fn configs() -> Vec<(&'static str, FrontEnd)> {
     let panns = FrontEnd::panns_32k();
+    let aisfx = FrontEnd::aisfx();
     vec![
+        ("aisfx", aisfx.clone()),
+        (
+            "aisfx_lowpass_8k",
+            FrontEnd {
+                lowpass_hz: Some(8000.0),
+                ..aisfx.clone()
+            },
+        ),
+        (
+            "aisfx_gain_-20",
+            FrontEnd {
+                input_gain_db: Some(-20.0),
+                ..aisfx.clone()
+            },
+        ),
+        (
+            "aisfx_gain_lowpass",
+            FrontEnd {
+                input_gain_db: Some(-20.0),
+                lowpass_hz: Some(8000.0),
+                ..aisfx.clone()
+            },
+        ),
+        (
+            // Every optional step on the other code paths: uncentred frames (the scaled copy),
+            // several channels, slaney filters and a dB log with a divisor.
+            "uncentred_multiscale_db_all_steps",
+            FrontEnd {
+                center: false,
+                multiscale_win_lengths: vec![1024, 333],
+                input_gain_db: Some(6.0),
+                lowpass_hz: Some(11_000.0),
+                mel_scale: "slaney".into(),
+                mel_norm: "slaney".into(),
+                log: "db".into(),
+                log_multiplier: None,
+                log_divisor: Some(-20.0),
+                ..aisfx.clone()
+            },
+        ),
         ("panns_reflect", panns.clone()),
         (
             "panns_constant",
@@ -193,9 +239,17 @@ fn logmel_matches_librosa() {
     let configs = configs();
     let mut cases = Vec::new();
     let mut config_json = serde_json::Map::new();
+    let mut filterbanks = serde_json::Map::new();
     for (cname, fe) in &configs {
         config_json.insert(cname.to_string(), serde_json::to_value(fe).unwrap());
         let mel = MelExtractor::new(fe).unwrap();
+        let file = format!("out/filterbank__{cname}.npy");
+        write_npy(
+            &dir.join(&file),
+            &[fe.n_mels, fe.n_fft / 2 + 1],
+            &mel.filterbank(),
+        );
+        filterbanks.insert(cname.to_string(), json!(file));
         for input in &inputs {
             let iname = input["name"].as_str().unwrap();
             if iname == "long_44k" {
@@ -253,6 +307,9 @@ fn logmel_matches_librosa() {
                 pooling: "mean".into(),
             },
         ),
+        // Overlapping blocks, each peak-normalised on its own.
+        ("aisfx", Windowing::aisfx_blocks()),
+        ("aisfx_gain_lowpass", Windowing::aisfx_blocks()),
     ];
     for (k, (cname, windowing)) in windowings.iter().enumerate() {
         let fe = &configs.iter().find(|(n, _)| n == cname).unwrap().1;
@@ -281,6 +338,66 @@ fn logmel_matches_librosa() {
             "name": stem, "config": cname, "kind": "windowed",
             "samples": format!("out/{stem}.samples.npy"), "windowing": windowing,
             "windows": windows, "bounds": bounds,
+        }));
+    }
+
+    // aiSFX against aiSFX's own computation (test_logmel.py's aisfx_reference), on a generated
+    // sound at its level and at two arbitrary ones, and on zeros.
+    let realish = decode_mono(
+        &AudioSource::Path(&inputs_dir.join("realish_44k.wav")),
+        44_100,
+    )
+    .unwrap();
+    let zeros = vec![0f32; 2 * 44_100];
+    let scaled = |k: f32| realish.iter().map(|v| v * k).collect::<Vec<f32>>();
+    let aisfx_cases: Vec<(&str, &str, Vec<f32>, Value)> = vec![
+        ("realish", "aisfx", realish.clone(), json!({})),
+        ("realish_x0.00037", "aisfx", scaled(3.7e-4), json!({})),
+        ("realish_x250", "aisfx", scaled(250.0), json!({})),
+        ("zeros", "aisfx", zeros.clone(), json!({})),
+        (
+            "realish_lowpass_8k",
+            "aisfx_lowpass_8k",
+            realish.clone(),
+            json!({"lowpass_hz": 8000.0}),
+        ),
+        (
+            "realish_gain_-20",
+            "aisfx_gain_-20",
+            realish.clone(),
+            json!({"input_gain_db": -20.0}),
+        ),
+        (
+            "realish_x250_gain_lowpass",
+            "aisfx_gain_lowpass",
+            scaled(250.0),
+            json!({"input_gain_db": -20.0, "lowpass_hz": 8000.0}),
+        ),
+        (
+            "zeros_gain_lowpass",
+            "aisfx_gain_lowpass",
+            zeros,
+            json!({"input_gain_db": -20.0, "lowpass_hz": 8000.0}),
+        ),
+    ];
+    for (name, cname, samples, reference) in aisfx_cases {
+        let fe = &configs.iter().find(|(n, _)| *n == cname).unwrap().1;
+        let lm = MelExtractor::new(fe).unwrap().compute(&samples);
+        assert!(lm.data.iter().all(|v| v.is_finite()), "{name}");
+        let stem = format!("aisfx__{name}");
+        write_npy(
+            &out_dir.join(format!("{stem}.samples.npy")),
+            &[samples.len()],
+            &samples,
+        );
+        write_npy(
+            &out_dir.join(format!("{stem}.logmel.npy")),
+            &[lm.frames, lm.n_mels],
+            &lm.data,
+        );
+        cases.push(json!({
+            "name": stem, "config": cname, "kind": "aisfx", "reference": reference,
+            "samples": format!("out/{stem}.samples.npy"), "logmel": format!("out/{stem}.logmel.npy"),
         }));
     }
 
@@ -319,6 +436,36 @@ fn logmel_matches_librosa() {
             }
             cases.push(case);
         }
+        // aiSFX on every 20th clip, resampled to 44.1 kHz by us (compared on our samples).
+        for (i, clip) in clips.iter().enumerate().step_by(20) {
+            let samples = decode_mono(&AudioSource::Path(clip), 44_100).unwrap();
+            for (cname, reference) in [
+                ("aisfx", json!({})),
+                (
+                    "aisfx_gain_lowpass",
+                    json!({"input_gain_db": -20.0, "lowpass_hz": 8000.0}),
+                ),
+            ] {
+                let fe = &configs.iter().find(|(n, _)| *n == cname).unwrap().1;
+                let lm = MelExtractor::new(fe).unwrap().compute(&samples);
+                let stem = format!("aisfx__clip{i:03}__{cname}");
+                write_npy(
+                    &out_dir.join(format!("{stem}.samples.npy")),
+                    &[samples.len()],
+                    &samples,
+                );
+                write_npy(
+                    &out_dir.join(format!("{stem}.logmel.npy")),
+                    &[lm.frames, lm.n_mels],
+                    &lm.data,
+                );
+                cases.push(json!({
+                    "name": stem, "config": cname, "kind": "aisfx", "reference": reference,
+                    "samples": format!("out/{stem}.samples.npy"),
+                    "logmel": format!("out/{stem}.logmel.npy"),
+                }));
+            }
+        }
         // Timing: the whole front-end (decode + resample + log-mel), one thread, then rayon.
         let run = |clip: &PathBuf| {
             let samples = decode_mono(&AudioSource::Path(clip), fe.sample_rate).unwrap();
@@ -355,7 +502,9 @@ fn logmel_matches_librosa() {
         );
     }
 
-    let doc = json!({ "configs": config_json, "cases": cases, "timing": timing });
+    let doc = json!({
+        "configs": config_json, "cases": cases, "timing": timing, "filterbanks": filterbanks,
+    });
     std::fs::write(
         dir.join("cases.json"),
         serde_json::to_string_pretty(&doc).unwrap(),

@@ -43,6 +43,29 @@ def silence(rate, seconds):
     return np.zeros(int(round(rate * seconds)))
 
 
+def realish(rate, seconds, seed=0):
+    """A sound-effect-like mixture, peak 0.7: a harmonic tone with vibrato and a swell, decaying
+    knocks, a band of hiss above 10 kHz and a burst of low rumble, so that every part of the
+    spectrum and a wide range of levels are exercised."""
+    rng = np.random.default_rng(seed)
+    n = int(round(rate * seconds))
+    t = np.arange(n) / rate
+    phase = 2 * np.pi * 220.0 * t + 3.0 * np.sin(2 * np.pi * 5.0 * t)
+    tone = sum(np.sin(k * phase) / k**1.5 for k in range(1, 9)) * np.sin(np.pi * t / seconds) ** 2
+    knocks = np.zeros(n)
+    for start in rng.uniform(0.0, seconds - 0.2, 6):
+        i = int(start * rate)
+        m = min(n - i, int(0.2 * rate))
+        tt = np.arange(m) / rate
+        knocks[i:i + m] += np.exp(-tt * 40.0) * np.sin(2 * np.pi * rng.uniform(80, 600) * tt)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    freqs = np.fft.rfftfreq(n, 1.0 / rate)
+    hiss = np.fft.irfft(spectrum * (freqs > 10_000.0), n) * 0.3
+    rumble = np.fft.irfft(spectrum * (freqs < 150.0), n) * 2.0 * (t > seconds / 2)
+    x = 0.3 * tone + 0.5 * knocks + hiss + rumble
+    return 0.7 * x / np.max(np.abs(x))
+
+
 def quantize(samples, fmt):
     """The integers (or float32) a WAV of `fmt` stores for float samples in [-1, 1)."""
     x = np.clip(np.asarray(samples, dtype=np.float64), -1.0, 1.0)
@@ -143,6 +166,7 @@ def make_parity_inputs(out_dir):
         add(f"short_{n}", tone_noise[:n], r)
     add("sine_8k_s16", sine(440.0, 8000, 2.0) + white_noise(8000, 2.0, 0.05, seed=2), 8000, "s16")
     add("chirp_44k_s24", chirp(100.0, 20000.0, 44100, 2.0), 44100, "s24")
+    add("realish_44k", realish(44100, 3.0), 44100)
     stereo = np.stack([chirp(100.0, 20000.0, 48000, 2.0), white_noise(48000, 2.0, seed=3)], axis=1)
     src = add("stereo_48k", stereo, 48000, "s16")
     if have_sox():
