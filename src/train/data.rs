@@ -556,7 +556,10 @@ pub fn read_class_queries(path: &Path, classes: &[String]) -> Result<Vec<(usize,
         .headers()
         .with_context(|| format!("{}: cannot read the header", path.display()))?
         .clone();
-    let (class_col, query_col) = (column(&headers, "class", path)?, column(&headers, "query", path)?);
+    let (class_col, query_col) = (
+        column(&headers, "class", path)?,
+        column(&headers, "query", path)?,
+    );
     let mut out = Vec::new();
     for (n, record) in reader.records().enumerate() {
         let line = n + 2;
@@ -569,7 +572,12 @@ pub fn read_class_queries(path: &Path, classes: &[String]) -> Result<Vec<(usize,
                 "{}: line {line}: class {class:?} is not one of the labels' {} classes ({}, ...)",
                 path.display(),
                 classes.len(),
-                classes.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                classes
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         };
         if query.is_empty() {
@@ -578,7 +586,10 @@ pub fn read_class_queries(path: &Path, classes: &[String]) -> Result<Vec<(usize,
         out.push((index, query.to_string()));
     }
     if out.is_empty() {
-        bail!("{} holds no queries: write lines `class,query` under the header", path.display());
+        bail!(
+            "{} holds no queries: write lines `class,query` under the header",
+            path.display()
+        );
     }
     Ok(out)
 }
@@ -937,6 +948,53 @@ mod tests {
         for bad in ["x", "clotho:", "audiocaps", "generic:x"] {
             assert!(Layout::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reads_class_queries_and_names_the_line_of_a_bad_one() {
+        let dir = TempDir::new("class-queries");
+        let classes: Vec<String> = ["cat", "dog", "rain"].map(String::from).to_vec();
+        let path = dir.0.join("queries.csv");
+        // Columns in any order, quoted commas, whitespace trimmed, classes by sorted index.
+        std::fs::write(
+            &path,
+            "query,class\n\"a dog barks, then growls\",dog\n  rain on a tin roof ,rain\na cat purring,cat\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_class_queries(&path, &classes).unwrap(),
+            [
+                (1, "a dog barks, then growls".to_string()),
+                (2, "rain on a tin roof".to_string()),
+                (0, "a cat purring".to_string()),
+            ]
+        );
+
+        let error_of = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            format!("{:#}", read_class_queries(&path, &classes).unwrap_err())
+        };
+        let error = error_of("class,query\ndog,a dog\nunicorn,a unicorn neighing\n");
+        assert!(
+            error.contains(&path.display().to_string())
+                && error.contains("line 3")
+                && error.contains("\"unicorn\"")
+                && error.contains("3 classes"),
+            "{error}"
+        );
+        let error = error_of("class,query\ndog,a dog\nrain,  \n");
+        assert!(
+            error.contains(&path.display().to_string())
+                && error.contains("line 3: the query is empty"),
+            "{error}"
+        );
+        let error = error_of("class,text\ndog,a dog\n");
+        assert!(
+            error.contains(&path.display().to_string()) && error.contains("no column \"query\""),
+            "{error}"
+        );
+        let error = error_of("class,query\n");
+        assert!(error.contains("holds no queries"), "{error}");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (audio.onnx and text.onnx through ONNX Runtime, as the extension runs them).
 //!
 //! Metric definitions: see `audiotext0::train::metrics` (DCASE text-to-audio R@k and mAP@10;
-//! audio-to-text with all captions of a clip relevant; class precision with labels).
+//! audio-to-text with all captions of a clip relevant; class precision with labels; with
+//! `--queries`, class-level retrieval of `class,query` lines where every clip of the query's
+//! class is relevant, the way the default model is judged).
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +15,10 @@ use serde::Serialize;
 
 use audiotext0::model::manifest::Manifest;
 use audiotext0::train::cache::{default_cache_dir, FeatureCache, Features};
-use audiotext0::train::data::{Clip, Dataset, Layout};
-use audiotext0::train::metrics::{self, RetrievalMetrics};
+use audiotext0::train::data::{
+    read_class_queries, read_labels, Clip, Dataset, Layout, GENERIC_LABELS_FILE,
+};
+use audiotext0::train::metrics::{self, ClassRetrieval, RetrievalMetrics};
 
 use crate::embed::{bar_style, caption_embeddings};
 use crate::fit::LayoutArg;
@@ -61,6 +65,15 @@ pub struct EvalArgs {
     /// runs of one cross-validation fold).
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "run")]
     pub validation_of: Option<PathBuf>,
+    /// Class-level queries: a `class,query` CSV (e.g. data/esc50-validation-queries.csv).
+    /// Adds text-to-audio class retrieval over the evaluated clips, every clip of the query's
+    /// class relevant: P@1, P@10 and mAP@10. Needs clip classes (--labels).
+    #[arg(long, value_name = "FILE")]
+    pub queries: Option<PathBuf>,
+    /// Clip classes: a `file_name,class` CSV, file names as the captions file writes them
+    /// [default: the data folder's labels.csv when present]. Also feeds the class precision.
+    #[arg(long, value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// Also write the results as JSON to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -88,7 +101,69 @@ pub struct EvalReport {
     /// Text-to-audio class precision at 1, 5, 10 (datasets with labels).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class_precision: Option<[f64; 3]>,
+    /// Class-level retrieval of `--queries`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_queries: Option<ClassQueryReport>,
     pub seconds: f64,
+}
+
+/// Text-to-audio class retrieval of a `class,query` file over the evaluated clips.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassQueryReport {
+    pub queries_file: String,
+    pub labels_file: String,
+    /// Classes the queries name.
+    pub classes: usize,
+    /// Evaluated clips without a class in the labels file (candidates that are never relevant).
+    pub unlabelled_clips: usize,
+    /// `p1`, `p10`, `map10`, `queries`.
+    #[serde(flatten)]
+    pub metrics: ClassRetrieval,
+}
+
+/// The clips' classes from `--labels` (or the data folder's labels.csv) and the `--queries`
+/// read against them: what class retrieval needs besides the embeddings.
+struct ClassQueries {
+    queries_file: PathBuf,
+    labels_file: PathBuf,
+    /// `(class index, query)`, classes sorted as in [`read_class_queries`].
+    queries: Vec<(usize, String)>,
+    /// Class index of each evaluated clip; `usize::MAX` for a clip without a class.
+    clip_class: Vec<usize>,
+}
+
+/// Each clip's class from the labels file: `(labels file, labels per clip, sorted classes)`;
+/// `None` when no labels file is given and the data folder has none.
+fn clip_labels(
+    args: &EvalArgs,
+    root: &Path,
+    clips: &[&Clip],
+) -> Result<Option<(PathBuf, Vec<Option<String>>, Vec<String>)>> {
+    let path = match &args.labels {
+        Some(p) => p.clone(),
+        None if root.join(GENERIC_LABELS_FILE).is_file() => root.join(GENERIC_LABELS_FILE),
+        None => return Ok(None),
+    };
+    if !path.is_file() {
+        bail!("--labels {}: no such file", path.display());
+    }
+    let labels = read_labels(&path)?;
+    let mut classes: Vec<String> = labels.values().cloned().collect();
+    classes.sort();
+    classes.dedup();
+    let per_clip: Vec<Option<String>> = clips
+        .iter()
+        .map(|c| labels.get(&c.file_name).cloned())
+        .collect();
+    if per_clip.iter().all(Option::is_none) {
+        bail!(
+            "{} gives a class to none of the {} evaluated clips (e.g. {}): its file_name column must name them as the captions file does",
+            path.display(),
+            clips.len(),
+            clips[0].file_name
+        );
+    }
+    Ok(Some((path, per_clip, classes)))
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -171,6 +246,59 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     );
 
+    let labels = clip_labels(&args, &root, &clips)?;
+    let class_queries = match (&args.queries, &labels) {
+        (None, _) => None,
+        (Some(q), None) => bail!(
+            "--queries {} needs the clips' classes: pass --labels FILE (file_name,class) or put {GENERIC_LABELS_FILE} in the data folder",
+            q.display()
+        ),
+        (Some(q), Some((labels_file, per_clip, classes))) => {
+            let queries = read_class_queries(q, classes)?;
+            let clip_class: Vec<usize> = per_clip
+                .iter()
+                .map(|l| {
+                    l.as_ref()
+                        .and_then(|l| classes.binary_search(l).ok())
+                        .unwrap_or(usize::MAX)
+                })
+                .collect();
+            let unlabelled = clip_class.iter().filter(|&&c| c == usize::MAX).count();
+            if unlabelled > 0 {
+                eprintln!(
+                    "warning: {unlabelled} of {} evaluated clips have no class in {}; they rank as clips of no query's class",
+                    clips.len(),
+                    labels_file.display()
+                );
+            }
+            let mut absent: Vec<&str> = queries
+                .iter()
+                .filter(|(c, _)| !clip_class.contains(c))
+                .map(|(c, _)| classes[*c].as_str())
+                .collect();
+            absent.sort_unstable();
+            absent.dedup();
+            if !absent.is_empty() {
+                eprintln!(
+                    "warning: no evaluated clip is of class {}: the queries of those classes score 0",
+                    absent.join(", ")
+                );
+            }
+            Some(ClassQueries {
+                queries_file: q.clone(),
+                labels_file: labels_file.clone(),
+                queries,
+                clip_class,
+            })
+        }
+    };
+    // Clip labels for the class precision: those of --labels (or the data folder's labels.csv)
+    // when given, else the dataset's own.
+    let clip_label: Vec<Option<&str>> = match &labels {
+        Some((_, per_clip, _)) => per_clip.iter().map(Option::as_deref).collect(),
+        None => clips.iter().map(|c| c.label.as_deref()).collect(),
+    };
+
     let source = match (&run_config, &args.bundle) {
         (Some(_), _) => format!(
             "run {} ({} checkpoint)",
@@ -182,9 +310,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let paths: Vec<&Path> = clips.iter().map(|c| c.path.as_path()).collect();
 
+    // Captions, then the class queries: embedded together, split after.
     let texts: Vec<&str> = clips
         .iter()
         .flat_map(|c| c.captions.iter().map(String::as_str))
+        .chain(
+            class_queries
+                .iter()
+                .flat_map(|q| q.queries.iter().map(|(_, query)| query.as_str())),
+        )
         .collect();
     let caption_clip: Vec<usize> = clips
         .iter()
@@ -263,15 +397,34 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         _ => unreachable!(),
     };
-    let report = evaluate(
+    let (text, query_text) = text.split_at(caption_clip.len());
+    let mut report = evaluate(
         &audio,
-        &text,
+        text,
         &caption_clip,
-        &clips,
+        &clip_label,
         source,
         data_desc,
         started.elapsed().as_secs_f64(),
     );
+    if let Some(q) = &class_queries {
+        let query_class: Vec<usize> = q.queries.iter().map(|(c, _)| *c).collect();
+        let mut classes = query_class.clone();
+        classes.sort_unstable();
+        classes.dedup();
+        report.class_queries = Some(ClassQueryReport {
+            queries_file: q.queries_file.display().to_string(),
+            labels_file: q.labels_file.display().to_string(),
+            classes: classes.len(),
+            unlabelled_clips: q.clip_class.iter().filter(|&&c| c == usize::MAX).count(),
+            metrics: metrics::class_retrieval(
+                &metrics::similarity(query_text, &audio),
+                &query_class,
+                &q.clip_class,
+            ),
+        });
+        report.seconds = started.elapsed().as_secs_f64();
+    }
     print_report(&report);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report)? + "\n";
@@ -292,12 +445,13 @@ fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Computes every metric from clip and caption embeddings.
+/// Computes the caption metrics from clip and caption embeddings; `clip_label` holds each
+/// clip's class, for the class precision (computed when every clip has one).
 pub fn evaluate(
     audio: &[Vec<f32>],
     text: &[Vec<f32>],
     caption_clip: &[usize],
-    clips: &[&Clip],
+    clip_label: &[Option<&str>],
     source: String,
     data: String,
     seconds: f64,
@@ -309,17 +463,13 @@ pub fn evaluate(
         caption_clip,
         audio.len(),
     );
-    let class_precision = clips.iter().all(|c| c.label.is_some()).then(|| {
-        let mut names: Vec<&str> = clips.iter().filter_map(|c| c.label.as_deref()).collect();
+    let class_precision = clip_label.iter().all(Option::is_some).then(|| {
+        let mut names: Vec<&str> = clip_label.iter().flatten().copied().collect();
         names.sort();
         names.dedup();
-        let classes: Vec<usize> = clips
+        let classes: Vec<usize> = clip_label
             .iter()
-            .map(|c| {
-                names
-                    .binary_search(&c.label.as_deref().unwrap_or(""))
-                    .unwrap_or(0)
-            })
+            .map(|l| names.binary_search(&l.unwrap_or("")).unwrap_or(0))
             .collect();
         [1, 5, 10].map(|k| metrics::class_precision_at(&sim, caption_clip, &classes, k))
     });
@@ -331,6 +481,7 @@ pub fn evaluate(
         text_to_audio: t2a,
         audio_to_text: a2t,
         class_precision,
+        class_queries: None,
         seconds,
     }
 }
@@ -353,6 +504,25 @@ pub fn print_report(r: &EvalReport) {
     }
     if let Some([p1, p5, p10]) = r.class_precision {
         println!("class precision (text-to-audio, same class as the caption's clip): P@1 {p1:.4}  P@5 {p5:.4}  P@10 {p10:.4}");
+    }
+    if let Some(q) = &r.class_queries {
+        let m = &q.metrics;
+        println!(
+            "class queries (text-to-audio, every clip of the query's class relevant): P@1 {:.4}  P@10 {:.4}  mAP@10 {:.4}",
+            m.p1, m.p10, m.map10
+        );
+        println!(
+            "  {} queries of {} classes from {}, classes from {}{}",
+            m.queries,
+            q.classes,
+            q.queries_file,
+            q.labels_file,
+            if q.unlabelled_clips > 0 {
+                format!(" ({} clips without a class)", q.unlabelled_clips)
+            } else {
+                String::new()
+            }
+        );
     }
     println!("took {:.1} s", r.seconds);
 }
