@@ -539,7 +539,7 @@ impl MelExtractor {
         self.fft
             .process_with_scratch(frame, spectrum, fft_scratch)
             .expect("buffer lengths match the FFT plan");
-        // The low-pass: bins from `kept_bins` on are zero (computed for no power exponent).
+        // The low-pass: bins from `kept_bins` on are zero; their power is not even computed.
         let (kept, cut) = power.split_at_mut(self.kept_bins);
         cut.fill(0.0);
         let spectrum = &spectrum[..self.kept_bins];

@@ -231,4 +231,17 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn committed_default_manifest_writes_back_byte_for_byte() {
+        // Keys added to the audio section later (optional, skipped when unset) must leave the
+        // manifests of existing bundles, and so their bytes and hashes, as they were.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default/manifest.json");
+        let bytes = std::fs::read_to_string(&path).unwrap();
+        let manifest: Manifest = serde_json::from_str(&bytes).unwrap();
+        assert!(manifest.audio.is_some());
+        let mut json = serde_json::to_string_pretty(&manifest).unwrap();
+        json.push('\n');
+        assert_eq!(json, bytes);
+    }
 }
