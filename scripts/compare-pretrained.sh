@@ -9,6 +9,7 @@
 #   gain      input gain after per-window peak normalisation: 0, -10, -20 dB
 #   band      band-limited training data, full-band validation: the 32 kHz esc50-dev copies of
 #             each fold's validation clips, with and without an 8 kHz low-pass in the front-end
+#   base      the later stages' baseline: the chosen gain (and LOWPASS) alone
 #   head      head width and dropout
 #   specaug   one SpecAugment copy of each training clip
 #   mix       clip mixing with joined captions
@@ -19,13 +20,17 @@ cd "$(dirname "$0")/.."
 runs=${1:-runs/pretrained}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(gain band head specaug mix text summary)
+[ ${#stages[@]} -gt 0 ] || stages=(gain band base head specaug mix text summary)
 data=${DATA:-../shared/data/esc50-16k}
 full_band=${FULL_BAND:-../shared/data/esc50-dev}
 queries=data/esc50-validation-queries.csv
 folds=${FOLDS:-5}
 epochs=${EPOCHS:-40}
 gain=${GAIN:--20}
+# The later stages' front-end: the chosen gain, and LOWPASS=8000 once the band stage says so.
+base=(--input-gain-db "$gain")
+suffix="gain$gain"
+if [ -n "${LOWPASS:-}" ]; then base+=(--lowpass-hz "$LOWPASS"); suffix+="-lowpass$LOWPASS"; fi
 trainer=dist/audiotext-train
 [ -x "$trainer" ] || { echo "run scripts/build.sh first" >&2; exit 1; }
 [ -d "$data" ] || { echo "$data is missing: this comparison needs ../shared/data" >&2; exit 1; }
@@ -54,16 +59,18 @@ for stage in "${stages[@]}"; do
     band)
       fit "fullband-gain$gain" --input-gain-db "$gain" --validate-on "$full_band"
       fit "fullband-lowpass-gain$gain" --input-gain-db "$gain" --lowpass-hz 8000 --validate-on "$full_band" ;;
+    base)
+      fit "$suffix" "${base[@]}" ;;
     head)
-      fit "head1024-gain$gain" --input-gain-db "$gain" --fc-dim 1024
-      fit "dropout0.5-gain$gain" --input-gain-db "$gain" --head-dropout 0.5 ;;
+      fit "head1024-$suffix" "${base[@]}" --fc-dim 1024
+      fit "dropout0.5-$suffix" "${base[@]}" --head-dropout 0.5 ;;
     specaug)
-      fit "specaug1-gain$gain" --input-gain-db "$gain" --specaug-copies 1 ;;
+      fit "specaug1-$suffix" "${base[@]}" --specaug-copies 1 ;;
     mix)
-      fit "mix0.3-gain$gain" --input-gain-db "$gain" --mix-prob 0.3 --mix-per-clip 1 ;;
+      fit "mix0.3-$suffix" "${base[@]}" --mix-prob 0.3 --mix-per-clip 1 ;;
     text)
       if [ -f models/mpnet/text.onnx ]; then
-        fit "mpnet-gain$gain" --input-gain-db "$gain" --text-bundle models/mpnet
+        fit "mpnet-$suffix" "${base[@]}" --text-bundle models/mpnet
       else
         echo "text: models/mpnet is missing (dist/audiotext-train export-text --from .cache/pretrained/all-mpnet-base-v2 --out models/mpnet); skipped"
       fi ;;

@@ -178,9 +178,12 @@ pub struct ClassRetrieval {
     pub p10: f64,
     /// Mean over queries of AP@10: the sum of precision@k at each relevant rank k <= 10,
     /// divided by min(relevant clips, 10) (so a perfect top 10 scores 1 however many clips
-    /// the class has). A query whose class has no clip counts 0.
+    /// the class has).
     pub map10: f64,
+    /// Queries scored: those whose class has at least one clip.
     pub queries: usize,
+    /// Queries left out because no clip is of their class (nothing to find: no precision).
+    pub without_clips: usize,
 }
 
 /// [`ClassRetrieval`] for `sim` (`queries x clips`), `query_class[q]` the class of query `q`
@@ -188,15 +191,14 @@ pub struct ClassRetrieval {
 pub fn class_retrieval(sim: &[f32], query_class: &[usize], clip_class: &[usize]) -> ClassRetrieval {
     let clips = clip_class.len();
     check_shape(sim, query_class.len(), clips, "class_retrieval");
-    let mut m = ClassRetrieval {
-        queries: query_class.len(),
-        ..Default::default()
-    };
-    if query_class.is_empty() || clips == 0 {
-        return m;
-    }
+    let mut m = ClassRetrieval::default();
     for (q, &class) in query_class.iter().enumerate() {
         let relevant = clip_class.iter().filter(|&&c| c == class).count();
+        if relevant == 0 {
+            m.without_clips += 1;
+            continue;
+        }
+        m.queries += 1;
         let ranked = order(&sim[q * clips..(q + 1) * clips]);
         let mut hits = 0usize;
         let mut ap = 0.0;
@@ -210,11 +212,12 @@ pub fn class_retrieval(sim: &[f32], query_class: &[usize], clip_class: &[usize])
             m.p1 += 1.0;
         }
         m.p10 += hits as f64 / 10f64.min(clips as f64);
-        if relevant > 0 {
-            m.map10 += ap / relevant.min(10) as f64;
-        }
+        m.map10 += ap / relevant.min(10) as f64;
     }
-    let n = query_class.len() as f64;
+    if m.queries == 0 {
+        return m;
+    }
+    let n = m.queries as f64;
     m.p1 /= n;
     m.p10 /= n;
     m.map10 /= n;
@@ -355,8 +358,10 @@ mod tests {
         assert!((m.map10 - want).abs() < 1e-12, "{}", m.map10);
         // Four clips: precision over the 4 there are, 2 of each class.
         assert!((m.p10 - 0.5).abs() < 1e-12);
-        // A class without clips scores 0, never NaN.
+        // A query of a class without clips is left out, and counted as such; none left: 0s.
+        let m = class_retrieval(&[0.9, 0.8, 0.5, 0.4], &[0, 7], &[0, 1]);
+        assert_eq!((m.queries, m.without_clips, m.p1), (1, 1, 1.0));
         let m = class_retrieval(&[0.5, 0.4], &[7], &[0, 1]);
-        assert_eq!((m.p1, m.map10), (0.0, 0.0));
+        assert_eq!((m.queries, m.without_clips, m.p1, m.map10), (0, 1, 0.0, 0.0));
     }
 }

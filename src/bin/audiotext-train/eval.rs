@@ -523,6 +523,12 @@ pub fn print_report(r: &EvalReport) {
                 String::new()
             }
         );
+        if m.without_clips > 0 {
+            println!(
+                "  {} queries left out: no evaluated clip is of their class",
+                m.without_clips
+            );
+        }
     }
     println!("took {:.1} s", r.seconds);
 }

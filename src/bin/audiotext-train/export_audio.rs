@@ -102,6 +102,46 @@ pub struct ExportArgs {
     pub cache: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
     pub ort: Option<PathBuf>,
+    /// The cross-validation of the run's recipe: a folder of fold runs (`fold*/metrics.jsonl`,
+    /// as scripts/compare-pretrained.sh writes them); their last epochs' validation metrics,
+    /// mean and standard error, go into the manifest.
+    #[arg(long, value_name = "DIR")]
+    pub cross_validation: Option<PathBuf>,
+}
+
+/// Mean and standard error over the folds in `dir` of each validation metric of their last
+/// epoch (`fold*/metrics.jsonl`).
+pub fn cross_validation_summary(dir: &Path) -> Result<Value> {
+    let mut folds = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let is_fold = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("fold"));
+        if is_fold {
+            if let Some(last) = crate::fit::read_metrics(&path)?.pop() {
+                folds.push((path, last));
+            }
+        }
+    }
+    if folds.len() < 2 {
+        bail!("{} holds {} finished fold runs (fold*/metrics.jsonl): a cross-validation needs at least 2", dir.display(), folds.len());
+    }
+    folds.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut summary = json!({
+        "runs": dir.display().to_string(),
+        "folds": folds.len(),
+    });
+    let values: Vec<Value> = folds.iter().map(|(_, l)| serde_json::to_value(l)).collect::<Result<_, _>>()?;
+    for key in ["class_p1", "class_map10", "class_p10", "t2a_r1", "t2a_r5", "t2a_r10", "t2a_map10"] {
+        let v: Vec<f64> = values.iter().filter_map(|l| l.get(key).and_then(Value::as_f64)).collect();
+        if v.len() != folds.len() {
+            continue;
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let se = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt();
+        summary[key] = json!({ "mean": mean, "standard_error": se, "folds": v });
+    }
+    Ok(summary)
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
@@ -114,6 +154,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
         .or(config.text_bundle.clone())
         .context("the run names no text bundle; pass --text-bundle")?;
     let inputs = parity_inputs(&config, args.cache.as_deref());
+    let cross_validation = args
+        .cross_validation
+        .as_deref()
+        .map(cross_validation_summary)
+        .transpose()?;
     let report = export(&ExportJob {
         run_dir: &args.run,
         config: &config,
@@ -124,6 +169,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         text_bundle: &text_bundle,
         parity_inputs: inputs,
         ort: args.ort.as_deref(),
+        cross_validation,
     })?;
     println!(
         "exported {} (epoch {}) to {}",
@@ -167,6 +213,8 @@ pub struct ExportJob<'a> {
     /// Feature tensors for the parity check (and where they came from).
     pub parity_inputs: (Vec<Features>, String),
     pub ort: Option<&'a Path>,
+    /// The recipe's cross-validated metrics ([`cross_validation_summary`]), for the manifest.
+    pub cross_validation: Option<Value>,
 }
 
 /// What was exported, and how well ONNX Runtime agrees with the trainer.
@@ -413,6 +461,7 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         "temperature": job.model.temperature(config.model.temperature),
         "hyperparameters": config.train,
         "validation_metrics": epoch_metrics,
+        "cross_validation": job.cross_validation,
         "metric_definitions": "text-to-audio: per caption, rank of its clip; R@k = rank <= k; mAP@10 = mean of 1/rank if rank <= 10 else 0 (DCASE). audio-to-text: per clip, R@k = any of its captions within k; AP@10 over its captions",
     });
     manifest.training = Some(training);

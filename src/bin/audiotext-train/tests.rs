@@ -305,6 +305,7 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
         text_bundle: &text_dir,
         parity_inputs: (feats.clone(), "generated tones".into()),
         ort: None,
+        cross_validation: None,
     })
     .unwrap();
     eprintln!(
@@ -363,6 +364,7 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
         text_bundle: &text_dir,
         parity_inputs: (feats, "generated tones".into()),
         ort: None,
+        cross_validation: None,
     })
     .unwrap();
     let again = Manifest::read(&out).unwrap();
