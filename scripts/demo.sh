@@ -9,10 +9,90 @@ echo
 echo "== sqlite3 < sql/demo.sql   (text embedding + vec0 KNN)"
 sqlite3 -bail :memory: < sql/demo.sql
 
-# Real sounds: Debian's freedesktop sound theme (installed by scripts/install-deps.sh), and the
-# ESC-50 dev clips when ../shared/data is there.
-folders=(/usr/share/sounds/freedesktop/stereo)
-[ -d ../shared/data/esc50-dev/audio ] && folders+=("$(cd ../shared/data/esc50-dev/audio && pwd)")
+# Real recorded everyday sounds that the default model never trained on (it trains on ESC-50),
+# from Debian packages installed by scripts/install-deps.sh (licences there), linked into one
+# folder under names that say what they are, so each hit can be judged by its name. A source
+# missing from this machine is skipped with a note.
+everyday=.cache/demo-sounds/everyday
+rm -rf "$everyday"
+mkdir -p "$everyday"
+scratch=/usr/share/scratch/Media/Sounds
+tuxpaint=/usr/share/tuxpaint/sounds/magic
+pomodoro=/usr/share/gnome-pomodoro/sounds
+minetest=/usr/share/games/minetest/games/minetest_game/mods
+# source [name in the demo folder; default: the source's own]
+while read -r source name; do
+  [ -n "$source" ] || continue
+  if [ -f "$source" ]; then
+    ln -s "$source" "$everyday/${name:-$(basename "$source")}"
+  else
+    echo "note: $source is missing (scripts/install-deps.sh installs it); the demo goes on without it"
+  fi
+done <<EOF
+$scratch/Animal/Dog1.wav
+$scratch/Animal/Dog2.wav
+$scratch/Animal/Rooster.wav
+$scratch/Animal/Meow.wav
+$scratch/Animal/Kitten.wav
+$scratch/Animal/Bird.wav
+$scratch/Animal/Crickets.wav
+$scratch/Animal/Duck.wav
+$scratch/Animal/Horse.wav
+$scratch/Animal/Owl.wav
+$scratch/Effects/BellToll.wav
+$scratch/Effects/CarPassing.wav
+$scratch/Effects/MotorcyclePassing.wav
+$scratch/Effects/DoorClose.mp3
+$scratch/Effects/DoorCreak.wav
+$scratch/Effects/Typing.mp3 KeyboardTyping.mp3
+$scratch/Effects/WaterRunning.mp3
+$scratch/Effects/Bubbles.wav
+$scratch/Effects/SewingMachine.mp3
+$scratch/Human/BabyCry.mp3
+$scratch/Human/Cough-female.wav
+$scratch/Human/Cough-male.wav
+$scratch/Human/Sneeze-female.wav
+$scratch/Human/Sneeze-male.wav
+$scratch/Human/Laugh-female.wav
+$scratch/Human/Laugh-male2.wav
+$scratch/Human/Footsteps-1.wav
+$scratch/Human/PartyNoise.wav
+$scratch/Human/Slurp.mp3
+$tuxpaint/rain.ogg rain-on-cement.ogg
+$tuxpaint/lightning.ogg thunder-claps.ogg
+$tuxpaint/tornado_release.ogg tornado-wind.ogg
+$pomodoro/clock.ogg clock-ticking.ogg
+$pomodoro/timer.ogg kitchen-timer-ticking.ogg
+$pomodoro/birds.ogg woodland-birds.ogg
+$minetest/fire/sounds/fire_fire.1.ogg fire-crackling-1.ogg
+$minetest/fire/sounds/fire_large.ogg fire-crackling-large.ogg
+$minetest/default/sounds/default_break_glass.1.ogg glass-breaking-1.ogg
+$minetest/default/sounds/default_break_glass.2.ogg glass-breaking-2.ogg
+$minetest/doors/sounds/doors_door_open.ogg door-open.ogg
+$minetest/doors/sounds/doors_door_close.ogg door-close.ogg
+$minetest/env_sounds/sounds/env_sounds_water.1.ogg stream-water.ogg
+$minetest/default/sounds/default_water_footstep.1.ogg footsteps-in-water.ogg
+$minetest/default/sounds/default_grass_footstep.1.ogg footsteps-on-grass.ogg
+$minetest/tnt/sounds/tnt_explode.ogg explosion.ogg
+EOF
+folders=()
+[ -n "$(ls -A "$everyday")" ] && folders+=("$(cd "$everyday" && pwd)")
+
+# The ESC-50 dev clips when ../shared/data is there (the default model's training data), linked
+# under their class names: dog-1-100032-A.flac for 1-100032-A-0.flac.
+esc50=../shared/data/esc50-dev
+if [ -f "$esc50/labels.csv" ]; then
+  esc50_named=.cache/demo-sounds/esc50-dev
+  rm -rf "$esc50_named"
+  mkdir -p "$esc50_named"
+  esc50_audio="$(cd "$esc50/audio" && pwd)"
+  tail -n +2 "$esc50/labels.csv" | tr -d '\r' | while IFS=, read -r file class _; do
+    stem="${file%.*}"
+    ln -s "$esc50_audio/$file" "$esc50_named/$class-${stem%-*}.${file##*.}"
+  done
+  folders+=("$(cd "$esc50_named" && pwd)")
+fi
+
 for folder in "${folders[@]}"; do
   echo
   echo "== sqlite3 < sql/audio-demo.sql   (@sounds = $folder)"
