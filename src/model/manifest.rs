@@ -140,8 +140,8 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Writes `<bundle>/manifest.json`, pretty-printed, after recording the sha256 of every
-    /// file the manifest names.
+    /// Writes `manifest.json` into `bundle_dir` with the sha256 of every file it names; a file
+    /// not there yet keeps the hash already recorded for it (an error if none is).
     pub fn write(&mut self, bundle_dir: &Path) -> Result<()> {
         let mut names: Vec<String> = Vec::new();
         if let Some(text) = &self.text {
@@ -153,10 +153,16 @@ impl Manifest {
         }
         names.sort();
         names.dedup();
-        self.files.clear();
+        let recorded = std::mem::take(&mut self.files);
         for name in names {
-            self.files
-                .insert(name.clone(), sha256_file(&bundle_dir.join(&name))?);
+            let path = bundle_dir.join(&name);
+            // A file that set-up generates later (the default's audio.onnx, assembled from
+            // pretrained weights) keeps its recorded hash; loading checks the file against it.
+            let hash = match recorded.get(&name) {
+                Some(hash) if !path.exists() => hash.clone(),
+                _ => sha256_file(&path)?,
+            };
+            self.files.insert(name, hash);
         }
         let path = bundle_dir.join(MANIFEST_FILE);
         let mut json = serde_json::to_string_pretty(self).expect("manifest serialises");
