@@ -194,6 +194,12 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         label.as_ref().and_then(|l| classes.binary_search(l).ok())
     };
 
+    // Held-out queries, read (and their classes checked) before any backbone work.
+    let queries: Vec<(usize, String)> = match &args.queries {
+        Some(csv) => read_class_queries(csv, &classes)?,
+        None => Vec::new(),
+    };
+
     // Where each validation clip is read from.
     let validation_paths: Vec<(usize, PathBuf)> = match &args.validate_on {
         None => validation.iter().map(|&i| (i, clips[i].path.clone())).collect(),
@@ -325,10 +331,6 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     };
 
     // Caption and query embeddings.
-    let queries: Vec<(usize, String)> = match &args.queries {
-        Some(csv) => read_class_queries(csv, &classes)?,
-        None => Vec::new(),
-    };
     let mut texts: Vec<&str> = train
         .iter()
         .chain(&validation)
