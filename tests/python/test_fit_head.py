@@ -391,6 +391,23 @@ def test_export_refuses_a_checkpoint_no_file_has(work, first_run, tmp_path):
     assert not (out / "manifest.json").exists()
 
 
+def test_export_finds_the_checkpoint_again_by_sha256(work, first_run, conn, tmp_path):
+    """A run folder whose recorded checkpoint path is gone (moved to another clone) exports with
+    set-up's copy, which has the recorded sha256, into the same audio encoder."""
+    run, _ = first_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["pretrained"]["path"] = str(tmp_path / "elsewhere" / "checkpoint.pth")
+    (copy / "config.json").write_text(json.dumps(config, indent=2))
+    out = tmp_path / "bundle"
+    trainer("export", "--run", copy, "--out", out, "--checkpoint", "last", "--cache", work["cache"], timeout=600)
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('moved', ?)", (str(out),))
+    path = str(clip_path(work, "tone-0"))
+    moved = vec(conn.execute("SELECT audio_embed('moved', ?)", (path,)).fetchone()[0])
+    assert np.abs(moved - audio_embed(conn, path)).max() <= 1e-6
+
+
 # --------------------------------------------------------------------------- augmentations
 
 
