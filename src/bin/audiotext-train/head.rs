@@ -70,12 +70,14 @@ pub struct FitHeadArgs {
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
     /// Validate on the copies of the validation clips in this dataset folder (same file stems,
-    /// any audio extension), e.g. full-band originals of band-limited training clips.
-    #[arg(long, value_name = "DIR")]
+    /// any audio extension), e.g. full-band originals of band-limited training clips. Needs
+    /// --folds (without it no clip validates).
+    #[arg(long, value_name = "DIR", requires = "folds")]
     pub validate_on: Option<PathBuf>,
     /// Validation queries held out from training: CSV `class,query` (the classes of labels.csv).
-    /// Without it, the validation clips' own captions are the queries.
-    #[arg(long, value_name = "CSV")]
+    /// Without it, the validation clips' own captions are the queries. Needs --folds (without
+    /// it no clip validates).
+    #[arg(long, value_name = "CSV", requires = "folds")]
     pub queries: Option<PathBuf>,
     /// Front-end: gain after per-window peak normalisation, in dB.
     #[arg(long, allow_hyphen_values = true)]
@@ -192,6 +194,12 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     classes.dedup();
     let class_of = |label: &Option<String>| -> Option<usize> {
         label.as_ref().and_then(|l| classes.binary_search(l).ok())
+    };
+
+    // Held-out queries, read (and their classes checked) before any backbone work.
+    let queries: Vec<(usize, String)> = match &args.queries {
+        Some(csv) => read_class_queries(csv, &classes)?,
+        None => Vec::new(),
     };
 
     // Where each validation clip is read from.
@@ -325,10 +333,6 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     };
 
     // Caption and query embeddings.
-    let queries: Vec<(usize, String)> = match &args.queries {
-        Some(csv) => read_class_queries(csv, &classes)?,
-        None => Vec::new(),
-    };
     let mut texts: Vec<&str> = train
         .iter()
         .chain(&validation)
