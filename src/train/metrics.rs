@@ -362,6 +362,9 @@ mod tests {
         let m = class_retrieval(&[0.9, 0.8, 0.5, 0.4], &[0, 7], &[0, 1]);
         assert_eq!((m.queries, m.without_clips, m.p1), (1, 1, 1.0));
         let m = class_retrieval(&[0.5, 0.4], &[7], &[0, 1]);
-        assert_eq!((m.queries, m.without_clips, m.p1, m.map10), (0, 1, 0.0, 0.0));
+        assert_eq!(
+            (m.queries, m.without_clips, m.p1, m.map10),
+            (0, 1, 0.0, 0.0)
+        );
     }
 }

@@ -115,7 +115,10 @@ pub fn cross_validation_summary(dir: &Path) -> Result<Value> {
     let mut folds = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
-        let is_fold = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("fold"));
+        let is_fold = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("fold"));
         if is_fold {
             if let Some(last) = crate::fit::read_metrics(&path)?.pop() {
                 folds.push((path, last));
@@ -130,9 +133,23 @@ pub fn cross_validation_summary(dir: &Path) -> Result<Value> {
         "runs": dir.display().to_string(),
         "folds": folds.len(),
     });
-    let values: Vec<Value> = folds.iter().map(|(_, l)| serde_json::to_value(l)).collect::<Result<_, _>>()?;
-    for key in ["class_p1", "class_map10", "class_p10", "t2a_r1", "t2a_r5", "t2a_r10", "t2a_map10"] {
-        let v: Vec<f64> = values.iter().filter_map(|l| l.get(key).and_then(Value::as_f64)).collect();
+    let values: Vec<Value> = folds
+        .iter()
+        .map(|(_, l)| serde_json::to_value(l))
+        .collect::<Result<_, _>>()?;
+    for key in [
+        "class_p1",
+        "class_map10",
+        "class_p10",
+        "t2a_r1",
+        "t2a_r5",
+        "t2a_r10",
+        "t2a_map10",
+    ] {
+        let v: Vec<f64> = values
+            .iter()
+            .filter_map(|l| l.get(key).and_then(Value::as_f64))
+            .collect();
         if v.len() != folds.len() {
             continue;
         }

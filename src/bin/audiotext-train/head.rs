@@ -29,7 +29,9 @@ use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use audiotext0::audio::{decode_mono, window_bounds, AudioSource, FrontEnd, MelExtractor, Windowing};
+use audiotext0::audio::{
+    decode_mono, window_bounds, AudioSource, FrontEnd, MelExtractor, Windowing,
+};
 use audiotext0::train::cache::{default_cache_dir, Features};
 use audiotext0::train::data::{read_class_queries, Dataset, Layout};
 use audiotext0::train::metrics::{self, ClassRetrieval};
@@ -204,7 +206,10 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
 
     // Where each validation clip is read from.
     let validation_paths: Vec<(usize, PathBuf)> = match &args.validate_on {
-        None => validation.iter().map(|&i| (i, clips[i].path.clone())).collect(),
+        None => validation
+            .iter()
+            .map(|&i| (i, clips[i].path.clone()))
+            .collect(),
         Some(dir) => {
             let other = Dataset::open(dir, &Layout::Generic)?;
             let by_stem: HashMap<String, PathBuf> = other
@@ -214,7 +219,11 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
                 .collect();
             validation
                 .iter()
-                .filter_map(|&i| by_stem.get(&stem(&clips[i].file_name)).map(|p| (i, p.clone())))
+                .filter_map(|&i| {
+                    by_stem
+                        .get(&stem(&clips[i].file_name))
+                        .map(|p| (i, p.clone()))
+                })
                 .collect()
         }
     };
@@ -237,9 +246,10 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     encoder.head_dropout = args.head_dropout;
     let info = crate::pretrained::check(&path, &encoder)?;
     let rt = ort_runtime(args.ort.as_deref())?;
-    let onnx_dir = cache_root
-        .join("backbones")
-        .join(format!("{}-{}", args.encoder, &info.sha256[..16]));
+    let onnx_dir =
+        cache_root
+            .join("backbones")
+            .join(format!("{}-{}", args.encoder, &info.sha256[..16]));
     let onnx = onnx_dir.join(BACKBONE_ONNX_FILE);
     if !onnx.is_file() {
         let model = crate::backbone::load_backbone(&encoder, &info)?;
@@ -248,14 +258,18 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         crate::backbone::write_backbone_onnx(&model, &encoder, &tmp)?;
         let (worst, _) = crate::backbone::backbone_parity(&model, &encoder, &tmp, rt)?;
         std::fs::rename(&tmp, &onnx)?;
-        println!("backbone: {} (parity with the trainer {worst:.1e})", onnx.display());
+        println!(
+            "backbone: {} (parity with the trainer {worst:.1e})",
+            onnx.display()
+        );
     }
     let runner = BackboneRunner::new(&onnx, &encoder, rt)?;
     let backbone_cache = BackboneCache::new(&cache_root, &fe, &windowing, &info.sha256)?;
 
     // Backbone outputs of every clip used.
     let start = Instant::now();
-    let mut wanted: Vec<(usize, PathBuf)> = train.iter().map(|&i| (i, clips[i].path.clone())).collect();
+    let mut wanted: Vec<(usize, PathBuf)> =
+        train.iter().map(|&i| (i, clips[i].path.clone())).collect();
     let train_count = wanted.len();
     wanted.extend(validation_paths.iter().cloned());
     let paths: Vec<&Path> = wanted.iter().map(|(_, p)| p.as_path()).collect();
@@ -340,7 +354,12 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         .collect();
     texts.extend(mixes.iter().map(|(_, m)| m.caption.as_str()));
     texts.extend(queries.iter().map(|(_, q)| q.as_str()));
-    let embeddings = caption_embeddings(&args.text_bundle, &texts, Some(&cache_root), args.ort.as_deref())?;
+    let embeddings = caption_embeddings(
+        &args.text_bundle,
+        &texts,
+        Some(&cache_root),
+        args.ort.as_deref(),
+    )?;
     for (_, m) in &mut mixes {
         m.embedding = embeddings.by_text[&m.caption].clone();
     }
@@ -384,10 +403,16 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
             layout: "generic".into(),
             validation_split: None,
             validation_fraction: 0.0,
-            fold: args.folds.zip(args.fold).map(|(count, index)| Fold { index, count }),
+            fold: args
+                .folds
+                .zip(args.fold)
+                .map(|(count, index)| Fold { index, count }),
             split_seed: args.split_seed,
             train_clips: train.len(),
-            validation_files: validation.iter().map(|&i| clips[i].file_name.clone()).collect(),
+            validation_files: validation
+                .iter()
+                .map(|&i| clips[i].file_name.clone())
+                .collect(),
             license: read_license(&args.data),
         }),
         text_bundle: Some(args.text_bundle.clone()),
@@ -405,7 +430,11 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
 
     // Training rows: the clips, then the mixes.
     let text_of = |i: usize| -> Vec<Vec<f32>> {
-        clips[i].captions.iter().map(|t| embeddings.by_text[t].clone()).collect()
+        clips[i]
+            .captions
+            .iter()
+            .map(|t| embeddings.by_text[t].clone())
+            .collect()
     };
     let rows: Vec<Row> = train
         .iter()
@@ -581,7 +610,10 @@ fn train_head(
             let loss = t.loss.compute(audio, text, scale, &keys);
             let value = to_vec(loss.clone())[0] as f64;
             if !value.is_finite() {
-                bail!("the loss became {value} at step {} (epoch {epoch}); lower --lr", step + 1);
+                bail!(
+                    "the loss became {value} at step {} (epoch {epoch}); lower --lr",
+                    step + 1
+                );
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = lr_at(step, total, warmup, t.lr, t.min_lr_ratio);
@@ -625,7 +657,10 @@ fn train_head(
     };
     let dir = run_dir.join(crate::run::CHECKPOINT_DIR);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("last.json"), serde_json::to_string_pretty(&state)? + "\n")?;
+    std::fs::write(
+        dir.join("last.json"),
+        serde_json::to_string_pretty(&state)? + "\n",
+    )?;
     if let Err(e) = crate::plot::write_plots(run_dir, &logs) {
         eprintln!("warning: cannot draw the plots: {e:#}");
     }
@@ -672,7 +707,11 @@ fn validate(model: &Contrastive, v: &Validation, dim: usize, log: &mut EpochLog)
     } else {
         let queries: Vec<Vec<f32>> = v.class_queries.iter().map(|(_, e)| e.clone()).collect();
         let query_class: Vec<usize> = v.class_queries.iter().map(|(c, _)| *c).collect();
-        metrics::class_retrieval(&metrics::similarity(&queries, &clips), &query_class, &v.clip_class)
+        metrics::class_retrieval(
+            &metrics::similarity(&queries, &clips),
+            &query_class,
+            &v.clip_class,
+        )
     };
     log.class_p1 = Some(class.p1);
     log.class_map10 = Some(class.map10);
@@ -684,7 +723,11 @@ fn save_head(model: &Contrastive, path: &Path) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (name, linear) in [("fc", &model.audio.fc), ("proj", &model.audio.proj)] {
         let [i, o] = linear.weight.val().dims();
-        tensors.push((format!("{name}.weight"), vec![o, i], crate::encoders::blocks::out_in(linear)));
+        tensors.push((
+            format!("{name}.weight"),
+            vec![o, i],
+            crate::encoders::blocks::out_in(linear),
+        ));
         if let Some(b) = &linear.bias {
             tensors.push((format!("{name}.bias"), vec![o], to_vec(b.val())));
         }
@@ -761,7 +804,12 @@ struct BackboneCache {
 }
 
 impl BackboneCache {
-    fn new(root: &Path, fe: &FrontEnd, windowing: &Windowing, checkpoint_sha256: &str) -> Result<BackboneCache> {
+    fn new(
+        root: &Path,
+        fe: &FrontEnd,
+        windowing: &Windowing,
+        checkpoint_sha256: &str,
+    ) -> Result<BackboneCache> {
         let setting = format!(
             "{BACKBONE_CACHE_FORMAT}\u{1f}{}\u{1f}{}\u{1f}{checkpoint_sha256}",
             serde_json::to_string(fe)?,
@@ -775,7 +823,11 @@ impl BackboneCache {
 
     /// The cache file of `what` (a description of the source: paths, sizes, times, gains).
     fn file(&self, what: &str) -> PathBuf {
-        let key = format!("{:016x}{:016x}", fnv1a(format!("{}\u{1e}{what}", self.setting).as_bytes()), fnv1a(format!("{what}\u{1e}{}", self.setting).as_bytes()));
+        let key = format!(
+            "{:016x}{:016x}",
+            fnv1a(format!("{}\u{1e}{what}", self.setting).as_bytes()),
+            fnv1a(format!("{what}\u{1e}{}", self.setting).as_bytes())
+        );
         self.dir.join(&key[..2]).join(key)
     }
 
@@ -846,7 +898,10 @@ impl BackboneCache {
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        Ok((out.into_iter().map(|i| i.expect("computed")).collect(), hits))
+        Ok((
+            out.into_iter().map(|i| i.expect("computed")).collect(),
+            hits,
+        ))
     }
 
     /// Items of audio files: the extension's own windows of each.
@@ -888,16 +943,22 @@ impl BackboneCache {
             freq_masks: 2,
             freq_mask_bands: 12,
         };
-        let describe = |p: &&Path| Ok(format!("specaug{copy}:{masks:?}\u{1f}{}", file_identity(p)?));
+        let describe = |p: &&Path| {
+            Ok(format!(
+                "specaug{copy}:{masks:?}\u{1f}{}",
+                file_identity(p)?
+            ))
+        };
         self.items(
             paths,
             describe,
             |p| {
                 let mut rng = SplitMix64::derive(fnv1a(describe(p)?.as_bytes()), &[copy as u64]);
-                let mut windows = crate::features::file_windows(&[*p], fe, windowing, false, || {})?
-                    .into_iter()
-                    .next()
-                    .unwrap_or_default();
+                let mut windows =
+                    crate::features::file_windows(&[*p], fe, windowing, false, || {})?
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default();
                 for w in &mut windows {
                     masks.apply(w, fe.n_mels, &mut rng);
                 }
@@ -919,14 +980,24 @@ impl BackboneCache {
         let mel = MelExtractor::new(fe).context("invalid front-end settings")?;
         self.items(
             pairs,
-            |(a, b, gain)| Ok(format!("mix\u{1f}{}\u{1f}{}\u{1f}{gain}", file_identity(a)?, file_identity(b)?)),
+            |(a, b, gain)| {
+                Ok(format!(
+                    "mix\u{1f}{}\u{1f}{}\u{1f}{gain}",
+                    file_identity(a)?,
+                    file_identity(b)?
+                ))
+            },
             |(a, b, gain)| {
                 let decode = |p: &Path| {
                     decode_mono(&AudioSource::Path(p), fe.sample_rate)
                         .with_context(|| format!("cannot decode {}", p.display()))
                 };
                 let (x, y) = (decode(a)?, decode(b)?);
-                let peak = |s: &[f32]| s.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+                let peak = |s: &[f32]| {
+                    s.iter()
+                        .fold(0f32, |m, v| m.max(v.abs()))
+                        .max(f32::MIN_POSITIVE)
+                };
                 let (px, py) = (peak(&x), peak(&y) / 10f32.powf(gain / 20.0));
                 let mut mixed = vec![0f32; x.len().max(y.len())];
                 for (i, m) in mixed.iter_mut().enumerate() {
@@ -953,7 +1024,8 @@ impl BackboneCache {
 
 /// A file's path, size and modification time: a changed file misses the cache.
 fn file_identity(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     let modified = meta
         .modified()
         .ok()
@@ -961,5 +1033,9 @@ fn file_identity(path: &Path) -> Result<String> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    Ok(format!("{}\u{1f}{}\u{1f}{modified}", canonical.display(), meta.len()))
+    Ok(format!(
+        "{}\u{1f}{}\u{1f}{modified}",
+        canonical.display(),
+        meta.len()
+    ))
 }
