@@ -667,17 +667,7 @@ pub fn build_encoder_onnx(
             DataType::Float,
             &["batch".into(), (enc.pooled_dim() as i64).into()],
         );
-        return g.finish(ModelInfo {
-            producer_name: "audiotext-train".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-            doc_string: Some(format!(
-                "log-mel [{}] -> pooled backbone output (not normalised); {}; {}",
-                input_layout(enc.input_channels),
-                enc.architecture.describe(&enc.channels),
-                enc.pooling.describe()
-            )),
-            metadata: vec![("layout".into(), input_layout(enc.input_channels).into())],
-        });
+        return g.finish(model_info(enc, "pooled backbone output (not normalised)"));
     }
     let x = linear_onnx(&mut g, "fc", &pooled, &model.fc);
     let x = g.node("Relu", &[&x], vec![]);
@@ -698,17 +688,22 @@ pub fn build_encoder_onnx(
         DataType::Float,
         &["batch".into(), (enc.embedding_dim as i64).into()],
     );
-    g.finish(ModelInfo {
+    g.finish(model_info(enc, "L2-normalised audio embedding"))
+}
+
+/// The metadata of an encoder graph whose output is `output`.
+fn model_info(enc: &EncoderConfig, output: &str) -> ModelInfo {
+    ModelInfo {
         producer_name: "audiotext-train".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: Some(format!(
-            "log-mel [{}] -> L2-normalised audio embedding; {}; {}",
+            "log-mel [{}] -> {output}; {}; {}",
             input_layout(enc.input_channels),
             enc.architecture.describe(&enc.channels),
             enc.pooling.describe()
         )),
         metadata: vec![("layout".into(), input_layout(enc.input_channels).into())],
-    })
+    }
 }
 
 /// Appends `normalize(x @ weight + bias)` after the output `output` of a text graph.
