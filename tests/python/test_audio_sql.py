@@ -142,13 +142,23 @@ def test_stereo_mixes_all_channels(aconn, tmp_path):
 
 
 def test_long_file_is_windowed_and_pooled(aconn, tmp_path, bundle):
-    """A file longer than clip_seconds: the embedding is the normalised mean of its windows'."""
-    clip = bundle[1]["audio"]["windowing"]["clip_seconds"]
-    a, b = rich_signal(RATE, clip), ma.white_noise(RATE, clip, 0.3, seed=3).astype(np.float32)
-    ma.write_wav(tmp_path / "a.wav", a, RATE, "f32")
-    ma.write_wav(tmp_path / "b.wav", b, RATE, "f32")
-    ma.write_wav(tmp_path / "ab.wav", np.concatenate([a, b]), RATE, "f32")
-    pooled = embed(aconn, str(tmp_path / "a.wav")) + embed(aconn, str(tmp_path / "b.wav"))
+    """A file longer than clip_seconds: the embedding is the normalised mean of its windows',
+    each window embedded from its own samples (overlapping windows too: the default's hop is
+    half its window). Written at the model's rate, so a window is a slice of the file."""
+    from test_logmel import window_bounds
+
+    audio = bundle[1]["audio"]
+    rate, clip = audio["sample_rate"], audio["windowing"]["clip_seconds"]
+    a, b = rich_signal(rate, clip), ma.white_noise(rate, clip, 0.3, seed=3).astype(np.float32)
+    ab = np.concatenate([a, b])
+    ma.write_wav(tmp_path / "ab.wav", ab, rate, "f32")
+    bounds = window_bounds(len(ab), rate, audio["windowing"])
+    assert len(bounds) >= 2, bounds
+    windows = []
+    for k, (start, end) in enumerate(bounds):
+        ma.write_wav(tmp_path / f"w{k}.wav", ab[start:end], rate, "f32")
+        windows.append(embed(aconn, str(tmp_path / f"w{k}.wav")))
+    pooled = np.mean(windows, axis=0)
     pooled /= np.linalg.norm(pooled)
     assert np.abs(embed(aconn, str(tmp_path / "ab.wav")) - pooled).max() < 1e-5
 

@@ -1,5 +1,5 @@
-"""`audiotext-train ensemble` through SQL: an ensemble of models/default and a second member
-(a tiny encoder trained here for one step on generated tones, against the same text encoder)
+"""`audiotext-train ensemble` through SQL: an ensemble of two members (tiny encoders trained
+here for one step on generated tones with different seeds, against the default's text encoder)
 embeds with the summed dimension, scores as the mean of its members' scores, and feeds a vec0
 index. Every clip is shorter than one window (10 s), where the mean is exact (see ensemble.rs
 for longer files)."""
@@ -28,20 +28,25 @@ def sha256(path):
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
+    """Two members trained from scratch with the trainer's front-end (the default bundle's
+    aiSFX front-end differs, and members must share one), with different seeds and licences."""
     root = tmp_path_factory.mktemp("ensemble")
     data = write_tone_dataset(root / "data")
-    trainer(
-        "fit", "--data", data, "--text-bundle", DEFAULT_BUNDLE, "--out", root / "run",
-        "--epochs", 1, "--max-steps", 1, "--width", 2, "--batch-size", 8, "--max-seconds", 2,
-        "--seed", 3, "--cache", root / "cache", "--data-license", "CC0-1.0 (generated test tones)",
-    )
-    member = root / "member"
-    trainer("export", "--run", root / "run", "--out", member, "--text-bundle", DEFAULT_BUNDLE)
+    members = []
+    for seed, license in [(3, "CC BY-NC 3.0 (generated test tones)"), (4, "CC0-1.0 (generated test tones)")]:
+        run, member = root / f"run{seed}", root / f"member{seed}"
+        trainer(
+            "fit", "--data", data, "--text-bundle", DEFAULT_BUNDLE, "--out", run,
+            "--epochs", 1, "--max-steps", 1, "--width", 2, "--batch-size", 8, "--max-seconds", 2,
+            "--seed", seed, "--cache", root / "cache", "--data-license", license,
+        )
+        trainer("export", "--run", run, "--out", member, "--text-bundle", DEFAULT_BUNDLE)
+        members.append(member)
     ensemble = root / "ensemble"
     built = trainer(
-        "ensemble", "--member", DEFAULT_BUNDLE, "--member", member, "--out", ensemble, "--name", "test ensemble"
+        "ensemble", "--member", members[0], "--member", members[1], "--out", ensemble, "--name", "test ensemble"
     )
-    return {"members": [DEFAULT_BUNDLE, member], "ensemble": ensemble, "stdout": built.stdout, "root": root}
+    return {"members": members, "ensemble": ensemble, "stdout": built.stdout, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +150,7 @@ def test_vec0_knn_over_ensemble_embeddings(econn, clips):
 
 
 def test_cli_refuses_a_single_member_and_mismatched_front_ends(bundles):
-    single = trainer("ensemble", "--member", DEFAULT_BUNDLE, "--out", bundles["root"] / "single", check=False)
+    single = trainer("ensemble", "--member", bundles["members"][0], "--out", bundles["root"] / "single", check=False)
     assert single.returncode == 2
     assert "an ensemble needs at least two --member bundles, got 1" in single.stderr
     # The trained member with another fmax (its files linked, its manifest edited).
@@ -157,7 +162,7 @@ def test_cli_refuses_a_single_member_and_mismatched_front_ends(bundles):
     edited["audio"]["fmax"] = 8000.0
     (other / "manifest.json").write_text(json.dumps(edited))
     mismatch = trainer(
-        "ensemble", "--member", DEFAULT_BUNDLE, "--member", other, "--out", bundles["root"] / "mismatch", check=False
+        "ensemble", "--member", bundles["members"][0], "--member", other, "--out", bundles["root"] / "mismatch", check=False
     )
     assert mismatch.returncode == 2
     assert "differ in audio.fmax: 14000.0 vs 8000.0" in mismatch.stderr, mismatch.stderr
