@@ -529,7 +529,7 @@ pub fn detect_license(text: &str) -> Option<String> {
 }
 
 /// Key of a clip's caption set: clips with the same set are positives of each other.
-fn caption_set_key(captions: &[String]) -> u64 {
+pub fn caption_set_key(captions: &[String]) -> u64 {
     let mut sorted = captions.to_vec();
     sorted.sort();
     fnv1a(sorted.join("\u{1f}").as_bytes())

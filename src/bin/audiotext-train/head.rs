@@ -39,7 +39,7 @@ use audiotext0::train::split::{fnv1a, fold_by_group, SplitMix64};
 
 use crate::backbone::{checkpoint_path, pretrained_encoder, BackboneRunner, BACKBONE_ONNX_FILE};
 use crate::embed::{bar_style, caption_embeddings};
-use crate::fit::{lr_at, read_license, EpochLog};
+use crate::fit::{caption_set_key, lr_at, read_license, EpochLog};
 use crate::loss::LossSpec;
 use crate::mix::{draw_pool, Mix, MixOptions};
 use crate::model::{l2_normalize, to_vec, Contrastive, ContrastiveConfig};
@@ -499,10 +499,6 @@ fn stem(file_name: &str) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn caption_set_key(captions: &[String]) -> u64 {
-    fnv1a(captions.join("\u{1f}").as_bytes())
 }
 
 /// A training row: an item (or several versions of it, one drawn per step) with its caption
