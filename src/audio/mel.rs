@@ -1216,14 +1216,7 @@ mod tests {
                 "sample_rate is 0",
             ),
         ];
-        for (fe, want) in cases {
-            let err = MelExtractor::new(&fe).unwrap_err().to_string();
-            assert!(err.contains(want), "{err:?} lacks {want:?}");
-            assert!(
-                err.starts_with("audio front-end: ") && !err.ends_with('.'),
-                "{err}"
-            );
-        }
+        assert_refused(cases);
     }
 
     /// A signal with energy all over the band, at the aiSFX rate.
@@ -1236,6 +1229,18 @@ mod tests {
                     + 0.05 * (((i * 7919) % 1000) as f64 / 1000.0 - 0.5)) as f32
             })
             .collect()
+    }
+
+    /// Each front-end is refused with an error that contains its message, in the house style.
+    fn assert_refused(cases: Vec<(FrontEnd, &str)>) {
+        for (fe, want) in cases {
+            let err = MelExtractor::new(&fe).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} lacks {want:?}");
+            assert!(
+                err.starts_with("audio front-end: ") && !err.ends_with('.'),
+                "{err}"
+            );
+        }
     }
 
     /// aiSFX's front-end without one of its sample-scaling steps, for comparisons.
@@ -1662,14 +1667,7 @@ mod tests {
                 "use \"slaney\", \"l1\" or \"none\"",
             ),
         ];
-        for (fe, want) in cases {
-            let err = MelExtractor::new(&fe).unwrap_err().to_string();
-            assert!(err.contains(want), "{err:?} lacks {want:?}");
-            assert!(
-                err.starts_with("audio front-end: ") && !err.ends_with('.'),
-                "{err}"
-            );
-        }
+        assert_refused(cases);
         // Allowed: a low-pass at or above Nyquist (keeps every bin), a negative divisor.
         for fe in [
             FrontEnd {

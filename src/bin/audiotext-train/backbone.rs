@@ -20,8 +20,8 @@ use audiotext0::train::cache::Features;
 use crate::encoders::pooling::PoolingKind;
 use crate::encoders::Architecture;
 use crate::export_audio::{
-    build_encoder_onnx, generated_features, input_shape, GraphOutput, INPUT_NAME, OUTPUT_NAME,
-    PARITY_TOLERANCE,
+    build_encoder_onnx, generated_features, input_shape, max_abs_diff, GraphOutput, INPUT_NAME,
+    OUTPUT_NAME, PARITY_TOLERANCE,
 };
 use crate::model::{input_tensor, to_vec, AudioEncoder, EncoderConfig};
 use crate::pretrained::PretrainedInfo;
@@ -198,11 +198,7 @@ pub fn backbone_parity(
             None,
         ));
         let got = run_session(&mut session, values, batch, frames, config)?;
-        let diff = expected
-            .iter()
-            .zip(&got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff(&expected, &got);
         worst = worst.max(diff);
         lines.push(format!(
             "batch {batch} x {frames} frames: max |diff| {diff:.2e} ({})",

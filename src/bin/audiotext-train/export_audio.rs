@@ -879,11 +879,7 @@ pub fn audio_parity(
                 enc.embedding_dim
             );
         }
-        let diff = expected
-            .iter()
-            .zip(got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff(&expected, got);
         worst = worst.max(diff);
         lines.push(format!(
             "batch {b} x {frames} frames: max |diff| {diff:.2e} ({})",
@@ -891,6 +887,14 @@ pub fn audio_parity(
         ));
     }
     Ok((worst, lines))
+}
+
+/// The largest `|a[i] - b[i]|` (parity checks).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 /// Embeds a few captions with the bundle's (patched) text encoder and with the trainer's head
