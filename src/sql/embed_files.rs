@@ -51,6 +51,8 @@ struct EmbedFilesTable {
     /// Base class; must come first.
     base: sqlite3_vtab,
     registry: Arc<Registry>,
+    /// The connection, to check its schemas before reading files (`schema_guard`).
+    db: *mut rusqlite::ffi::sqlite3,
 }
 
 unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
@@ -67,9 +69,11 @@ unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
         // It reads files named in SQL: top-level statements only.
         db.config(VTabConfig::DirectOnly)?;
+        // SAFETY: the handle outlives the table, which SQLite drops before closing it.
+        let handle = unsafe { db.handle() };
         Ok((
             Cow::Borrowed(c"CREATE TABLE x(path TEXT, duration REAL, embedding BLOB, error TEXT, source HIDDEN, model HIDDEN)"),
-            EmbedFilesTable { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default() },
+            EmbedFilesTable { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default(), db: handle },
         ))
     }
 
@@ -109,6 +113,7 @@ unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
         Ok(EmbedFilesCursor {
             base: sqlite3_vtab_cursor::default(),
             registry: self.registry.clone(),
+            db: self.db,
             rows: VecDeque::new(),
             current: None,
             rowid: 0,
@@ -140,6 +145,7 @@ struct EmbedFilesCursor {
     /// Base class; must come first.
     base: sqlite3_vtab_cursor,
     registry: Arc<Registry>,
+    db: *mut rusqlite::ffi::sqlite3,
     rows: VecDeque<FileRow>,
     current: Option<FileRow>,
     rowid: i64,
@@ -168,6 +174,9 @@ impl EmbedFilesCursor {
             Err(e) => Err(e.to_string()),
         };
         let source = text(0, "dir_or_glob")?;
+        // SAFETY: the cursor runs on the connection's thread while the connection is open.
+        let db = unsafe { Connection::from_handle(self.db) }.map_err(|e| e.to_string())?;
+        super::schema_guard::refuse_if_schema_calls_file_readers(&db, NAME)?;
         let model = if idx_num & HAS_MODEL != 0 {
             text(1, "model")?
         } else {
@@ -238,11 +247,21 @@ impl EmbedFilesCursor {
                 Ok(features) => {
                     let per_window: Vec<Vec<f32>> =
                         embeddings.by_ref().take(features.windows.len()).collect();
-                    FileRow {
-                        path,
-                        duration: Some(features.duration_seconds),
-                        embedding: Some(vector_to_blob(&pool(&per_window))),
-                        error: None,
+                    let embedding = pool(&per_window);
+                    if embedding.iter().all(|x| x.is_finite()) {
+                        FileRow {
+                            path,
+                            duration: Some(features.duration_seconds),
+                            embedding: Some(vector_to_blob(&embedding)),
+                            error: None,
+                        }
+                    } else {
+                        FileRow {
+                            path,
+                            duration: Some(features.duration_seconds),
+                            embedding: None,
+                            error: Some(super::NON_FINITE_RESULT.into()),
+                        }
                     }
                 }
                 Err(error) => FileRow {

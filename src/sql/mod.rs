@@ -9,6 +9,7 @@ mod embed_files;
 mod files;
 mod meta;
 mod registry;
+mod schema_guard;
 mod text;
 mod vec;
 
@@ -62,7 +63,8 @@ pub enum Flags {
     /// Depends on the per-connection model registry: neither deterministic nor innocuous.
     UsesRegistry,
     /// Opens a file whose name comes from the arguments: callable only from top-level SQL, not
-    /// from triggers or views of a schema that may be untrusted.
+    /// from triggers or views of a schema that may be untrusted; refuses to run at all while a
+    /// schema calls a file reader (`schema_guard`: DIRECTONLY misses CHECK constraints).
     ReadsFiles,
 }
 
@@ -108,12 +110,13 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
         };
         let body = function.body;
         let name = function.name;
+        let reads_files = matches!(function.flags, Flags::ReadsFiles);
         let mut flags = function.flags.sqlite();
         if function.sets_subtype {
             flags |= FunctionFlags::SQLITE_RESULT_SUBTYPE;
         }
         db.create_scalar_function(name, function.n_arg, flags, move |ctx| {
-            call(name, &env, ctx, body)
+            call(name, &env, ctx, body, reads_files)
         })
         .map_err(|e| {
             rusqlite::Error::ModuleError(format!(
@@ -160,8 +163,18 @@ fn call(
     env: &Env,
     ctx: &Context<'_>,
     body: Body,
+    reads_files: bool,
 ) -> rusqlite::Result<(Value, Option<u32>)> {
-    let result = guard(name, || body(env, ctx));
+    let result = guard(name, || {
+        if reads_files {
+            // SAFETY: the connection is only used on this thread, within this call.
+            let db = unsafe { ctx.get_connection() }.map_err(|e| e.to_string())?;
+            schema_guard::refuse_if_schema_calls_file_readers(&db, name)?;
+        }
+        let output = body(env, ctx)?;
+        refuse_non_finite(&output)?;
+        Ok(output)
+    });
     match result {
         Ok(Output::Null) => Ok((Value::Null, None)),
         Ok(Output::Text(text)) => Ok((Value::Text(text), None)),
@@ -173,6 +186,23 @@ fn call(
         Err(message) => Err(rusqlite::Error::UserFunctionError(message.into())),
     }
 }
+
+/// No function returns NaN or infinity: a model that produces one is broken, and saying so
+/// beats storing a vector that sorts first in every search.
+fn refuse_non_finite(output: &Output) -> Result<(), String> {
+    let finite = match output {
+        Output::Vector(vector) => vector.iter().all(|x| x.is_finite()),
+        Output::Real(value) => value.is_finite(),
+        Output::Null | Output::Text(_) => true,
+    };
+    if finite {
+        Ok(())
+    } else {
+        Err(NON_FINITE_RESULT.into())
+    }
+}
+
+pub(crate) const NON_FINITE_RESULT: &str = "the model produced a non-finite value (NaN or infinity) for this input, so no result is returned; the model bundle is likely broken: re-export it, or report the input";
 
 thread_local! {
     /// Set while a guarded body runs: its panics are reported as SQL errors, not on stderr.
@@ -200,7 +230,8 @@ pub(crate) fn guard<T>(name: &str, f: impl FnOnce() -> Result<T, String>) -> Res
     GUARDED.with(|g| g.set(outer));
     match outcome {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(message)) => Err(format!("{name}: {message}")),
+        // SQLite takes messages as C strings: a NUL (from a path, say) would lose the message.
+        Ok(Err(message)) => Err(format!("{name}: {}", message.replace('\0', "\\0"))),
         Err(panic) => {
             let detail = panic
                 .downcast_ref::<&str>()

@@ -77,3 +77,36 @@ fn shared_across_threads_and_connections() {
         assert_eq!(handle.join().unwrap(), 384 * 4);
     }
 }
+
+/// A CHECK constraint that calls a file reader must not run it, on this newer SQLite too (it
+/// refuses the DIRECTONLY function itself; 3.40.1 does not, and the extension's own schema check
+/// refuses there), and not even the user's own calls run while such a schema is open.
+#[test]
+fn a_check_constraint_cannot_make_the_extension_read_files() {
+    // SQLite 3.53 refuses to create it: an attacker edits the schema text instead.
+    let path = std::env::temp_dir().join(format!("audiotext-check-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let attacker = Connection::open(&path).unwrap();
+    attacker
+        .execute_batch(
+            "CREATE TABLE t(x TEXT CHECK (length(x) IS NOT NULL));
+             PRAGMA writable_schema=ON;
+             UPDATE sqlite_schema SET sql = replace(sql, 'length(', 'audio_info(') WHERE name = 't';",
+        )
+        .unwrap();
+    drop(attacker);
+    let conn = Connection::open(&path).unwrap();
+    unsafe {
+        let _guard = LoadExtensionGuard::new(&conn).unwrap();
+        conn.load_extension(extension(), None::<&str>).unwrap();
+    }
+    conn.execute_batch("PRAGMA trusted_schema=OFF").unwrap();
+    let err = conn.execute("INSERT INTO t VALUES ('/etc/hostname')", []).unwrap_err().to_string();
+    assert!(err.contains("unsafe use of audio_info()") || err.contains("refused: the table 't'"), "{err}");
+    let err = conn.query_row("SELECT audio_info('/etc/hostname')", [], |r| r.get::<_, String>(0)).unwrap_err();
+    assert!(err.to_string().contains("calls audio_info() in its schema"), "{err}");
+    let count: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 0);
+    drop(conn);
+    std::fs::remove_file(&path).unwrap();
+}
