@@ -17,6 +17,7 @@ pub mod audio;
 pub mod error;
 pub mod model;
 pub mod onnx;
+pub mod regular_file;
 pub mod sql;
 pub mod text;
 pub mod train;

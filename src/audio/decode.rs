@@ -1,8 +1,9 @@
 //! Decoding (I/O): a file path or an in-memory blob to mono f32 at the file's own rate, streamed
 //! packet by packet with symphonia. All channels are mixed down by averaging.
 //!
-//! Error policy (each case has its own message; all are `Error::Audio` except a file that cannot
-//! be opened, which is `Error::Io`):
+//! Error policy (each case has its own message; all are `Error::Audio`):
+//! - a path that is not a regular file (a directory, FIFO, socket or device) is refused before
+//!   any read (`regular_file::open`), since reading one can block forever or never end;
 //! - an empty file or blob: "... is empty (0 bytes)";
 //! - anything whose first bytes are not a container we decode (RIFF/WAVE, fLaC, OggS, an MP3
 //!   (layer III) or ADTS frame header, possibly after an ID3v2 tag, MP4 `ftyp`, Matroska/WebM):
@@ -25,7 +26,6 @@
 //! Chained Ogg streams: decoding stops at the end of the first logical stream. A blob is copied
 //! once (symphonia needs an owned source); decoded audio is never held whole here.
 
-use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -42,6 +42,29 @@ use symphonia::core::probe::Hint;
 use symphonia::core::sample::Sample;
 
 use crate::error::{Error, Result};
+
+/// The highest sample rate accepted (768 kHz, the top of what audio hardware records); a
+/// higher one is a corrupt header, and resampling from it would cost without bound.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
+
+/// Decoded samples beyond this magnitude (60 dB over full scale) are corrupt data: float
+/// formats may exceed ±1 a little, never by this much, and the front-end's powers of such
+/// values would overflow.
+pub const MAX_SAMPLE_MAGNITUDE: f32 = 1000.0;
+
+fn is_plausible_sample(x: f32) -> bool {
+    x.abs() <= MAX_SAMPLE_MAGNITUDE
+}
+
+fn describe_sample(x: f32) -> String {
+    if x.is_nan() {
+        "NaN".into()
+    } else if x.is_infinite() {
+        "infinite".into()
+    } else {
+        format!("{x:e}")
+    }
+}
 
 /// The formats the message for an unknown file lists.
 pub const SUPPORTED_FORMATS: &str = "wav, flac, ogg/vorbis, mp3, aac/m4a";
@@ -207,13 +230,8 @@ impl Decoder {
                     path: path.to_path_buf(),
                     source: e,
                 };
-                let mut file = File::open(path).map_err(io_err)?;
+                let mut file = crate::regular_file::open(path).map_err(Error::Audio)?;
                 let meta = file.metadata().map_err(io_err)?;
-                if meta.is_dir() {
-                    return Err(Error::Audio(format!(
-                        "{name} is a directory, not an audio file"
-                    )));
-                }
                 if meta.len() == 0 {
                     return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
                 }
@@ -277,9 +295,9 @@ impl Decoder {
             .get_codec(params.codec)
             .map(|d| d.short_name.to_string())
             .unwrap_or_else(|| format!("{}", params.codec));
-        if params.sample_rate == Some(0) {
+        if let Some(rate) = params.sample_rate.filter(|r| !(1..=MAX_SAMPLE_RATE).contains(r)) {
             return Err(Error::Audio(format!(
-                "{name} declares a sample rate of 0 Hz: the file is corrupt, re-encode it"
+                "{name} declares a sample rate of {rate} Hz, outside 1 Hz to {MAX_SAMPLE_RATE} Hz: the header is corrupt, re-encode the file"
             )));
         }
         if params.channels.map(|c| c.count()) == Some(0) {
@@ -392,7 +410,7 @@ impl Decoder {
                     if mono.is_empty() {
                         continue;
                     }
-                    if channels == 0 || rate == 0 {
+                    if channels == 0 || rate == 0 || rate > MAX_SAMPLE_RATE {
                         let err = Error::Audio(format!(
                             "{} decodes to {channels} channels at {rate} Hz: the file is corrupt, re-encode it",
                             self.name
@@ -406,6 +424,15 @@ impl Decoder {
                         let err = Error::Audio(format!(
                             "{} changes sample rate mid-stream ({} Hz, then {rate} Hz): convert it to a single rate",
                             self.name, self.info.sample_rate
+                        ));
+                        return self.fail(err);
+                    }
+                    if let Some(bad) = mono.iter().position(|x| !is_plausible_sample(*x)) {
+                        let seconds = (self.samples + bad as u64) as f64 / rate as f64;
+                        let err = Error::Audio(format!(
+                            "{} holds a sample that is {} at {seconds:.3} s: float audio lies within ±1, and values that are not finite or beyond ±{MAX_SAMPLE_MAGNITUDE} are corrupt data, not sound; re-export the file",
+                            self.name,
+                            describe_sample(mono[bad])
                         ));
                         return self.fail(err);
                     }
@@ -462,7 +489,7 @@ fn header_error(name: &str, container: &str, e: SymphoniaError) -> Error {
     }
     match e {
         SymphoniaError::Unsupported(what) => Error::Audio(format!(
-            "{name} is a {container} file with a feature that cannot be decoded ({what}): convert it to one of {SUPPORTED_FORMATS}"
+            "{name} could not be read as {container} ({what}): the file is corrupt, or uses a {container} feature this decoder lacks; re-encode it as one of {SUPPORTED_FORMATS}"
         )),
         other => Error::Audio(format!("{name} is corrupt ({other}): re-encode it")),
     }

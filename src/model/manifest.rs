@@ -121,10 +121,9 @@ impl Manifest {
     /// Reads `<bundle>/manifest.json`.
     pub fn read(bundle_dir: &Path) -> Result<Manifest> {
         let path = bundle_dir.join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| {
+        let bytes = read_manifest_bytes(&path).map_err(|e| {
             Error::Bundle(format!(
-                "cannot read {}: {e}; a bundle folder must contain {MANIFEST_FILE} (export one with `audiotext-train export-text`)",
-                path.display()
+                "{e}; a bundle folder must contain {MANIFEST_FILE} (export one with `audiotext-train export-text`)"
             ))
         })?;
         let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
@@ -137,7 +136,30 @@ impl Manifest {
                 manifest.format_version
             )));
         }
+        manifest
+            .validate()
+            .map_err(|e| Error::Bundle(format!("{} is not a valid manifest: {e}", path.display())))?;
         Ok(manifest)
+    }
+
+    /// Values serde accepts but no model can have.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        const MAX_DIM: usize = 65536;
+        if !(1..=MAX_DIM).contains(&self.embedding_dim) {
+            return Err(format!(
+                "embedding_dim is {}, outside 1 to {MAX_DIM}; set it to the length of the vectors the model outputs",
+                self.embedding_dim
+            ));
+        }
+        if let Some(text) = &self.text {
+            if !(1..=MAX_TOKENS).contains(&text.max_tokens) {
+                return Err(format!(
+                    "text.max_tokens is {}, outside 1 to {MAX_TOKENS}; set it to the model's maximum sequence length (512 for BERT-like models)",
+                    text.max_tokens
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Writes `manifest.json` into `bundle_dir` with the sha256 of every file it names; a file
@@ -171,14 +193,36 @@ impl Manifest {
     }
 }
 
+/// Longest text input a manifest may declare (BERT-like models take 512; 8192 leaves room).
+const MAX_TOKENS: usize = 8192;
+
+/// A manifest is a few kilobytes; more than this is not one, and is not read into memory.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// The manifest's bytes: a regular file only (a FIFO would block), and at most
+/// `MAX_MANIFEST_BYTES`.
+fn read_manifest_bytes(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = crate::regular_file::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "{} is over {} MB, far more than any manifest",
+            path.display(),
+            MAX_MANIFEST_BYTES >> 20
+        ));
+    }
+    Ok(bytes)
+}
+
 /// sha256 of a file as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut file = crate::regular_file::open(path).map_err(Error::Bundle)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {

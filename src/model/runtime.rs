@@ -192,6 +192,11 @@ fn probe(path: &Path) -> std::result::Result<String, String> {
     if path.is_absolute() && !path.exists() {
         return Err("no such file".into());
     }
+    // A name with a slash is a path: dlopen would block on a FIFO or map a device, so only a
+    // regular file is handed to it. A bare name is searched for by the dynamic linker.
+    if path.components().count() > 1 {
+        crate::regular_file::open(path)?;
+    }
     // SAFETY: loading ONNX Runtime runs only its static initialisers.
     let library = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;

@@ -15,13 +15,21 @@ pub fn type_name(value: ValueRef<'_>) -> &'static str {
     }
 }
 
+/// The message for TEXT whose bytes are not UTF-8 (SQLite stores what it is given).
+pub fn not_utf8(index: usize, role: &str) -> String {
+    format!(
+        "argument {} ({role}) is not valid UTF-8: SQLite keeps the bytes it is given (CAST of a BLOB, a C string in another encoding); pass UTF-8 text",
+        index + 1
+    )
+}
+
 /// A TEXT argument; `None` for NULL (the caller returns NULL, as SQL functions do).
 pub fn text<'a>(ctx: &'a Context<'_>, index: usize, role: &str) -> Result<Option<&'a str>, String> {
     match ctx.get_raw(index) {
         ValueRef::Null => Ok(None),
         ValueRef::Text(bytes) => std::str::from_utf8(bytes)
             .map(Some)
-            .map_err(|_| format!("argument {} ({role}) is not valid UTF-8", index + 1)),
+            .map_err(|_| not_utf8(index, role)),
         other => Err(format!(
             "argument {} ({role}) must be TEXT, got {}",
             index + 1,
@@ -39,7 +47,7 @@ pub fn model_name<'a>(ctx: &'a Context<'_>, n_required: usize) -> Result<(&'a st
     match ctx.get_raw(0) {
         ValueRef::Text(bytes) => std::str::from_utf8(bytes)
             .map(|name| (name, 1))
-            .map_err(|_| "argument 1 (model) is not valid UTF-8".to_string()),
+            .map_err(|_| not_utf8(0, "model")),
         other => Err(format!(
             "argument 1 (model) must be TEXT naming a model registered in temp.audiotext_models, got {}",
             type_name(other)
@@ -56,8 +64,17 @@ pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String
             bytes.len()
         ));
     }
-    Ok(bytes
+    let vector: Vec<f32> = bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+        .collect();
+    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(format!(
+            "argument {} ({role}) holds {} at element {i} of {}: a vector must be finite (NaN or infinity cannot be compared); recompute it with audio_embed or text_embed",
+            index + 1,
+            vector[i],
+            vector.len()
+        ));
+    }
+    Ok(vector)
 }

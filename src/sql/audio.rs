@@ -13,9 +13,22 @@ use crate::audio::{probe, AudioSource};
 fn audio_source<'a>(ctx: &'a Context<'_>, index: usize) -> Result<Option<AudioSource<'a>>, String> {
     match ctx.get_raw(index) {
         ValueRef::Null => Ok(None),
-        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
-            .map(|path| Some(AudioSource::Path(Path::new(path))))
-            .map_err(|_| format!("argument {} (path) is not valid UTF-8", index + 1)),
+        ValueRef::Text(bytes) => {
+            let path = std::str::from_utf8(bytes).map_err(|_| args::not_utf8(index, "path"))?;
+            if path.is_empty() {
+                return Err(format!(
+                    "argument {} (path) is empty: pass the path of an audio file, or its bytes as a BLOB",
+                    index + 1
+                ));
+            }
+            if let Some(at) = path.find('\0') {
+                return Err(format!(
+                    "argument {} (path) contains a NUL character at byte {at}, which no file name can hold: check how the path was built",
+                    index + 1
+                ));
+            }
+            Ok(Some(AudioSource::Path(Path::new(path))))
+        }
         ValueRef::Blob(bytes) => Ok(Some(AudioSource::Bytes(bytes))),
         other => Err(format!(
             "argument {} (audio) must be TEXT (a file path) or BLOB (the file's bytes), got {}",
@@ -95,13 +108,19 @@ pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
         }
     };
     let audio = args::vector(audio, audio_index, "audio_embedding")?;
-    if audio.len() != query.len() {
-        return Err(format!(
-            "argument {} (audio_embedding) has {} dimensions, while the text embedding of model '{model}' has {}; embed both with the same model",
-            audio_index + 1,
-            audio.len(),
-            query.len()
-        ));
+    // Each vector is held to the model's size, so the message blames the one that is off.
+    let dim = env.registry.get(model)?.manifest.embedding_dim;
+    for (vector, index, role) in [
+        (&audio, audio_index, "audio_embedding"),
+        (&query, text_index, "text_embedding"),
+    ] {
+        if vector.len() != dim {
+            return Err(format!(
+                "argument {} ({role}) has {} dimensions, while model '{model}' makes {dim}; pass a vector from audio_embed or text_embed with that model (or name the model that made it as the first argument)",
+                index + 1,
+                vector.len()
+            ));
+        }
     }
     Ok(Output::Real(f64::from(cosine(&audio, &query))))
 }

@@ -1,5 +1,7 @@
 //! Listing the audio files a directory or glob pattern names, in a stable (sorted) order.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Extensions the decoder reads (lowercase).
@@ -10,14 +12,24 @@ pub const AUDIO_EXTENSIONS: [&str; 11] = [
 /// A directory gives every audio file below it (recursively, by extension); a pattern with
 /// `*`, `?` or `**` gives the files it matches, whatever their extension; a plain file gives
 /// itself. Sorted by path, so results come in a stable order.
+///
+/// Symbolic links are followed, to files and to folders. A folder reached again (a link loop
+/// such as `sub/up -> ..`, or two links to one folder) is walked once, and a file reached by
+/// several paths (links, hard links) is listed once, under its first path in sorted order;
+/// both are recognised by device and inode. Pipes, sockets and devices are listed like files,
+/// so that their rows say what they are (the decoder refuses them before reading).
 pub fn list(spec: &str) -> Result<Vec<PathBuf>, String> {
     let path = Path::new(spec);
+    let mut walker = Walker::default();
     let mut files = Vec::new();
-    if path.is_dir() {
-        walk(path, &mut |p| {
-            if has_audio_extension(p) {
+    let metadata = std::fs::metadata(path);
+    if metadata.as_ref().is_ok_and(|m| m.is_dir()) {
+        walker.walk(path, &mut |p| {
+            let wanted = has_audio_extension(p);
+            if wanted {
                 files.push(p.to_path_buf());
             }
+            wanted
         })?;
     } else if spec.contains(['*', '?']) {
         let (base, pattern) = split_pattern(spec);
@@ -28,20 +40,27 @@ pub fn list(spec: &str) -> Result<Vec<PathBuf>, String> {
         };
         if !base_dir.is_dir() {
             return Err(format!(
-                "no such folder: {} (from the pattern {spec})",
+                "no such folder: {} (from the pattern {spec}); check the path",
                 base_dir.display()
             ));
         }
-        walk(base_dir, &mut |p| {
+        walker.walk(base_dir, &mut |p| {
             let relative = p.strip_prefix(base_dir).unwrap_or(p).to_string_lossy();
-            if glob_match(&pattern, &relative) {
+            let wanted = glob_match(&pattern, &relative);
+            if wanted {
                 files.push(p.to_path_buf());
             }
+            wanted
         })?;
-    } else if path.is_file() {
+    } else if metadata.is_ok() {
         files.push(path.to_path_buf());
     } else {
-        return Err(format!("no such file or folder: {spec}"));
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        return Err(format!(
+            "no such file or folder: {spec} (a relative path is taken from the process's working directory, {cwd})"
+        ));
     }
     files.sort();
     Ok(files)
@@ -53,19 +72,42 @@ fn has_audio_extension(path: &Path) -> bool {
         .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn walk(dir: &Path, visit: &mut dyn FnMut(&Path)) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
-        if path.is_dir() {
-            walk(&path, visit)?;
-        } else if path.is_file() {
-            visit(&path);
+/// A depth-first walk in sorted order that visits each folder and each file once.
+#[derive(Default)]
+struct Walker {
+    /// (device, inode) of the folders walked and of the files visited.
+    seen: HashSet<(u64, u64)>,
+}
+
+impl Walker {
+    /// `visit` says whether it listed the path; a file counts as seen once listed.
+    fn walk(&mut self, dir: &Path, visit: &mut dyn FnMut(&Path) -> bool) -> Result<(), String> {
+        let metadata = std::fs::metadata(dir)
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        if !self.seen.insert((metadata.dev(), metadata.ino())) {
+            return Ok(());
         }
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => self.walk(&path, visit)?,
+                Ok(m) => {
+                    let key = (m.dev(), m.ino());
+                    if !self.seen.contains(&key) && visit(&path) {
+                        self.seen.insert(key);
+                    }
+                }
+                // A dangling link: listed, so that its row says the target is missing.
+                Err(_) => {
+                    visit(&path);
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Splits `sounds/dogs/*.wav` into the folder without wildcards (`sounds/dogs`) and the rest.
@@ -159,6 +201,11 @@ mod tests {
         assert_eq!(names, ["a.FLAC", "b.wav", "sub/c.mp3"]);
         let pattern = format!("{}/**/*.mp3", dir.display());
         assert_eq!(list(&pattern).unwrap().len(), 1);
+        // A loop and a second link to a folder: each file once, under its first path.
+        std::os::unix::fs::symlink("..", dir.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink("sub", dir.join("z-again")).unwrap();
+        std::os::unix::fs::symlink("b.wav", dir.join("c-link.wav")).unwrap();
+        assert_eq!(list(dir.to_str().unwrap()).unwrap().len(), 3);
         assert!(list("/no/such/place")
             .unwrap_err()
             .contains("no such file or folder"));

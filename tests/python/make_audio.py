@@ -100,13 +100,7 @@ def write_wav(path, samples, rate, fmt="s16"):
     channels = x.shape[1]
     q = quantize(x, fmt)
     if fmt == "f32":
-        data = q.astype("<f4").tobytes()
-        # WAVE_FORMAT_IEEE_FLOAT (3); the `wave` module only writes integer PCM.
-        fmt_chunk = struct.pack("<HHIIHH", 3, channels, rate, rate * channels * 4, channels * 4, 32)
-        fact = struct.pack("<4sII", b"fact", 4, x.shape[0])
-        body = b"WAVE" + struct.pack("<4sI", b"fmt ", len(fmt_chunk)) + fmt_chunk + fact
-        body += struct.pack("<4sI", b"data", len(data)) + data
-        Path(path).write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+        write_float_wav(path, q, rate)
         return
     width = {"u8": 1, "s16": 2, "s24": 3}[fmt]
     if fmt == "s24":
@@ -119,6 +113,22 @@ def write_wav(path, samples, rate, fmt="s16"):
         w.setsampwidth(width)
         w.setframerate(rate)
         w.writeframes(data)
+
+
+def write_float_wav(path, samples, rate, bits=32):
+    """Writes float samples as they are (no clipping: NaN, infinity and huge values too) as an
+    IEEE-float WAV of 32 or 64 bits; the `wave` module only writes integer PCM."""
+    x = np.asarray(samples)
+    if x.ndim == 1:
+        x = x[:, None]
+    channels = x.shape[1]
+    width = bits // 8
+    data = x.astype("<f4" if bits == 32 else "<f8").tobytes()
+    fmt_chunk = struct.pack("<HHIIHH", 3, channels, rate, rate * channels * width, channels * width, bits)
+    fact = struct.pack("<4sII", b"fact", 4, x.shape[0])
+    body = b"WAVE" + struct.pack("<4sI", b"fmt ", len(fmt_chunk)) + fmt_chunk + fact
+    body += struct.pack("<4sI", b"data", len(data)) + data
+    Path(path).write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
 def have_sox():

@@ -213,7 +213,7 @@ def test_argument_types(aconn):
     with pytest.raises(sqlite3.OperationalError, match=r"audio_embed: argument 2 \(audio\) must be TEXT \(a file path\) or BLOB"):
         aconn.execute("SELECT audio_embed('a', 42)").fetchone()
     assert aconn.execute("SELECT audio_embed('a', NULL)").fetchone() == (None,)
-    with pytest.raises(sqlite3.OperationalError, match="(?i)audio_embed: /no/such/file.wav: no such file"):
+    with pytest.raises(sqlite3.OperationalError, match="(?i)audio_embed: cannot open /no/such/file.wav: no such file"):
         aconn.execute("SELECT audio_embed('a', '/no/such/file.wav')").fetchone()
 
 
