@@ -139,3 +139,17 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
         dot / (na.sqrt() * nb.sqrt())
     }
 }
+
+/// `audiotext_finite(vector)`: the vector itself if every element is finite, else an error
+/// naming the first that is not. vec0 stores NaN without complaint (and ranks it first), so
+/// vectors from outside the extension go through this on their way in.
+pub fn finite_vector(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    match ctx.get_raw(0) {
+        ValueRef::Null => Ok(Output::Null),
+        ValueRef::Blob(bytes) => Ok(Output::Vector(args::vector(bytes, 0, "vector")?)),
+        other => Err(format!(
+            "argument 1 (vector) must be a float32 vector BLOB, got {}; JSON text can be converted with vec_f32('[...]')",
+            args::type_name(other)
+        )),
+    }
+}

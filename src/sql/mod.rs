@@ -94,6 +94,7 @@ pub const FUNCTIONS: &[Function] = &[
     Function { name: "audio_text_score",  n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: false, body: audio::text_score },
     Function { name: "audio_text_score",  n_arg: 3, flags: Flags::UsesRegistry, sets_subtype: false, body: audio::text_score },
     Function { name: "audio_info",        n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: audio::info },
+    Function { name: "audiotext_finite",  n_arg: 1, flags: Flags::Pure,         sets_subtype: true,  body: audio::finite_vector },
     #[cfg(feature = "fault-injection")]
     Function { name: "audiotext_fault",   n_arg: 1, flags: Flags::Volatile,     sets_subtype: false, body: meta::fault },
 ];

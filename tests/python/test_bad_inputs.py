@@ -503,3 +503,20 @@ def test_missing_runtime_is_a_clear_error(tmp_path):
 def test_the_suite_has_at_least_200_cases(request):
     cases = [item for item in request.session.items if item.module.__name__ == __name__]
     assert len(cases) >= 200, len(cases)
+
+
+@pytest.mark.parametrize("case", sorted(c for c in VECTORS if c.startswith(("nan", "inf", "-inf", "bytes"))))
+def test_audiotext_finite_guards_vectors_from_elsewhere(db, case):
+    blob, pattern = VECTORS[case]
+    expect_error(db, "INSERT INTO clips(path, embedding) VALUES ('x', audiotext_finite(?))", (blob,),
+                 rf"^audiotext_finite: argument 1 \(vector\) {pattern}")
+
+
+def test_audiotext_finite_passes_finite_vectors_and_works_in_a_check_constraint(db):
+    assert db.execute("SELECT audiotext_finite(?) = ?", (GOOD, GOOD)).fetchone() == (1,)
+    conn = open_connection()
+    conn.execute("CREATE TABLE guarded(e BLOB CHECK (audiotext_finite(e) IS NOT NULL))")
+    conn.execute("INSERT INTO guarded VALUES (?)", (GOOD,))
+    with pytest.raises(sqlite3.Error, match="holds nan at element 0|holds NaN at element 0"):
+        conn.execute("INSERT INTO guarded VALUES (?)", (floats([float("nan")] + [0.0] * 383),))
+    assert conn.execute("SELECT count(*) FROM guarded").fetchone() == (1,)

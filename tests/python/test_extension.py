@@ -18,6 +18,7 @@ from conftest import DEFAULT_BUNDLE, DIST, EXTENSION, ROOT, open_connection
 # Everything one `.load` adds: ours, then sqlite-vec's.
 DECLARED_FUNCTIONS = {
     ("audiotext_debug", 0),
+    ("audiotext_finite", 1),
     ("audiotext_runtime", 1),
     ("audiotext_version", 0),
     ("text_embed", 1),
@@ -91,6 +92,9 @@ def test_flags_are_chosen_per_function(conn):
     assert rows[("audiotext_version", 0)] & SQLITE_DETERMINISTIC
     assert rows[("audiotext_version", 0)] & SQLITE_INNOCUOUS
     assert rows[("audiotext_runtime", 1)] & SQLITE_DIRECTONLY
+    # A pure check, usable in CHECK constraints of any schema.
+    assert rows[("audiotext_finite", 1)] & SQLITE_DETERMINISTIC
+    assert rows[("audiotext_finite", 1)] & SQLITE_INNOCUOUS
     for key in [("text_embed", 1), ("text_embed", 2), ("audiotext_debug", 0)]:
         assert not rows[key] & SQLITE_DETERMINISTIC, key
         assert not rows[key] & SQLITE_INNOCUOUS, key
