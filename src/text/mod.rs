@@ -62,12 +62,28 @@ impl TextEncoder {
     }
 
     /// Token ids of one text, truncated, special tokens added.
+    ///
+    /// The tokenizer works on the whole text before truncating, at about 100 bytes of memory
+    /// per byte of text (50 MB of text took 6 GB). So a long text is tokenized by prefixes cut
+    /// at whitespace, growing until one fills `max_tokens`: cut at a word boundary, a prefix
+    /// tokenizes to the same first tokens as the whole text. Text past `MAX_BYTES_PER_TOKEN`
+    /// bytes per token (only reached by pathological text, such as a single giant word) is
+    /// ignored.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        let max_tokens = self.section.max_tokens;
+        let ceiling = max_tokens.saturating_mul(MAX_BYTES_PER_TOKEN);
+        let mut limit = max_tokens.saturating_mul(16);
+        loop {
+            let (prefix, whole) = prefix_at_whitespace(text, limit.min(ceiling));
+            let encoding = self
+                .tokenizer
+                .encode(prefix, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            if whole || encoding.get_ids().len() >= max_tokens || limit >= ceiling {
+                return Ok(encoding.get_ids().to_vec());
+            }
+            limit = limit.saturating_mul(4);
+        }
     }
 
     /// Embeds a batch of texts; each result is L2-normalised and `embedding_dim` long.
@@ -108,6 +124,28 @@ impl TextEncoder {
     }
 }
 
+/// How much text `token_ids` looks at, per token of `max_tokens`: words average under ten bytes
+/// a token, so this only cuts text made of huge words or runs of whitespace.
+const MAX_BYTES_PER_TOKEN: usize = 1024;
+
+/// The text up to about `limit` bytes, cut after a whitespace character when there is one (at a
+/// character boundary otherwise), and whether that is the whole text.
+fn prefix_at_whitespace(text: &str, limit: usize) -> (&str, bool) {
+    if text.len() <= limit {
+        return (text, true);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text[..end]
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(end, |(i, _)| i);
+    (&text[..if cut == 0 { end } else { cut }], false)
+}
+
 /// Loads `tokenizer.json` with our truncation and without its padding (we pad ourselves, to the
 /// longest text of a batch rather than to a fixed length).
 pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
@@ -127,4 +165,17 @@ pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
         }))
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_at_whitespace;
+
+    #[test]
+    fn prefixes_end_at_whitespace_and_char_boundaries() {
+        assert_eq!(prefix_at_whitespace("short", 10), ("short", true));
+        assert_eq!(prefix_at_whitespace("a dog barks loudly", 12), ("a dog barks", false));
+        assert_eq!(prefix_at_whitespace("éééééé", 3), ("é", false));
+        assert_eq!(prefix_at_whitespace("aaaaaaaa", 4), ("aaaa", false));
+    }
 }
