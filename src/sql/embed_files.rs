@@ -174,6 +174,12 @@ impl EmbedFilesCursor {
             Err(e) => Err(e.to_string()),
         };
         let source = text(0, "dir_or_glob")?;
+        if source.is_empty() {
+            return Err(
+                "argument 1 (dir_or_glob) is empty: name a folder or a glob pattern such as 'sounds/**/*.wav'"
+                    .into(),
+            );
+        }
         // SAFETY: the cursor runs on the connection's thread while the connection is open.
         let db = unsafe { Connection::from_handle(self.db) }.map_err(|e| e.to_string())?;
         super::schema_guard::refuse_if_schema_calls_file_readers(&db, NAME)?;

@@ -104,6 +104,10 @@ pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     let Some(path) = args::text(ctx, 0, "path to libonnxruntime.so")? else {
         return Err("argument 1 (path to libonnxruntime.so) must not be NULL".into());
     };
+    if path.is_empty() {
+        // dlopen("") would hand back the host program itself.
+        return Err("argument 1 (path to libonnxruntime.so) is empty: pass the library's path".into());
+    }
     let rt = runtime::runtime_from(Path::new(path)).map_err(|e| e.to_string())?;
     Ok(Output::Text(format!(
         "onnxruntime {} from {}",

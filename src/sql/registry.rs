@@ -242,6 +242,9 @@ fn name_and_path(args: &Values<'_>) -> Result<(String, PathBuf), String> {
         }
     };
     let path = match value(3)? {
+        Value::Text(path) if path.is_empty() => {
+            return Err("path is empty: name the bundle folder (the one with manifest.json)".into())
+        }
         Value::Text(path) => PathBuf::from(path),
         other => {
             return Err(format!(

@@ -542,3 +542,38 @@ def test_a_huge_text_costs_what_its_first_tokens_cost():
     assert same == "True"
     # Python's string, SQLite's copy and the UTF-8 view: about 4 x 50 MB; tokenizing it all: 6 GB.
     assert int(grown_mb) < 600, grown_mb
+
+
+@pytest.mark.parametrize(
+    "sql, pattern",
+    [
+        ("INSERT INTO temp.audiotext_models(name, path) VALUES (NULL, '/tmp')", r"^audiotext_models: name must be TEXT, got NULL"),
+        ("INSERT INTO temp.audiotext_models(name, path) VALUES ('', '/tmp')", r"^audiotext_models: name must not be empty"),
+        ("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', 42)", r"^audiotext_models: path must be TEXT naming a bundle folder"),
+        ("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', '')", r"^audiotext_models: path is empty"),
+        ("SELECT * FROM audio_embed_files('')", r"^audio_embed_files: argument 1 \(dir_or_glob\) is empty"),
+        ("SELECT * FROM audio_embed_files(42)", r"^audio_embed_files: argument 1 \(dir_or_glob\) must be TEXT, got INTEGER"),
+        ("SELECT * FROM audio_embed_files", r"^audio_embed_files: argument 1 \(dir_or_glob\) is required"),
+        ("SELECT audiotext_runtime('')", r"^audiotext_runtime: argument 1 \(path to libonnxruntime.so\) is empty"),
+        ("SELECT audiotext_runtime(NULL)", r"^audiotext_runtime: argument 1 \(path to libonnxruntime.so\) must not be NULL"),
+        ("SELECT text_embed(NULL, 'x')", r"^text_embed: argument 1 \(model\) must be TEXT"),
+    ],
+)
+def test_bad_registry_and_table_arguments(db, sql, pattern):
+    expect_error(db, sql, (), pattern)
+
+
+def test_non_finite_files_in_a_folder_are_error_rows(tmp_path):
+    good = ma.realish(RATE, 1.0)
+    ma.write_wav(tmp_path / "good.wav", good, RATE)
+    bad = good.copy()
+    bad[100] = np.nan
+    ma.write_float_wav(tmp_path / "nan.wav", bad, RATE)
+    bad[100] = 1e30
+    ma.write_float_wav(tmp_path / "huge.wav", bad, RATE)
+    conn = open_connection()
+    rows = {Path(p).name: (e, err) for p, e, err in
+            conn.execute("SELECT path, embedding, error FROM audio_embed_files(?)", (str(tmp_path),))}
+    assert rows["good.wav"][1] is None and np.all(np.isfinite(np.frombuffer(rows["good.wav"][0], "<f4")))
+    assert rows["nan.wav"][0] is None and "holds a sample that is NaN" in rows["nan.wav"][1]
+    assert rows["huge.wav"][0] is None and "holds a sample that is 1e30" in rows["huge.wav"][1]
