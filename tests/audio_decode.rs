@@ -370,7 +370,7 @@ fn bad_inputs_give_distinct_errors() {
     assert_eq!(
         e_text,
         format!(
-            "{} is not a supported audio file ({SUPPORTED_FORMATS})",
+            "{} is not a supported audio file ({SUPPORTED_FORMATS}): convert it to one of these",
             text.display()
         )
     );
@@ -386,7 +386,7 @@ fn bad_inputs_give_distinct_errors() {
     );
     let e_dir = err_of(AudioSource::Path(&dir.0));
     assert!(
-        e_dir.ends_with("is a directory, not an audio file"),
+        e_dir.contains("is a directory, not a regular file"),
         "{e_dir}"
     );
 

@@ -286,7 +286,7 @@ impl Decoder {
             })
             .ok_or_else(|| {
                 Error::Audio(format!(
-                    "{name} has no audio track: it holds no sound to decode"
+                    "{name} has no audio track: it holds no sound to decode (a video or data file?); pass a file with sound"
                 ))
             })?;
         let params = track.codec_params.clone();
@@ -464,7 +464,7 @@ impl Decoder {
             n => format!(", {n} malformed packets skipped"),
         };
         Error::Audio(format!(
-            "{} contains no audio samples (the stream is empty, or truncated or corrupt before its first sound{skipped})",
+            "{} contains no audio samples (the stream is empty, or truncated or corrupt before its first sound{skipped}): copy or re-encode the file",
             self.name
         ))
     }
@@ -472,12 +472,12 @@ impl Decoder {
 
 fn not_supported(name: &str) -> Error {
     Error::Audio(format!(
-        "{name} is not a supported audio file ({SUPPORTED_FORMATS})"
+        "{name} is not a supported audio file ({SUPPORTED_FORMATS}): convert it to one of these"
     ))
 }
 
 fn corrupt_panic(name: &str, msg: &str) -> Error {
-    Error::Audio(format!("{name} is corrupt (decoder failed: {msg})"))
+    Error::Audio(format!("{name} is corrupt (decoder failed: {msg}): re-encode it"))
 }
 
 /// An error while reading the container's headers.
@@ -568,7 +568,7 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            format!("audio blob is not a supported audio file ({SUPPORTED_FORMATS})")
+            format!("audio blob is not a supported audio file ({SUPPORTED_FORMATS}): convert it to one of these")
         );
     }
 }
