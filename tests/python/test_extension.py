@@ -214,6 +214,10 @@ def test_audiotext_runtime_is_directonly_and_checks_its_argument(conn):
     conn.executescript("CREATE TABLE t(x); CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT audiotext_runtime(new.x); END;")
     with pytest.raises(sqlite3.OperationalError, match="unsafe use of audiotext_runtime"):
         conn.execute("INSERT INTO t VALUES ('/tmp/x.so')")
+    # While that trigger is in the schema, even direct calls are refused (see schema_guard.rs).
+    with pytest.raises(sqlite3.OperationalError, match="refused: the trigger 'tr' of database 'main' calls audiotext_runtime"):
+        conn.execute("SELECT audiotext_runtime('/tmp/x.so')").fetchone()
+    conn.execute("DROP TRIGGER tr")
     # The runtime already loaded in this process is reported; another one is refused.
     loaded = conn.execute("SELECT audiotext_runtime(?)", (str(DIST / "libonnxruntime.so"),)).fetchone()[0]
     assert loaded.startswith("onnxruntime 1.31.1 from")
