@@ -24,6 +24,14 @@ pub enum Error {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The caller's cancellation check asked to stop (the SQL layer: `sqlite3_interrupt`).
+    /// `seconds_done` is the audio read so far, `seconds_total` the length the file's header
+    /// states, when it does.
+    #[error("interrupted after {seconds_done:.0} of {} s", seconds_total.map_or("?".to_string(), |t| format!("{t:.0}")))]
+    Interrupted {
+        seconds_done: f64,
+        seconds_total: Option<f64>,
+    },
     /// Anything else, already phrased for the user.
     #[error("{0}")]
     Other(String),

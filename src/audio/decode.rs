@@ -23,10 +23,12 @@
 //!   `catch_unwind`, and a panic becomes "... is corrupt (decoder failed: ...)". After any error
 //!   the decoder is finished: later calls return `Ok(None)`.
 //!
-//! Chained Ogg streams: decoding stops at the end of the first logical stream. A blob is copied
-//! once (symphonia needs an owned source); decoded audio is never held whole here.
+//! Chained Ogg streams: decoding stops at the end of the first logical stream. A blob is read in
+//! place, never copied (`BorrowedBytes`: an hour of WAV passed as a BLOB is 600 MB); decoded
+//! audio is never held whole here.
 
 use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -110,8 +112,9 @@ pub fn probe(source: &AudioSource) -> Result<AudioInfo> {
     Ok(Decoder::open(*source)?.info)
 }
 
-/// Streams a file as mono f32 chunks at its own sample rate.
-pub struct Decoder {
+/// Streams a file as mono f32 chunks at its own sample rate. `'a` is the lifetime of the
+/// bytes of an `AudioSource::Bytes`, which the decoder reads in place.
+pub struct Decoder<'a> {
     name: String,
     info: AudioInfo,
     format: Box<dyn FormatReader>,
@@ -122,9 +125,11 @@ pub struct Decoder {
     samples: u64,
     skipped_packets: u64,
     done: bool,
+    /// `format` may read the source's bytes (`BorrowedBytes`): the decoder must not outlive them.
+    _bytes: PhantomData<&'a [u8]>,
 }
 
-impl std::fmt::Debug for Decoder {
+impl std::fmt::Debug for Decoder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decoder")
             .field("name", &self.name)
@@ -219,9 +224,80 @@ fn sniff_frame_header(h: &[u8]) -> Option<&'static str> {
     (layer == 0x01 && version != 1 && bitrate != 0x0f && rate != 0x03).then_some("mp3")
 }
 
-impl Decoder {
+/// Encoded bytes read in place by symphonia, which only takes `'static` sources: the lifetime
+/// is erased here and restored by `Decoder<'a>`, which owns the only copy of this value (inside
+/// its format reader) and cannot outlive the bytes.
+struct BorrowedBytes {
+    ptr: *const u8,
+    len: usize,
+    pos: usize,
+}
+
+// SAFETY: a read-only view of bytes that `Decoder<'a>` keeps borrowed (shared, immutable) for as
+// long as this value lives; `&[u8]` is Send and Sync.
+unsafe impl Send for BorrowedBytes {}
+unsafe impl Sync for BorrowedBytes {}
+
+impl BorrowedBytes {
+    /// # Safety
+    /// The value must not be used after `bytes` ends: only `Decoder::open` makes one, and hands
+    /// it to the format reader of a `Decoder<'a>` with `bytes: &'a [u8]`.
+    unsafe fn new(bytes: &[u8]) -> BorrowedBytes {
+        BorrowedBytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+            pos: 0,
+        }
+    }
+
+    fn slice(&self) -> &[u8] {
+        // SAFETY: see `new`; ptr and len come from a live slice.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Read for BorrowedBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.slice()[self.pos.min(self.len)..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Seek for BorrowedBytes {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => (self.len as u64).checked_add_signed(d),
+            SeekFrom::Current(d) => (self.pos as u64).checked_add_signed(d),
+        };
+        let target = target.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start of the audio blob",
+            )
+        })?;
+        // Past the end is allowed, as for files and `Cursor`: reads there return 0 bytes.
+        self.pos = usize::try_from(target).unwrap_or(usize::MAX);
+        Ok(target)
+    }
+}
+
+impl MediaSource for BorrowedBytes {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Some(self.len as u64)
+    }
+}
+
+impl<'a> Decoder<'a> {
     /// Opens `source`, reads its headers and decodes its first audio packet.
-    pub fn open(source: AudioSource) -> Result<Decoder> {
+    pub fn open(source: AudioSource<'a>) -> Result<Decoder<'a>> {
         let name = source.describe();
         let mut hint = Hint::new();
         let (media, container): (Box<dyn MediaSource>, &'static str) = match source {
@@ -250,9 +326,10 @@ impl Decoder {
                 }
                 // Reading from memory cannot fail.
                 let container = sniff(&mut Cursor::new(bytes)).unwrap_or(None);
-                // symphonia wants an owned ('static) source: the encoded bytes are copied once.
+                // SAFETY: the reader lives inside the returned `Decoder<'a>` (or is dropped
+                // here on error), and `bytes` lives for `'a`.
                 (
-                    Box::new(Cursor::new(bytes.to_vec())),
+                    Box::new(unsafe { BorrowedBytes::new(bytes) }),
                     container.ok_or_else(|| not_supported(&name))?,
                 )
             }
@@ -335,6 +412,7 @@ impl Decoder {
             samples: 0,
             skipped_packets: 0,
             done: false,
+            _bytes: PhantomData,
         };
         // The first packet tells the real rate and channel count (some containers omit them).
         let first = decoder.decode_next()?;
@@ -532,6 +610,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_bytes_read_and_seek_like_a_cursor() {
+        let data: Vec<u8> = (0..10).collect();
+        let mut ours = unsafe { BorrowedBytes::new(&data) };
+        let mut cursor = Cursor::new(data.clone());
+        for to in [
+            SeekFrom::Start(3),
+            SeekFrom::Current(4),
+            SeekFrom::End(-2),
+            SeekFrom::Current(-9),
+            SeekFrom::End(5),
+            SeekFrom::Start(0),
+        ] {
+            assert_eq!(ours.seek(to).unwrap(), cursor.seek(to).unwrap(), "{to:?}");
+            let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+            assert_eq!(
+                ours.read(&mut a).unwrap(),
+                cursor.read(&mut b).unwrap(),
+                "{to:?}"
+            );
+            assert_eq!(a, b, "{to:?}");
+        }
+        assert!(ours.seek(SeekFrom::Current(-100)).is_err());
+        assert_eq!(ours.byte_len(), Some(10));
+    }
 
     #[test]
     fn sniffs_containers() {

@@ -1,6 +1,16 @@
 //! Audio embedding: log-mel windows from the shared front-end, `audio.onnx` over batches of
 //! windows, mean pooling of a file's windows, L2 normalisation.
 //!
+//! Memory: `embed` streams, whatever the file's length: it holds one batch of windows
+//! (`MAX_BATCH_WINDOWS`) and a running sum of their embeddings, and ONNX Runtime sees batches
+//! no larger than a ten-second file's, so its buffers do not grow with the file either.
+//! `features` collects a whole file's windows, for callers that batch many short files
+//! (`audio_embed_files`); `features_at_most` refuses to collect more than a given number.
+//!
+//! Cancellation: the long loops take `cancelled: &dyn Fn() -> bool`, called between windows
+//! and between encoder runs; when it returns true they stop with `Error::Interrupted`. The
+//! SQL layer passes a `sqlite3_interrupt` probe; the audio code knows nothing of SQL.
+//!
 //! Inputs: the log-mel (`input.name`, layout `input.layout`) and, when the manifest names one
 //! (`input.waveform`), each window's resampled samples as float32 `[batch, frames *
 //! hop_length]` (see `crate::audio::stream::window_waveform`), for Wavegram-Logmel encoders.
@@ -11,10 +21,21 @@ use std::sync::{Arc, Mutex};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::audio::{AudioSource, LogMel, LogMelWindows, MelExtractor};
+use crate::audio::{AudioSource, LogMel, LogMelWindows, MelExtractor, WindowPlan};
 use crate::model::manifest::AudioSection;
 use crate::model::runtime::{embeddings_output, Runtime, SessionPlacement};
 use crate::{Error, Result};
+
+/// Windows per encoder run at most. Each run's buffers in ONNX Runtime grow with the batch
+/// (the default encoder: about 9 MB per window), so a run is kept to what a ten-second file
+/// needs (8 windows of 2.3 s every 1.16 s). Measured on a 10 min file (docs/hardening.md): 16
+/// was 3% faster for 70 MB more peak memory; the former 32, 10% faster for 240 MB more.
+pub const MAX_BATCH_WINDOWS: usize = 8;
+
+/// A cancellation check that never cancels.
+pub fn never_cancelled() -> bool {
+    false
+}
 
 /// Input layouts `audio.onnx` may declare, as the manifest spells them. The first two hold
 /// one channel; the third any number (multiscale log-mel), fed from the same row-major data.
@@ -38,6 +59,14 @@ pub struct FileFeatures {
     pub windows: Vec<LogMel>,
     /// One per window (`window_waveform`) when the bundle has a waveform input; else empty.
     pub waveforms: Vec<Vec<f32>>,
+    pub duration_seconds: f64,
+}
+
+/// The embedding of a whole file and the length of audio it covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileEmbedding {
+    pub embedding: Vec<f32>,
+    /// Samples decoded at the model's rate, in seconds (as `FileFeatures::duration_seconds`).
     pub duration_seconds: f64,
 }
 
@@ -88,33 +117,82 @@ impl AudioEncoder {
     }
 
     /// Decodes and windows one file; pure CPU work, safe to run on many threads at once.
-    /// Keeps each window's waveform when the encoder takes one.
+    /// Keeps each window's waveform when the encoder takes one. Holds every window of the file:
+    /// for long files, `embed` streams instead.
     pub fn features(&self, source: &AudioSource<'_>) -> Result<FileFeatures> {
-        let mut stream = LogMelWindows::new(source, self.mel.clone(), &self.section.windowing)?;
-        if self.needs_waveform() {
-            stream = stream.with_waveforms();
-        }
+        self.features_at_most(source, usize::MAX, &never_cancelled)?
+            .ok_or_else(|| Error::Other("internal error: unbounded features stopped".into()))
+    }
+
+    /// Same as `features`, but `None` as soon as the file has more than `max_windows` windows
+    /// (the caller then streams it with `embed`), so that no more than that is ever held.
+    /// Checks `cancelled` between windows.
+    pub fn features_at_most(
+        &self,
+        source: &AudioSource<'_>,
+        max_windows: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Option<FileFeatures>> {
+        let mut stream = self.windows(source)?;
         let mut windows = Vec::new();
         let mut waveforms = Vec::new();
-        while let Some(window) = stream.next() {
+        loop {
+            if cancelled() {
+                return Err(self.interrupted(&stream));
+            }
+            let Some(window) = stream.next() else { break };
+            if windows.len() == max_windows {
+                return Ok(None);
+            }
             windows.push(window?);
             if let Some(waveform) = stream.take_waveform() {
                 waveforms.push(waveform);
             }
         }
         if windows.is_empty() {
-            return Err(Error::Audio(format!(
-                "{} contains no audio samples",
-                source.describe()
-            )));
+            return Err(no_samples(source));
         }
-        let duration_seconds =
-            stream.samples() as f64 / f64::from(self.section.front_end.sample_rate);
-        Ok(FileFeatures {
+        Ok(Some(FileFeatures {
             windows,
             waveforms,
-            duration_seconds,
+            duration_seconds: self.seconds(&stream),
+        }))
+    }
+
+    /// Bytes of features one full window holds in `FileFeatures` (log-mel, and waveform when
+    /// the encoder takes one): what `features_at_most` callers budget with.
+    pub fn window_feature_bytes(&self) -> usize {
+        let clip = WindowPlan::new(&self.section.windowing, self.mel.sample_rate())
+            .map_or(0, |plan| plan.clip_samples);
+        let frames = self.mel.frames(clip);
+        let waveform = if self.needs_waveform() {
+            frames * self.mel.hop_length()
+        } else {
+            0
+        };
+        (frames * self.mel.values_per_frame() + waveform) * std::mem::size_of::<f32>()
+    }
+
+    /// The window stream of `source` with this encoder's front-end (and waveforms if it takes them).
+    fn windows<'a>(&self, source: &AudioSource<'a>) -> Result<LogMelWindows<'a>> {
+        let stream = LogMelWindows::new(source, self.mel.clone(), &self.section.windowing)?;
+        Ok(if self.needs_waveform() {
+            stream.with_waveforms()
+        } else {
+            stream
         })
+    }
+
+    /// Seconds of audio `stream` has decoded, at the model's rate.
+    fn seconds(&self, stream: &LogMelWindows<'_>) -> f64 {
+        stream.samples() as f64 / f64::from(self.section.front_end.sample_rate)
+    }
+
+    fn interrupted(&self, stream: &LogMelWindows<'_>) -> Error {
+        Error::Interrupted {
+            seconds_done: self.seconds(stream),
+            seconds_total: stream.info().duration_seconds,
+        }
     }
 
     /// Frames the encoder needs at least (its poolings shrink time 2^k-fold), from the
@@ -141,7 +219,7 @@ impl AudioEncoder {
     /// (`needs_waveform`) returns an error here: use `embed_windows_with_waveforms` or
     /// `embed_features`.
     pub fn embed_windows(&self, windows: &[&LogMel]) -> Result<Vec<Vec<f32>>> {
-        self.embed_impl(windows, None)
+        self.embed_impl(windows, None, &never_cancelled)
     }
 
     /// Same as `embed_windows`, with each window's waveform (`window_waveform`: `frames *
@@ -153,27 +231,38 @@ impl AudioEncoder {
         windows: &[&LogMel],
         waveforms: &[&[f32]],
     ) -> Result<Vec<Vec<f32>>> {
-        self.embed_impl(windows, Some(waveforms))
+        self.embed_impl(windows, Some(waveforms), &never_cancelled)
     }
 
     /// The embeddings of every window of `files`, file by file, in order (what `features`
     /// computed, waveforms included when the encoder takes them).
     pub fn embed_features(&self, files: &[&FileFeatures]) -> Result<Vec<Vec<f32>>> {
+        self.embed_features_cancellable(files, &never_cancelled)
+    }
+
+    /// Same as `embed_features`, checking `cancelled` before each encoder run
+    /// (`Error::Interrupted` with `seconds_done` 0: the caller counts its own progress).
+    pub fn embed_features_cancellable(
+        &self,
+        files: &[&FileFeatures],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<f32>>> {
         let windows: Vec<&LogMel> = files.iter().flat_map(|f| f.windows.iter()).collect();
         if !self.needs_waveform() {
-            return self.embed_impl(&windows, None);
+            return self.embed_impl(&windows, None, cancelled);
         }
         let waveforms: Vec<&[f32]> = files
             .iter()
             .flat_map(|f| f.waveforms.iter().map(Vec::as_slice))
             .collect();
-        self.embed_impl(&windows, Some(&waveforms))
+        self.embed_impl(&windows, Some(&waveforms), cancelled)
     }
 
     fn embed_impl(
         &self,
         windows: &[&LogMel],
         waveforms: Option<&[&[f32]]>,
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Vec<Vec<f32>>> {
         let hop = self.mel.hop_length();
         let waveforms = match (&self.section.input.waveform, waveforms) {
@@ -254,7 +343,13 @@ impl AudioEncoder {
         let mut order: Vec<usize> = (0..windows.len()).collect();
         order.sort_by_key(|&i| windows[i].frames);
         for group in order.chunk_by(|&a, &b| windows[a].frames == windows[b].frames) {
-            for batch in group.chunks(self.max_batch()) {
+            for batch in group.chunks(MAX_BATCH_WINDOWS) {
+                if cancelled() {
+                    return Err(Error::Interrupted {
+                        seconds_done: 0.0,
+                        seconds_total: None,
+                    });
+                }
                 let mels: Vec<&LogMel> = batch.iter().map(|&i| windows[i]).collect();
                 let waves: Option<Vec<&[f32]>> = waveforms
                     .as_ref()
@@ -274,13 +369,53 @@ impl AudioEncoder {
 
     /// The embedding of a whole file: its windows' embeddings averaged, then L2-normalised.
     pub fn embed(&self, source: &AudioSource<'_>) -> Result<Vec<f32>> {
-        let features = self.features(source)?;
-        Ok(pool(&self.embed_features(&[&features])?))
+        Ok(self.embed_cancellable(source, &never_cancelled)?.embedding)
     }
 
-    /// Windows per encoder run: large enough to amortise the call, small enough for memory.
-    fn max_batch(&self) -> usize {
-        32
+    /// Same as `embed`, streaming: windows go through the encoder a batch at a time
+    /// (`MAX_BATCH_WINDOWS`) and their embeddings are summed as they come, in file order, so the
+    /// result is `pool` of all of them and memory does not depend on the file's length. Checks
+    /// `cancelled` before each window.
+    pub fn embed_cancellable(
+        &self,
+        source: &AudioSource<'_>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<FileEmbedding> {
+        let mut stream = self.windows(source)?;
+        let mut sum = MeanPool::default();
+        let mut windows: Vec<LogMel> = Vec::with_capacity(MAX_BATCH_WINDOWS);
+        let mut waveforms: Vec<Vec<f32>> = Vec::new();
+        loop {
+            if cancelled() {
+                return Err(self.interrupted(&stream));
+            }
+            let window = stream.next().transpose()?;
+            let end = window.is_none();
+            if let Some(window) = window {
+                windows.push(window);
+                waveforms.extend(stream.take_waveform());
+            }
+            if windows.len() == MAX_BATCH_WINDOWS || (end && !windows.is_empty()) {
+                let mels: Vec<&LogMel> = windows.iter().collect();
+                let waves: Vec<&[f32]> = waveforms.iter().map(Vec::as_slice).collect();
+                let waves = self.needs_waveform().then_some(waves.as_slice());
+                for embedding in self.embed_impl(&mels, waves, cancelled)? {
+                    sum.add(&embedding);
+                }
+                windows.clear();
+                waveforms.clear();
+            }
+            if end {
+                break;
+            }
+        }
+        if sum.is_empty() {
+            return Err(no_samples(source));
+        }
+        Ok(FileEmbedding {
+            embedding: sum.finish(),
+            duration_seconds: self.seconds(&stream),
+        })
     }
 
     /// One encoder run over windows of equal frame count (and their waveforms, of equal length).
@@ -351,18 +486,52 @@ fn pad_frames(window: &LogMel, frames: usize, value: f32) -> LogMel {
     }
 }
 
+fn no_samples(source: &AudioSource<'_>) -> Error {
+    Error::Audio(format!("{} contains no audio samples", source.describe()))
+}
+
 /// Mean of the window embeddings, L2-normalised (the manifest's `windowing.pooling = "mean"`).
 pub fn pool(embeddings: &[Vec<f32>]) -> Vec<f32> {
-    let dim = embeddings.first().map_or(0, Vec::len);
-    let mut mean = vec![0f32; dim];
-    for embedding in embeddings {
-        for (m, x) in mean.iter_mut().zip(embedding) {
+    let mut sum = MeanPool::default();
+    embeddings.iter().for_each(|e| sum.add(e));
+    sum.finish()
+}
+
+/// `pool` one embedding at a time: the same sums in the same order, so the same bits.
+/// (The mean's 1/n cancels in the L2 normalisation: only the sum is kept.)
+#[derive(Debug, Default)]
+pub struct MeanPool {
+    sum: Vec<f32>,
+    count: usize,
+}
+
+impl MeanPool {
+    pub fn add(&mut self, embedding: &[f32]) {
+        if self.count == 0 {
+            self.sum = vec![0f32; embedding.len()];
+        }
+        for (m, x) in self.sum.iter_mut().zip(embedding) {
             *m += x;
         }
+        self.count += 1;
     }
-    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    mean.iter_mut().for_each(|m| *m /= norm);
-    mean
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The sum, L2-normalised.
+    pub fn finish(mut self) -> Vec<f32> {
+        let norm = self
+            .sum
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(1e-12);
+        self.sum.iter_mut().for_each(|m| *m /= norm);
+        self.sum
+    }
 }
 
 #[cfg(test)]
@@ -802,6 +971,62 @@ mod input_tests {
                 .unwrap(),
             out
         );
+    }
+
+    /// Many batches: the streamed embedding is `pool` of every window's, bit for bit; a
+    /// cancellation stops it partway and says where; `features_at_most` stops at its limit.
+    #[test]
+    fn streaming_embed_pools_every_batch_and_stops_when_cancelled() {
+        let Some(rt) = runtime() else { return };
+        let dir = TempDir::new("streaming");
+        write_model(&dir.0, LAYOUT_CHANNEL_FIRST, None);
+        let encoder = AudioEncoder::load(
+            &dir.0,
+            &section(front_end(), LAYOUT_CHANNEL_FIRST, None),
+            1,
+            rt,
+        )
+        .unwrap();
+        let n = 8000 * (3 * MAX_BATCH_WINDOWS) + 3000;
+        let wav = float_wav(&signal(n, 8), 8000);
+        let source = AudioSource::Bytes(&wav);
+        let features = encoder.features(&source).unwrap();
+        assert_eq!(features.windows.len(), 3 * MAX_BATCH_WINDOWS + 1);
+        let all: Vec<&LogMel> = features.windows.iter().collect();
+        let expected = pool(&encoder.embed_windows(&all).unwrap());
+        let streamed = encoder
+            .embed_cancellable(&source, &never_cancelled)
+            .unwrap();
+        assert_eq!(streamed.embedding, expected);
+        assert_eq!(streamed.duration_seconds, n as f64 / 8000.0);
+
+        let calls = std::cell::Cell::new(0);
+        let after_ten = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 10
+        };
+        match encoder.embed_cancellable(&source, &after_ten) {
+            Err(Error::Interrupted {
+                seconds_done,
+                seconds_total,
+            }) => {
+                assert!(seconds_done >= 9.0 && seconds_done < 12.0, "{seconds_done}");
+                assert_eq!(seconds_total, Some(n as f64 / 8000.0));
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
+        let windows = features.windows.len();
+        assert!(encoder
+            .features_at_most(&source, windows - 1, &never_cancelled)
+            .unwrap()
+            .is_none());
+        let at_most = encoder
+            .features_at_most(&source, windows, &never_cancelled)
+            .unwrap()
+            .unwrap();
+        assert_eq!(at_most.windows, features.windows);
+        // Log-mel of one full window (1 s: 101 frames of 16 bands), no waveform.
+        assert_eq!(encoder.window_feature_bytes(), 101 * 16 * 4);
     }
 
     #[test]

@@ -131,9 +131,10 @@ pub fn window_waveform(signal: &[f32], start: usize, frames: usize, hop_length: 
     out
 }
 
-/// Streams the log-mel of each window of a file (see `log_mel_windows`).
-pub struct LogMelWindows {
-    decoder: Decoder,
+/// Streams the log-mel of each window of a file (see `log_mel_windows`); `'a` is the lifetime
+/// of a BLOB source's bytes, read in place.
+pub struct LogMelWindows<'a> {
+    decoder: Decoder<'a>,
     resampler: StreamResampler,
     mel: Arc<MelExtractor>,
     plan: WindowPlan,
@@ -160,21 +161,21 @@ pub struct LogMelWindows {
 }
 
 /// Opens `source` and streams the log-mel spectrogram of each of its windows.
-pub fn log_mel_windows(
-    source: &AudioSource,
+pub fn log_mel_windows<'a>(
+    source: &AudioSource<'a>,
     front_end: &FrontEnd,
     windowing: &Windowing,
-) -> Result<LogMelWindows> {
+) -> Result<LogMelWindows<'a>> {
     LogMelWindows::new(source, Arc::new(MelExtractor::new(front_end)?), windowing)
 }
 
-impl LogMelWindows {
+impl<'a> LogMelWindows<'a> {
     /// Same as `log_mel_windows`, sharing an extractor built once for many files.
     pub fn new(
-        source: &AudioSource,
+        source: &AudioSource<'a>,
         mel: Arc<MelExtractor>,
         windowing: &Windowing,
-    ) -> Result<LogMelWindows> {
+    ) -> Result<LogMelWindows<'a>> {
         let plan = WindowPlan::new(windowing, mel.sample_rate())?;
         let decoder = Decoder::open(*source)?;
         let resampler = StreamResampler::new(decoder.info().sample_rate, mel.sample_rate())?;
@@ -203,7 +204,7 @@ impl LogMelWindows {
     /// Also keeps each window's waveform (`window_waveform`: `frames * hop_length` samples from
     /// the window's start, zero-filled past the end of the file), to be read with
     /// `take_waveform` after each window. Reads up to one hop past a window before returning it.
-    pub fn with_waveforms(mut self) -> LogMelWindows {
+    pub fn with_waveforms(mut self) -> LogMelWindows<'a> {
         let clip = self.plan.clip_samples;
         let needed = self.mel.frames(clip) * self.mel.hop_length();
         self.lookahead = needed.saturating_sub(clip);
@@ -329,7 +330,7 @@ impl LogMelWindows {
     }
 }
 
-impl Iterator for LogMelWindows {
+impl Iterator for LogMelWindows<'_> {
     type Item = Result<LogMel>;
 
     fn next(&mut self) -> Option<Result<LogMel>> {
@@ -350,7 +351,7 @@ impl Iterator for LogMelWindows {
     }
 }
 
-impl std::iter::FusedIterator for LogMelWindows {}
+impl std::iter::FusedIterator for LogMelWindows<'_> {}
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,10 @@ use std::path::Path;
 use rusqlite::functions::Context;
 use rusqlite::types::ValueRef;
 
+use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::{args, Env, Output};
 use crate::audio::{probe, AudioSource};
+use crate::Error;
 
 /// The audio argument: TEXT is a file path, BLOB is the encoded file's bytes.
 fn audio_source<'a>(ctx: &'a Context<'_>, index: usize) -> Result<Option<AudioSource<'a>>, String> {
@@ -48,8 +50,23 @@ pub fn embed(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
         .get(model)?
         .audio_encoder()
         .map_err(|e| e.to_string())?;
-    let vector = encoder.embed(&source).map_err(|e| e.to_string())?;
-    Ok(Output::Vector(vector))
+    // SAFETY: the connection running this call, probed only during it.
+    let probe = unsafe { InterruptProbe::for_function(ctx) };
+    match encoder.embed_cancellable(&source, &|| probe.interrupted()) {
+        Ok(embedded) => Ok(Output::Vector(embedded.embedding)),
+        Err(Error::Interrupted {
+            seconds_done,
+            seconds_total,
+        }) => Err(format!(
+            "{INTERRUPTED} while embedding {} after {seconds_done:.0} of {} s of audio; the statement was stopped as usual",
+            match source {
+                AudioSource::Path(path) => format!("'{}'", path.display()),
+                AudioSource::Bytes(bytes) => format!("an audio blob of {} bytes", bytes.len()),
+            },
+            seconds_total.map_or("?".to_string(), |t| format!("{t:.0}"))
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub fn info(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {

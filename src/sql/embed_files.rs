@@ -3,15 +3,22 @@
 //!
 //! A worker thread decodes files and computes their log-mel windows in parallel (rayon), a
 //! chunk at a time, while the cursor runs the encoder on the previous chunk's windows in
-//! batches: decoding overlaps inference, and the bounded channel keeps at most two chunks of
-//! features in memory whatever the folder's size. A file that fails fills `error`; the scan
-//! goes on.
+//! batches: decoding overlaps inference, and the bounded channel keeps at most three chunks of
+//! features in memory whatever the folder's size (one embedded here, one in the channel, one
+//! being decoded). A file whose features would exceed `FILE_FEATURES_BYTES` (a minute or two of
+//! audio) is not collected: the worker only marks it, and the cursor streams it through the
+//! encoder itself (`AudioEncoder::embed_cancellable`), so long files stay bounded too. A file
+//! that fails fills `error`; the scan goes on.
+//!
+//! `sqlite3_interrupt` is checked before every file and every encoder run; it ends the
+//! statement with an error, and the worker stops at its next window.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
@@ -23,13 +30,18 @@ use rusqlite::vtab::{
 };
 use rusqlite::Connection;
 
+use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::{files, guard, vector_to_blob, Registry};
 use crate::audio::encoder::{pool, AudioEncoder, FileFeatures};
 use crate::audio::AudioSource;
+use crate::Error;
 
 const NAME: &str = "audio_embed_files";
 /// Files decoded together; the encoder sees their windows in one go.
 const CHUNK_FILES: usize = 16;
+/// Features one file may hold in a chunk (2 MB: 54 windows, about a minute, for the default
+/// model); a longer file is streamed by the cursor instead.
+const FILE_FEATURES_BYTES: usize = 2 << 20;
 
 const COLUMN_PATH: c_int = 0;
 const COLUMN_DURATION: c_int = 1;
@@ -51,7 +63,7 @@ struct EmbedFilesTable {
     /// Base class; must come first.
     base: sqlite3_vtab,
     registry: Arc<Registry>,
-    /// The connection, to check its schemas before reading files (`schema_guard`).
+    /// The connection: for the schema check (`schema_guard`) and the `sqlite3_interrupt` probe.
     db: *mut rusqlite::ffi::sqlite3,
 }
 
@@ -69,7 +81,7 @@ unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
         // It reads files named in SQL: top-level statements only.
         db.config(VTabConfig::DirectOnly)?;
-        // SAFETY: the handle outlives the table, which SQLite drops before closing it.
+        // SAFETY: the connection that owns this table; it outlives the table and its cursors.
         let handle = unsafe { db.handle() };
         Ok((
             Cow::Borrowed(c"CREATE TABLE x(path TEXT, duration REAL, embedding BLOB, error TEXT, source HIDDEN, model HIDDEN)"),
@@ -130,14 +142,46 @@ struct FileRow {
     error: Option<String>,
 }
 
-/// A chunk of files with their features or errors, in path order.
-type Chunk = Vec<(PathBuf, Result<FileFeatures, String>)>;
+/// A chunk of files with their features (`None`: too long to collect, to be streamed) or
+/// errors, in path order.
+type Chunk = Vec<(PathBuf, Result<Option<FileFeatures>, String>)>;
 
 /// The worker's side of the scan.
 struct Work {
     encoder: Arc<AudioEncoder>,
     chunks: Receiver<Chunk>,
+    total_files: usize,
     remaining_files: usize,
+    /// Tells the worker to stop (set on interrupt and when the cursor closes).
+    stop: Arc<AtomicBool>,
+    probe: InterruptProbe,
+}
+
+/// Whether the statement was interrupted; if so, the worker is told to stop too.
+fn interrupted(probe: &InterruptProbe, stop: &AtomicBool) -> bool {
+    let interrupted = probe.interrupted();
+    if interrupted {
+        stop.store(true, Ordering::Relaxed);
+    }
+    interrupted
+}
+
+impl Work {
+    fn interrupted_error(&self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        format!(
+            "{INTERRUPTED} after {} of {} files; the statement was stopped as usual",
+            self.total_files - self.remaining_files,
+            self.total_files
+        )
+    }
+}
+
+impl Drop for Work {
+    /// A statement finished early, interrupted or failed: the worker stops at its next window.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 #[repr(C)]
@@ -194,28 +238,43 @@ impl EmbedFilesCursor {
             .audio_encoder()
             .map_err(|e| e.to_string())?;
         let paths = files::list(&source)?;
-        let remaining_files = paths.len();
-        // Two chunks in flight: one being embedded here, one being decoded by the worker.
+        let total_files = paths.len();
+        // SAFETY: this cursor's connection; the probe lives in `self.work`, dropped with the
+        // cursor, before the connection closes.
+        let probe = unsafe { InterruptProbe::new(self.db) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_windows = (FILE_FEATURES_BYTES / encoder.window_feature_bytes().max(1)).max(1);
+        // At most three chunks exist: one being embedded here, one in the channel, one being
+        // decoded by the worker.
         let (sender, chunks) = sync_channel::<Chunk>(1);
         let worker_encoder = encoder.clone();
+        let worker_stop = stop.clone();
         std::thread::Builder::new()
             .name("audiotext-decode".into())
             .spawn(move || {
+                let stopped = || worker_stop.load(Ordering::Relaxed);
                 for chunk in paths.chunks(CHUNK_FILES) {
                     let features: Chunk = chunk
                         .par_iter()
                         .map(|path| {
+                            if stopped() {
+                                return (path.clone(), Err(INTERRUPTED.to_string()));
+                            }
                             let result = guard("decode", || {
                                 worker_encoder
-                                    .features(&AudioSource::Path(path))
+                                    .features_at_most(
+                                        &AudioSource::Path(path),
+                                        max_windows,
+                                        &stopped,
+                                    )
                                     .map_err(|e| e.to_string())
                             })
                             .map_err(|e| e.trim_start_matches("decode: ").to_string());
                             (path.clone(), result)
                         })
                         .collect();
-                    if sender.send(features).is_err() {
-                        return; // The statement was finished early; stop decoding.
+                    if stopped() || sender.send(features).is_err() {
+                        return; // The statement was finished early or interrupted.
                     }
                 }
             })
@@ -223,7 +282,10 @@ impl EmbedFilesCursor {
         self.work = Some(Work {
             encoder,
             chunks,
-            remaining_files,
+            total_files,
+            remaining_files: total_files,
+            stop,
+            probe,
         });
         Ok(())
     }
@@ -236,47 +298,83 @@ impl EmbedFilesCursor {
         if work.remaining_files == 0 {
             return Ok(());
         }
+        if interrupted(&work.probe, &work.stop) {
+            return Err(work.interrupted_error());
+        }
         let chunk = work
             .chunks
             .recv()
             .map_err(|_| "internal error: the decoding thread stopped early".to_string())?;
-        work.remaining_files -= chunk.len();
-        let files: Vec<&FileFeatures> = chunk.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
-        let mut embeddings = work
-            .encoder
-            .embed_features(&files)
-            .map_err(|e| e.to_string())?
-            .into_iter();
+        let files: Vec<&FileFeatures> = chunk
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().and_then(Option::as_ref))
+            .collect();
+        let (probe, stop) = (&work.probe, &work.stop);
+        let cancelled = || interrupted(probe, stop);
+        let mut embeddings = match work.encoder.embed_features_cancellable(&files, &cancelled) {
+            Ok(embeddings) => embeddings.into_iter(),
+            Err(Error::Interrupted { .. }) => return Err(work.interrupted_error()),
+            Err(e) => return Err(e.to_string()),
+        };
         for (path, result) in chunk {
-            let path = path.display().to_string();
-            self.rows.push_back(match result {
-                Ok(features) => {
+            let row = match result {
+                Ok(Some(features)) => {
                     let per_window: Vec<Vec<f32>> =
                         embeddings.by_ref().take(features.windows.len()).collect();
                     let embedding = pool(&per_window);
                     if embedding.iter().all(|x| x.is_finite()) {
                         FileRow {
-                            path,
+                            path: path.display().to_string(),
                             duration: Some(features.duration_seconds),
                             embedding: Some(vector_to_blob(&embedding)),
                             error: None,
                         }
                     } else {
                         FileRow {
-                            path,
+                            path: path.display().to_string(),
                             duration: Some(features.duration_seconds),
                             embedding: None,
                             error: Some(super::NON_FINITE_RESULT.into()),
                         }
                     }
                 }
+                Ok(None) => {
+                    // Too long to hold its windows: stream it here, bounded and interruptible.
+                    match work
+                        .encoder
+                        .embed_cancellable(&AudioSource::Path(&path), &cancelled)
+                    {
+                        Ok(file) if file.embedding.iter().all(|x| x.is_finite()) => FileRow {
+                            path: path.display().to_string(),
+                            duration: Some(file.duration_seconds),
+                            embedding: Some(vector_to_blob(&file.embedding)),
+                            error: None,
+                        },
+                        Ok(file) => FileRow {
+                            path: path.display().to_string(),
+                            duration: Some(file.duration_seconds),
+                            embedding: None,
+                            error: Some(super::NON_FINITE_RESULT.into()),
+                        },
+                        Err(Error::Interrupted { .. }) => return Err(work.interrupted_error()),
+                        // Read once already, so rarely fails now (a file changed meanwhile).
+                        Err(e) => FileRow {
+                            path: path.display().to_string(),
+                            duration: None,
+                            embedding: None,
+                            error: Some(e.to_string()),
+                        },
+                    }
+                }
                 Err(error) => FileRow {
-                    path,
+                    path: path.display().to_string(),
                     duration: None,
                     embedding: None,
                     error: Some(error),
                 },
-            });
+            };
+            work.remaining_files -= 1;
+            self.rows.push_back(row);
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ mod args;
 mod audio;
 mod embed_files;
 mod files;
+mod interrupt;
 mod meta;
 mod registry;
 mod schema_guard;
