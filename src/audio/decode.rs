@@ -10,7 +10,9 @@
 //!   letting symphonia scan the first megabyte for a two-byte marker, so an image or a binary
 //!   that happens to contain `0xFF 0xFB` is not "decoded" as noise;
 //! - a header that ends early: "... is truncated"; a malformed header or container:
-//!   "... is corrupt"; a container without an audio track; a codec or a feature symphonia lacks;
+//!   "... is corrupt"; a count or length in the headers that does not fit in the file
+//!   (`container_check`, run before symphonia allocates it): "... is corrupt: its sample
+//!   table (stsz) declares N entries but holds room for M; re-encode or re-download the file"; a container without an audio track; a codec or a feature symphonia lacks;
 //!   a declared rate or channel count of 0;
 //! - mid-stream: a packet the codec rejects as malformed (`DecodeError`, also a codec
 //!   `IoError`) is skipped and counted (`Decoder::skipped_packets`), as players do; the end of
@@ -41,6 +43,7 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 use symphonia::core::sample::Sample;
 
+use crate::audio::container_check::{self, Refusal};
 use crate::error::{Error, Result};
 
 /// The formats the message for an unknown file lists.
@@ -217,26 +220,35 @@ impl Decoder {
                 if meta.len() == 0 {
                     return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
                 }
-                let container = sniff(&mut file).map_err(io_err)?;
+                let container = sniff(&mut file)
+                    .map_err(io_err)?
+                    .ok_or_else(|| not_supported(&name))?;
+                let mut read_at = |offset, len| read_at(&mut file, offset, len);
+                let verdict = container_check::check(container, meta.len(), &mut read_at);
+                refuse(&name, container, verdict.map_err(io_err)?)?;
+                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
                 if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
                     hint.with_extension(ext);
                 }
-                (
-                    Box::new(file),
-                    container.ok_or_else(|| not_supported(&name))?,
-                )
+                (Box::new(file), container)
             }
             AudioSource::Bytes(bytes) => {
                 if bytes.is_empty() {
                     return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
                 }
                 // Reading from memory cannot fail.
-                let container = sniff(&mut Cursor::new(bytes)).unwrap_or(None);
+                let container = sniff(&mut Cursor::new(bytes))
+                    .unwrap_or(None)
+                    .ok_or_else(|| not_supported(&name))?;
+                let mut read_at = |offset: u64, len: usize| {
+                    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                    Ok(bytes[start..start.saturating_add(len).min(bytes.len())].to_vec())
+                };
+                let verdict = container_check::check(container, bytes.len() as u64, &mut read_at)
+                    .expect("reading memory cannot fail");
+                refuse(&name, container, verdict)?;
                 // symphonia wants an owned ('static) source: the encoded bytes are copied once.
-                (
-                    Box::new(Cursor::new(bytes.to_vec())),
-                    container.ok_or_else(|| not_supported(&name))?,
-                )
+                (Box::new(Cursor::new(bytes.to_vec())), container)
             }
         };
         let mss = MediaSourceStream::new(media, Default::default());
@@ -443,6 +455,32 @@ impl Decoder {
     }
 }
 
+/// Up to `len` bytes of `file` at `offset` (fewer at its end); `len` never exceeds the file's
+/// size (container_check checks a length before reading it).
+fn read_at(file: &mut File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(len as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// A header that `container_check` refused, as the message for `name`.
+fn refuse(name: &str, container: &str, verdict: container_check::Check) -> Result<()> {
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(Refusal::Truncated) => Err(truncated(name, container)),
+        Err(Refusal::Corrupt(what)) => Err(Error::Audio(format!(
+            "{name} is corrupt: {what}; re-encode or re-download the file"
+        ))),
+    }
+}
+
+fn truncated(name: &str, container: &str) -> Error {
+    Error::Audio(format!(
+        "{name} is truncated: the {container} data ends inside its header (the file is cut short, copy it again)"
+    ))
+}
+
 fn not_supported(name: &str) -> Error {
     Error::Audio(format!(
         "{name} is not a supported audio file ({SUPPORTED_FORMATS})"
@@ -456,9 +494,7 @@ fn corrupt_panic(name: &str, msg: &str) -> Error {
 /// An error while reading the container's headers.
 fn header_error(name: &str, container: &str, e: SymphoniaError) -> Error {
     if is_eof(&e) {
-        return Error::Audio(format!(
-            "{name} is truncated: the {container} data ends inside its header (the file is cut short, copy it again)"
-        ));
+        return truncated(name, container);
     }
     match e {
         SymphoniaError::Unsupported(what) => Error::Audio(format!(
