@@ -18,6 +18,8 @@
 //!   `IoError`) is skipped and counted (`Decoder::skipped_packets`), as players do; the end of
 //!   the data ends the stream, so a file cut short gives the audio before the cut; any other
 //!   demuxer error fails the stream ("... is corrupt");
+//! - a sample that is not a finite number (float PCM holding NaN or infinity): "... holds a
+//!   sample that is not a finite number";
 //! - a stream that yields no sample at all (only bad packets, cut inside the first packet, or an
 //!   empty stream) is an error: "... contains no audio samples";
 //! - symphonia can panic on some malformed inputs: every call into it runs inside
@@ -407,6 +409,15 @@ impl Decoder {
                     if channels == 0 || rate == 0 {
                         let err = Error::Audio(format!(
                             "{} decodes to {channels} channels at {rate} Hz: the file is corrupt, re-encode it",
+                            self.name
+                        ));
+                        return self.fail(err);
+                    }
+                    if let Some(x) = mono.iter().find(|x| !x.is_finite()) {
+                        // Float PCM can hold NaN or infinity (or an f64 beyond f32's range):
+                        // no sound, and it would make every feature and embedding NaN.
+                        let err = Error::Audio(format!(
+                            "{} holds a sample that is not a finite number ({x}): the file is corrupt, re-encode it",
                             self.name
                         ));
                         return self.fail(err);
