@@ -115,33 +115,45 @@ PY
         done
         ;;
     esac
+    # Inputs that once crashed (or ran slow) stay in the seeds: each run replays them first.
+    if [ -d "fuzz/regressions/$target" ]; then
+        cp fuzz/regressions/"$target"/* "$dir/"
+    fi
     echo "$target: $(find "$dir" -type f | wc -l) seed files"
+}
+
+# Crash, out-of-memory, leak and timeout inputs (slow-unit-* files are reported, not counted).
+crashes() {
+    find "fuzz/artifacts/$1" -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'leak-*' -o -name 'timeout-*' \) | wc -l
 }
 
 echo "building the fuzz targets (nightly, address sanitizer)"
 (cd fuzz && cargo +nightly fuzz build)
 
-declare -A EXECS CRASHES
+declare -A EXECS CRASHES ELAPSED
 for target in "${TARGETS[@]}"; do
     seeds "$target"
     mkdir -p "fuzz/corpus/$target/learned" "fuzz/artifacts/$target"
-    before=$(find "fuzz/artifacts/$target" -type f | wc -l)
+    before=$(crashes "$target")
     log=fuzz/artifacts/$target.log
     echo "fuzzing $target for ${SECONDS_PER_TARGET}s (log: $log)"
+    started=$SECONDS
     set +e
     (cd fuzz && cargo +nightly fuzz run "$target" "corpus/$target/learned" "corpus/$target/seeds" -- \
         -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb=2048 -malloc_limit_mb=512 \
         -timeout=20 -print_final_stats=1) >"$log" 2>&1
     set -e
+    ELAPSED[$target]=$((SECONDS - started))
     EXECS[$target]=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
-    CRASHES[$target]=$(($(find "fuzz/artifacts/$target" -type f | wc -l) - before))
-    grep -E '^==[0-9]+== ?ERROR|panicked at|SUMMARY|Test unit written' "$log" | head -5 || true
+    CRASHES[$target]=$(($(crashes "$target") - before))
+    grep -E '^==[0-9]+== ?ERROR|panicked at|SUMMARY|Test unit written|Slowest unit' "$log" | head -5 || true
 done
 
 echo
 printf '%-14s %12s %8s %8s\n' target executions crashes seconds
 for target in "${TARGETS[@]}"; do
-    printf '%-14s %12s %8s %8s\n' "$target" "${EXECS[$target]}" "${CRASHES[$target]}" "$SECONDS_PER_TARGET"
+    printf '%-14s %12s %8s %8s\n' "$target" "${EXECS[$target]}" "${CRASHES[$target]}" "${ELAPSED[$target]}"
 done
+echo "libFuzzer stops at the first crash: seconds is how long it ran"
 echo "crash inputs (if any): fuzz/artifacts/<target>/; reproduce with"
 echo "  (cd fuzz && cargo +nightly fuzz run <target> artifacts/<target>/<file>)"

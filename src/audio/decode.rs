@@ -13,13 +13,13 @@
 //!   "... is corrupt"; a count or length in the headers that does not fit in the file
 //!   (`container_check`, run before symphonia allocates it): "... is corrupt: its sample
 //!   table (stsz) declares N entries but holds room for M; re-encode or re-download the file"; a container without an audio track; a codec or a feature symphonia lacks;
-//!   a declared rate or channel count of 0;
+//!   a declared rate below `MIN_SAMPLE_RATE_HZ` or a channel count of 0;
 //! - mid-stream: a packet the codec rejects as malformed (`DecodeError`, also a codec
 //!   `IoError`) is skipped and counted (`Decoder::skipped_packets`), as players do; the end of
 //!   the data ends the stream, so a file cut short gives the audio before the cut; any other
 //!   demuxer error fails the stream ("... is corrupt");
-//! - a sample that is not a finite number (float PCM holding NaN or infinity): "... holds a
-//!   sample that is not a finite number";
+//! - a sample that is not a finite number or beyond `MAX_SAMPLE_MAGNITUDE` (float PCM holding
+//!   NaN, infinity or 1e38): "... holds a sample of X, far outside the [-1, 1] of audio";
 //! - a stream that yields no sample at all (only bad packets, cut inside the first packet, or an
 //!   empty stream) is an error: "... contains no audio samples";
 //! - symphonia can panic on some malformed inputs: every call into it runs inside
@@ -36,7 +36,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
-use symphonia::core::codecs::{Decoder as CodecDecoder, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{
+    Decoder as CodecDecoder, DecoderOptions, CODEC_TYPE_NULL, CODEC_TYPE_VORBIS,
+};
 use symphonia::core::conv::FromSample;
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
@@ -50,6 +52,16 @@ use crate::error::{Error, Result};
 
 /// The formats the message for an unknown file lists.
 pub const SUPPORTED_FORMATS: &str = "wav, flac, ogg/vorbis, mp3, aac/m4a";
+
+/// The largest |sample| accepted (60 dB above full scale). Integer PCM decodes to [-1, 1];
+/// float PCM may go beyond it, but a file with samples past this is not audio, and sums of its
+/// squares overflow f32 in an FFT.
+pub const MAX_SAMPLE_MAGNITUDE: f32 = 1000.0;
+
+/// The lowest sample rate accepted, below any audio format's (telephony's 8 kHz). A 64 Hz
+/// "WAV" of 500 bytes took 20 s to resample to 32 kHz (a 500x ratio makes each input sample
+/// 500 outputs of a 256-tap filter), and such a rate is a corrupt header, not audio.
+pub const MIN_SAMPLE_RATE_HZ: u32 = 1000;
 
 /// Where encoded audio comes from.
 #[derive(Debug, Clone, Copy)]
@@ -291,15 +303,20 @@ impl Decoder {
             .get_codec(params.codec)
             .map(|d| d.short_name.to_string())
             .unwrap_or_else(|| format!("{}", params.codec));
-        if params.sample_rate == Some(0) {
+        if let Some(rate) = params.sample_rate.filter(|&r| r < MIN_SAMPLE_RATE_HZ) {
             return Err(Error::Audio(format!(
-                "{name} declares a sample rate of 0 Hz: the file is corrupt, re-encode it"
+                "{name} declares a sample rate of {rate} Hz (audio has at least {MIN_SAMPLE_RATE_HZ} Hz): the file is corrupt, re-encode it"
             )));
         }
         if params.channels.map(|c| c.count()) == Some(0) {
             return Err(Error::Audio(format!(
                 "{name} declares 0 channels: the file is corrupt, re-encode it"
             )));
+        }
+        if params.codec == CODEC_TYPE_VORBIS {
+            if let Some(extra) = &params.extra_data {
+                refuse(&name, container, container_check::vorbis_setup(extra))?;
+            }
         }
         let codec = match guarded(|| {
             symphonia::default::get_codecs().make(&params, &DecoderOptions::default())
@@ -406,18 +423,18 @@ impl Decoder {
                     if mono.is_empty() {
                         continue;
                     }
-                    if channels == 0 || rate == 0 {
+                    if channels == 0 || rate < MIN_SAMPLE_RATE_HZ {
                         let err = Error::Audio(format!(
                             "{} decodes to {channels} channels at {rate} Hz: the file is corrupt, re-encode it",
                             self.name
                         ));
                         return self.fail(err);
                     }
-                    if let Some(x) = mono.iter().find(|x| !x.is_finite()) {
-                        // Float PCM can hold NaN or infinity (or an f64 beyond f32's range):
-                        // no sound, and it would make every feature and embedding NaN.
+                    if let Some(x) = mono.iter().find(|x| !(x.abs() <= MAX_SAMPLE_MAGNITUDE)) {
+                        // Float PCM can hold NaN, infinity or 1e38: no sound, and the resampler's
+                        // and the log-mel's FFTs would overflow to NaN (rubato then panics).
                         let err = Error::Audio(format!(
-                            "{} holds a sample that is not a finite number ({x}): the file is corrupt, re-encode it",
+                            "{} holds a sample of {x}, far outside the [-1, 1] of audio: the file is corrupt, re-encode it",
                             self.name
                         ));
                         return self.fail(err);
@@ -575,6 +592,45 @@ mod tests {
         assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), Some("mp3"));
         tagged.truncate(14);
         assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), None);
+    }
+
+    /// A mono float WAV of `samples`.
+    fn float_wav(samples: &[f32]) -> Vec<u8> {
+        let data_len = (samples.len() * 4) as u32;
+        let mut b = b"RIFF".to_vec();
+        b.extend((36 + data_len).to_le_bytes());
+        b.extend(b"WAVEfmt \x10\0\0\0\x03\0\x01\0");
+        b.extend(8000u32.to_le_bytes());
+        b.extend(32000u32.to_le_bytes());
+        b.extend(b"\x04\0\x20\0data");
+        b.extend(data_len.to_le_bytes());
+        b.extend(samples.iter().flat_map(|x| x.to_le_bytes()));
+        b
+    }
+
+    /// Regression (fuzzing, decode_audio): a float WAV holding 1e38 made rubato's FFT overflow
+    /// to NaN, and rubato panicked; NaN and infinity would make every embedding NaN.
+    #[test]
+    fn float_samples_that_are_not_audio_are_refused() {
+        let ok = float_wav(&[0.5; 64]);
+        assert!(Decoder::open(AudioSource::Bytes(&ok)).is_ok());
+        for bad in [1e38, f32::NAN, f32::NEG_INFINITY, -2000.0] {
+            let mut samples = vec![0.25f32; 64];
+            samples[10] = bad;
+            let e = Decoder::open(AudioSource::Bytes(&float_wav(&samples)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("audio blob holds a sample of {bad}, far outside")), "{e}");
+        }
+    }
+
+    /// Regression (fuzzing, decode_audio): a 64 Hz WAV took 20 s to resample.
+    #[test]
+    fn sample_rates_below_audio_are_refused() {
+        let mut wav = float_wav(&[0.5; 64]);
+        wav[24..28].copy_from_slice(&64u32.to_le_bytes());
+        let e = Decoder::open(AudioSource::Bytes(&wav)).unwrap_err().to_string();
+        assert!(e.starts_with("audio blob declares a sample rate of 64 Hz"), "{e}");
     }
 
     #[test]
