@@ -85,7 +85,10 @@ seeds() {
     vector_blob)
         # Real embeddings from the built extension when the default bundle is set up, and
         # hand-made ones (short, odd lengths, NaN, infinity) always.
-        python3 - "$dir" <<'PY'
+        local py=python3
+        # Debian's python3 may lack enable_load_extension; the project's venv has it.
+        [ -x .venv/bin/python ] && py=.venv/bin/python
+        "$py" - "$dir" <<'PY'
 import os, sqlite3, struct, sys
 out = sys.argv[1]
 def put(name, data):
