@@ -527,6 +527,62 @@ fn corrupt_files_never_panic() {
     eprintln!("mutated files: {ok} decoded, {failed} refused ({panics} decoder panics caught)");
 }
 
+/// Regression (issue 12): a 45 KB M4A whose sample-table entry count was mutated made symphonia
+/// ask for gigabytes, and under a memory limit the host aborted. Each table's count is now
+/// checked against the atom that holds it, before symphonia sees the file.
+#[test]
+fn m4a_with_a_mutated_sample_table_count_is_refused_before_allocating() {
+    if !tool("ffmpeg") {
+        eprintln!("SKIPPED: ffmpeg is missing (apt-get install ffmpeg)");
+        return;
+    }
+    let dir = TempDir::new("m4a-tables");
+    let rate = 22050;
+    let (wav_bytes, _) = wav(&[sine(440.0, rate, rate as usize, 0.5)], rate, Fmt::S16);
+    let src = dir.path("tone.wav");
+    std::fs::write(&src, &wav_bytes).unwrap();
+    let m4a = dir.path("tone.m4a");
+    assert!(Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(&src)
+        .args(["-c:a", "aac"])
+        .arg(&m4a)
+        .status()
+        .unwrap()
+        .success());
+    let good = std::fs::read(&m4a).unwrap();
+    assert!(Decoder::open(AudioSource::Bytes(&good)).is_ok());
+    // stsz: version+flags, sample size (0: a table follows), count; the others: version+flags,
+    // count.
+    for (table, count_at) in [("stsz", 8), ("stsc", 4), ("stts", 4), ("stco", 4)] {
+        let at = good
+            .windows(4)
+            .position(|w| w == table.as_bytes())
+            .unwrap_or_else(|| panic!("ffmpeg's m4a has no {table}"));
+        let size = u32::from_be_bytes(good[at - 4..at].try_into().unwrap()) as usize;
+        let count_pos = at + 4 + count_at;
+        let count = u32::from_be_bytes(good[count_pos..count_pos + 4].try_into().unwrap());
+        let entry_len = match table {
+            "stsc" => 12,
+            "stts" => 8,
+            _ => 4,
+        };
+        let room = (size - 8 - count_at - 4) / entry_len;
+        assert_eq!(count as usize, room, "{table}: ffmpeg's table is full");
+        let mut bad = good.clone();
+        bad[count_pos..count_pos + 4].copy_from_slice(&0x7fff_0000u32.to_be_bytes());
+        let want = format!(
+            "is corrupt: its sample table ({table}) declares 2147418112 entries but holds room for {room}; re-encode or re-download the file"
+        );
+        let e = err_of(AudioSource::Bytes(&bad));
+        assert_eq!(e, format!("audio blob {want}"));
+        let path = dir.path(&format!("bad-{table}.m4a"));
+        std::fs::write(&path, &bad).unwrap();
+        let e = err_of(AudioSource::Path(&path));
+        assert_eq!(e, format!("{} {want}", path.display()));
+    }
+}
+
 // ---- streaming ----------------------------------------------------------------------------
 
 /// Writes a long mono 16-bit WAV procedurally, without holding it in memory.

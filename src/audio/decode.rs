@@ -11,12 +11,16 @@
 //!   letting symphonia scan the first megabyte for a two-byte marker, so an image or a binary
 //!   that happens to contain `0xFF 0xFB` is not "decoded" as noise;
 //! - a header that ends early: "... is truncated"; a malformed header or container:
-//!   "... is corrupt"; a container without an audio track; a codec or a feature symphonia lacks;
-//!   a declared rate or channel count of 0;
+//!   "... is corrupt"; a count or length in the headers that does not fit in the file
+//!   (`container_check`, run before symphonia allocates it): "... is corrupt: its sample
+//!   table (stsz) declares N entries but holds room for M; re-encode or re-download the file"; a container without an audio track; a codec or a feature symphonia lacks;
+//!   a declared rate below `MIN_SAMPLE_RATE_HZ` or a channel count of 0;
 //! - mid-stream: a packet the codec rejects as malformed (`DecodeError`, also a codec
 //!   `IoError`) is skipped and counted (`Decoder::skipped_packets`), as players do; the end of
 //!   the data ends the stream, so a file cut short gives the audio before the cut; any other
 //!   demuxer error fails the stream ("... is corrupt");
+//! - a sample that is not a finite number or beyond `MAX_SAMPLE_MAGNITUDE` (float PCM holding
+//!   NaN, infinity or 1e38): "... holds a sample of X, far outside the [-1, 1] of audio";
 //! - a stream that yields no sample at all (only bad packets, cut inside the first packet, or an
 //!   empty stream) is an error: "... contains no audio samples";
 //! - symphonia can panic on some malformed inputs: every call into it runs inside
@@ -27,6 +31,7 @@
 //! place, never copied (`BorrowedBytes`: an hour of WAV passed as a BLOB is 600 MB); decoded
 //! audio is never held whole here.
 
+use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -34,7 +39,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use symphonia::core::audio::{AudioBuffer, AudioBufferRef, Signal};
-use symphonia::core::codecs::{Decoder as CodecDecoder, DecoderOptions, CODEC_TYPE_NULL};
+use symphonia::core::codecs::{
+    Decoder as CodecDecoder, DecoderOptions, CODEC_TYPE_NULL, CODEC_TYPE_VORBIS,
+};
 use symphonia::core::conv::FromSample;
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::{FormatOptions, FormatReader};
@@ -43,6 +50,7 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 use symphonia::core::sample::Sample;
 
+use crate::audio::container_check::{self, Refusal};
 use crate::error::{Error, Result};
 
 /// The highest sample rate accepted (768 kHz, the top of what audio hardware records); a
@@ -50,8 +58,8 @@ use crate::error::{Error, Result};
 pub const MAX_SAMPLE_RATE: u32 = 768_000;
 
 /// Decoded samples beyond this magnitude (60 dB over full scale) are corrupt data: float
-/// formats may exceed ±1 a little, never by this much, and the front-end's powers of such
-/// values would overflow.
+/// formats may exceed ±1 a little, never by this much; the front-end's powers of such values
+/// would overflow (fuzzing found 1e38 making the resampler panic).
 pub const MAX_SAMPLE_MAGNITUDE: f32 = 1000.0;
 
 fn is_plausible_sample(x: f32) -> bool {
@@ -70,6 +78,11 @@ fn describe_sample(x: f32) -> String {
 
 /// The formats the message for an unknown file lists.
 pub const SUPPORTED_FORMATS: &str = "wav, flac, ogg/vorbis, mp3, aac/m4a";
+
+/// The lowest sample rate accepted, below any audio format's (telephony's 8 kHz). A 64 Hz
+/// "WAV" of 500 bytes took 20 s to resample to 32 kHz (a 500x ratio makes each input sample
+/// 500 outputs of a 256-tap filter), and such a rate is a corrupt header, not audio.
+pub const MIN_SAMPLE_RATE_HZ: u32 = 1000;
 
 /// Where encoded audio comes from.
 #[derive(Debug, Clone, Copy)]
@@ -311,27 +324,36 @@ impl<'a> Decoder<'a> {
                 if meta.len() == 0 {
                     return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
                 }
-                let container = sniff(&mut file).map_err(io_err)?;
+                let container = sniff(&mut file)
+                    .map_err(io_err)?
+                    .ok_or_else(|| not_supported(&name))?;
+                let mut read_at = |offset, len| read_at(&mut file, offset, len);
+                let verdict = container_check::check(container, meta.len(), &mut read_at);
+                refuse(&name, container, verdict.map_err(io_err)?)?;
+                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
                 if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
                     hint.with_extension(ext);
                 }
-                (
-                    Box::new(file),
-                    container.ok_or_else(|| not_supported(&name))?,
-                )
+                (Box::new(file), container)
             }
             AudioSource::Bytes(bytes) => {
                 if bytes.is_empty() {
                     return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
                 }
                 // Reading from memory cannot fail.
-                let container = sniff(&mut Cursor::new(bytes)).unwrap_or(None);
+                let container = sniff(&mut Cursor::new(bytes))
+                    .unwrap_or(None)
+                    .ok_or_else(|| not_supported(&name))?;
+                let mut read_at = |offset: u64, len: usize| {
+                    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                    Ok(bytes[start..start.saturating_add(len).min(bytes.len())].to_vec())
+                };
+                let verdict = container_check::check(container, bytes.len() as u64, &mut read_at)
+                    .expect("reading memory cannot fail");
+                refuse(&name, container, verdict)?;
                 // SAFETY: the reader lives inside the returned `Decoder<'a>` (or is dropped
                 // here on error), and `bytes` lives for `'a`.
-                (
-                    Box::new(unsafe { BorrowedBytes::new(bytes) }),
-                    container.ok_or_else(|| not_supported(&name))?,
-                )
+                (Box::new(unsafe { BorrowedBytes::new(bytes) }), container)
             }
         };
         let mss = MediaSourceStream::new(media, Default::default());
@@ -372,15 +394,23 @@ impl<'a> Decoder<'a> {
             .get_codec(params.codec)
             .map(|d| d.short_name.to_string())
             .unwrap_or_else(|| format!("{}", params.codec));
-        if let Some(rate) = params.sample_rate.filter(|r| !(1..=MAX_SAMPLE_RATE).contains(r)) {
+        if let Some(rate) = params
+            .sample_rate
+            .filter(|r| !(MIN_SAMPLE_RATE_HZ..=MAX_SAMPLE_RATE).contains(r))
+        {
             return Err(Error::Audio(format!(
-                "{name} declares a sample rate of {rate} Hz, outside 1 Hz to {MAX_SAMPLE_RATE} Hz: the header is corrupt, re-encode the file"
+                "{name} declares a sample rate of {rate} Hz, outside {MIN_SAMPLE_RATE_HZ} Hz to {MAX_SAMPLE_RATE} Hz: the header is corrupt, re-encode the file"
             )));
         }
         if params.channels.map(|c| c.count()) == Some(0) {
             return Err(Error::Audio(format!(
                 "{name} declares 0 channels: the file is corrupt, re-encode it"
             )));
+        }
+        if params.codec == CODEC_TYPE_VORBIS {
+            if let Some(extra) = &params.extra_data {
+                refuse(&name, container, container_check::vorbis_setup(extra))?;
+            }
         }
         let codec = match guarded(|| {
             symphonia::default::get_codecs().make(&params, &DecoderOptions::default())
@@ -488,7 +518,7 @@ impl<'a> Decoder<'a> {
                     if mono.is_empty() {
                         continue;
                     }
-                    if channels == 0 || rate == 0 || rate > MAX_SAMPLE_RATE {
+                    if channels == 0 || !(MIN_SAMPLE_RATE_HZ..=MAX_SAMPLE_RATE).contains(&rate) {
                         let err = Error::Audio(format!(
                             "{} decodes to {channels} channels at {rate} Hz: the file is corrupt, re-encode it",
                             self.name
@@ -548,6 +578,32 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// Up to `len` bytes of `file` at `offset` (fewer at its end); `len` never exceeds the file's
+/// size (container_check checks a length before reading it).
+fn read_at(file: &mut File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.take(len as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// A header that `container_check` refused, as the message for `name`.
+fn refuse(name: &str, container: &str, verdict: container_check::Check) -> Result<()> {
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(Refusal::Truncated) => Err(truncated(name, container)),
+        Err(Refusal::Corrupt(what)) => Err(Error::Audio(format!(
+            "{name} is corrupt: {what}; re-encode or re-download the file"
+        ))),
+    }
+}
+
+fn truncated(name: &str, container: &str) -> Error {
+    Error::Audio(format!(
+        "{name} is truncated: the {container} data ends inside its header (the file is cut short, copy it again)"
+    ))
+}
+
 fn not_supported(name: &str) -> Error {
     Error::Audio(format!(
         "{name} is not a supported audio file ({SUPPORTED_FORMATS}): convert it to one of these"
@@ -561,9 +617,7 @@ fn corrupt_panic(name: &str, msg: &str) -> Error {
 /// An error while reading the container's headers.
 fn header_error(name: &str, container: &str, e: SymphoniaError) -> Error {
     if is_eof(&e) {
-        return Error::Audio(format!(
-            "{name} is truncated: the {container} data ends inside its header (the file is cut short, copy it again)"
-        ));
+        return truncated(name, container);
     }
     match e {
         SymphoniaError::Unsupported(what) => Error::Audio(format!(
@@ -659,6 +713,45 @@ mod tests {
         assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), Some("mp3"));
         tagged.truncate(14);
         assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), None);
+    }
+
+    /// A mono float WAV of `samples`.
+    fn float_wav(samples: &[f32]) -> Vec<u8> {
+        let data_len = (samples.len() * 4) as u32;
+        let mut b = b"RIFF".to_vec();
+        b.extend((36 + data_len).to_le_bytes());
+        b.extend(b"WAVEfmt \x10\0\0\0\x03\0\x01\0");
+        b.extend(8000u32.to_le_bytes());
+        b.extend(32000u32.to_le_bytes());
+        b.extend(b"\x04\0\x20\0data");
+        b.extend(data_len.to_le_bytes());
+        b.extend(samples.iter().flat_map(|x| x.to_le_bytes()));
+        b
+    }
+
+    /// Regression (fuzzing, decode_audio): a float WAV holding 1e38 made rubato's FFT overflow
+    /// to NaN, and rubato panicked; NaN and infinity would make every embedding NaN.
+    #[test]
+    fn float_samples_that_are_not_audio_are_refused() {
+        let ok = float_wav(&[0.5; 64]);
+        assert!(Decoder::open(AudioSource::Bytes(&ok)).is_ok());
+        for bad in [1e38, f32::NAN, f32::NEG_INFINITY, -2000.0] {
+            let mut samples = vec![0.25f32; 64];
+            samples[10] = bad;
+            let e = Decoder::open(AudioSource::Bytes(&float_wav(&samples)))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("audio blob holds a sample that is ") && e.contains("re-export the file"), "{e}");
+        }
+    }
+
+    /// Regression (fuzzing, decode_audio): a 64 Hz WAV took 20 s to resample.
+    #[test]
+    fn sample_rates_below_audio_are_refused() {
+        let mut wav = float_wav(&[0.5; 64]);
+        wav[24..28].copy_from_slice(&64u32.to_le_bytes());
+        let e = Decoder::open(AudioSource::Bytes(&wav)).unwrap_err().to_string();
+        assert!(e.starts_with("audio blob declares a sample rate of 64 Hz"), "{e}");
     }
 
     #[test]

@@ -162,6 +162,15 @@ impl std::fmt::Debug for MelExtractor {
 /// finite for any practical n_fft, and is far beyond any useful gain.
 pub const MAX_INPUT_GAIN_DB: f32 = 200.0;
 
+/// The highest model rate; above any audio format's.
+pub const MAX_SAMPLE_RATE_HZ: u32 = 768_000;
+/// The longest FFT (0.68 s at 48 kHz); the filterbank holds `n_mels * (n_fft / 2 + 1)` values.
+pub const MAX_N_FFT: usize = 1 << 15;
+/// The most mel bands.
+pub const MAX_N_MELS: usize = 512;
+/// The most channels of a multiscale log-mel.
+pub const MAX_CHANNELS: usize = 16;
+
 fn invalid(msg: String) -> Error {
     Error::Other(format!("audio front-end: {msg}"))
 }
@@ -190,6 +199,33 @@ impl MelExtractor {
             return Err(invalid(
                 "hop_length is 0: set it to at least 1 sample".into(),
             ));
+        }
+        // Bounds on what the manifest may ask for, so a mistyped key is an error rather than
+        // gigabytes of window, filterbank or FFT plan.
+        if fe.sample_rate > MAX_SAMPLE_RATE_HZ {
+            return Err(invalid(format!(
+                "sample_rate is {} Hz: it must be at most {MAX_SAMPLE_RATE_HZ} Hz",
+                fe.sample_rate
+            )));
+        }
+        if fe.n_fft > MAX_N_FFT {
+            return Err(invalid(format!(
+                "n_fft is {}: it must be at most {MAX_N_FFT}",
+                fe.n_fft
+            )));
+        }
+        if fe.n_mels > MAX_N_MELS {
+            return Err(invalid(format!(
+                "n_mels is {}: it must be at most {MAX_N_MELS}",
+                fe.n_mels
+            )));
+        }
+        if fe.multiscale_win_lengths.len() >= MAX_CHANNELS {
+            return Err(invalid(format!(
+                "multiscale_win_lengths has {} entries: at most {} (channels, the base window included, are at most {MAX_CHANNELS})",
+                fe.multiscale_win_lengths.len(),
+                MAX_CHANNELS - 1
+            )));
         }
         if fe.window != "hann" {
             return Err(invalid(format!(

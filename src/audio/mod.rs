@@ -3,6 +3,7 @@
 //! in `decode`, and `stream` joins them: file -> mono -> model rate -> log-mel per window.
 //!
 //! - `config`: the manifest's `FrontEnd` and `Windowing` settings.
+//! - `container_check`: header counts and lengths checked against the file's size (pure).
 //! - `decode`: `AudioSource` (path or bytes) -> `Decoder` streaming mono f32 at the file's rate.
 //! - `resample`: `StreamResampler`, any rate to the model's, delay-compensated.
 //! - `mel`: `MelExtractor`, librosa's `melspectrogram` + log.
@@ -10,6 +11,7 @@
 //! - `encoder`: `audio.onnx` over batches of windows, pooled per file (the extension's side).
 
 pub mod config;
+pub mod container_check;
 pub mod decode;
 pub mod encoder;
 pub mod mel;

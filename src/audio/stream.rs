@@ -55,6 +55,10 @@ pub struct WindowPlan {
     pub min_samples: usize,
 }
 
+/// The longest window, hop or minimum length: a window is held whole in memory (60 s at the
+/// highest model rate is 184 MB of f32).
+pub const MAX_WINDOW_SECONDS: f32 = 60.0;
+
 fn seconds_to_samples(seconds: f32, rate: u32) -> usize {
     (seconds as f64 * rate as f64 + 0.5).floor() as usize
 }
@@ -63,12 +67,14 @@ impl WindowPlan {
     /// Converts `windowing` to samples at `sample_rate`, refusing lengths that make no window.
     pub fn new(windowing: &Windowing, sample_rate: u32) -> Result<WindowPlan> {
         let check = |key: &str, v: f32, allow_zero: bool| {
-            let ok = v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0));
+            let ok = v.is_finite()
+                && (v > 0.0 || (allow_zero && v == 0.0))
+                && v <= MAX_WINDOW_SECONDS;
             if ok {
                 Ok(())
             } else {
                 Err(Error::Other(format!(
-                    "windowing: {key} is {v}: it must be a number of seconds {}",
+                    "windowing: {key} is {v}: it must be a number of seconds {}, at most {MAX_WINDOW_SECONDS}",
                     if allow_zero { ">= 0" } else { "> 0" }
                 )))
             }

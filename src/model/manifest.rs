@@ -126,19 +126,22 @@ impl Manifest {
                 "{e}; a bundle folder must contain {MANIFEST_FILE} (export one with `audiotext-train export-text`)"
             ))
         })?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Bundle(format!("{} is not a valid manifest: {e}", path.display()))
-        })?;
+        Manifest::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Parses a manifest's bytes; `origin` names it in messages (its path).
+    pub fn parse(bytes: &[u8], origin: &str) -> Result<Manifest> {
+        let manifest: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Bundle(format!("{origin} is not a valid manifest: {e}")))?;
         if manifest.format_version != MANIFEST_FORMAT_VERSION {
             return Err(Error::Bundle(format!(
-                "{} has format_version {}, while this build reads format_version {MANIFEST_FORMAT_VERSION}; re-export the bundle with this version's audiotext-train",
-                path.display(),
+                "{origin} has format_version {}, while this build reads format_version {MANIFEST_FORMAT_VERSION}; re-export the bundle with this version's audiotext-train",
                 manifest.format_version
             )));
         }
         manifest
             .validate()
-            .map_err(|e| Error::Bundle(format!("{} is not a valid manifest: {e}", path.display())))?;
+            .map_err(|e| Error::Bundle(format!("{origin} is not a valid manifest: {e}")))?;
         Ok(manifest)
     }
 

@@ -4,6 +4,8 @@
 use rusqlite::functions::Context;
 use rusqlite::types::ValueRef;
 
+use super::blob::{vector_from_blob, VectorBlobError};
+
 /// Name of SQLite's storage class of a value, for messages.
 pub fn type_name(value: ValueRef<'_>) -> &'static str {
     match value {
@@ -55,26 +57,17 @@ pub fn model_name<'a>(ctx: &'a Context<'_>, n_required: usize) -> Result<(&'a st
     }
 }
 
-/// A float32 little-endian vector BLOB (sqlite-vec's layout).
+/// A float32 little-endian vector BLOB (sqlite-vec's layout), every value finite.
 pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String> {
-    if bytes.is_empty() || bytes.len() % 4 != 0 {
-        return Err(format!(
-            "argument {} ({role}) is a BLOB of {} bytes, which is not a float32 vector (a multiple of 4 bytes, as audio_embed and text_embed return)",
+    vector_from_blob(bytes).map_err(|e| match e {
+        VectorBlobError::Length(len) => format!(
+            "argument {} ({role}) is a BLOB of {len} bytes, which is not a float32 vector (a multiple of 4 bytes, as audio_embed and text_embed return)",
+            index + 1
+        ),
+        VectorBlobError::NonFinite { dimension, value } => format!(
+            "argument {} ({role}) holds {value} at element {dimension} of {}: a vector must be finite (NaN or infinity cannot be compared); recompute it with audio_embed or text_embed",
             index + 1,
-            bytes.len()
-        ));
-    }
-    let vector: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
-        return Err(format!(
-            "argument {} ({role}) holds {} at element {i} of {}: a vector must be finite (NaN or infinity cannot be compared); recompute it with audio_embed or text_embed",
-            index + 1,
-            vector[i],
-            vector.len()
-        ));
-    }
-    Ok(vector)
+            bytes.len() / 4
+        ),
+    })
 }

@@ -5,6 +5,7 @@
 
 mod args;
 mod audio;
+pub mod blob;
 mod embed_files;
 mod files;
 mod interrupt;

@@ -155,7 +155,7 @@ def wav_bytes(format_tag=1, channels=1, rate=RATE, bits=16, block_align=None, da
 
 BROKEN_WAV_HEADERS = {
     "rate-0": (dict(rate=0), r"(sample rate of 0 Hz|is corrupt)"),
-    "rate-4GHz": (dict(rate=4_000_000_000), r"sample rate of 4000000000 Hz, outside 1 Hz to 768000 Hz"),
+    "rate-4GHz": (dict(rate=4_000_000_000), r"sample rate of 4000000000 Hz, outside 1000 Hz to 768000 Hz"),
     "rate-1MHz": (dict(rate=1_000_000), r"sample rate of 1000000 Hz"),
     "channels-0": (dict(channels=0), r"(0 channels|is corrupt)"),
     "bits-0": (dict(bits=0), DECODE_FAILURE),

@@ -1,0 +1,12 @@
+//! The library's modules that parse untrusted bytes, compiled from ../src by path under the same
+//! module paths (`crate::audio::decode`, `crate::error`, ...), so the fuzz targets exercise the
+//! extension's own code without building its SQLite, tokenizer and ONNX layers.
+
+#[path = "../../src/error.rs"]
+pub mod error;
+
+pub use error::{Error, Result};
+
+pub mod audio;
+pub mod model;
+pub mod sql;

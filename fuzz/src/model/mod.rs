@@ -1,0 +1,4 @@
+//! ../src/model's manifest.
+
+#[path = "../../../src/model/manifest.rs"]
+pub mod manifest;
