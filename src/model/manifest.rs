@@ -142,6 +142,14 @@ impl Manifest {
         manifest
             .validate()
             .map_err(|e| Error::Bundle(format!("{origin} is not a valid manifest: {e}")))?;
+        // A number beyond f32's range parses as infinity, and infinity writes back as null:
+        // such a manifest would not survive being written again (found by fuzzing).
+        let written = serde_json::to_vec(&manifest).map_err(|e| Error::Bundle(e.to_string()))?;
+        if serde_json::from_slice::<Manifest>(&written).is_err() {
+            return Err(Error::Bundle(format!(
+                "{origin} is not a valid manifest: it holds a number beyond float32's range (about 3.4e38); fix that value"
+            )));
+        }
         Ok(manifest)
     }
 
@@ -296,5 +304,15 @@ mod tests {
         let mut json = serde_json::to_string_pretty(&manifest).unwrap();
         json.push('\n');
         assert_eq!(json, bytes);
+    }
+
+    #[test]
+    fn numbers_beyond_f32_are_refused() {
+        let input = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default/manifest.json")).unwrap();
+        let broken = input.replacen("\"fmin\": 0.0", "\"fmin\": 1e39", 1);
+        assert_ne!(broken, input, "the default manifest has an fmin to break");
+        let e = Manifest::parse(broken.as_bytes(), "m").unwrap_err().to_string();
+        assert!(e.contains("beyond float32's range"), "{e}");
+        assert!(Manifest::parse(input.as_bytes(), "m").is_ok());
     }
 }
