@@ -109,6 +109,7 @@ fn a_check_constraint_cannot_make_the_extension_read_files() {
     assert_eq!(count, 0);
     drop(conn);
     std::fs::remove_file(&path).unwrap();
+}
 
 /// A mono 16-bit WAV of `seconds` of noise with a wandering tone, at 16 kHz.
 fn long_wav(path: &std::path::Path, seconds: u32) {
