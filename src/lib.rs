@@ -10,11 +10,13 @@
 //! - [`model`]: model bundles (`manifest.json` + ONNX files) and ONNX Runtime sessions.
 //! - [`audio`]: the audio front-end: decode, mix down, resample, log-mel.
 //! - [`text`]: tokenization and text embedding.
+//! - [`index`]: vector search without SQLite: quantized codes, SIMD kernels, the parallel scan.
 //! - [`onnx`]: a small ONNX protobuf writer used by the trainer's exporters.
 //! - [`train`]: the trainer's commands.
 
 pub mod audio;
 pub mod error;
+pub mod index;
 pub mod model;
 pub mod onnx;
 pub mod regular_file;

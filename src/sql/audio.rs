@@ -9,6 +9,7 @@ use rusqlite::types::ValueRef;
 use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::{args, Env, Output};
 use crate::audio::{probe, AudioSource};
+use crate::index::kernels::{dot_and_norm_le_bytes, dot_f32};
 use crate::Error;
 
 /// The audio argument: TEXT is a file path, BLOB is the encoded file's bytes.
@@ -79,8 +80,18 @@ pub fn info(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     ))
 }
 
-/// Cosine similarity of an audio embedding and a text (embedded with the same model, once per
-/// statement when constant) or a text embedding BLOB.
+/// The query side of `audio_text_score`, prepared once per statement when the argument is
+/// constant (SQLite keeps it as the argument's auxiliary data): the vector and its norm.
+struct ScoreQuery {
+    model: String,
+    vector: Vec<f32>,
+    norm: f32,
+}
+
+/// Cosine similarity of an audio embedding and a text (embedded with the same model) or a text
+/// embedding BLOB. The per-row work is one pass over the row's BLOB, read in place: the query
+/// is parsed, embedded and checked once per statement, and a row is parsed in full only to say
+/// what is wrong with it.
 pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     let (model, audio_index) = args::model_name(ctx, 2)?;
     let text_index = audio_index + 1;
@@ -95,27 +106,44 @@ pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
             ))
         }
     };
-    let query = match ctx.get_raw(text_index) {
-        ValueRef::Null => return Ok(Output::Null),
-        ValueRef::Blob(bytes) => args::vector(bytes, text_index, "text_embedding")?,
-        ValueRef::Text(_) => match ctx.get_aux::<(String, Vec<f32>)>(text_index as i32) {
-            Ok(Some(cached)) if cached.0 == model => cached.1.clone(),
-            _ => {
-                let text = args::text(ctx, text_index, "text")?.unwrap_or_default();
-                let encoder = env
-                    .registry
-                    .get(model)?
-                    .text_encoder()
-                    .map_err(|e| e.to_string())?;
-                let vector = encoder
-                    .embed(&[text])
-                    .map_err(|e| e.to_string())?
-                    .pop()
-                    .unwrap_or_default();
-                let _ = ctx.set_aux(text_index as i32, (model.to_string(), vector.clone()));
-                vector
-            }
+    let query = match ctx.get_aux::<ScoreQuery>(text_index as i32) {
+        Ok(Some(query)) if query.model == model => query,
+        _ => match score_query(env, ctx, model, text_index)? {
+            None => return Ok(Output::Null),
+            Some(query) => ctx.set_aux(text_index as i32, query).map_err(|e| e.to_string())?,
         },
+    };
+    if audio.len() == query.vector.len() * 4 {
+        let (dot, squares) = dot_and_norm_le_bytes(audio, &query.vector);
+        let score = if squares == 0.0 || query.norm == 0.0 { 0.0 } else { dot / (squares.sqrt() * query.norm) };
+        if score.is_finite() && squares.is_finite() {
+            return Ok(Output::Real(f64::from(score)));
+        }
+    }
+    // Something is off with this row: parse it in full to say what.
+    let audio = args::vector(audio, audio_index, "audio_embedding")?;
+    if audio.len() != query.vector.len() {
+        return Err(format!(
+            "argument {} (audio_embedding) has {} dimensions, while model '{model}' makes {}; pass a vector from audio_embed with that model (or name the model that made it as the first argument)",
+            audio_index + 1,
+            audio.len(),
+            query.vector.len()
+        ));
+    }
+    Ok(Output::Real(f64::from(cosine(&audio, &query.vector))))
+}
+
+/// Parses or embeds the query argument and holds it to the model's size; `None` for NULL.
+fn score_query(env: &Env, ctx: &Context<'_>, model: &str, text_index: usize) -> Result<Option<ScoreQuery>, String> {
+    let bundle = env.registry.get(model)?;
+    let vector = match ctx.get_raw(text_index) {
+        ValueRef::Null => return Ok(None),
+        ValueRef::Blob(bytes) => args::vector(bytes, text_index, "text_embedding")?,
+        ValueRef::Text(_) => {
+            let text = args::text(ctx, text_index, "text")?.unwrap_or_default();
+            let encoder = bundle.text_encoder().map_err(|e| e.to_string())?;
+            encoder.embed(&[text]).map_err(|e| e.to_string())?.pop().unwrap_or_default()
+        }
         other => {
             return Err(format!(
                 "argument {} (text) must be TEXT or a text_embed BLOB, got {}",
@@ -124,28 +152,24 @@ pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
             ))
         }
     };
-    let audio = args::vector(audio, audio_index, "audio_embedding")?;
-    // Each vector is held to the model's size, so the message blames the one that is off.
-    let dim = env.registry.get(model)?.manifest.embedding_dim;
-    for (vector, index, role) in [
-        (&audio, audio_index, "audio_embedding"),
-        (&query, text_index, "text_embedding"),
-    ] {
-        if vector.len() != dim {
-            return Err(format!(
-                "argument {} ({role}) has {} dimensions, while model '{model}' makes {dim}; pass a vector from audio_embed or text_embed with that model (or name the model that made it as the first argument)",
-                index + 1,
-                vector.len()
-            ));
-        }
+    let dim = bundle.manifest.embedding_dim;
+    if vector.len() != dim {
+        return Err(format!(
+            "argument {} (text_embedding) has {} dimensions, while model '{model}' makes {dim}; pass a vector from text_embed with that model (or name the model that made it as the first argument)",
+            text_index + 1,
+            vector.len()
+        ));
     }
-    Ok(Output::Real(f64::from(cosine(&audio, &query))))
+    let norm = f64::from(dot_f32(&vector, &vector)).sqrt() as f32;
+    Ok(Some(ScoreQuery { model: model.to_string(), vector, norm }))
 }
 
-/// Cosine similarity; 0 when either vector is all zeros.
+/// Cosine similarity; 0 when either vector is all zeros. Sums in f64, so large finite values
+/// do not overflow.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(*x), f64::from(*y));
         dot += x * y;
         na += x * x;
         nb += y * y;
@@ -153,7 +177,7 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if na == 0.0 || nb == 0.0 {
         0.0
     } else {
-        dot / (na.sqrt() * nb.sqrt())
+        (dot / (na.sqrt() * nb.sqrt())) as f32
     }
 }
 

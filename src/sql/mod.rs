@@ -14,6 +14,7 @@ mod registry;
 mod schema_guard;
 mod text;
 mod vec;
+mod vector_index;
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -107,6 +108,7 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     let registry = connection_registry(&db)?;
     registry::register_module(&db, registry.clone())?;
     embed_files::register_module(&db, registry.clone())?;
+    vector_index::register_module(&db, registry.clone())?;
     for function in FUNCTIONS {
         let env = Env {
             registry: registry.clone(),

@@ -1,0 +1,11 @@
+//! The vector search core of `audiotext_index`, free of SQLite: what a vector's compact code is
+//! (`quantize`), the SIMD kernels that compare codes (`kernels`), and the parallel scan that
+//! picks the candidates to rescore exactly (`scan`). The SQL layer (`sql::vector_index`) stores
+//! codes in chunks inside the database and keeps them decoded in memory between queries.
+
+pub mod kernels;
+pub mod quantize;
+pub mod scan;
+
+pub use quantize::Quantizer;
+pub use scan::{top_candidates, Candidate, CodeChunk};

@@ -1,0 +1,144 @@
+//! The first pass of a search: score every live code of every chunk against the query's code,
+//! in parallel over chunks, and keep the best `n` as candidates for exact rescoring.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use rayon::prelude::*;
+
+use super::kernels::{score_binary, score_int8};
+use super::Quantizer;
+
+/// The codes of one chunk of vectors, as the scan reads them.
+pub struct CodeChunk {
+    /// The rowid of each slot.
+    pub rowids: Vec<i64>,
+    /// 1 where the slot holds a live row, 0 where it was deleted.
+    pub live: Vec<u8>,
+    /// `rowids.len()` codes of `Quantizer::code_bytes(dimensions)` bytes each.
+    pub codes: Vec<u8>,
+}
+
+/// A candidate: its chunk (index into the slice scanned), slot, and approximate similarity
+/// (higher is closer).
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    pub chunk: usize,
+    pub slot: usize,
+    pub score: f32,
+}
+
+/// Best first; ties go to the earlier chunk and slot, so results do not depend on threads.
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| (other.chunk, other.slot).cmp(&(self.chunk, self.slot)))
+    }
+}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Candidate {}
+
+/// The best `n` of a stream: a min-heap whose root is the worst kept.
+struct Best {
+    n: usize,
+    heap: BinaryHeap<Reverse<Candidate>>,
+}
+
+impl Best {
+    fn new(n: usize) -> Best {
+        Best { n, heap: BinaryHeap::with_capacity(n + 1) }
+    }
+
+    fn offer(&mut self, candidate: Candidate) {
+        if self.heap.len() < self.n {
+            self.heap.push(Reverse(candidate));
+        } else if let Some(mut worst) = self.heap.peek_mut() {
+            if candidate > worst.0 {
+                *worst = Reverse(candidate);
+            }
+        }
+    }
+
+    fn merge(mut self, other: Best) -> Best {
+        for Reverse(candidate) in other.heap {
+            self.offer(candidate);
+        }
+        self
+    }
+}
+
+/// The `n` codes closest to `query_code` (the query's code under the same quantizer), best first.
+pub fn top_candidates(
+    chunks: &[&CodeChunk],
+    quantizer: Quantizer,
+    code_bytes: usize,
+    query_code: &[u8],
+    n: usize,
+) -> Vec<Candidate> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let best = chunks
+        .par_iter()
+        .enumerate()
+        .fold(
+            || (Best::new(n), Vec::new()),
+            |(mut best, mut scores), (chunk_index, chunk)| {
+                scores.resize(chunk.rowids.len(), 0f32);
+                match quantizer {
+                    Quantizer::Int8 => score_int8(&chunk.codes, code_bytes, query_code, &mut scores),
+                    Quantizer::Binary => score_binary(&chunk.codes, code_bytes, query_code, &mut scores),
+                }
+                for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
+                    if live != 0 {
+                        best.offer(Candidate { chunk: chunk_index, slot, score });
+                    }
+                }
+                (best, scores)
+            },
+        )
+        .map(|(best, _)| best)
+        .reduce(|| Best::new(n), Best::merge);
+    let mut candidates: Vec<Candidate> = best.heap.into_iter().map(|Reverse(c)| c).collect();
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(quantizer: Quantizer, vectors: &[[f32; 2]], live: &[u8]) -> CodeChunk {
+        let bytes = quantizer.code_bytes(2);
+        let mut codes = vec![0u8; bytes * vectors.len()];
+        for (v, code) in vectors.iter().zip(codes.chunks_exact_mut(bytes)) {
+            quantizer.encode(&crate::index::quantize::unit(v).unwrap(), code);
+        }
+        CodeChunk { rowids: (0..vectors.len() as i64).collect(), live: live.to_vec(), codes }
+    }
+
+    #[test]
+    fn keeps_the_best_live_codes_across_chunks_in_order() {
+        let q = Quantizer::Int8;
+        let a = chunk(q, &[[1.0, 0.0], [0.0, 1.0], [0.9, 0.1]], &[1, 1, 0]);
+        let b = chunk(q, &[[0.8, 0.2], [-1.0, 0.0]], &[1, 1]);
+        let mut query = vec![0u8; q.code_bytes(2)];
+        q.encode(&[1.0, 0.0], &mut query);
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3);
+        let places: Vec<(usize, usize)> = found.iter().map(|c| (c.chunk, c.slot)).collect();
+        // (0, 2) is closer than (1, 0) but deleted.
+        assert_eq!(places, vec![(0, 0), (1, 0), (0, 1)]);
+        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0).is_empty());
+        assert_eq!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10).len(), 4);
+    }
+}
