@@ -7,6 +7,9 @@ pub mod error;
 
 pub use error::{Error, Result};
 
+#[path = "../../src/regular_file.rs"]
+pub mod regular_file;
+
 pub mod audio;
 pub mod model;
 pub mod sql;
