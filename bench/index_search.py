@@ -12,8 +12,10 @@ bench/requirements.txt (faiss-cpu, usearch):
 
 It prints the machine, the versions and the command, then one table per (vector kind, size).
 Each path is built, queried once to warm up, then timed on --queries top-10 queries (one at a
-time, as an application would): median and 95th percentile latency (ms; p95 interpolated
-between the two slowest of 20), build time (s), size on disk (MB), peak memory (MB: VmHWM
+time, as an application would, each on one thread): median and 95th percentile latency (ms;
+p95 interpolated between the two slowest of 20), median CPU time per query (ms: the process's
+CPU time, which stays near the latency on an idle machine and does not grow while other
+programs take the cores), build time (s; faiss and usearch build on every core, SQLite on one), size on disk (MB), peak memory (MB: VmHWM
 after the build and the queries minus VmRSS when the peak was reset by writing 5 to
 /proc/self/clear_refs just before the build; memory already held, such as the vectors in numpy
 and a loaded model, is not counted) and recall@10 (the mean over queries of |top 10 found ∩
@@ -78,7 +80,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
+# Searches run on one thread, as one SQLite connection does: numpy's BLAS is told so before it
+# loads (faiss is set per path). Builds: faiss and usearch use every core, SQLite one.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = ROOT / "dist" / "audiotext0"
@@ -215,7 +220,8 @@ def describe_noise(clips, vectors, sources, sigma, nearest, target):
         f"noise: sigma = {sigma:.4f} per dimension; a clip's nearest other clip: median cosine {nearest:.3f}; "
         f"target cos(copy, source) = (1 + {nearest:.3f}) / 2 = {target:.3f}; measured: median {np.median(own):.3f} "
         f"(min {own.min():.3f}); copy to the nearest other clip: median {np.median(other):.3f}; "
-        f"copies closer to their own clip than to any other: {np.mean(own > other):.1%}"
+        f"copies closer to their own clip than to any other: {np.mean(own > other):.1%} (so the copies stay in their "
+        f"clip's cluster without being near-duplicates of each other)"
     )
 
 
@@ -267,10 +273,12 @@ def build_sqlite_table(work, name, create):
         conn.execute(create)
     except sqlite3.OperationalError as e:
         conn.close()
+        db.unlink()
         raise Unavailable(str(e))
     conn.execute("INSERT INTO t(rowid, embedding) SELECT id, embedding FROM src.clips")
     seconds = time.perf_counter() - started
     conn.execute("DETACH src")
+    (work.tmp / f"{name}.built").touch()
     return conn, db, seconds
 
 
@@ -288,7 +296,7 @@ def build_index_text(work):
     """index-int8's database, kept on disk, queried with TEXT; built here if index-int8 did not run."""
     db = work.tmp / "index.db"
     note = "index-int8's index, TEXT query"
-    if db.exists():
+    if (work.tmp / "index.built").exists():
         conn, seconds = connect(db), None
     else:
         conn, db, seconds = build_sqlite_table(work, "index", f"CREATE VIRTUAL TABLE t USING audiotext_index(embedding float[{DIM}])")
@@ -340,9 +348,11 @@ def faiss_path(make, note):
     def build(work):
         faiss = faiss_module()
         index = make(faiss)
+        threads = faiss.omp_get_max_threads()
         started = time.perf_counter()
         index.add(work.vectors)
         seconds = time.perf_counter() - started
+        faiss.omp_set_num_threads(1)  # searches on one thread
 
         def search(q):
             return index.search(q[None], K)[1][0].tolist()
@@ -350,9 +360,11 @@ def faiss_path(make, note):
         def size():
             path = work.tmp / "faiss.index"
             faiss.write_index(index, str(path))
-            return path.stat().st_size
+            size = path.stat().st_size
+            path.unlink()
+            return size
 
-        return Built(seconds, search, size, note=note)
+        return Built(seconds, search, size, lambda: faiss.omp_set_num_threads(threads), note)
 
     return build
 
@@ -378,9 +390,11 @@ def build_usearch(work):
     def size():
         path = work.tmp / "usearch.index"
         index.save(str(path))
-        return path.stat().st_size
+        size = path.stat().st_size
+        path.unlink()
+        return size
 
-    return Built(seconds, lambda q: index.search(q, K).keys.tolist(), size, note=", ".join(f"{k} {v}" for k, v in USEARCH.items()))
+    return Built(seconds, lambda q: index.search(q, K, threads=1).keys.tolist(), size, note=", ".join(f"{k} {v}" for k, v in USEARCH.items()))
 
 
 PATHS = {  # name: (build, queries are "vectors" or "texts")
@@ -432,17 +446,19 @@ def run_path(name, work, queries):
     except Unavailable as e:
         return {"path": name, "unavailable": str(e)}
     built.search(qs[0])
-    latencies, found = [], []
+    latencies, cpu, found = [], [], []
     for q in qs[1 : queries + 1]:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         ids = built.search(q)
         latencies.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
         found.append(ids)
     hwm = proc_status_kb("VmHWM")
     row = {
         "path": name,
         "median": 1000 * np.median(latencies),
         "p95": 1000 * np.percentile(latencies, 95),
+        "cpu": 1000 * np.median(cpu),
         "build": built.seconds,
         "size": built.size(),
         "peak": (hwm - base) / 1000 if base is not None else None,
@@ -455,7 +471,7 @@ def run_path(name, work, queries):
 
 # --- output --------------------------------------------------------------------------------
 
-COLUMNS = ("path", "median ms", "p95 ms", "build s", "size MB", "peak MB", "recall@10", "notes")
+COLUMNS = ("path", "median ms", "p95 ms", "cpu ms", "build s", "size MB", "peak MB", "recall@10", "notes")
 
 
 def cells(row):
@@ -466,7 +482,7 @@ def cells(row):
         return "—" if value is None else format(value, fmt)
 
     size = None if row["size"] is None else row["size"] / MB
-    return [row["path"], num(row["median"], ".3f"), num(row["p95"], ".3f"), num(row["build"], ".2f"), num(size, ".1f"),
+    return [row["path"], num(row["median"], ".3f"), num(row["p95"], ".3f"), num(row["cpu"], ".3f"), num(row["build"], ".2f"), num(size, ".1f"),
             num(row["peak"], ".1f"), num(row["recall"], ".3f"), row["note"]]
 
 
@@ -496,7 +512,8 @@ def header():
         f"niceness {os.nice(0)}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at start",
         "versions: " + ", ".join(versions),
         f"top {K}, cosine, dimension {DIM}; SQLite: {', '.join(PRAGMAS)}, default page cache; "
-        f"times: median and p95 of --queries after one warm-up query",
+        f"latency: median and p95 of --queries after one warm-up query; cpu ms: median process CPU time per query "
+        f"(near the median when the machine is idle; searches on one thread, builds of faiss and usearch on all cores)",
     ]
 
 
@@ -528,12 +545,12 @@ def workloads(kinds, sizes, queries, tmp, out):
         for n in sizes:
             if kind == "random":
                 vectors, qs = random_unit(rng, n), random_unit(rng, queries + 1)
-                what = f"random unit vectors (seed {SEED}), random unit queries; TEXT queries: {len(set(texts))} captions"
+                what = f"random unit vectors (seed {SEED}), random unit queries; TEXT queries: {queries} captions (+1 warm-up)"
             else:
                 vectors, sources = realistic_collection(clips, n, sigma, rng)
                 qs = text_vectors
                 what = (f"{len(clips)} esc50-16k clip embeddings, each copied ~{n / len(clips):.0f} times with noise; "
-                        f"queries: text_embed of {queries} captions (+1 warm-up)\n" + describe_noise(clips, vectors, sources, sigma, nearest, target))
+                        f"queries: text_embed of {queries} captions (+1 warm-up)\n\n" + describe_noise(clips, vectors, sources, sigma, nearest, target))
             work = Workload(kind, vectors, qs, texts, text_vectors, Path(tmp) / f"{kind}-{n}")
             del vectors, qs
             work.tmp.mkdir()
@@ -575,7 +592,7 @@ def main():
         lines.append(text)
 
     for line in header():
-        out(line)
+        out("- " + line)
     with tempfile.TemporaryDirectory(prefix="index-search-", dir=args.tmp) as tmp:
         for work in workloads(kinds, sizes, args.queries, tmp, out):
             rows = []
@@ -583,6 +600,7 @@ def main():
                 rows.append(run_path(name, work, args.queries))
                 print(f"  {name} done", file=sys.stderr, flush=True)
             out(table(rows))
+            out(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text("\n".join(lines) + "\n")
