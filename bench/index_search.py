@@ -10,6 +10,9 @@ bench/requirements.txt (faiss-cpu, usearch):
     .venv/bin/python bench/index_search.py --sizes 10000 --kinds random --paths numpy,vec0
     .venv/bin/python bench/index_search.py --skip faiss-hnsw,usearch --markdown runs/index.md
 
+The realistic kind embeds 1,892 clips the first time (about 5 minutes on 2 cores); 1M vectors
+need about 4 GB of memory and 10 GB in --tmp.
+
 It prints the machine, the versions and the command, then one table per (vector kind, size).
 Each path is built, queried once to warm up, then timed on --queries top-10 queries (one at a
 time, as an application would, each on one thread): median and 95th percentile latency (ms;
