@@ -134,10 +134,45 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `Σ a_i b_i` and `Σ a_i²` of a little-endian float32 BLOB `a` against `b`, read straight from
-/// the bytes (no copy, no allocation): the exact scan's per-row work.
-#[inline]
+/// the bytes (no copy, no allocation): the exact scan's per-row work. `a` holds `4 * b.len()`
+/// bytes.
 pub fn dot_and_norm_le_bytes(a: &[u8], b: &[f32]) -> (f32, f32) {
-    const LANES: usize = 8;
+    type Kernel = unsafe fn(&[u8], &[f32]) -> (f32, f32);
+    static PICKED: OnceLock<Kernel> = OnceLock::new();
+    let kernel = PICKED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return dot_and_norm_avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return dot_and_norm_avx2;
+            }
+        }
+        dot_and_norm_portable
+    });
+    assert_eq!(a.len(), b.len() * 4);
+    // SAFETY: the CPU has the features of the version picked.
+    unsafe { kernel(a, b) }
+}
+
+unsafe fn dot_and_norm_portable(a: &[u8], b: &[f32]) -> (f32, f32) {
+    dot_and_norm_loop(a, b)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_and_norm_avx2(a: &[u8], b: &[f32]) -> (f32, f32) {
+    dot_and_norm_loop(a, b)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_and_norm_avx512(a: &[u8], b: &[f32]) -> (f32, f32) {
+    dot_and_norm_loop(a, b)
+}
+
+#[inline(always)]
+fn dot_and_norm_loop(a: &[u8], b: &[f32]) -> (f32, f32) {
+    const LANES: usize = 16;
     let mut dots = [0f32; LANES];
     let mut norms = [0f32; LANES];
     let whole = b.len() - b.len() % LANES;

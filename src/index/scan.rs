@@ -69,6 +69,14 @@ impl Best {
         }
     }
 
+    /// The score a candidate must reach to be considered: the worst kept once full.
+    fn bar(&self) -> f32 {
+        match self.heap.peek() {
+            Some(Reverse(worst)) if self.heap.len() >= self.n => worst.score,
+            _ => f32::NEG_INFINITY,
+        }
+    }
+
     fn merge(mut self, other: Best) -> Best {
         for Reverse(candidate) in other.heap {
             self.offer(candidate);
@@ -99,9 +107,12 @@ pub fn top_candidates(
                     Quantizer::Int8 => score_int8(&chunk.codes, code_bytes, query_code, &mut scores),
                     Quantizer::Binary => score_binary(&chunk.codes, code_bytes, query_code, &mut scores),
                 }
+                // Most scores lose to the worst kept one: compare with it before touching the heap.
+                let mut bar = best.bar();
                 for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
-                    if live != 0 {
+                    if live != 0 && score >= bar {
                         best.offer(Candidate { chunk: chunk_index, slot, score });
+                        bar = best.bar();
                     }
                 }
                 (best, scores)

@@ -167,3 +167,56 @@ fn interrupt_stops_audio_embed_on_a_long_file() {
     assert_eq!(embed(&conn).unwrap(), full, "the connection works afterwards");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `audiotext_index` on a newer SQLite: `ORDER BY distance LIMIT k` (which SQLite passes to the
+/// index from 3.41 on), text queries, and a rollback across connections of one file.
+#[test]
+fn audiotext_index_takes_limit_and_text_and_obeys_transactions() {
+    let dir = std::env::temp_dir().join(format!("audiotext-index-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("index.db");
+    let _ = std::fs::remove_file(&path);
+    let open_file = || {
+        let conn = Connection::open(&path).unwrap();
+        unsafe {
+            let _guard = LoadExtensionGuard::new(&conn).unwrap();
+            conn.load_extension(extension(), None::<&str>).unwrap();
+        }
+        conn
+    };
+    let mut writer = open_file();
+    writer
+        .execute_batch(
+            "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);
+             INSERT INTO docs(body) VALUES ('a dog barks in the yard'), ('heavy rain on the window'),
+                                           ('a jet plane taking off'), ('people talking in a cafe');
+             CREATE VIRTUAL TABLE idx USING audiotext_index(embedding float[384]);
+             INSERT INTO idx(rowid, embedding) SELECT id, text_embed(body) FROM docs;",
+        )
+        .unwrap();
+    let nearest = |conn: &Connection, sql: &str| -> Vec<i64> {
+        let mut statement = conn.prepare(sql).unwrap();
+        let rows = statement.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let by_limit = nearest(&writer, "SELECT rowid FROM idx WHERE embedding MATCH text_embed('a downpour') ORDER BY distance LIMIT 2");
+    let by_k = nearest(&writer, "SELECT rowid FROM idx WHERE embedding MATCH 'a downpour' AND k = 2");
+    assert_eq!(by_limit, by_k);
+    assert_eq!(by_k[0], 2, "heavy rain is nearest to a downpour");
+
+    let reader = open_file();
+    assert_eq!(nearest(&reader, "SELECT rowid FROM idx WHERE embedding MATCH 'a downpour' AND k = 1"), vec![2]);
+    let transaction = writer.transaction().unwrap();
+    transaction
+        .execute("INSERT INTO idx(rowid, embedding) VALUES (9, text_embed('a downpour'))", [])
+        .unwrap();
+    assert_eq!(nearest(&transaction, "SELECT rowid FROM idx WHERE embedding MATCH 'a downpour' AND k = 1"), vec![9]);
+    // Not committed: the other connection does not see it.
+    assert_eq!(nearest(&reader, "SELECT rowid FROM idx WHERE embedding MATCH 'a downpour' AND k = 1"), vec![2]);
+    transaction.rollback().unwrap();
+    assert_eq!(nearest(&writer, "SELECT rowid FROM idx WHERE embedding MATCH 'a downpour' AND k = 1"), vec![2]);
+    writer.execute("INSERT INTO idx(rowid, embedding) VALUES (9, text_embed('a downpour'))", []).unwrap();
+    assert_eq!(nearest(&reader, "SELECT rowid FROM idx WHERE embedding MATCH 'a downpour' AND k = 1"), vec![9]);
+    drop((writer, reader));
+    let _ = std::fs::remove_dir_all(&dir);
+}
