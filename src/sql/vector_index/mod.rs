@@ -32,7 +32,7 @@ use rusqlite::Connection;
 use super::blob::{vector_from_blob, VectorBlobError};
 use super::{guard, vector_to_blob, Registry};
 pub use options::IndexOptions;
-use store::{Hit, Location, Store};
+use store::{Hit, Store};
 
 const NAME: &str = "audiotext_index";
 
@@ -92,11 +92,10 @@ impl IndexTable {
             // SAFETY: the connection creating this table outlives it; `from_handle` never closes it.
             let connection = unsafe { Connection::from_handle(db.handle()) }.map_err(|e| e.to_string())?;
             let store = if creating {
-                Store::create(connection, &schema, &table, options.dimensions, options.quantizer)
+                Store::create(connection, &schema, &table, options.dimensions, options.quantizer).map_err(|e| format!("{table}: {e}"))?
             } else {
                 Store::open(connection, &schema, &table, options.dimensions, options.quantizer)
-            }
-            .map_err(|e| format!("{table}: {e}"))?;
+            };
             let declaration = format!(
                 "CREATE TABLE x({} BLOB, distance HIDDEN REAL, k HIDDEN INTEGER)",
                 store::quote(&options.column)
@@ -126,8 +125,11 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
         let mut found: [Option<usize>; 4] = [None; 4];
+        let mut unusable_match = false;
         for (i, constraint) in info.constraints().enumerate() {
             if !constraint.is_usable() {
+                unusable_match |= constraint.column() == COLUMN_VECTOR
+                    && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_MATCH;
                 continue;
             }
             let slot = match (constraint.column(), constraint.operator()) {
@@ -140,6 +142,12 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
             found[slot].get_or_insert(i);
         }
         let knn = found[0].is_some();
+        // A MATCH whose query comes from another table (a join) must wait for that table's
+        // row: refuse plans that would scan the index without it, as vec0 does, rather than
+        // return nothing.
+        if unusable_match && !knn {
+            return Ok(false);
+        }
         // LIMIT matters only to a nearest-neighbour query; rowid = ? only to a plain one.
         let used: Vec<(usize, c_int)> = [(found[0], PLAN_MATCH), (found[1], PLAN_K), (found[2], PLAN_LIMIT), (found[3], PLAN_ROWID)]
             .into_iter()
@@ -254,7 +262,9 @@ impl IndexState {
         Ok(vector)
     }
 
-    fn insert(&mut self, rowid: ValueRef<'_>, vector: ValueRef<'_>, replace: bool) -> Result<i64, String> {
+    /// Inserts a row; `INSERT OR REPLACE` replaces a row with the same rowid, `INSERT OR
+    /// IGNORE` keeps it and skips the new one.
+    fn insert(&mut self, rowid: ValueRef<'_>, vector: ValueRef<'_>, conflict: ConflictMode) -> Result<i64, String> {
         let rowid = match rowid {
             ValueRef::Null => None,
             ValueRef::Integer(rowid) => Some(rowid),
@@ -265,7 +275,12 @@ impl IndexState {
             ValueRef::Null => return Err(format!("{role} is NULL; every row of {} needs a vector", self.table)),
             v => self.vector_argument(v, &role)?.ok_or_else(|| format!("{role} is TEXT that is not a JSON array of numbers; pass a float32 vector BLOB"))?,
         };
-        self.store.insert(rowid, &vector, replace)
+        if let (Some(rowid), ConflictMode::Ignore) = (rowid, &conflict) {
+            if self.store.location(rowid)?.is_some() {
+                return Ok(rowid);
+            }
+        }
+        self.store.insert(rowid, &vector, conflict == ConflictMode::Replace)
     }
 }
 
@@ -282,7 +297,7 @@ impl UpdateVTab<'_> for IndexTable {
     fn insert(&mut self, args: &Inserts<'_>) -> rusqlite::Result<i64> {
         // argv: [NULL, new rowid, embedding, distance, k]
         // SAFETY: the handle of the connection running this statement.
-        let replace = unsafe { args.on_conflict(self.connection()) } == ConflictMode::Replace;
+        let conflict = unsafe { args.on_conflict(self.connection()) };
         let state = self.state.clone();
         let mut values = args.iter().skip(1);
         let (rowid, vector) = (values.next(), values.next());
@@ -290,7 +305,7 @@ impl UpdateVTab<'_> for IndexTable {
             let mut state = state.borrow_mut();
             let table = state.table.clone();
             state
-                .insert(rowid.unwrap_or(ValueRef::Null), vector.unwrap_or(ValueRef::Null), replace)
+                .insert(rowid.unwrap_or(ValueRef::Null), vector.unwrap_or(ValueRef::Null), conflict)
                 .map_err(|e| format!("{table}: {e}"))
         })
         .map_err(module_error)
@@ -320,7 +335,7 @@ impl UpdateVTab<'_> for IndexTable {
             }
             state.vector_argument(vector, &role).map_err(|e| format!("{table}: {e}"))?;
             state.store.delete(old)?;
-            state.insert(values[1], vector, false).map_err(|e| format!("{table}: {e}")).map(|_| ())
+            state.insert(values[1], vector, ConflictMode::Abort).map_err(|e| format!("{table}: {e}")).map(|_| ())
         })
         .map_err(module_error)
     }
@@ -337,7 +352,6 @@ impl IndexTable {
 struct Row {
     rowid: i64,
     distance: Option<f32>,
-    location: Option<Location>,
 }
 
 #[repr(C)]
@@ -369,29 +383,26 @@ impl IndexCursor {
                 return Ok(());
             }
             let k = match (k, limit) {
-                (Some(k), _) => k_value(k, "k")?,
-                (None, Some(limit)) => k_value(limit, "LIMIT")?,
-                (None, None) => return Err(format!("{table}: a MATCH query needs how many rows to return: add `AND k = 10` or `LIMIT 10`")),
+                (Some(k), _) => k_value(k, "k").map_err(in_table)?,
+                (None, Some(limit)) => k_value(limit, "LIMIT").map_err(in_table)?,
+                (None, None) => return Err(format!("{table}: a MATCH query needs how many rows to return: add `AND k = 10` (or, on SQLite 3.41 and newer, `ORDER BY distance LIMIT 10`)")),
             };
             self.k = Some(k as i64);
             let query = state.query_vector(query).map_err(in_table)?;
             let rescore = state.options.rescore;
             let hits = state.store.search(&query, k, rescore).map_err(in_table)?;
-            self.rows = hits.into_iter().map(|Hit { rowid, distance, location }| Row { rowid, distance: Some(distance), location: Some(location) }).collect();
+            self.rows = hits.into_iter().map(|Hit { rowid, distance, .. }| Row { rowid, distance: Some(distance) }).collect();
             return Ok(());
         }
         let rowids = match rowid {
             Some(ValueRef::Integer(rowid)) => match state.store.location(rowid).map_err(in_table)? {
-                Some(location) => {
-                    self.rows.push(Row { rowid, distance: None, location: Some(location) });
-                    return Ok(());
-                }
+                Some(_) => vec![rowid],
                 None => Vec::new(),
             },
             Some(_) => Vec::new(),
             None => state.store.rowids().map_err(in_table)?,
         };
-        self.rows = rowids.into_iter().map(|rowid| Row { rowid, distance: None, location: None }).collect();
+        self.rows = rowids.into_iter().map(|rowid| Row { rowid, distance: None }).collect();
         Ok(())
     }
 }
@@ -426,12 +437,12 @@ unsafe impl VTabCursor for IndexCursor {
                 let state = self.state.clone();
                 let vector = guard(NAME, || {
                     let mut state = state.borrow_mut();
-                    let location = match row.location {
-                        Some(location) => location,
-                        None => state.store.location(row.rowid)?.ok_or_else(|| format!("row {} vanished while it was read", row.rowid))?,
-                    };
+                    // Looked up again: a write in the same statement may have moved the row
+                    // into a chunk since the search.
+                    let location = state.store.location(row.rowid)?.ok_or_else(|| format!("row {} was deleted while the statement read it", row.rowid))?;
                     state.store.vector(row.rowid, location)
                 })
+                .map_err(|e| format!("{}: {e}", self.state.borrow().table))
                 .map_err(module_error)?;
                 ctx.set_result(&vector_to_blob(&vector))
             }

@@ -57,7 +57,6 @@ pub struct Hit {
     pub rowid: i64,
     /// Cosine distance, `1 - cos`, from the float32 vectors.
     pub distance: f32,
-    pub location: Location,
 }
 
 pub struct Store {
@@ -68,13 +67,19 @@ pub struct Store {
     quantizer: Quantizer,
     code_bytes: usize,
     cache: Cache,
+    /// Why the shadow tables cannot be used, found when the table was connected; every use
+    /// but DROP TABLE reports it (a damaged index must stay droppable).
+    damage: Option<String>,
 }
+
+/// The fix for shadow tables that were changed outside the index.
+const REBUILD: &str = "the database was changed outside the index: rebuild it (DROP TABLE, CREATE VIRTUAL TABLE, INSERT)";
 
 #[derive(Default)]
 struct Cache {
     generation: Option<i64>,
     chunks: Vec<CachedChunk>,
-    /// Pending rows as unit vectors.
+    /// Pending rows' vectors, as stored.
     pending: Vec<(i64, Vec<f32>)>,
 }
 
@@ -116,19 +121,20 @@ impl Store {
                 &format!("INSERT INTO {}(id, format, dimensions, quantizer, generation, pending) VALUES (1, ?1, ?2, ?3, ?4, 0)", store.shadow("info")),
                 params![FORMAT, dimensions as i64, quantizer.name(), fresh_nonce()],
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| store.sql_failed(e))?;
         Ok(store)
     }
 
-    /// Opens an existing index, checking that its shadow tables are what its declaration says.
-    pub fn open(
-        db: Connection,
-        schema: &str,
-        table: &str,
-        dimensions: usize,
-        quantizer: Quantizer,
-    ) -> Result<Store, String> {
-        let store = Store::new(db, schema, table, dimensions, quantizer);
+    /// Opens an existing index. Shadow tables that are not what its declaration says are
+    /// recorded as damage, reported on every use but DROP TABLE.
+    pub fn open(db: Connection, schema: &str, table: &str, dimensions: usize, quantizer: Quantizer) -> Store {
+        let mut store = Store::new(db, schema, table, dimensions, quantizer);
+        store.damage = store.check_info().err();
+        store
+    }
+
+    fn check_info(&self) -> Result<(), String> {
+        let store = self;
         let row: Option<(i64, i64, String)> = store
             .db
             .query_row(
@@ -137,20 +143,21 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(|e| format!("its shadow table {} cannot be read ({e}); the database was changed outside the index: rebuild it (DROP TABLE, CREATE VIRTUAL TABLE, INSERT)", store.shadow("info")))?;
+            .map_err(|e| format!("its shadow table {} cannot be read ({e}); {REBUILD}", store.shadow("info")))?;
         let Some((format, stored_dimensions, stored_quantizer)) = row else {
-            return Err(format!("its shadow table {} is empty; rebuild the index", store.shadow("info")));
+            return Err(format!("its shadow table {} is empty; {REBUILD}", store.shadow("info")));
         };
         if format != FORMAT {
-            return Err(format!("it was written in storage format {format}, and this version of the extension reads format {FORMAT}; rebuild the index with this version"));
+            return Err(format!("it was written in storage format {format}, and this version of the extension reads format {FORMAT}; rebuild it with this version (DROP TABLE, CREATE VIRTUAL TABLE, INSERT)"));
         }
-        if stored_dimensions != dimensions as i64 || stored_quantizer != quantizer.name() {
+        if stored_dimensions != self.dimensions as i64 || stored_quantizer != self.quantizer.name() {
             return Err(format!(
-                "its shadow tables hold {stored_dimensions}-dimensional {stored_quantizer} codes while its declaration says float[{dimensions}] with quantizer={}; the database was changed outside the index: rebuild it",
-                quantizer.name()
+                "its shadow tables hold {stored_dimensions}-dimensional {stored_quantizer} codes while its declaration says float[{}] with quantizer={}; {REBUILD}",
+                self.dimensions,
+                self.quantizer.name()
             ));
         }
-        Ok(store)
+        Ok(())
     }
 
     fn new(db: Connection, schema: &str, table: &str, dimensions: usize, quantizer: Quantizer) -> Store {
@@ -162,6 +169,7 @@ impl Store {
             quantizer,
             code_bytes: quantizer.code_bytes(dimensions),
             cache: Cache::default(),
+            damage: None,
         }
     }
 
@@ -171,7 +179,7 @@ impl Store {
             .iter()
             .map(|s| format!("DROP TABLE IF EXISTS {};", self.shadow(s)))
             .collect();
-        self.db.execute_batch(&sql).map_err(|e| e.to_string())
+        self.db.execute_batch(&sql).map_err(|e| self.sql_failed(e))
     }
 
     /// `"schema"."table_suffix"`, quoted.
@@ -184,6 +192,7 @@ impl Store {
     /// Adds a row; `rowid` None takes one more than the largest. `replace` (INSERT OR REPLACE)
     /// first removes a row with the same rowid. Returns the rowid.
     pub fn insert(&mut self, rowid: Option<i64>, vector: &[f32], replace: bool) -> Result<i64, String> {
+        self.intact()?;
         let rowid = match rowid {
             Some(rowid) => rowid,
             None => self.largest_rowid()?.map_or(Ok(1), |r| {
@@ -199,7 +208,7 @@ impl Store {
         let blob = crate::sql::vector_to_blob(vector);
         self.prepared(&format!("INSERT INTO {}(rowid, vector) VALUES (?1, ?2)", self.shadow("pending")))?
             .execute(params![rowid, blob])
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         let pending = self.bump_generation(1)?;
         if pending >= CHUNK_SLOTS as i64 {
             self.fold_pending()?;
@@ -209,12 +218,13 @@ impl Store {
 
     /// Removes a row; a rowid that is not there is no error (SQLite found it first).
     pub fn delete(&mut self, rowid: i64) -> Result<(), String> {
+        self.intact()?;
         match self.location(rowid)? {
             None => Ok(()),
             Some(Location::Pending) => {
                 self.prepared(&format!("DELETE FROM {} WHERE rowid = ?1", self.shadow("pending")))?
                     .execute([rowid])
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| self.sql_failed(e))?;
                 self.bump_generation(-1).map(|_| ())
             }
             Some(Location::Chunk { chunk_id, slot }) => {
@@ -230,20 +240,20 @@ impl Store {
                     for suffix in ["chunks", "codes"] {
                         self.prepared(&format!("DELETE FROM {} WHERE chunk_id = ?1", self.shadow(suffix)))?
                             .execute([chunk_id])
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| self.sql_failed(e))?;
                     }
                     let first_block = chunk_id.saturating_mul(BLOCKS_PER_CHUNK);
                     self.prepared(&format!("DELETE FROM {} WHERE block_id BETWEEN ?1 AND ?2", self.shadow("vectors")))?
                         .execute([first_block, first_block.saturating_add(BLOCKS_PER_CHUNK - 1)])
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| self.sql_failed(e))?;
                 } else {
                     self.prepared(&format!("UPDATE {} SET live = ?1, version = ?2 WHERE chunk_id = ?3", self.shadow("chunks")))?
                         .execute(params![live, fresh_nonce(), chunk_id])
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| self.sql_failed(e))?;
                 }
                 self.prepared(&format!("DELETE FROM {} WHERE rowid = ?1", self.shadow("rowids")))?
                     .execute([rowid])
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| self.sql_failed(e))?;
                 self.bump_generation(0).map(|_| ())
             }
         }
@@ -255,7 +265,7 @@ impl Store {
             .prepared(&format!("SELECT rowid, vector FROM {} ORDER BY rowid LIMIT {CHUNK_SLOTS}", self.shadow("pending")))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         if rows.len() < CHUNK_SLOTS {
             return Ok(());
         }
@@ -272,23 +282,23 @@ impl Store {
         let chunk_id: i64 = self
             .prepared(&format!("INSERT INTO {}(nonce, version, live) VALUES (?1, ?2, ?3) RETURNING chunk_id", self.shadow("chunks")))?
             .query_row(params![fresh_nonce(), fresh_nonce(), vec![1u8; CHUNK_SLOTS]], |r| r.get(0))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         self.prepared(&format!("INSERT INTO {}(chunk_id, rowids, codes) VALUES (?1, ?2, ?3)", self.shadow("codes")))?
             .execute(params![chunk_id, rowids, codes])
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         let block_bytes = BLOCK_VECTORS * self.dimensions * 4;
         for (block, bytes) in vectors.chunks_exact(block_bytes).enumerate() {
             self.prepared(&format!("INSERT INTO {}(block_id, vectors) VALUES (?1, ?2)", self.shadow("vectors")))?
                 .execute(params![chunk_id * BLOCKS_PER_CHUNK + block as i64, bytes])
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| self.sql_failed(e))?;
         }
         let insert_sql = format!("INSERT INTO {}(rowid, chunk_id, slot) VALUES (?1, ?2, ?3)", self.shadow("rowids"));
         let delete_sql = format!("DELETE FROM {} WHERE rowid = ?1", self.shadow("pending"));
         for (slot, (rowid, _)) in rows.iter().enumerate() {
             self.prepared(&insert_sql)?
                 .execute(params![rowid, chunk_id, slot as i64])
-                .map_err(|e| e.to_string())?;
-            self.prepared(&delete_sql)?.execute([rowid]).map_err(|e| e.to_string())?;
+                .map_err(|e| self.sql_failed(e))?;
+            self.prepared(&delete_sql)?.execute([rowid]).map_err(|e| self.sql_failed(e))?;
         }
         self.bump_generation(-(CHUNK_SLOTS as i64)).map(|_| ())
     }
@@ -297,17 +307,18 @@ impl Store {
     fn bump_generation(&mut self, pending_change: i64) -> Result<i64, String> {
         self.prepared(&format!("UPDATE {} SET generation = ?1, pending = pending + ?2 WHERE id = 1 RETURNING pending", self.shadow("info")))?
             .query_row(params![fresh_nonce(), pending_change], |r| r.get(0))
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.sql_failed(e))
     }
 
     // ---- reads ----
 
     pub fn location(&mut self, rowid: i64) -> Result<Option<Location>, String> {
+        self.intact()?;
         let in_chunk: Option<(i64, i64)> = self
             .prepared(&format!("SELECT chunk_id, slot FROM {} WHERE rowid = ?1", self.shadow("rowids")))?
             .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         if let Some((chunk_id, slot)) = in_chunk {
             let slot = usize::try_from(slot).ok().filter(|s| *s < CHUNK_SLOTS).ok_or_else(|| self.damaged("rowids", rowid, "its slot is out of range"))?;
             return Ok(Some(Location::Chunk { chunk_id, slot }));
@@ -316,20 +327,22 @@ impl Store {
             .prepared(&format!("SELECT rowid FROM {} WHERE rowid = ?1", self.shadow("pending")))?
             .query_row([rowid], |r| r.get(0))
             .optional()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         Ok(pending.map(|_| Location::Pending))
     }
 
     /// Every rowid, in order (a scan without MATCH).
     pub fn rowids(&mut self) -> Result<Vec<i64>, String> {
+        self.intact()?;
         self.prepared(&format!("SELECT rowid FROM {} UNION ALL SELECT rowid FROM {} ORDER BY 1", self.shadow("rowids"), self.shadow("pending")))?
             .query_map([], |r| r.get(0))
             .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.sql_failed(e))
     }
 
     /// The float32 vector of a row, as inserted.
     pub fn vector(&mut self, rowid: i64, location: Location) -> Result<Vec<f32>, String> {
+        self.intact()?;
         match location {
             Location::Pending => {
                 let blob: Vec<u8> = self
@@ -372,7 +385,7 @@ impl Store {
             if b.size() as usize != BLOCK_VECTORS * bytes {
                 return Err(self.damaged("vectors", block, "it holds a BLOB of the wrong size"));
             }
-            b.read_at_exact(&mut buffer, (slot % BLOCK_VECTORS) * bytes).map_err(|e| e.to_string())?;
+            b.read_at_exact(&mut buffer, (slot % BLOCK_VECTORS) * bytes).map_err(|e| self.sql_failed(e))?;
             out.push(self.stored_vector(&buffer, "vectors", block)?);
         }
         Ok(out)
@@ -381,7 +394,7 @@ impl Store {
     fn largest_rowid(&mut self) -> Result<Option<i64>, String> {
         self.prepared(&format!("SELECT max(m) FROM (SELECT max(rowid) AS m FROM {} UNION ALL SELECT max(rowid) FROM {})", self.shadow("rowids"), self.shadow("pending")))?
             .query_row([], |r| r.get(0))
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.sql_failed(e))
     }
 
     /// Parses a stored vector; a wrong size or a non-finite value means the shadow tables were
@@ -395,24 +408,46 @@ impl Store {
     }
 
     fn damaged(&self, suffix: &str, id: i64, what: &str) -> String {
-        format!("its shadow table {} is damaged at {id} ({what}); the database was changed outside the index: rebuild it (DROP TABLE, CREATE VIRTUAL TABLE, INSERT)", self.shadow(suffix))
+        format!("its shadow table {} is damaged at {id} ({what}); {REBUILD}", self.shadow(suffix))
+    }
+
+    /// An SQL error on the shadow tables; a missing table or a value of the wrong type means
+    /// they were changed outside the index, and the message says so.
+    fn sql_failed(&self, e: rusqlite::Error) -> String {
+        use rusqlite::Error::*;
+        let damaged = matches!(e, InvalidColumnType(..) | FromSqlConversionFailure(..) | QueryReturnedNoRows | IntegralValueOutOfRange(..))
+            || e.to_string().contains("no such");
+        if damaged {
+            format!("reading its shadow tables: {e}; {REBUILD}")
+        } else {
+            e.to_string()
+        }
+    }
+
+    /// Refuses to use shadow tables found damaged when the table was connected.
+    fn intact(&self) -> Result<(), String> {
+        match &self.damage {
+            Some(damage) => Err(damage.clone()),
+            None => Ok(()),
+        }
     }
 
     fn prepared(&self, sql: &str) -> Result<rusqlite::CachedStatement<'_>, String> {
-        self.db.prepare_cached(sql).map_err(|e| e.to_string())
+        self.db.prepare_cached(sql).map_err(|e| self.sql_failed(e))
     }
 
     // ---- search ----
 
     /// The `k` rows nearest to `query` by cosine distance, nearest first (ties by rowid).
     pub fn search(&mut self, query: &[f32], k: usize, rescore: usize) -> Result<Vec<Hit>, String> {
+        self.intact()?;
         let query = unit(query).ok_or("the query vector is all zeros, so no cosine distance to it exists; pass an embedding")?;
         self.refresh()?;
         let mut hits: Vec<Hit> = self
             .cache
             .pending
             .iter()
-            .map(|(rowid, v)| Hit { rowid: *rowid, distance: 1.0 - dot_f32(v, &query), location: Location::Pending })
+            .map(|(rowid, v)| Hit { rowid: *rowid, distance: cosine_distance(v, &query) })
             .collect();
         let mut query_code = vec![0u8; self.code_bytes];
         self.quantizer.encode(&query, &mut query_code);
@@ -429,13 +464,11 @@ impl Store {
         places.sort_unstable();
         let at: Vec<(i64, usize)> = places.iter().map(|&(chunk_id, slot, _)| (chunk_id, slot)).collect();
         let vectors = self.chunk_vectors(&at)?;
-        for (&(chunk_id, slot, rowid), vector) in places.iter().zip(&vectors) {
-            let norm = dot_f32(vector, vector).sqrt();
-            let distance = 1.0 - dot_f32(vector, &query) / norm;
-            hits.push(Hit { rowid, distance, location: Location::Chunk { chunk_id, slot } });
+        for (&(_, _, rowid), vector) in places.iter().zip(&vectors) {
+            hits.push(Hit { rowid, distance: cosine_distance(vector, &query) });
         }
         if let Some(bad) = hits.iter().find(|h| !h.distance.is_finite()) {
-            return Err(format!("row {} has no finite distance to the query (a zero vector in the index); the database was changed outside the index: rebuild it", bad.rowid));
+            return Err(format!("row {} has no finite distance to the query (a zero vector in the index); {REBUILD}", bad.rowid));
         }
         hits.sort_unstable_by(|a, b| a.distance.total_cmp(&b.distance).then(a.rowid.cmp(&b.rowid)));
         hits.truncate(k);
@@ -456,7 +489,7 @@ impl Store {
             .prepared(&format!("SELECT chunk_id, nonce, version FROM {} ORDER BY chunk_id", self.shadow("chunks")))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         let mut kept: HashMap<i64, CachedChunk> =
             std::mem::take(&mut self.cache.chunks).into_iter().map(|c| (c.id, c)).collect();
         let mut chunks = Vec::with_capacity(listed.len());
@@ -477,14 +510,10 @@ impl Store {
             .prepared(&format!("SELECT rowid, vector FROM {}", self.shadow("pending")))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|rows| rows.collect())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.sql_failed(e))?;
         self.cache.pending = pending
             .into_iter()
-            .map(|(rowid, blob): (i64, Vec<u8>)| {
-                let vector = self.stored_vector(&blob, "pending", rowid)?;
-                let unit_vector = unit(&vector).ok_or_else(|| self.damaged("pending", rowid, "its vector is all zeros"))?;
-                Ok((rowid, unit_vector))
-            })
+            .map(|(rowid, blob): (i64, Vec<u8>)| Ok((rowid, self.stored_vector(&blob, "pending", rowid)?)))
             .collect::<Result<_, String>>()?;
         self.cache.chunks = chunks;
         self.cache.generation = Some(generation);
@@ -524,6 +553,12 @@ impl Store {
     pub unsafe fn handle(&self) -> *mut rusqlite::ffi::sqlite3 {
         self.db.handle()
     }
+}
+
+/// `1 - cos(vector, unit_query)`, computed the same way for every row, so equal vectors get
+/// equal distances wherever they are stored.
+fn cosine_distance(vector: &[f32], unit_query: &[f32]) -> f32 {
+    1.0 - dot_f32(vector, unit_query) / dot_f32(vector, vector).sqrt()
 }
 
 /// A random 64-bit number, new on every call.
