@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: build everything, then in the sqlite3 shell (1) embed captions and search them
-# with vec0, (2) index folders of real sounds and find them by description.
+# with vec0, (2) index folders of real sounds and find them by description (exact scan, then audiotext_index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
