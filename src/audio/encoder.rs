@@ -183,6 +183,16 @@ impl AudioEncoder {
         })
     }
 
+    /// The length of the model's analysis window, in seconds.
+    pub fn window_seconds(&self) -> f32 {
+        self.section.windowing.clip_seconds
+    }
+
+    /// The model's hop between windows, in seconds.
+    pub fn hop_seconds(&self) -> f32 {
+        self.section.windowing.hop_seconds
+    }
+
     /// Seconds of audio `stream` has decoded, at the model's rate.
     fn seconds(&self, stream: &LogMelWindows<'_>) -> f64 {
         stream.samples() as f64 / f64::from(self.section.front_end.sample_rate)
@@ -381,9 +391,38 @@ impl AudioEncoder {
         source: &AudioSource<'_>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<FileEmbedding> {
-        let mut stream = self.windows(source)?;
         let mut sum = MeanPool::default();
+        let duration_seconds = self.for_each_window(source, None, cancelled, &mut |window| {
+            sum.add(&window.embedding);
+            Ok(())
+        })?;
+        if sum.is_empty() {
+            return Err(no_samples(source));
+        }
+        Ok(FileEmbedding { embedding: sum.finish(), duration_seconds })
+    }
+
+    /// Every analysis window of `source` with its raw embedding and its place in the file, in
+    /// file order, handed to `on_window` a batch at a time as the encoder produces them: memory
+    /// does not depend on the file's length. `hop_seconds` replaces the manifest's hop (the
+    /// window's length is the model's). Checks `cancelled` before each window; returns the
+    /// seconds of audio read.
+    pub fn for_each_window(
+        &self,
+        source: &AudioSource<'_>,
+        hop_seconds: Option<f32>,
+        cancelled: &dyn Fn() -> bool,
+        on_window: &mut dyn FnMut(WindowEmbedding) -> Result<()>,
+    ) -> Result<f64> {
+        let mut windowing = self.section.windowing.clone();
+        if let Some(hop) = hop_seconds {
+            windowing.hop_seconds = hop;
+        }
+        let stream = LogMelWindows::new(source, self.mel.clone(), &windowing)?;
+        let mut stream = if self.needs_waveform() { stream.with_waveforms() } else { stream };
+        let rate = f64::from(self.section.front_end.sample_rate);
         let mut windows: Vec<LogMel> = Vec::with_capacity(MAX_BATCH_WINDOWS);
+        let mut bounds: Vec<(f64, f64)> = Vec::with_capacity(MAX_BATCH_WINDOWS);
         let mut waveforms: Vec<Vec<f32>> = Vec::new();
         loop {
             if cancelled() {
@@ -393,14 +432,17 @@ impl AudioEncoder {
             let end = window.is_none();
             if let Some(window) = window {
                 windows.push(window);
+                let (start, stop) = stream.last_bounds().unwrap_or((0, 0));
+                bounds.push((start as f64 / rate, stop as f64 / rate));
                 waveforms.extend(stream.take_waveform());
             }
             if windows.len() == MAX_BATCH_WINDOWS || (end && !windows.is_empty()) {
                 let mels: Vec<&LogMel> = windows.iter().collect();
                 let waves: Vec<&[f32]> = waveforms.iter().map(Vec::as_slice).collect();
                 let waves = self.needs_waveform().then_some(waves.as_slice());
-                for embedding in self.embed_impl(&mels, waves, cancelled)? {
-                    sum.add(&embedding);
+                let embeddings = self.embed_impl(&mels, waves, cancelled)?;
+                for (embedding, (start, end)) in embeddings.into_iter().zip(bounds.drain(..)) {
+                    on_window(WindowEmbedding { start, end, embedding })?;
                 }
                 windows.clear();
                 waveforms.clear();
@@ -409,13 +451,7 @@ impl AudioEncoder {
                 break;
             }
         }
-        if sum.is_empty() {
-            return Err(no_samples(source));
-        }
-        Ok(FileEmbedding {
-            embedding: sum.finish(),
-            duration_seconds: self.seconds(&stream),
-        })
+        Ok(self.seconds(&stream))
     }
 
     /// One encoder run over windows of equal frame count (and their waveforms, of equal length).
@@ -488,6 +524,14 @@ fn pad_frames(window: &LogMel, frames: usize, value: f32) -> LogMel {
 
 fn no_samples(source: &AudioSource<'_>) -> Error {
     Error::Audio(format!("{} contains no audio samples", source.describe()))
+}
+
+/// One analysis window's embedding (as the encoder gives it, before any normalisation) and its
+/// place in the file, in seconds.
+pub struct WindowEmbedding {
+    pub start: f64,
+    pub end: f64,
+    pub embedding: Vec<f32>,
 }
 
 /// Mean of the window embeddings, L2-normalised (the manifest's `windowing.pooling = "mean"`).
