@@ -12,6 +12,7 @@ mod interrupt;
 mod meta;
 mod registry;
 mod schema_guard;
+mod segments;
 mod text;
 mod vec;
 mod vector_index;
@@ -109,6 +110,7 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     registry::register_module(&db, registry.clone())?;
     embed_files::register_module(&db, registry.clone())?;
     vector_index::register_module(&db, registry.clone())?;
+    segments::register_modules(&db, registry.clone())?;
     for function in FUNCTIONS {
         let env = Env {
             registry: registry.clone(),
