@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: build everything, then in the sqlite3 shell (1) embed captions and search them
-# with vec0, (2) index folders of real sounds and find them by description (exact scan, then audiotext_index).
+# with vec0, (2) index folders of real sounds and find them by description (exact scan, then
+# audiotext_index), (3) find when each of several sounds happens in a long recording.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh
@@ -98,3 +99,48 @@ for folder in "${folders[@]}"; do
   echo "== sqlite3 < sql/audio-demo.sql   (@sounds = $folder)"
   sqlite3 -bail -cmd ".parameter set @sounds \"'$folder'\"" :memory: < sql/audio-demo.sql
 done
+
+# A long recording for sql/moments-demo.sql: eight of the everyday sounds one after another,
+# 8 to 20 s of quiet brown noise between them (about two and a half minutes in all), and a cue
+# sheet of where each sound is, to judge the answers by.
+moments=.cache/demo-sounds/moments
+rm -rf "$moments"
+mkdir -p "$moments/pieces"
+echo "sound,start,end" > "$moments/cues.csv"
+pieces=()
+at=0
+gaps=(12 9 15 8 18 11 20 14 10)
+index=0
+# sound source [sox effects]
+while read -r sound source effects; do
+  if [ ! -f "$source" ]; then
+    echo "note: $source is missing (scripts/install-deps.sh installs it); the moments demo goes on without it"
+    continue
+  fi
+  gap=${gaps[$index]}
+  index=$((index + 1))
+  sox -n -r 16000 -c 1 -b 16 "$moments/pieces/$index-gap.wav" synth "$gap" brownnoise vol 0.004
+  # shellcheck disable=SC2086  # the effects are separate words
+  sox -G "$source" -r 16000 -c 1 -b 16 "$moments/pieces/$index-$sound.wav" $effects
+  length=$(soxi -D "$moments/pieces/$index-$sound.wav")
+  start=$(awk -v at="$at" -v gap="$gap" 'BEGIN { printf "%.6f", at + gap }')
+  at=$(awk -v start="$start" -v seconds="$length" 'BEGIN { printf "%.6f", start + seconds }')
+  printf '%s,%.3f,%.3f\n' "$sound" "$start" "$at" >> "$moments/cues.csv"
+  pieces+=("$moments/pieces/$index-gap.wav" "$moments/pieces/$index-$sound.wav")
+done <<EOF
+dog $scratch/Animal/Dog2.wav pad 0 0.6 repeat 3
+rooster $scratch/Animal/Rooster.wav
+bell $scratch/Effects/BellToll.wav
+typing $scratch/Effects/Typing.mp3
+baby $scratch/Human/BabyCry.mp3
+thunder $tuxpaint/lightning.ogg
+clock $pomodoro/clock.ogg trim 0 8
+fire $minetest/fire/sounds/fire_large.ogg
+EOF
+if [ "${#pieces[@]}" -gt 0 ]; then
+  sox -n -r 16000 -c 1 -b 16 "$moments/pieces/end-gap.wav" synth "${gaps[$index]}" brownnoise vol 0.004
+  sox "${pieces[@]}" "$moments/pieces/end-gap.wav" "$moments/long.wav"
+  echo
+  echo "== sqlite3 < sql/moments-demo.sql   (@recording = $moments/long.wav)"
+  sqlite3 -bail -cmd ".parameter set @recording \"'$(cd "$moments" && pwd)/long.wav'\"" :memory: < sql/moments-demo.sql
+fi
