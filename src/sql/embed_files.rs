@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use rusqlite::types::{Null, Value};
 use rusqlite::vtab::{
     sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
-    VTab, VTabConfig, VTabConnection, VTabCursor,
+    VTab, VTabConnection, VTabCursor,
 };
 use rusqlite::Connection;
 
@@ -79,10 +79,7 @@ unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
         _table_name: &[u8],
         _args: &[&[u8]],
     ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        // It reads files named in SQL: top-level statements only.
-        db.config(VTabConfig::DirectOnly)?;
-        // SAFETY: the connection that owns this table; it outlives the table and its cursors.
-        let handle = unsafe { db.handle() };
+        let handle = super::schema_guard::connect_file_reader(db)?;
         Ok((
             Cow::Borrowed(c"CREATE TABLE x(path TEXT, duration REAL, embedding BLOB, error TEXT, source HIDDEN, model HIDDEN)"),
             EmbedFilesTable { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default(), db: handle },

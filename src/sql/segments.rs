@@ -23,7 +23,7 @@ use std::sync::Arc;
 use rusqlite::types::{Null, Value, ValueRef};
 use rusqlite::vtab::{
     sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
-    VTab, VTabConfig, VTabConnection, VTabCursor,
+    VTab, VTabConnection, VTabCursor,
 };
 use rusqlite::Connection;
 
@@ -426,10 +426,7 @@ macro_rules! segments_table {
                 _table_name: &[u8],
                 _args: &[&[u8]],
             ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-                // It reads files named in SQL: top-level statements only.
-                db.config(VTabConfig::DirectOnly)?;
-                // SAFETY: the connection that owns this table outlives it and its cursors.
-                let handle = unsafe { db.handle() };
+                let handle = super::schema_guard::connect_file_reader(db)?;
                 Ok((Cow::Borrowed($declaration), $table { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default(), db: handle }))
             }
 

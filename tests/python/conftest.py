@@ -1,9 +1,12 @@
-"""Shared fixtures: the built extension loaded into Debian's Python sqlite3 module."""
+"""Shared fixtures: the built extension loaded into Debian's Python sqlite3 module; and
+helpers more than one test file states: the window layout, threads by name."""
 
+import math
 import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,3 +45,37 @@ def shared_data():
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is absent: tests on real clips need ../shared/data")
     return SHARED_DATA
+
+
+def window_bounds(total, rate, windowing):
+    """The windows of a signal of `total` samples: an independent statement of
+    src/audio/stream.rs's contract (lengths are round(seconds * rate), halves up)."""
+
+    def samples(seconds):
+        return int(math.floor(float(np.float32(seconds)) * rate + 0.5))
+
+    clip = samples(windowing["clip_seconds"])
+    hop = samples(windowing["hop_seconds"])
+    min_len = samples(windowing["min_seconds"])
+    out = []
+    start = 0
+    while start < total:
+        end = min(start + clip, total)
+        if end - start < clip and end - start < min_len and out:
+            break
+        out.append((start, end))
+        if end == total:
+            break
+        start += hop
+    return out
+
+
+def threads_named(prefix):
+    """Threads of this process whose name (as /proc shows it: 15 characters) starts with `prefix`."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            pass
+    return sum(name.startswith(prefix) for name in names)

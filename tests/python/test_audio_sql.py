@@ -145,7 +145,7 @@ def test_long_file_is_windowed_and_pooled(aconn, tmp_path, bundle):
     """A file longer than clip_seconds: the embedding is the normalised mean of its windows',
     each window embedded from its own samples (overlapping windows too: the default's hop is
     half its window). Written at the model's rate, so a window is a slice of the file."""
-    from test_logmel import window_bounds
+    from conftest import window_bounds
 
     audio = bundle[1]["audio"]
     rate, clip = audio["sample_rate"], audio["windowing"]["clip_seconds"]

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import window_bounds
+
 ROOT = Path(__file__).resolve().parents[2]
 DUMPS = ROOT / "target" / "logmel-parity"
 
@@ -69,29 +71,6 @@ AISFX_FRONT_END = {
     "n_mels": 96, "fmin": 0.0, "fmax": 22050.0, "mel_scale": "htk", "mel_norm": "l1",
     "log": "log10_1p", "log_floor": 1e-10, "log_multiplier": 10000.0, "log_divisor": 9.457799,
 }
-
-
-def window_bounds(total, rate, windowing):
-    """The windows of a signal of `total` samples: an independent statement of
-    src/audio/stream.rs's contract (lengths are round(seconds * rate), halves up)."""
-
-    def samples(seconds):
-        return int(math.floor(float(np.float32(seconds)) * rate + 0.5))
-
-    clip = samples(windowing["clip_seconds"])
-    hop = samples(windowing["hop_seconds"])
-    min_len = samples(windowing["min_seconds"])
-    out = []
-    start = 0
-    while start < total:
-        end = min(start + clip, total)
-        if end - start < clip and end - start < min_len and out:
-            break
-        out.append((start, end))
-        if end == total:
-            break
-        start += hop
-    return out
 
 
 def win_lengths(cfg):

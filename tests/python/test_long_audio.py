@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import make_audio as ma
+from conftest import threads_named
 from test_audio_sql import aconn, bundle, embed, vec  # noqa: F401  (fixtures)
 
 RATE = 16000
@@ -55,13 +56,7 @@ def interrupted_call(conn, sql, args, after_seconds):
 def decode_threads():
     """Threads of this process named like audio_embed_files' worker. rayon's pool threads, which
     the worker starts and which live on, inherit the name: compare counts, not with zero."""
-    names = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            names.append((task / "comm").read_text().strip())
-        except OSError:
-            pass
-    return sum(name.startswith("audiotext-decod") for name in names)
+    return threads_named("audiotext-decod")
 
 
 @pytest.mark.parametrize("as_blob", [False, True], ids=["path", "blob"])

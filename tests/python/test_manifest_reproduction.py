@@ -29,9 +29,9 @@ ort = pytest.importorskip("onnxruntime")
 import hashlib
 
 import make_audio as ma
-from conftest import DEFAULT_BUNDLE, ROOT, open_connection
-# The log-mel parity test's statements of the window contract and of librosa's log-mel.
-from test_logmel import AISFX_FRONT_END, LOG10_1P_ABS_TOL, librosa_logmel, window_bounds
+from conftest import DEFAULT_BUNDLE, ROOT, open_connection, window_bounds
+# The log-mel parity test's statement of librosa's log-mel.
+from test_logmel import AISFX_FRONT_END, LOG10_1P_ABS_TOL, librosa_logmel
 
 COSINE_BAR = 0.99
 # Upsampling (a 16 kHz file to the model's 32 kHz) leaves the band above the source's Nyquist

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import make_audio as ma
-from conftest import DEFAULT_BUNDLE, EXTENSION, open_connection
+from conftest import DEFAULT_BUNDLE, EXTENSION, open_connection, threads_named, window_bounds
 
 MANIFEST = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())
 AUDIO = MANIFEST["audio"]
@@ -53,25 +53,11 @@ def resampled_len(n, in_rate, out_rate):
 
 
 def expected_windows(n_samples, file_rate, hop_seconds=None):
-    """(start, end) in seconds of the windows of a file of `n_samples` at `file_rate`, as
-    WindowPlan::bounds lays them out at the model's rate: windows start at 0, hop apart; the
-    last one ends at the end of the file; a tail shorter than min_seconds after a window is
-    dropped (the first window is kept however short)."""
+    """(start, end) in seconds of the windows of a file of `n_samples` at `file_rate`: the
+    windows of conftest.window_bounds at the model's rate, with the hop overridden if asked."""
     total = resampled_len(n_samples, file_rate, MODEL_RATE)
-    clip = seconds_to_samples(WINDOWING["clip_seconds"], MODEL_RATE)
-    hop = seconds_to_samples(WINDOWING["hop_seconds"] if hop_seconds is None else hop_seconds, MODEL_RATE)
-    min_len = seconds_to_samples(WINDOWING["min_seconds"], MODEL_RATE)
-    out = []
-    start = 0
-    while start < total:
-        end = min(start + clip, total)
-        if end - start < clip and end - start < min_len and out:
-            break
-        out.append((start, end))
-        if end == total:
-            break
-        start += hop
-    return [(s / MODEL_RATE, e / MODEL_RATE) for s, e in out]
+    windowing = dict(WINDOWING, **({} if hop_seconds is None else {"hop_seconds": hop_seconds}))
+    return [(s / MODEL_RATE, e / MODEL_RATE) for s, e in window_bounds(total, MODEL_RATE, windowing)]
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -117,14 +103,8 @@ def expect_error(conn, sql, args, pattern, small_wav):
 
 
 def segment_threads():
-    """Threads of this process named like audio_segments' worker."""
-    names = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            names.append((task / "comm").read_text().strip())
-        except OSError:
-            pass
-    return sum(name.startswith(THREAD_NAME) for name in names)
+    """Threads of this process named like audio_segments' workers."""
+    return threads_named(THREAD_NAME)
 
 
 def settled_segment_threads(timeout=5.0):
