@@ -2,7 +2,7 @@
 # Builds everything a user needs into dist/ and the default text bundle into models/default:
 #   dist/audiotext0.so        the SQLite extension (.load dist/audiotext0)
 #   dist/libonnxruntime.so*   ONNX Runtime from PyPI, found next to the extension
-#   dist/audiotext-train      the trainer
+#   dist/audiotext-train      the trainer (feature `trainer`), which also exports the default bundle
 #   models/default/           the default bundle: all-MiniLM-L6-v2 exported as its text encoder
 #                             (text.onnx, tokenizer.json), and its audio encoder (audio.onnx)
 #                             assembled from aiSFX's pretrained weights (PyPI) and the committed
@@ -15,9 +15,14 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/fetch-python-assets.sh
 
-echo "building (release)"
-cargo build --release --locked --lib --bin audiotext-train
+# The extension alone first: its build compiles no training framework, and dist/ gets that
+# library. The trainer (feature `trainer`) comes second; it rebuilds the library with src/train
+# for itself, and that copy stays in target/.
+echo "building the extension (release)"
+cargo build --release --locked --lib
 install -m 755 target/release/libaudiotext0.so dist/audiotext0.so
+echo "building the trainer (release, feature trainer)"
+cargo build --release --locked --features trainer --bin audiotext-train
 install -m 755 target/release/audiotext-train dist/audiotext-train
 
 bundle=models/default

@@ -9,7 +9,17 @@ scripts/build.sh
 scripts/python-env.sh
 
 echo "== unit tests (cargo test)"
-cargo test --release --locked
+cargo test --release --locked --features trainer
+
+echo "== the extension's own build compiles no training framework"
+lean=$(cargo tree --locked --edges normal --prefix none --format '{p}' | cut -d' ' -f1 | sort -u)
+for crate in burn indicatif plotters csv zip; do
+  if grep -qx "$crate" <<<"$lean"; then
+    echo "error: $crate is among the extension's dependencies without the trainer feature" >&2
+    exit 1
+  fi
+done
+echo "ok: none of burn, indicatif, plotters, csv, zip without --features trainer"
 
 echo "== fault-injection build (a panic inside a function must become an SQL error)"
 cargo build --release --locked --lib --features fault-injection
