@@ -11,7 +11,8 @@ pub const AUDIO_EXTENSIONS: [&str; 11] = [
 
 /// A directory gives every audio file below it (recursively, by extension); a pattern with
 /// `*`, `?` or `**` gives the files it matches, whatever their extension; a plain file gives
-/// itself. Sorted by path, so results come in a stable order.
+/// itself; a JSON array of paths (what `json_group_array(path)` makes) gives those files,
+/// whatever their extension, each once. Sorted by path, so results come in a stable order.
 ///
 /// Symbolic links are followed, to files and to folders. A folder reached again (a link loop
 /// such as `sub/up -> ..`, or two links to one folder) is walked once, and a file reached by
@@ -23,6 +24,9 @@ pub fn list(spec: &str) -> Result<Vec<PathBuf>, String> {
     let mut walker = Walker::default();
     let mut files = Vec::new();
     let metadata = std::fs::metadata(path);
+    if metadata.is_err() && spec.trim_start().starts_with('[') {
+        return json_path_list(spec);
+    }
     if metadata.as_ref().is_ok_and(|m| m.is_dir()) {
         walker.walk(path, &mut |p| {
             let wanted = has_audio_extension(p);
@@ -64,6 +68,46 @@ pub fn list(spec: &str) -> Result<Vec<PathBuf>, String> {
     }
     files.sort();
     Ok(files)
+}
+
+/// `["a.wav", "b/c.flac"]`: the paths sorted, each file once (by device and inode, as a
+/// walk does). A path that does not exist, or is not a regular file, is listed anyway, so that
+/// its row says what is wrong with it.
+fn json_path_list(spec: &str) -> Result<Vec<PathBuf>, String> {
+    let entries: Vec<String> = serde_json::from_str(spec).map_err(|e| {
+        format!(
+            "{} looks like a JSON array of paths but is not one ({e}); pass a folder, a glob \
+             pattern, or a JSON array of strings such as '[\"a.wav\", \"b.flac\"]'",
+            shorten(spec)
+        )
+    })?;
+    let mut paths = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        if entry.is_empty() || entry.contains('\0') {
+            return Err(format!(
+                "element {index} of the JSON array of paths is {}: every element must name a file",
+                if entry.is_empty() { "empty" } else { "a string with a NUL character" }
+            ));
+        }
+        paths.push(PathBuf::from(entry));
+    }
+    paths.sort();
+    paths.dedup();
+    let mut seen = HashSet::new();
+    paths.retain(|p| match std::fs::metadata(p) {
+        Ok(m) => seen.insert((m.dev(), m.ino())),
+        Err(_) => true,
+    });
+    Ok(paths)
+}
+
+/// The start of a long argument, for a message.
+fn shorten(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 fn has_audio_extension(path: &Path) -> bool {
@@ -209,6 +253,29 @@ mod tests {
         assert!(list("/no/such/place")
             .unwrap_err()
             .contains("no such file or folder"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn json_arrays_list_their_paths_sorted_and_once() {
+        let dir = std::env::temp_dir().join(format!("audiotext-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["b.wav", "a.txt"] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        std::os::unix::fs::symlink("b.wav", dir.join("c-link.wav")).unwrap();
+        let at = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let spec = serde_json::to_string(&[at("b.wav"), at("a.txt"), at("b.wav"), at("c-link.wav"), at("missing.wav")]).unwrap();
+        // Any extension; duplicates and a second path to one file once; a missing file kept.
+        let names: Vec<String> = list(&spec)
+            .unwrap()
+            .iter()
+            .map(|p| p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.txt", "b.wav", "missing.wav"]);
+        assert_eq!(list("[]").unwrap(), Vec::<PathBuf>::new());
+        assert!(list("[1, 2]").unwrap_err().contains("looks like a JSON array of paths but is not one"));
+        assert!(list("[\"a.wav\", \"\"]").unwrap_err().contains("element 1 of the JSON array of paths is empty"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
