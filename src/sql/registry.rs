@@ -133,10 +133,17 @@ fn open_bundle(name: &str, path: &Path) -> Result<Arc<Bundle>, String> {
     Bundle::open(path).map_err(|e| format!("cannot register '{name}': {e}"))
 }
 
-/// Registers the `audiotext_models` module and creates `temp.audiotext_models`.
+/// Registers the `audiotext_models` module and creates `temp.audiotext_models`, except on a
+/// connection with `PRAGMA query_only` on (Datasette's read connections, for one), where even
+/// a temp table cannot be made: there the registry still holds `default`, and registering
+/// another model, a write, is impossible anyway.
 pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
     const MODULE: Module<ModelsTable> = Module::update_module();
     db.create_module(MODULE_NAME, &MODULE, Some(registry))?;
+    let query_only: bool = db.query_row("PRAGMA query_only", [], |row| row.get(0))?;
+    if query_only {
+        return Ok(());
+    }
     db.execute_batch(&format!(
         "CREATE VIRTUAL TABLE IF NOT EXISTS temp.{MODULE_NAME} USING {MODULE_NAME}()"
     ))

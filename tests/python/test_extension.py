@@ -181,6 +181,20 @@ def test_registry_is_per_connection(tmp_path):
         second.execute("SELECT text_embed('only_first', 'x')").fetchone()
 
 
+def test_a_query_only_connection_loads_and_uses_the_default_model():
+    """Datasette's read connections set PRAGMA query_only before extensions load: no temp table
+    can be made there, yet the functions work with the default model."""
+    c = sqlite3.connect(":memory:")
+    c.execute("PRAGMA query_only = 1")
+    c.enable_load_extension(True)
+    c.load_extension(str(EXTENSION))
+    vector = c.execute("SELECT text_embed('a dog barking')").fetchone()[0]
+    assert len(vector) == 384 * 4
+    assert c.execute("SELECT audiotext_version()").fetchone() == ("v0.1.0",)
+    assert c.execute("SELECT count(*) FROM temp.sqlite_schema WHERE name = 'audiotext_models'").fetchone() == (0,)
+    c.close()
+
+
 def test_unknown_model_says_how_to_register(conn):
     with pytest.raises(sqlite3.OperationalError) as error:
         conn.execute("SELECT text_embed('x', 'hello')").fetchone()
