@@ -1,0 +1,196 @@
+"""datasette-audiotext: sqlite-audiotext inside Datasette.
+
+- `prepare_connection`: the extension is loaded into every connection.
+- `render_cell`: a `path` cell naming an audio file becomes an `<audio>` player; with `start`
+  and `end` in the row, the player's source is that moment (a `#t=start,end` media fragment).
+- `/-/audiotext`: the search page; `/-/audiotext/audio`: the audio files themselves, served
+  only when the database lists them in a `path` column and the actor may view the database,
+  with byte ranges (browsers seek with them).
+"""
+
+import mimetypes
+import os
+import stat
+from urllib.parse import urlencode
+
+import sqlite_audiotext
+from datasette import hookimpl
+from datasette.utils import escape_sqlite
+from datasette.utils.asgi import Response
+from markupsafe import Markup, escape
+
+AUDIO_TYPES = {
+    ".wav": "audio/wav", ".wave": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg",
+    ".oga": "audio/ogg", ".mp3": "audio/mpeg", ".m4a": "audio/mp4", ".aac": "audio/aac",
+    ".mp4": "audio/mp4", ".mka": "audio/x-matroska", ".mkv": "audio/x-matroska",
+}
+DEFAULT_K = 10
+MAX_K = 100
+MARGIN = 0.05
+# The best moments: in each file, the windows within MARGIN of its best score for the query,
+# merged where they overlap (the main README's event query).
+EVENTS_SQL = f"""
+WITH scored AS (
+  SELECT path, start, end, audio_text_score(embedding, :query) AS score FROM segments
+), kept AS (
+  SELECT * FROM (SELECT *, max(score) OVER (PARTITION BY path) AS best FROM scored) WHERE score >= best - {MARGIN}
+), numbered AS (
+  SELECT *, sum(new_event) OVER (PARTITION BY path ORDER BY start) AS event
+    FROM (SELECT *, start > coalesce(lag(end) OVER (PARTITION BY path ORDER BY start), -1) AS new_event FROM kept)
+)
+SELECT path, min(start) AS start, max(end) AS end, max(score) AS score FROM numbered
+ GROUP BY path, event ORDER BY score DESC LIMIT :k
+"""
+CLIPS_SQL = """
+SELECT path, NULL AS start, NULL AS end, audio_text_score(embedding, :query) AS score FROM clips
+ WHERE embedding IS NOT NULL ORDER BY score DESC LIMIT :k
+"""
+
+
+@hookimpl
+def prepare_connection(conn):
+    sqlite_audiotext.load(conn)
+
+
+def audio_url(datasette, database, path, start=None, end=None):
+    url = datasette.urls.path("/-/audiotext/audio?" + urlencode({"database": database, "path": path}))
+    if start is not None and end is not None:
+        url += f"#t={float(start):.2f},{float(end):.2f}"
+    return url
+
+
+def player(datasette, database, path, start=None, end=None):
+    return Markup(
+        f'<audio class="audiotext-player" controls preload="metadata" '
+        f'src="{escape(audio_url(datasette, database, path, start, end))}"></audio>'
+    )
+
+
+def row_value(row, key):
+    try:
+        return row[key]
+    except (IndexError, KeyError, TypeError):
+        return None
+
+
+@hookimpl
+def render_cell(row, value, column, database, datasette):
+    if column != "path" or not isinstance(value, str):
+        return None
+    if os.path.splitext(value)[1].lower() not in AUDIO_TYPES:
+        return None
+    start, end = row_value(row, "start"), row_value(row, "end")
+    return Markup(f'{player(datasette, database, value, start, end)}<br><span class="audiotext-path">{escape(value)}</span>')
+
+
+async def listed_in_database(db, path):
+    """Whether a table of `db` has a `path` column holding `path`."""
+    for table in await db.table_names():
+        columns = await db.table_columns(table)
+        if "path" in columns:
+            found = await db.execute(f"SELECT 1 FROM {escape_sqlite(table)} WHERE path = ? LIMIT 1", [path])
+            if found.first():
+                return True
+    return False
+
+
+def byte_range(header, size):
+    """(first, last) of a `Range: bytes=a-b` header, or None for the whole file."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[len("bytes="):].partition("-")
+    try:
+        if first == "":
+            length = int(last)
+            return (max(size - length, 0), size - 1) if length > 0 else None
+        first = int(first)
+        last = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if first >= size or last < first:
+        return None
+    return first, min(last, size - 1)
+
+
+async def serve_audio(request, datasette):
+    database = request.args.get("database")
+    path = request.args.get("path")
+    if not database or not path:
+        return Response.text("audiotext: ?database= and ?path= are required", status=400)
+    if database not in datasette.databases:
+        return Response.text(f"audiotext: no database named {database}", status=404)
+    await datasette.ensure_permissions(request.actor, [("view-database", database), "view-instance"])
+    if os.path.splitext(path)[1].lower() not in AUDIO_TYPES:
+        return Response.text("audiotext: not an audio file name", status=404)
+    if not await listed_in_database(datasette.get_database(database), path):
+        return Response.text(f"audiotext: {database} does not list this path", status=404)
+    try:
+        info = os.stat(path)
+    except OSError:
+        return Response.text("audiotext: the file is missing", status=404)
+    if not stat.S_ISREG(info.st_mode):
+        return Response.text("audiotext: not a regular file", status=404)
+    size = info.st_size
+    wanted = byte_range(request.headers.get("range"), size)
+    first, last = wanted or (0, size - 1)
+    with open(path, "rb") as file:
+        file.seek(first)
+        body = file.read(max(last - first + 1, 0))
+    headers = {"accept-ranges": "bytes"}
+    if wanted:
+        headers["content-range"] = f"bytes {first}-{last}/{size}"
+    content_type = AUDIO_TYPES.get(os.path.splitext(path)[1].lower()) or mimetypes.guess_type(path)[0]
+    return Response(body, status=206 if wanted else 200, headers=headers, content_type=content_type)
+
+
+async def searchable_databases(datasette):
+    names = []
+    for name, db in datasette.databases.items():
+        if name.startswith("_"):
+            continue
+        if "clips" in await db.table_names():
+            names.append(name)
+    return names
+
+
+async def search_page(request, datasette):
+    await datasette.ensure_permissions(request.actor, ["view-instance"])
+    databases = await searchable_databases(datasette)
+    query = (request.args.get("q") or "").strip()
+    database = request.args.get("database") or (databases[0] if databases else None)
+    try:
+        k = min(max(int(request.args.get("k") or DEFAULT_K), 1), MAX_K)
+    except ValueError:
+        k = DEFAULT_K
+    results, error, moments = [], None, False
+    if database is not None and database not in databases:
+        error = f"{database} has no clips table to search"
+    elif query and database:
+        await datasette.ensure_permissions(request.actor, [("view-database", database)])
+        db = datasette.get_database(database)
+        moments = "segments" in await db.table_names() and (await db.execute("SELECT EXISTS (SELECT 1 FROM segments)")).first()[0]
+        rows = await db.execute(EVENTS_SQL if moments else CLIPS_SQL, {"query": query, "k": k})
+        for path, start, end, score in rows.rows:
+            results.append({
+                "path": path, "start": start, "end": end, "score": score,
+                "player": player(datasette, database, path, start, end),
+            })
+    return Response.html(await datasette.render_template(
+        "audiotext_search.html",
+        {"databases": databases, "database": database, "q": query, "k": k, "results": results,
+         "moments": moments, "error": error},
+        request=request,
+    ))
+
+
+@hookimpl
+def register_routes():
+    return [
+        (r"^/-/audiotext$", search_page),
+        (r"^/-/audiotext/audio$", serve_audio),
+    ]
+
+
+@hookimpl
+def menu_links(datasette, actor):
+    return [{"href": datasette.urls.path("/-/audiotext"), "label": "Search sounds"}]

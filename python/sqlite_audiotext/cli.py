@@ -1,0 +1,268 @@
+"""audiotext: index a folder of sounds into an SQLite database and search it by description,
+without writing SQL. Every step is the extension's own functions (audio_embed_files,
+audio_segment_files, text_embed, audio_text_score); this only keeps the books.
+
+  audiotext index DIR DATABASE [--segments] [--model BUNDLE]
+  audiotext search DATABASE "a door slams" [-k 10]
+
+`index` is resumable: a file already indexed whose size and modification time are unchanged is
+skipped, work is committed every batch of files, and files gone from DIR are dropped from the
+index. It shows files per second and prints each file's error as it happens (the file is kept
+in the index with its error, and tried again once it changes).
+
+Tables (created if missing): `clips(id, path, size, mtime_ns, duration, embedding, error)` and, with
+--segments, `segments(path, start, end, embedding)`: one row per window of the model, so that
+`search` answers with the moment (start and end in seconds) as well as the file.
+"""
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import sqlite_audiotext
+
+# What audio_embed_files lists in a folder (src/sql/files.rs, AUDIO_EXTENSIONS).
+AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".mka", ".mkv"}
+BATCH_FILES = 64
+DEFAULT_MODEL = "default"
+MODEL_NAME = "audiotext_cli"  # a bundle given with --model, registered under this name
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS clips(
+  id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+  duration REAL, embedding BLOB, error TEXT);
+CREATE TABLE IF NOT EXISTS segments(path TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL, embedding BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS segments_by_path ON segments(path);
+CREATE TABLE IF NOT EXISTS audiotext_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+# The best moments: in each file, the windows within 0.05 of its best score for the query,
+# merged where they overlap (the README's event query), best first.
+EVENTS_SQL = """
+WITH scored AS (
+  SELECT path, start, end, audio_text_score(:model, embedding, :query) AS score FROM segments
+), kept AS (
+  SELECT * FROM (SELECT *, max(score) OVER (PARTITION BY path) AS best FROM scored) WHERE score >= best - 0.05
+), numbered AS (
+  SELECT *, sum(new_event) OVER (PARTITION BY path ORDER BY start) AS event
+    FROM (SELECT *, start > coalesce(lag(end) OVER (PARTITION BY path ORDER BY start), -1) AS new_event FROM kept)
+)
+SELECT path, min(start), max(end), max(score) AS score FROM numbered GROUP BY path, event
+ ORDER BY score DESC LIMIT :k
+"""
+CLIPS_SQL = """
+SELECT path, NULL, NULL, audio_text_score(:model, embedding, :query) AS score FROM clips
+ WHERE embedding IS NOT NULL ORDER BY score DESC LIMIT :k
+"""
+
+
+class Failure(Exception):
+    """A problem the user can fix: printed as one line, exit status 1."""
+
+
+def audio_files(folder):
+    """Audio files below `folder` by extension, following links, each file once, sorted."""
+    found, seen_dirs, seen_files = [], set(), set()
+
+    def walk(directory):
+        try:
+            info = os.stat(directory)
+        except OSError as error:
+            raise Failure(f"cannot list {directory}: {error.strerror}") from error
+        if (info.st_dev, info.st_ino) in seen_dirs:
+            return
+        seen_dirs.add((info.st_dev, info.st_ino))
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            path = os.path.join(directory, entry.name)
+            try:
+                if entry.is_dir():
+                    walk(path)
+                    continue
+                info = os.stat(path)
+                key = (info.st_dev, info.st_ino)
+            except OSError:
+                key = None  # a dangling link: listed, so that its error says so
+            if os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS and key not in seen_files:
+                if key is not None:
+                    seen_files.add(key)
+                found.append(path)
+
+    walk(os.path.abspath(folder))
+    return sorted(found)
+
+
+def connect(database, model_path=None, for_search=False):
+    """The database with the extension loaded and its model registered as MODEL_NAME; for
+    `index` the tables are created, for `search` they must be there (nothing is written)."""
+    if for_search and not Path(database).is_file():
+        raise Failure(f"no database at {database}: make one with `audiotext index DIR {database}`")
+    conn = sqlite3.connect(database)
+    try:
+        sqlite_audiotext.load(conn)
+    except (sqlite3.Error, ImportError, RuntimeError) as error:
+        raise Failure(f"cannot load the extension: {error}") from error
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    if for_search and not {"clips", "segments", "audiotext_settings"} <= tables:
+        raise Failure(f"{database} was not made by `audiotext index` (it has no clips, segments and audiotext_settings tables)")
+    if not for_search:
+        conn.executescript(SCHEMA)
+    # The model: `default` (the package's, registered by the extension itself) or a bundle's
+    # absolute path; the one an index was made with is the one it is searched and extended with.
+    wanted = DEFAULT_MODEL if model_path is None else str(Path(model_path).resolve())
+    stored = dict(conn.execute("SELECT key, value FROM audiotext_settings")).get("model")
+    if stored is not None and model_path is not None and stored != wanted:
+        raise Failure(f"{database} was indexed with the model {stored}: index into a new database to use another")
+    model = stored or wanted
+    if model != DEFAULT_MODEL:
+        conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES (?, ?)", (MODEL_NAME, model))
+    if not for_search:
+        conn.execute("INSERT OR IGNORE INTO audiotext_settings VALUES ('model', ?)", (model,))
+        conn.commit()
+    return conn, (DEFAULT_MODEL if model == DEFAULT_MODEL else MODEL_NAME)
+
+
+class Progress:
+    """One line on stderr, redrawn: files done, files per second, errors, time left."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.done, self.errors, self.stream = total, 0, 0, stream
+        self.started = time.monotonic()
+        self.live = stream.isatty()
+        self.last_line = 0.0
+
+    def file_done(self, error=None):
+        self.done += 1
+        if error:
+            self.errors += 1
+            self.clear()
+            print(f"error: {error}", file=self.stream, flush=True)
+        now = time.monotonic()
+        if self.live or now - self.last_line >= 10 or self.done == self.total:
+            self.draw(now)
+
+    def draw(self, now):
+        self.last_line = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else 0
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} files, "
+                f"{rate:.1f} files/s, {self.errors} errors, {left:.0f} s left")
+        print(("\r" + line) if self.live else line, end="" if self.live else "\n", file=self.stream, flush=True)
+
+    def clear(self):
+        if self.live:
+            print("\r\033[K", end="", file=self.stream)
+
+    def close(self):
+        if self.live and self.total:
+            print(file=self.stream)
+
+
+def index(folder, database, segments=False, model=None, batch_files=BATCH_FILES, out=sys.stdout):
+    if not Path(folder).is_dir():
+        raise Failure(f"{folder} is not a folder")
+    conn, model_name = connect(database, model)
+    files = audio_files(folder)
+    known = {path: (size, mtime) for path, size, mtime in conn.execute("SELECT path, size, mtime_ns FROM clips")}
+    stats = {}
+    for path in files:
+        try:
+            info = os.stat(path)
+            stats[path] = (info.st_size, info.st_mtime_ns)
+        except OSError:
+            stats[path] = (-1, -1)
+    todo = [path for path in files if known.get(path) != stats[path]]
+    root = os.path.abspath(folder) + os.sep
+    gone = [path for path in known if path.startswith(root) and path not in stats]
+    with conn:
+        for path in gone:
+            conn.execute("DELETE FROM clips WHERE path = ?", (path,))
+            conn.execute("DELETE FROM segments WHERE path = ?", (path,))
+    print(f"{len(files)} audio files in {folder}: {len(files) - len(todo)} unchanged, {len(todo)} to index"
+          + (f", {len(gone)} gone from the folder (dropped)" if gone else ""), file=out, flush=True)
+    progress = Progress(len(todo))
+    try:
+        for start in range(0, len(todo), batch_files):
+            batch = todo[start:start + batch_files]
+            listing = json.dumps(batch)
+            with conn:  # one transaction per batch: an interrupted run keeps the batches done
+                for path in batch:
+                    conn.execute("DELETE FROM segments WHERE path = ?", (path,))
+                failed = {}
+                if segments:
+                    rows = conn.execute("SELECT path, start, end, embedding, error FROM audio_segment_files(?, ?)", (listing, model_name))
+                    for path, start_s, end_s, embedding, error in rows:
+                        if error is not None:
+                            failed[path] = error
+                        else:
+                            conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?)", (path, start_s, end_s, embedding))
+                rows = conn.execute("SELECT path, duration, embedding, error FROM audio_embed_files(?, ?)", (listing, model_name))
+                for path, duration, embedding, error in rows:
+                    error = error or failed.get(path)
+                    size, mtime = stats[path]
+                    # Upsert: a file indexed again keeps its id (an index over clips stays valid).
+                    conn.execute("INSERT INTO clips(path, size, mtime_ns, duration, embedding, error) VALUES (?, ?, ?, ?, ?, ?) "
+                                 "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                                 "duration = excluded.duration, embedding = excluded.embedding, error = excluded.error",
+                                 (path, size, mtime, duration, None if error else embedding, error))
+                    progress.file_done(error)
+    finally:
+        progress.close()
+    indexed, errors = conn.execute("SELECT count(embedding), count(error) FROM clips").fetchone()
+    moments = conn.execute("SELECT count(*) FROM segments").fetchone()[0]
+    print(f"{database}: {indexed} files indexed, {errors} with errors"
+          + (f", {moments} segments" if moments else ""), file=out)
+    conn.close()
+
+
+def search(database, query, k=10, out=sys.stdout):
+    conn, model_name = connect(database, for_search=True)
+    vector = conn.execute("SELECT text_embed(?, ?)", (model_name, query)).fetchone()[0]
+    has_segments = conn.execute("SELECT EXISTS (SELECT 1 FROM segments)").fetchone()[0]
+    rows = conn.execute(EVENTS_SQL if has_segments else CLIPS_SQL, {"model": model_name, "query": vector, "k": k}).fetchall()
+    if not rows:
+        raise Failure(f"{database} holds no indexed audio: run `audiotext index DIR {database}` first")
+    for path, start, end, score in rows:
+        moment = f"  {start:7.1f}-{end:.1f} s" if start is not None else ""
+        print(f"{score:.3f}{moment}  {path}", file=out)
+    conn.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="audiotext", description="Search sound with words: index a folder into SQLite, then search it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("index", help="embed the audio files of a folder into a database (resumable)")
+    p.add_argument("folder")
+    p.add_argument("database")
+    p.add_argument("--segments", action="store_true", help="also store one embedding per window, so search finds moments")
+    p.add_argument("--model", help="a model bundle folder (default: the one in the package)")
+    p = commands.add_parser("search", help="rank the indexed files (or moments) by a description")
+    p.add_argument("database")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10, help="how many results (default: 10)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "index":
+            index(args.folder, args.database, args.segments, args.model)
+        else:
+            if args.k < 1:
+                raise Failure("-k must be at least 1")
+            search(args.database, args.query, args.k)
+    except Failure as error:
+        print(f"audiotext {args.command}: {error}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as error:
+        print(f"audiotext {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\naudiotext {args.command}: interrupted; what was committed stays (run it again to go on)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

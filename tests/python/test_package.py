@@ -1,0 +1,166 @@
+"""The Python package as a new user gets it: a fresh virtual environment, `pip install` of the
+built wheel (dist/wheels/, made by scripts/build-wheel.sh, which scripts/test.sh runs first) and
+its dependencies, no Rust toolchain on the PATH; then the README's five lines of Python and the
+`audiotext` command line, on real recorded sounds.
+
+The sounds are Debian's (scripts/install-deps.sh installs them: Scratch's sound library, Tux
+Paint's and GNOME Pomodoro's), linked under names that say what they are. The default model
+never trained on them (it trains on ESC-50). pip fetches onnxruntime's own dependencies from
+PyPI; onnxruntime itself comes from set-up's cache when it is there.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+WHEELS = ROOT / "dist" / "wheels"
+ORT_WHEELS = ROOT / ".cache" / "wheels"
+SCRATCH = Path("/usr/share/scratch/Media/Sounds")
+SOUNDS = {
+    "rooster.wav": SCRATCH / "Animal" / "Rooster.wav",
+    "cat-meowing.wav": SCRATCH / "Animal" / "Meow.wav",
+    "bell-tolling.wav": SCRATCH / "Effects" / "BellToll.wav",
+    "baby-crying.mp3": SCRATCH / "Human" / "BabyCry.mp3",
+    "thunder.ogg": Path("/usr/share/tuxpaint/sounds/magic/lightning.ogg"),
+    "rain.ogg": Path("/usr/share/tuxpaint/sounds/magic/rain.ogg"),
+    "clock-ticking.ogg": Path("/usr/share/gnome-pomodoro/sounds/clock.ogg"),
+}
+# Without a Rust toolchain: the system's folders only.
+PLAIN_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def readme_snippet():
+    """The Python block of python/README.md (the package's page), as a user would paste it."""
+    text = (ROOT / "python" / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def wheel():
+    found = sorted(WHEELS.glob("sqlite_audiotext-*.whl"))
+    if not found:
+        pytest.fail(f"no wheel in {WHEELS}: run scripts/build-wheel.sh (scripts/test.sh does)")
+    return found[-1]
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory):
+    """A new virtual environment with only the wheel and its dependencies installed."""
+    folder = tmp_path_factory.mktemp("venv") / "env"
+    env = dict(os.environ, PATH=PLAIN_PATH)
+    env.pop("PYTHONPATH", None)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", str(folder)], check=True, env=env)
+    links = [arg for d in sorted(ORT_WHEELS.glob("onnxruntime-*")) for arg in ("--find-links", str(d))]
+    done = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+                           *links, str(wheel)], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory):
+    missing = [str(p) for p in SOUNDS.values() if not p.exists()]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run scripts/install-deps.sh")
+    folder = tmp_path_factory.mktemp("work") / "recordings"
+    folder.mkdir()
+    for name, source in SOUNDS.items():
+        (folder / name).symlink_to(source)
+    return folder
+
+
+def run(venv, args, cwd, **kwargs):
+    env = dict(os.environ, PATH=f"{venv / 'bin'}:{PLAIN_PATH}")
+    for name in ("PYTHONPATH", "AUDIOTEXT_ORT_DYLIB", "ORT_DYLIB_PATH", "LD_LIBRARY_PATH"):
+        env.pop(name, None)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def test_the_wheel_holds_the_extension_and_model_but_no_runtime(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "sqlite_audiotext/audiotext0.so" in names
+    for file in ("manifest.json", "text.onnx", "audio.onnx", "tokenizer.json"):
+        assert f"sqlite_audiotext/models/default/{file}" in names
+    assert not [n for n in names if "onnxruntime" in n], names
+    assert wheel.name.endswith("-py3-none-linux_x86_64.whl"), wheel.name
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: onnxruntime>=1.22" in metadata
+
+
+def test_readme_snippet_finds_real_sounds(venv, recordings):
+    """The five lines of python/README.md, with 'a dog barking' asked of these sounds as
+    'thunder' (there is no dog among them): the thunder clip comes first."""
+    snippet = readme_snippet().replace("'a dog barking'", "'thunder'")
+    done = run(venv, [str(venv / "bin" / "python"), "-c", snippet], cwd=recordings.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranked = eval(done.stdout)  # the snippet prints a list of (path, score)
+    assert len(ranked) == 5, ranked
+    assert Path(ranked[0][0]).name == "thunder.ogg", ranked
+    assert all(a[1] >= b[1] for a, b in zip(ranked, ranked[1:]))
+
+
+def test_runtime_comes_from_the_onnxruntime_package(venv, recordings):
+    code = ("import sqlite3, sqlite_audiotext; c = sqlite3.connect(':memory:'); sqlite_audiotext.load(c); "
+            "print(c.execute('SELECT audiotext_debug()').fetchone()[0])")
+    done = run(venv, [str(venv / "bin" / "python"), "-c", code], cwd=recordings.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"site-packages/onnxruntime/capi/libonnxruntime\.so", done.stdout), done.stdout
+    assert "models/default" in done.stdout and "sqlite_audiotext" in done.stdout, done.stdout
+    shell = run(venv, [str(venv / "bin" / "python"), "-m", "sqlite_audiotext"], cwd=recordings.parent)
+    assert shell.returncode == 0 and ".load " in shell.stdout, shell.stderr
+
+
+def test_command_line_index_is_resumable_and_search_ranks(venv, recordings, tmp_path):
+    database = tmp_path / "sounds.db"
+    audiotext = str(venv / "bin" / "audiotext")
+    first = run(venv, [audiotext, "index", str(recordings), str(database)], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"{len(SOUNDS)} audio files" in first.stdout and f"{len(SOUNDS)} to index" in first.stdout, first.stdout
+    assert f"{len(SOUNDS)}/{len(SOUNDS)} files" in first.stderr and "files/s" in first.stderr, first.stderr
+    # Unchanged files are skipped; a changed one is indexed again; a broken one is an error row.
+    again = run(venv, [audiotext, "index", str(recordings), str(database)], cwd=tmp_path)
+    assert f"{len(SOUNDS)} unchanged, 0 to index" in again.stdout, again.stdout
+    (recordings / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    third = run(venv, [audiotext, "index", str(recordings), str(database)], cwd=tmp_path)
+    assert "1 to index" in third.stdout and "error:" in third.stderr and "broken.wav" in third.stderr, (third.stdout, third.stderr)
+    assert f"{len(SOUNDS)} files indexed, 1 with errors" in third.stdout, third.stdout
+    (recordings / "broken.wav").unlink()
+    found = run(venv, [audiotext, "search", str(database), "a rooster crowing", "-k", "3"], cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].endswith("rooster.wav"), lines
+    missing = run(venv, [audiotext, "search", str(tmp_path / "none.db"), "x"], cwd=tmp_path)
+    assert missing.returncode == 1 and "no database at" in missing.stderr, missing.stderr
+
+
+def test_command_line_finds_moments(venv, recordings, tmp_path):
+    """With --segments, search answers with the moment: the thunder inside a longer recording
+    made of quiet noise, rain, thunder and a bell (sox)."""
+    folder = tmp_path / "long"
+    folder.mkdir()
+    pieces = []
+    for index, name in enumerate(["rain.ogg", "thunder.ogg", "bell-tolling.wav"]):
+        gap = tmp_path / f"gap{index}.wav"
+        subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(gap), "synth", "10", "brownnoise", "vol", "0.004"], check=True)
+        piece = tmp_path / f"piece{index}.wav"
+        subprocess.run(["sox", "-V1", "-G", str(recordings / name), "-r", "16000", "-c", "1", str(piece)], check=True)
+        pieces += [str(gap), str(piece)]
+    subprocess.run(["sox", *pieces, str(folder / "walk.wav")], check=True)
+    lengths = [float(subprocess.run(["soxi", "-D", p], capture_output=True, text=True, check=True).stdout) for p in pieces]
+    thunder_start, thunder_end = sum(lengths[:3]), sum(lengths[:4])
+    database = tmp_path / "moments.db"
+    audiotext = str(venv / "bin" / "audiotext")
+    done = run(venv, [audiotext, "index", "--segments", str(folder), str(database)], cwd=tmp_path)
+    assert done.returncode == 0 and "segments" in done.stdout, done.stderr[-3000:]
+    found = run(venv, [audiotext, "search", str(database), "thunder", "-k", "1"], cwd=tmp_path)
+    score, span, _, path = found.stdout.split(maxsplit=3)
+    start, end = (float(x) for x in span.split("-"))
+    assert path.strip().endswith("walk.wav"), found.stdout
+    assert start < thunder_end and thunder_start < end, (start, end, thunder_start, thunder_end)
