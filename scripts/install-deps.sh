@@ -11,6 +11,10 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # Tests make audio files in every supported format: sox (wav, flac, ogg, mp3), ffmpeg (aac/m4a).
 command -v sox >/dev/null || need+=(sox libsox-fmt-all)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
+# The Datasette plugin's browser test (tests/python/test_datasette.py): Debian's chromium,
+# headless, and its matching chromedriver (no browser download).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # Real recorded everyday sounds with descriptive file names for the demo (scripts/demo.sh),
 # none of them from ESC-50, on which the default model trains. Without recommends (scratch's
 # squeak-vm would pull in zenity and WebKit); about 42 MB to download in all:
