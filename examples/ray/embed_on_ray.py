@@ -35,9 +35,14 @@ FILES_PER_BATCH = 16
 class Embedder:
     """One per Ray worker: a connection with the extension loaded (the model loads once)."""
 
-    def __init__(self, segments=False):
+    def __init__(self, segments=False, threads=1):
+        import os
+
         import sqlite_audiotext
 
+        # ONNX Runtime would start one thread per core of the machine in every worker: each
+        # worker keeps to the CPUs Ray gave it.
+        os.environ["AUDIOTEXT_THREADS"] = str(threads)
         self.segments = segments
         # Ray calls the actor from a thread other than the one that built it, one call at a time.
         self.conn = sqlite3.connect(":memory:", check_same_thread=False)
@@ -62,7 +67,7 @@ class Embedder:
         return pa.table(out, schema=SCHEMA)
 
 
-def embed(file_list, out_dir, address=None, segments=False, workers=None):
+def embed(file_list, out_dir, address=None, segments=False, workers=None, cpus_per_worker=1):
     import ray
     import ray.cloudpickle
 
@@ -70,11 +75,11 @@ def embed(file_list, out_dir, address=None, segments=False, workers=None):
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     paths = [line.strip() for line in Path(file_list).read_text().splitlines() if line.strip()]
-    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_worker)
     dataset = ray.data.from_items([{"path": p} for p in paths])
-    embedded = dataset.map_batches(Embedder, fn_constructor_kwargs={"segments": segments},
+    embedded = dataset.map_batches(Embedder, fn_constructor_kwargs={"segments": segments, "threads": cpus_per_worker},
                                    batch_size=FILES_PER_BATCH, batch_format="pyarrow",
-                                   concurrency=workers, num_cpus=1)
+                                   concurrency=workers, num_cpus=cpus_per_worker)
     embedded.write_parquet(str(out_dir))
     return len(paths)
 
@@ -108,13 +113,14 @@ def main(argv=None):
     p.add_argument("out_dir")
     p.add_argument("--address", help="a running Ray cluster (default: start a local one)")
     p.add_argument("--segments", action="store_true")
-    p.add_argument("--workers", type=int, help="Ray workers embedding at once (default: the cluster's CPUs)")
+    p.add_argument("--workers", type=int, help="Ray workers embedding at once (default: the cluster's CPUs / --cpus-per-worker)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (and ONNX Runtime threads) per worker (default: 1)")
     p = commands.add_parser("load")
     p.add_argument("out_dir")
     p.add_argument("database")
     args = parser.parse_args(argv)
     if args.command == "embed":
-        count = embed(args.file_list, args.out_dir, args.address, args.segments, args.workers)
+        count = embed(args.file_list, args.out_dir, args.address, args.segments, args.workers, args.cpus_per_worker)
         print(f"{count} files embedded into {args.out_dir}")
     else:
         clips, segments = load(args.out_dir, args.database)

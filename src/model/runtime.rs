@@ -22,6 +22,25 @@ use crate::{Error, Result};
 pub const DYLIB_ENV_VARS: [&str; 2] = ["AUDIOTEXT_ORT_DYLIB", "ORT_DYLIB_PATH"];
 /// Environment variable choosing the execution provider: `auto` (default), `cpu` or `cuda`.
 pub const PROVIDER_ENV_VAR: &str = "AUDIOTEXT_PROVIDER";
+/// Threads one encoder run may use on the CPU (ONNX Runtime's intra-op threads). Unset: ONNX
+/// Runtime's default, one per physical core. A process among several on one machine (a Ray or
+/// Spark worker given one CPU) sets it to its share.
+pub const THREADS_ENV_VAR: &str = "AUDIOTEXT_THREADS";
+const MAX_THREADS: usize = 1024;
+
+/// AUDIOTEXT_THREADS, read when a session is made: None when unset or empty.
+fn intra_op_threads() -> Result<Option<usize>> {
+    let Some(value) = std::env::var_os(THREADS_ENV_VAR).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(n) if (1..=MAX_THREADS).contains(&n) => Ok(Some(n)),
+        _ => Err(Error::Runtime(format!(
+            "{THREADS_ENV_VAR}={} is not a thread count: set a whole number from 1 to {MAX_THREADS}, or unset it for one thread per core",
+            value.to_string_lossy()
+        ))),
+    }
+}
 /// File name of the library on the dynamic linker's search path and next to the extension.
 const DYLIB_NAME: &str = "libonnxruntime.so";
 const CUDA_PROVIDER: &str = "CUDAExecutionProvider";
@@ -247,6 +266,9 @@ impl Runtime {
         let mut builder = Session::builder(&self.environment)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(ort::Error::from)?;
+        if let Some(threads) = intra_op_threads()? {
+            builder = builder.with_intra_threads(threads).map_err(ort::Error::from)?;
+        }
         let mut placement = SessionPlacement {
             provider: CPU_PROVIDER,
             cuda_note: None,

@@ -336,6 +336,22 @@ def test_missing_runtime_named_by_environment():
     assert "onnxruntime: not loaded: cannot load the ONNX Runtime library" in lines[2]
 
 
+def test_thread_count_from_the_environment():
+    """AUDIOTEXT_THREADS sets ONNX Runtime's threads per run (a Ray worker's share of a
+    machine): the same vectors with one thread, and a clear error for a bad value."""
+    code = """
+        import os
+        conn.execute("CREATE TABLE v AS SELECT text_embed('a dog barking') AS t")
+        print(conn.execute("SELECT hex(t) FROM v").fetchone()[0][:64])
+        print(attempt("SELECT length(text_embed('x'))"))
+        """
+    default = run_python(code, {}).splitlines()
+    one = run_python(code, {"AUDIOTEXT_THREADS": "1"}).splitlines()
+    assert one[0] == default[0] and one[1] == "('ok', 1536)"
+    out = run_python('print(attempt("SELECT text_embed(\'x\')"))', {"AUDIOTEXT_THREADS": "many"})
+    assert "AUDIOTEXT_THREADS=many is not a thread count: set a whole number from 1 to 1024" in out, out
+
+
 def test_missing_runtime_next_to_a_copied_extension(tmp_path):
     """The extension copied alone: the error lists each place it looked, then the fix."""
     lonely = tmp_path / "audiotext0.so"
