@@ -121,7 +121,7 @@ while read -r sound source effects; do
   index=$((index + 1))
   sox -n -r 16000 -c 1 -b 16 "$moments/pieces/$index-gap.wav" synth "$gap" brownnoise vol 0.004
   # shellcheck disable=SC2086  # the effects are separate words
-  sox -G "$source" -r 16000 -c 1 -b 16 "$moments/pieces/$index-$sound.wav" $effects
+  sox -V1 -G "$source" -r 16000 -c 1 -b 16 "$moments/pieces/$index-$sound.wav" $effects
   length=$(soxi -D "$moments/pieces/$index-$sound.wav")
   start=$(awk -v at="$at" -v gap="$gap" 'BEGIN { printf "%.6f", at + gap }')
   at=$(awk -v start="$start" -v seconds="$length" 'BEGIN { printf "%.6f", start + seconds }')
@@ -139,7 +139,7 @@ fire $minetest/fire/sounds/fire_large.ogg
 EOF
 if [ "${#pieces[@]}" -gt 0 ]; then
   sox -n -r 16000 -c 1 -b 16 "$moments/pieces/end-gap.wav" synth "${gaps[$index]}" brownnoise vol 0.004
-  sox "${pieces[@]}" "$moments/pieces/end-gap.wav" "$moments/long.wav"
+  sox -V1 "${pieces[@]}" "$moments/pieces/end-gap.wav" "$moments/long.wav"
   echo
   echo "== sqlite3 < sql/moments-demo.sql   (@recording = $moments/long.wav)"
   sqlite3 -bail -cmd ".parameter set @recording \"'$(cd "$moments" && pwd)/long.wav'\"" :memory: < sql/moments-demo.sql

@@ -32,5 +32,8 @@ cargo test --locked --manifest-path tests/host-rusqlite/Cargo.toml
 echo "== host: sqlite3 shell"
 tests/shell/test.sh
 
+echo "== the Python package (dist/wheels/; test_package, test_datasette and test_ray install it in fresh venvs)"
+scripts/build-wheel.sh
+
 echo "== host: Debian's Python sqlite3 (pytest)"
 .venv/bin/python -m pytest tests/python -v -p no:cacheprovider

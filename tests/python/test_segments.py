@@ -516,6 +516,25 @@ def test_audio_segment_files_over_a_folder(conn, tmp_path):
     )
 
 
+def test_a_json_array_of_paths_names_the_files(conn, tmp_path):
+    """Both file tables take a JSON array of paths (json_group_array of a table of files to do):
+    those files, in path order, each once, whatever their extension; a missing one is an error row."""
+    names = ["b.wav", "a.flac.bin"]
+    for index, name in enumerate(names):
+        ma.write_wav(tmp_path / name, ma.realish(RATE, 3.0, seed=20 + index), RATE, "s16")
+    conn.execute("CREATE TABLE todo(path TEXT)")
+    conn.executemany("INSERT INTO todo VALUES (?)", [(str(tmp_path / n),) for n in [*names, "b.wav", "gone.wav"]])
+    listing = "(SELECT json_group_array(path) FROM todo)"
+    files = conn.execute(f"SELECT path, error IS NULL, embedding FROM audio_embed_files({listing})").fetchall()
+    assert [(Path(p).name, ok) for p, ok, _ in files] == [("a.flac.bin", 1), ("b.wav", 1), ("gone.wav", 0)]
+    assert files[1][2] == conn.execute("SELECT audio_embed(?)", (str(tmp_path / "b.wav"),)).fetchone()[0]
+    rows = conn.execute(f"SELECT path, start, end, error FROM audio_segment_files({listing})").fetchall()
+    assert [Path(r[0]).name for r in rows if r[3] is None] == ["a.flac.bin"] * 2 + ["b.wav"] * 2, rows
+    assert [Path(r[0]).name for r in rows if r[3] is not None] == ["gone.wav"]
+    with pytest.raises(sqlite3.OperationalError, match="looks like a JSON array of paths but is not one"):
+        conn.execute("SELECT * FROM audio_embed_files('[1, 2]')").fetchall()
+
+
 def test_audio_segment_files_errors(conn, small_wav):
     expect_error(conn, "SELECT * FROM audio_segment_files", (),
                  r"^audio_segment_files: argument 1 \(dir_or_glob\) is required", small_wav)
