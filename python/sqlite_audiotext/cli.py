@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import sqlite_audiotext
+from sqlite_audiotext.queries import BEST_CLIPS, BEST_MOMENTS
 
 # What audio_embed_files lists in a folder (src/sql/files.rs, AUDIO_EXTENSIONS).
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".mka", ".mkv"}
@@ -38,26 +39,6 @@ CREATE TABLE IF NOT EXISTS segments(path TEXT NOT NULL, start REAL NOT NULL, end
 CREATE INDEX IF NOT EXISTS segments_by_path ON segments(path);
 CREATE TABLE IF NOT EXISTS audiotext_settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-# The best moments: in each file, the windows within 0.05 of its best score for the query,
-# merged where they overlap (the README's event query), best first.
-EVENTS_SQL = """
-WITH scored AS (
-  SELECT path, start, end, audio_text_score(:model, embedding, :query) AS score FROM segments
-), kept AS (
-  SELECT * FROM (SELECT *, max(score) OVER (PARTITION BY path) AS best FROM scored) WHERE score >= best - 0.05
-), numbered AS (
-  SELECT *, sum(new_event) OVER (PARTITION BY path ORDER BY start) AS event
-    FROM (SELECT *, start > coalesce(lag(end) OVER (PARTITION BY path ORDER BY start), -1) AS new_event FROM kept)
-)
-SELECT path, min(start), max(end), max(score) AS score FROM numbered GROUP BY path, event
- ORDER BY score DESC LIMIT :k
-"""
-CLIPS_SQL = """
-SELECT path, NULL, NULL, audio_text_score(:model, embedding, :query) AS score FROM clips
- WHERE embedding IS NOT NULL ORDER BY score DESC LIMIT :k
-"""
-
-
 class Failure(Exception):
     """A problem the user can fix: printed as one line, exit status 1."""
 
@@ -223,7 +204,7 @@ def search(database, query, k=10, out=sys.stdout):
     conn, model_name = connect(database, for_search=True)
     vector = conn.execute("SELECT text_embed(?, ?)", (model_name, query)).fetchone()[0]
     has_segments = conn.execute("SELECT EXISTS (SELECT 1 FROM segments)").fetchone()[0]
-    rows = conn.execute(EVENTS_SQL if has_segments else CLIPS_SQL, {"model": model_name, "query": vector, "k": k}).fetchall()
+    rows = conn.execute(BEST_MOMENTS if has_segments else BEST_CLIPS, {"model": model_name, "query": vector, "k": k}).fetchall()
     if not rows:
         raise Failure(f"{database} holds no indexed audio: run `audiotext index DIR {database}` first")
     for path, start, end, score in rows:

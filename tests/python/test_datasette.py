@@ -10,6 +10,7 @@ The screenshot of the search page is written to target/screenshots/ (docs/datase
 is a copy)."""
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -24,11 +25,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from conftest import ROOT
-from test_package import PLAIN_PATH, SOUNDS, run
+from test_package import PLAIN_PATH, SOUNDS, fresh_venv, run, walk_recording
 from test_package import recordings, wheel  # noqa: F401  (fixtures)
 
 PLUGIN = ROOT / "python" / "datasette-audiotext"
-ORT_WHEELS = ROOT / ".cache" / "wheels"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = ROOT / "target" / "screenshots"
@@ -37,30 +37,17 @@ SCREENSHOTS = ROOT / "target" / "screenshots"
 
 @pytest.fixture(scope="module")
 def plugin_venv(wheel, tmp_path_factory):  # noqa: F811
-    folder = tmp_path_factory.mktemp("dvenv") / "env"
-    env = dict(os.environ, PATH=PLAIN_PATH)
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(folder)], check=True, env=env)
-    links = [arg for d in sorted(ORT_WHEELS.glob("onnxruntime-*")) for arg in ("--find-links", str(d))]
-    done = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                           *links, str(wheel), str(PLUGIN)], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
+    # pip builds the plugin in place: a copy keeps the source tree clean.
+    plugin = tmp_path_factory.mktemp("plugin") / PLUGIN.name
+    shutil.copytree(PLUGIN, plugin)
+    return fresh_venv(tmp_path_factory.mktemp("dvenv") / "env", wheel, plugin)
 
 
 @pytest.fixture(scope="module")
 def database(plugin_venv, recordings, tmp_path_factory):  # noqa: F811
     """Clips of the recordings folder, and the segments of one longer recording."""
     folder = tmp_path_factory.mktemp("db")
-    long = folder / "long"
-    long.mkdir()
-    pieces = []
-    for index, name in enumerate(["rain.ogg", "thunder.ogg", "bell-tolling.wav"]):
-        gap = folder / f"gap{index}.wav"
-        subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(gap), "synth", "10", "brownnoise", "vol", "0.004"], check=True)
-        piece = folder / f"piece{index}.wav"
-        subprocess.run(["sox", "-V1", "-G", str(recordings / name), "-r", "16000", "-c", "1", str(piece)], check=True)
-        pieces += [str(gap), str(piece)]
-    subprocess.run(["sox", *pieces, str(long / "walk.wav")], check=True)
+    long = walk_recording(recordings, folder / "long")[0].parent
     clips, moments = folder / "sounds.db", folder / "moments.db"
     audiotext = str(plugin_venv / "bin" / "audiotext")
     for args in ([audiotext, "index", str(recordings), str(clips)], [audiotext, "index", "--segments", str(long), str(moments)]):

@@ -12,7 +12,6 @@ PyPI; onnxruntime itself comes from set-up's cache when it is there.
 import os
 import re
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -50,18 +49,41 @@ def wheel():
     return found[-1]
 
 
-@pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory):
-    """A new virtual environment with only the wheel and its dependencies installed."""
-    folder = tmp_path_factory.mktemp("venv") / "env"
+def fresh_venv(folder, *packages):
+    """A new virtual environment at `folder` with `packages` (and their dependencies) installed
+    by pip, with no Rust toolchain on the PATH; onnxruntime from set-up's cache when there."""
     env = dict(os.environ, PATH=PLAIN_PATH)
     env.pop("PYTHONPATH", None)
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(folder)], check=True, env=env)
     links = [arg for d in sorted(ORT_WHEELS.glob("onnxruntime-*")) for arg in ("--find-links", str(d))]
     done = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                           *links, str(wheel)], env=env, capture_output=True, text=True, timeout=900)
+                           *links, *map(str, packages)], env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder
+
+
+def walk_recording(recordings, folder):
+    """`folder/walk.wav`: 10 s of quiet noise before each of rain, thunder and a bell (sox), and
+    where the thunder is: (path, start, end) in seconds."""
+    folder.mkdir()
+    pieces = []
+    for index, name in enumerate(["rain.ogg", "thunder.ogg", "bell-tolling.wav"]):
+        gap = folder / f"gap{index}.wav"
+        subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(gap), "synth", "10", "brownnoise", "vol", "0.004"], check=True)
+        piece = folder / f"piece{index}.wav"
+        subprocess.run(["sox", "-V1", "-G", str(recordings / name), "-r", "16000", "-c", "1", str(piece)], check=True)
+        pieces += [gap, piece]
+    walk = folder / "walk" / "walk.wav"
+    walk.parent.mkdir()
+    subprocess.run(["sox", *map(str, pieces), str(walk)], check=True)
+    lengths = [float(subprocess.run(["soxi", "-D", str(p)], capture_output=True, text=True, check=True).stdout) for p in pieces]
+    return walk, sum(lengths[:3]), sum(lengths[:4])
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory):
+    """A new virtual environment with only the wheel and its dependencies installed."""
+    return fresh_venv(tmp_path_factory.mktemp("venv") / "env", wheel)
 
 
 @pytest.fixture(scope="module")
@@ -143,18 +165,8 @@ def test_command_line_index_is_resumable_and_search_ranks(venv, recordings, tmp_
 def test_command_line_finds_moments(venv, recordings, tmp_path):
     """With --segments, search answers with the moment: the thunder inside a longer recording
     made of quiet noise, rain, thunder and a bell (sox)."""
-    folder = tmp_path / "long"
-    folder.mkdir()
-    pieces = []
-    for index, name in enumerate(["rain.ogg", "thunder.ogg", "bell-tolling.wav"]):
-        gap = tmp_path / f"gap{index}.wav"
-        subprocess.run(["sox", "-n", "-r", "16000", "-c", "1", str(gap), "synth", "10", "brownnoise", "vol", "0.004"], check=True)
-        piece = tmp_path / f"piece{index}.wav"
-        subprocess.run(["sox", "-V1", "-G", str(recordings / name), "-r", "16000", "-c", "1", str(piece)], check=True)
-        pieces += [str(gap), str(piece)]
-    subprocess.run(["sox", *pieces, str(folder / "walk.wav")], check=True)
-    lengths = [float(subprocess.run(["soxi", "-D", p], capture_output=True, text=True, check=True).stdout) for p in pieces]
-    thunder_start, thunder_end = sum(lengths[:3]), sum(lengths[:4])
+    walk, thunder_start, thunder_end = walk_recording(recordings, tmp_path / "long")
+    folder = walk.parent
     database = tmp_path / "moments.db"
     audiotext = str(venv / "bin" / "audiotext")
     done = run(venv, [audiotext, "index", "--segments", str(folder), str(database)], cwd=tmp_path)

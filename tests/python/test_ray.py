@@ -5,8 +5,6 @@ what `audio_embed_files` and `audio_segment_files` give in one process on the sa
 A fresh virtual environment gets the built wheel and Ray (pinned below) from PyPI."""
 
 import json
-import os
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -14,26 +12,18 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from test_package import PLAIN_PATH, run
+from test_package import fresh_venv, run
 from test_package import wheel  # noqa: F401  (fixture)
 
 RAY = "ray[data]==2.60.0"
 EXAMPLE = ROOT / "examples" / "ray" / "embed_on_ray.py"
-ORT_WHEELS = ROOT / ".cache" / "wheels"
 SCRATCH = Path("/usr/share/scratch/Media/Sounds")
 FILES = 24
 
 
 @pytest.fixture(scope="module")
 def ray_venv(wheel, tmp_path_factory):  # noqa: F811
-    folder = tmp_path_factory.mktemp("rvenv") / "env"
-    env = dict(os.environ, PATH=PLAIN_PATH)
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(folder)], check=True, env=env)
-    links = [arg for d in sorted(ORT_WHEELS.glob("onnxruntime-*")) for arg in ("--find-links", str(d))]
-    done = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                           *links, str(wheel), RAY], env=env, capture_output=True, text=True, timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
+    return fresh_venv(tmp_path_factory.mktemp("rvenv") / "env", wheel, RAY)
 
 
 @pytest.fixture(scope="module")

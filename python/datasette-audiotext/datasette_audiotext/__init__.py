@@ -14,6 +14,7 @@ import stat
 from urllib.parse import urlencode
 
 import sqlite_audiotext
+from sqlite_audiotext.queries import BEST_CLIPS, BEST_MOMENTS
 from datasette import hookimpl
 from datasette.utils import escape_sqlite
 from datasette.utils.asgi import Response
@@ -26,25 +27,6 @@ AUDIO_TYPES = {
 }
 DEFAULT_K = 10
 MAX_K = 100
-MARGIN = 0.05
-# The best moments: in each file, the windows within MARGIN of its best score for the query,
-# merged where they overlap (the main README's event query).
-EVENTS_SQL = f"""
-WITH scored AS (
-  SELECT path, start, end, audio_text_score(embedding, :query) AS score FROM segments
-), kept AS (
-  SELECT * FROM (SELECT *, max(score) OVER (PARTITION BY path) AS best FROM scored) WHERE score >= best - {MARGIN}
-), numbered AS (
-  SELECT *, sum(new_event) OVER (PARTITION BY path ORDER BY start) AS event
-    FROM (SELECT *, start > coalesce(lag(end) OVER (PARTITION BY path ORDER BY start), -1) AS new_event FROM kept)
-)
-SELECT path, min(start) AS start, max(end) AS end, max(score) AS score FROM numbered
- GROUP BY path, event ORDER BY score DESC LIMIT :k
-"""
-CLIPS_SQL = """
-SELECT path, NULL AS start, NULL AS end, audio_text_score(embedding, :query) AS score FROM clips
- WHERE embedding IS NOT NULL ORDER BY score DESC LIMIT :k
-"""
 
 
 @hookimpl
@@ -169,7 +151,7 @@ async def search_page(request, datasette):
         await datasette.ensure_permissions(request.actor, [("view-database", database)])
         db = datasette.get_database(database)
         moments = "segments" in await db.table_names() and (await db.execute("SELECT EXISTS (SELECT 1 FROM segments)")).first()[0]
-        rows = await db.execute(EVENTS_SQL if moments else CLIPS_SQL, {"query": query, "k": k})
+        rows = await db.execute(BEST_MOMENTS if moments else BEST_CLIPS, {"model": "default", "query": query, "k": k})
         for path, start, end, score in rows.rows:
             results.append({
                 "path": path, "start": start, "end": end, "score": score,
