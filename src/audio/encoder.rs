@@ -133,7 +133,7 @@ impl AudioEncoder {
         max_windows: usize,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<FileFeatures>> {
-        let mut stream = self.windows(source)?;
+        let mut stream = self.windows(source, None)?;
         let mut windows = Vec::new();
         let mut waveforms = Vec::new();
         loop {
@@ -173,9 +173,14 @@ impl AudioEncoder {
         (frames * self.mel.values_per_frame() + waveform) * std::mem::size_of::<f32>()
     }
 
-    /// The window stream of `source` with this encoder's front-end (and waveforms if it takes them).
-    fn windows<'a>(&self, source: &AudioSource<'a>) -> Result<LogMelWindows<'a>> {
-        let stream = LogMelWindows::new(source, self.mel.clone(), &self.section.windowing)?;
+    /// The window stream of `source` with this encoder's front-end (and waveforms if it takes
+    /// them); `hop_seconds` replaces the manifest's hop (the window's length is the model's).
+    fn windows<'a>(&self, source: &AudioSource<'a>, hop_seconds: Option<f32>) -> Result<LogMelWindows<'a>> {
+        let mut windowing = self.section.windowing.clone();
+        if let Some(hop) = hop_seconds {
+            windowing.hop_seconds = hop;
+        }
+        let stream = LogMelWindows::new(source, self.mel.clone(), &windowing)?;
         Ok(if self.needs_waveform() {
             stream.with_waveforms()
         } else {
@@ -396,9 +401,6 @@ impl AudioEncoder {
             sum.add(&window.embedding);
             Ok(())
         })?;
-        if sum.is_empty() {
-            return Err(no_samples(source));
-        }
         Ok(FileEmbedding { embedding: sum.finish(), duration_seconds })
     }
 
@@ -406,7 +408,7 @@ impl AudioEncoder {
     /// file order, handed to `on_window` a batch at a time as the encoder produces them: memory
     /// does not depend on the file's length. `hop_seconds` replaces the manifest's hop (the
     /// window's length is the model's). Checks `cancelled` before each window; returns the
-    /// seconds of audio read.
+    /// seconds of audio read, or the "no audio samples" error when there was no window at all.
     pub fn for_each_window(
         &self,
         source: &AudioSource<'_>,
@@ -414,12 +416,8 @@ impl AudioEncoder {
         cancelled: &dyn Fn() -> bool,
         on_window: &mut dyn FnMut(WindowEmbedding) -> Result<()>,
     ) -> Result<f64> {
-        let mut windowing = self.section.windowing.clone();
-        if let Some(hop) = hop_seconds {
-            windowing.hop_seconds = hop;
-        }
-        let stream = LogMelWindows::new(source, self.mel.clone(), &windowing)?;
-        let mut stream = if self.needs_waveform() { stream.with_waveforms() } else { stream };
+        let mut stream = self.windows(source, hop_seconds)?;
+        let mut any = false;
         let rate = f64::from(self.section.front_end.sample_rate);
         let mut windows: Vec<LogMel> = Vec::with_capacity(MAX_BATCH_WINDOWS);
         let mut bounds: Vec<(f64, f64)> = Vec::with_capacity(MAX_BATCH_WINDOWS);
@@ -431,6 +429,7 @@ impl AudioEncoder {
             let window = stream.next().transpose()?;
             let end = window.is_none();
             if let Some(window) = window {
+                any = true;
                 windows.push(window);
                 let (start, stop) = stream.last_bounds().unwrap_or((0, 0));
                 bounds.push((start as f64 / rate, stop as f64 / rate));
@@ -450,6 +449,9 @@ impl AudioEncoder {
             if end {
                 break;
             }
+        }
+        if !any {
+            return Err(no_samples(source));
         }
         Ok(self.seconds(&stream))
     }

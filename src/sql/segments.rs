@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use rusqlite::types::{Null, Value, ValueRef};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module,
     VTab, VTabConnection, VTabCursor,
 };
 use rusqlite::Connection;
@@ -63,36 +63,6 @@ type Message = Result<Segment, String>;
 
 /// The hidden arguments both tables take after their columns: source, model, hop.
 const HIDDEN: usize = 3;
-
-/// Plans a call: the hidden arguments given (as `=` constraints) become `filter`'s arguments in
-/// order; bit i of `idx_num` says hidden argument i was given.
-fn best_index(info: &mut IndexInfo, first_hidden: c_int) -> rusqlite::Result<bool> {
-    let mut given: [Option<usize>; HIDDEN] = [None; HIDDEN];
-    for (i, constraint) in info.constraints().enumerate() {
-        let hidden = constraint.column() - first_hidden;
-        if constraint.is_usable()
-            && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-            && (0..HIDDEN as c_int).contains(&hidden)
-        {
-            given[hidden as usize] = Some(i);
-        }
-    }
-    let mut idx_num = 0;
-    let mut argv = 1;
-    for (bit, slot) in given.iter().enumerate() {
-        if let Some(i) = slot {
-            let mut usage = info.constraint_usage(*i);
-            usage.set_argv_index(argv);
-            usage.set_omit(true);
-            argv += 1;
-            idx_num |= 1 << bit;
-        }
-    }
-    info.set_idx_num(idx_num);
-    // Without its source the scan cannot run: make that plan look hopeless, not cheap.
-    info.set_estimated_cost(if idx_num & 1 != 0 { 1e3 } else { 1e12 });
-    Ok(true)
-}
 
 /// The parsed hidden arguments.
 struct Call {
@@ -160,13 +130,11 @@ fn segment(
     emit: &mut dyn FnMut(Segment) -> bool,
 ) -> Result<(), Error> {
     let stopped = || stop.load(Ordering::Relaxed);
-    let mut any = false;
     encoder.for_each_window(source, hop_seconds, &stopped, &mut |window| {
         let embedding = pool(std::slice::from_ref(&window.embedding));
         if !embedding.iter().all(|x| x.is_finite()) {
             return Err(Error::Other(super::NON_FINITE_RESULT.into()));
         }
-        any = true;
         let row = Segment {
             path: path.map(str::to_string),
             start: Some(window.start),
@@ -179,9 +147,6 @@ fn segment(
         }
         Ok(())
     })?;
-    if !any {
-        return Err(Error::Audio(format!("{} contains no audio samples", source.describe())));
-    }
     Ok(())
 }
 
@@ -431,7 +396,7 @@ macro_rules! segments_table {
             }
 
             fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-                best_index(info, $first_hidden)
+                super::args::plan_table_arguments(info, $first_hidden, HIDDEN)
             }
 
             fn open(&'vtab mut self) -> rusqlite::Result<SegmentsCursor> {
