@@ -1,8 +1,11 @@
 //! Argument parsing shared by the functions: every message names the function's argument by
 //! position and role, says what it got, and what to pass instead.
 
+use std::os::raw::c_int;
+
 use rusqlite::functions::Context;
 use rusqlite::types::ValueRef;
+use rusqlite::vtab::{IndexConstraintOp, IndexInfo};
 
 use super::blob::{vector_from_blob, VectorBlobError};
 
@@ -70,4 +73,35 @@ pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String
             bytes.len() / 4
         ),
     })
+}
+
+/// xBestIndex of a table-valued function whose arguments are the `count` HIDDEN columns from
+/// column `first_hidden` on: each argument given (an `=` constraint) goes to xFilter, in column
+/// order, and bit i of `idx_num` says argument i was given. A plan without argument 1 (the
+/// source) cannot run: it is made to look hopeless, not cheap.
+pub fn plan_table_arguments(info: &mut IndexInfo, first_hidden: c_int, count: usize) -> rusqlite::Result<bool> {
+    let mut given: Vec<Option<usize>> = vec![None; count];
+    for (i, constraint) in info.constraints().enumerate() {
+        let hidden = constraint.column() - first_hidden;
+        if constraint.is_usable()
+            && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+            && (0..count as c_int).contains(&hidden)
+        {
+            given[hidden as usize] = Some(i);
+        }
+    }
+    let mut idx_num = 0;
+    let mut argv = 1;
+    for (bit, slot) in given.iter().enumerate() {
+        if let Some(i) = slot {
+            let mut usage = info.constraint_usage(*i);
+            usage.set_argv_index(argv);
+            usage.set_omit(true);
+            argv += 1;
+            idx_num |= 1 << bit;
+        }
+    }
+    info.set_idx_num(idx_num);
+    info.set_estimated_cost(if idx_num & 1 != 0 { 1e3 } else { 1e12 });
+    Ok(true)
 }

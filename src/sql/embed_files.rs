@@ -25,7 +25,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use rusqlite::types::{Null, Value};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexConstraintOp, IndexInfo, Module,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module,
     VTab, VTabConnection, VTabCursor,
 };
 use rusqlite::Connection;
@@ -47,9 +47,9 @@ const COLUMN_PATH: c_int = 0;
 const COLUMN_DURATION: c_int = 1;
 const COLUMN_EMBEDDING: c_int = 2;
 const COLUMN_ERROR: c_int = 3;
+/// The first hidden argument (source, then model).
 const COLUMN_SOURCE: c_int = 4;
-const COLUMN_MODEL: c_int = 5;
-/// Bits of `idx_num` saying which hidden arguments were given.
+/// Bits of `idx_num` saying which hidden arguments were given (args::plan_table_arguments).
 const HAS_SOURCE: c_int = 1;
 const HAS_MODEL: c_int = 2;
 
@@ -87,35 +87,8 @@ unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
-        let mut source = None;
-        let mut model = None;
-        for (i, constraint) in info.constraints().enumerate() {
-            if !constraint.is_usable()
-                || constraint.operator() != IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
-            {
-                continue;
-            }
-            match constraint.column() {
-                COLUMN_SOURCE => source = Some(i),
-                COLUMN_MODEL => model = Some(i),
-                _ => {}
-            }
-        }
-        let mut idx_num = 0;
-        let mut argv = 1;
-        for (slot, bit) in [(source, HAS_SOURCE), (model, HAS_MODEL)] {
-            if let Some(i) = slot {
-                let mut usage = info.constraint_usage(i);
-                usage.set_argv_index(argv);
-                usage.set_omit(true);
-                argv += 1;
-                idx_num |= bit;
-            }
-        }
-        info.set_idx_num(idx_num);
-        // Without its folder the scan cannot run; make that plan look hopeless, not cheap.
-        info.set_estimated_cost(if idx_num & HAS_SOURCE != 0 { 1e3 } else { 1e12 });
-        Ok(true)
+        // The hidden arguments: source (the folder), then model.
+        super::args::plan_table_arguments(info, COLUMN_SOURCE, 2)
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<EmbedFilesCursor> {
