@@ -85,13 +85,19 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
         // Without a writer a blocking open would never return: this test would hang.
         let message = open(&fifo).unwrap_err();
-        assert!(message.contains("is a named pipe (FIFO), not a regular file"), "{message}");
+        assert!(
+            message.contains("is a named pipe (FIFO), not a regular file"),
+            "{message}"
+        );
         let message = open(&dir).unwrap_err();
         assert!(message.contains("is a directory"), "{message}");
         let message = open(Path::new("/dev/zero")).unwrap_err();
         assert!(message.contains("is a character device"), "{message}");
         let message = open(&dir.join("missing.wav")).unwrap_err();
-        assert!(message.contains("cannot open") && message.contains("working directory"), "{message}");
+        assert!(
+            message.contains("cannot open") && message.contains("working directory"),
+            "{message}"
+        );
         std::fs::write(dir.join("a.wav"), b"RIFF").unwrap();
         assert!(open(&dir.join("a.wav")).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();

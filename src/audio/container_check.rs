@@ -55,7 +55,8 @@ fn corrupt(what: String) -> Check {
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn be64(b: &[u8], at: usize) -> Option<u64> {
@@ -64,12 +65,19 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 fn le32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn fourcc(t: &[u8]) -> String {
     t.iter()
-        .map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '?' })
+        .map(|&c| {
+            if c.is_ascii_graphic() || c == b' ' {
+                c as char
+            } else {
+                '?'
+            }
+        })
         .collect()
 }
 
@@ -106,9 +114,21 @@ fn atom_header(b: &[u8]) -> Option<AtomHeader> {
     let size32 = be32(b, 0)?;
     let atype: [u8; 4] = b.get(4..8)?.try_into().ok()?;
     Some(match size32 {
-        0 => AtomHeader { atype, header_len: 8, size: None },
-        1 => AtomHeader { atype, header_len: 16, size: Some(be64(b, 8)?) },
-        n => AtomHeader { atype, header_len: 8, size: Some(u64::from(n)) },
+        0 => AtomHeader {
+            atype,
+            header_len: 8,
+            size: None,
+        },
+        1 => AtomHeader {
+            atype,
+            header_len: 16,
+            size: Some(be64(b, 8)?),
+        },
+        n => AtomHeader {
+            atype,
+            header_len: 8,
+            size: Some(u64::from(n)),
+        },
     })
 }
 
@@ -155,10 +175,14 @@ fn mp4_top_level(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Check> 
 /// Atoms whose payload is a sequence of atoms, and how many bytes precede them.
 fn mp4_container_skip(atype: &[u8; 4], payload: &[u8], in_ilst: bool) -> Option<usize> {
     match atype {
-        b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"edts" | b"dinf" | b"udta"
-        | b"ilst" | b"moof" | b"traf" | b"mvex" | b"mfra" | b"wave" => Some(0),
+        b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"edts" | b"dinf" | b"udta" | b"ilst"
+        | b"moof" | b"traf" | b"mvex" | b"mfra" | b"wave" => Some(0),
         // ISO `meta` is a full atom (version and flags first); QuickTime's is not.
-        b"meta" => Some(if payload.get(4..8) == Some(b"hdlr") { 0 } else { 4 }),
+        b"meta" => Some(if payload.get(4..8) == Some(b"hdlr") {
+            0
+        } else {
+            4
+        }),
         // An `ilst` item (`©nam`, `----`, ...) holds `data`, `mean` and `name` atoms.
         _ if in_ilst => Some(0),
         _ => None,
@@ -559,7 +583,10 @@ fn lookup1_values(entries: u32, dimensions: u32) -> u64 {
     }
     let mut r = (f64::from(entries).powf(1.0 / f64::from(dimensions))) as u64;
     let fits = |r: u64| {
-        (0..dimensions).try_fold(1u64, |acc, _| acc.checked_mul(r).filter(|&p| p <= u64::from(entries)))
+        (0..dimensions)
+            .try_fold(1u64, |acc, _| {
+                acc.checked_mul(r).filter(|&p| p <= u64::from(entries))
+            })
             .is_some()
     };
     while r > 0 && !fits(r) {
@@ -576,7 +603,10 @@ fn lookup1_values(entries: u32, dimensions: u32) -> u64 {
 /// stay under `MAX_VORBIS_CODEBOOK_VALUES`. Parsing stops at the end of the codebooks or at
 /// the first malformed field (the decoder reports those).
 pub fn vorbis_setup(extra_data: &[u8]) -> Check {
-    let Some(setup) = extra_data.get(30..).and_then(|s| s.strip_prefix(b"\x05vorbis")) else {
+    let Some(setup) = extra_data
+        .get(30..)
+        .and_then(|s| s.strip_prefix(b"\x05vorbis"))
+    else {
         return Ok(());
     };
     let mut bits = Bits { b: setup, pos: 0 };
@@ -590,8 +620,7 @@ pub fn vorbis_setup(extra_data: &[u8]) -> Check {
         };
         entries_total += u64::from(entries);
         values_total += values;
-        if entries_total > MAX_VORBIS_CODEBOOK_VALUES || values_total > MAX_VORBIS_CODEBOOK_VALUES
-        {
+        if entries_total > MAX_VORBIS_CODEBOOK_VALUES || values_total > MAX_VORBIS_CODEBOOK_VALUES {
             return corrupt(format!(
                 "its Vorbis codebooks declare {entries_total} entries and {values_total} lookup values (at most {MAX_VORBIS_CODEBOOK_VALUES} of each)"
             ));
@@ -716,7 +745,9 @@ impl Ebml<'_, '_> {
             let Some((_, id_len, _)) = ebml_vint(&head).filter(|&(_, len, _)| len <= 4) else {
                 return Ok(Ok(())); // not an element ID: symphonia reports it
             };
-            let id = head[..id_len].iter().fold(0u32, |a, &x| (a << 8) | u32::from(x));
+            let id = head[..id_len]
+                .iter()
+                .fold(0u32, |a, &x| (a << 8) | u32::from(x));
             let Some((size, size_len, unknown)) = ebml_vint(&head[id_len..]) else {
                 return Ok(Ok(()));
             };
@@ -809,7 +840,9 @@ fn ebml_lacing(head: &[u8], size: u64) -> Check {
             };
             previous = value;
             if value < 0 {
-                return corrupt(format!("its Matroska block has a laced frame of {value} bytes"));
+                return corrupt(format!(
+                    "its Matroska block has a laced frame of {value} bytes"
+                ));
             }
             value as u64
         };
@@ -921,7 +954,11 @@ fn flac_blocks(mut b: &[u8]) -> Check {
 /// Lengths inside a VORBIS_COMMENT (4) or PICTURE (6) block (Vorbis and Opus comment headers
 /// have the VORBIS_COMMENT layout).
 fn flac_block(kind: u8, b: &[u8]) -> Check {
-    let mut lengths = Lengths { b, pos: 0, block: "" };
+    let mut lengths = Lengths {
+        b,
+        pos: 0,
+        block: "",
+    };
     match kind {
         4 => {
             lengths.block = "comment (VORBIS_COMMENT)";
@@ -1066,7 +1103,10 @@ mod tests {
 
     fn mp4_with_stbl(stbl_children: &[u8]) -> Vec<u8> {
         let stbl = atom(b"stbl", stbl_children);
-        let moov = atom(b"moov", &atom(b"trak", &atom(b"mdia", &atom(b"minf", &stbl))));
+        let moov = atom(
+            b"moov",
+            &atom(b"trak", &atom(b"mdia", &atom(b"minf", &stbl))),
+        );
         let mut file = atom(b"ftyp", b"M4A \0\0\0\0");
         file.extend(moov);
         file.extend(atom(b"mdat", &[0u8; 64]));
@@ -1114,7 +1154,9 @@ mod tests {
         let at = file.windows(4).position(|w| w == b"stbl").unwrap() - 4;
         file[at..at + 4].copy_from_slice(&1000u32.to_be_bytes());
         let e = run("mp4", &file);
-        assert!(matches!(e, Err(Refusal::Corrupt(m)) if m.starts_with("its stbl atom declares 1000 bytes")));
+        assert!(
+            matches!(e, Err(Refusal::Corrupt(m)) if m.starts_with("its stbl atom declares 1000 bytes"))
+        );
         // A moov past the end of the file is a cut file; an mdat past it decodes to the cut.
         let file = mp4_with_stbl(&[]);
         let moov_end = file.windows(4).position(|w| w == b"mdat").unwrap() - 4;
@@ -1156,7 +1198,9 @@ mod tests {
         bad.extend(b"LIST");
         bad.extend((list.len() as u32).to_le_bytes());
         bad.extend(&list);
-        assert!(matches!(run("wav", &bad), Err(Refusal::Corrupt(m)) if m.contains("(INAM) of 255 bytes")));
+        assert!(
+            matches!(run("wav", &bad), Err(Refusal::Corrupt(m)) if m.contains("(INAM) of 255 bytes"))
+        );
         assert_eq!(run("wav", &wav[..30]), Err(Refusal::Truncated));
     }
 
@@ -1183,7 +1227,10 @@ mod tests {
         comment.extend(1u32.to_le_bytes());
         comment.extend(5u32.to_le_bytes());
         comment.extend(b"A=xyz");
-        assert_eq!(run("ogg", &ogg_page(&[id, &comment, b"\x05vorbis"])), Ok(()));
+        assert_eq!(
+            run("ogg", &ogg_page(&[id, &comment, b"\x05vorbis"])),
+            Ok(())
+        );
         let at = comment.len() - 9;
         comment[at..at + 4].copy_from_slice(&0xffff_0000u32.to_le_bytes());
         let e = run("ogg", &ogg_page(&[id, &comment, b"\x05vorbis"]));
@@ -1225,15 +1272,36 @@ mod tests {
         good.extend([(1, 1); 8]);
         assert_eq!(vorbis_setup(&vorbis_headers(&good)), Ok(()));
         // Length-ordered, 2^24 - 1 entries in 24 bits, 65535 dimensions: about 4 PB of lookup.
-        let huge = [(0x564342, 24), (0xffff, 16), (0xff_ffff, 24), (1, 1), (0, 5), (0xff_ffff, 24)];
+        let huge = [
+            (0x564342, 24),
+            (0xffff, 16),
+            (0xff_ffff, 24),
+            (1, 1),
+            (0, 5),
+            (0xff_ffff, 24),
+        ];
         let e = vorbis_setup(&vorbis_headers(&huge));
-        assert!(matches!(&e, Err(Refusal::Corrupt(m)) if m.contains("16777215 entries")), "{e:?}");
+        assert!(
+            matches!(&e, Err(Refusal::Corrupt(m)) if m.contains("16777215 entries")),
+            "{e:?}"
+        );
         // Few entries, a huge lookup: 4096 entries x 65535 dimensions.
-        let wide = [(0x564342, 24), (0xffff, 16), (4096, 24), (1, 1), (0, 5), (4096, 13), (1, 4)];
+        let wide = [
+            (0x564342, 24),
+            (0xffff, 16),
+            (4096, 24),
+            (1, 1),
+            (0, 5),
+            (4096, 13),
+            (1, 4),
+        ];
         let mut wide = wide.to_vec();
         wide.extend([(0, 32), (0, 32), (0, 4), (0, 1), (0, 1)]); // lookup1: 1 value of 1 bit
         let e = vorbis_setup(&vorbis_headers(&wide));
-        assert!(matches!(&e, Err(Refusal::Corrupt(m)) if m.contains("268431360 lookup values")), "{e:?}");
+        assert!(
+            matches!(&e, Err(Refusal::Corrupt(m)) if m.contains("268431360 lookup values")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1253,11 +1321,15 @@ mod tests {
         assert_eq!(run("mkv", &file), Ok(()));
         let lace = file.len() - 6;
         file[lace] = 0x40; // a 2-byte vint: 0x40 0xAA = 170 bytes, in a block of 11
-        assert!(matches!(run("mkv", &file), Err(Refusal::Corrupt(m)) if m.contains("laces frames")));
+        assert!(
+            matches!(run("mkv", &file), Err(Refusal::Corrupt(m)) if m.contains("laces frames"))
+        );
         file[lace] = 0x82;
         // The DocType string claims 100 bytes inside an EBML header of 7.
         file[7] = 0x80 | 100;
-        assert!(matches!(run("mkv", &file), Err(Refusal::Corrupt(m)) if m.contains("0x4282 declares 100")));
+        assert!(
+            matches!(run("mkv", &file), Err(Refusal::Corrupt(m)) if m.contains("0x4282 declares 100"))
+        );
     }
 
     #[test]
@@ -1269,7 +1341,9 @@ mod tests {
         flac.push(0x84);
         flac.extend(&(comment.len() as u32).to_be_bytes()[1..]);
         flac.extend(&comment);
-        assert!(matches!(run("flac", &flac), Err(Refusal::Corrupt(m)) if m.contains("comment (VORBIS_COMMENT)")));
+        assert!(
+            matches!(run("flac", &flac), Err(Refusal::Corrupt(m)) if m.contains("comment (VORBIS_COMMENT)"))
+        );
         let mut id3 = b"ID3\x03\0\0\0\0\0\x14".to_vec();
         id3.extend(b"TIT2\x7f\0\0\0\0\0");
         id3.extend([0u8; 10]);

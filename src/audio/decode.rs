@@ -345,7 +345,9 @@ impl<'a> Decoder<'a> {
                     .unwrap_or(None)
                     .ok_or_else(|| not_supported(&name))?;
                 let mut read_at = |offset: u64, len: usize| {
-                    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                    let start = usize::try_from(offset)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len());
                     Ok(bytes[start..start.saturating_add(len).min(bytes.len())].to_vec())
                 };
                 let verdict = container_check::check(container, bytes.len() as u64, &mut read_at)
@@ -611,7 +613,9 @@ fn not_supported(name: &str) -> Error {
 }
 
 fn corrupt_panic(name: &str, msg: &str) -> Error {
-    Error::Audio(format!("{name} is corrupt (decoder failed: {msg}): re-encode it"))
+    Error::Audio(format!(
+        "{name} is corrupt (decoder failed: {msg}): re-encode it"
+    ))
 }
 
 /// An error while reading the container's headers.
@@ -741,7 +745,11 @@ mod tests {
             let e = Decoder::open(AudioSource::Bytes(&float_wav(&samples)))
                 .unwrap_err()
                 .to_string();
-            assert!(e.starts_with("audio blob holds a sample that is ") && e.contains("re-export the file"), "{e}");
+            assert!(
+                e.starts_with("audio blob holds a sample that is ")
+                    && e.contains("re-export the file"),
+                "{e}"
+            );
         }
     }
 
@@ -750,8 +758,13 @@ mod tests {
     fn sample_rates_below_audio_are_refused() {
         let mut wav = float_wav(&[0.5; 64]);
         wav[24..28].copy_from_slice(&64u32.to_le_bytes());
-        let e = Decoder::open(AudioSource::Bytes(&wav)).unwrap_err().to_string();
-        assert!(e.starts_with("audio blob declares a sample rate of 64 Hz"), "{e}");
+        let e = Decoder::open(AudioSource::Bytes(&wav))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("audio blob declares a sample rate of 64 Hz"),
+            "{e}"
+        );
     }
 
     #[test]

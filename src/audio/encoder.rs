@@ -175,7 +175,11 @@ impl AudioEncoder {
 
     /// The window stream of `source` with this encoder's front-end (and waveforms if it takes
     /// them); `hop_seconds` replaces the manifest's hop (the window's length is the model's).
-    fn windows<'a>(&self, source: &AudioSource<'a>, hop_seconds: Option<f32>) -> Result<LogMelWindows<'a>> {
+    fn windows<'a>(
+        &self,
+        source: &AudioSource<'a>,
+        hop_seconds: Option<f32>,
+    ) -> Result<LogMelWindows<'a>> {
         let mut windowing = self.section.windowing.clone();
         if let Some(hop) = hop_seconds {
             windowing.hop_seconds = hop;
@@ -401,7 +405,10 @@ impl AudioEncoder {
             sum.add(&window.embedding);
             Ok(())
         })?;
-        Ok(FileEmbedding { embedding: sum.finish(), duration_seconds })
+        Ok(FileEmbedding {
+            embedding: sum.finish(),
+            duration_seconds,
+        })
     }
 
     /// Every analysis window of `source` with its raw embedding and its place in the file, in
@@ -441,7 +448,11 @@ impl AudioEncoder {
                 let waves = self.needs_waveform().then_some(waves.as_slice());
                 let embeddings = self.embed_impl(&mels, waves, cancelled)?;
                 for (embedding, (start, end)) in embeddings.into_iter().zip(bounds.drain(..)) {
-                    on_window(WindowEmbedding { start, end, embedding })?;
+                    on_window(WindowEmbedding {
+                        start,
+                        end,
+                        embedding,
+                    })?;
                 }
                 windows.clear();
                 waveforms.clear();

@@ -67,9 +67,8 @@ impl WindowPlan {
     /// Converts `windowing` to samples at `sample_rate`, refusing lengths that make no window.
     pub fn new(windowing: &Windowing, sample_rate: u32) -> Result<WindowPlan> {
         let check = |key: &str, v: f32, allow_zero: bool| {
-            let ok = v.is_finite()
-                && (v > 0.0 || (allow_zero && v == 0.0))
-                && v <= MAX_WINDOW_SECONDS;
+            let ok =
+                v.is_finite() && (v > 0.0 || (allow_zero && v == 0.0)) && v <= MAX_WINDOW_SECONDS;
             if ok {
                 Ok(())
             } else {

@@ -145,7 +145,9 @@ pub fn dot_and_norm_le_bytes(a: &[u8], b: &[f32]) -> (f32, f32) {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return dot_and_norm_avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return dot_and_norm_avx2;
             }
         }
@@ -176,9 +178,17 @@ fn dot_and_norm_loop(a: &[u8], b: &[f32]) -> (f32, f32) {
     let mut dots = [0f32; LANES];
     let mut norms = [0f32; LANES];
     let whole = b.len() - b.len() % LANES;
-    for (x, y) in a[..whole * 4].chunks_exact(LANES * 4).zip(b[..whole].chunks_exact(LANES)) {
+    for (x, y) in a[..whole * 4]
+        .chunks_exact(LANES * 4)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
         for lane in 0..LANES {
-            let v = f32::from_le_bytes([x[lane * 4], x[lane * 4 + 1], x[lane * 4 + 2], x[lane * 4 + 3]]);
+            let v = f32::from_le_bytes([
+                x[lane * 4],
+                x[lane * 4 + 1],
+                x[lane * 4 + 2],
+                x[lane * 4 + 3],
+            ]);
             dots[lane] += v * y[lane];
             norms[lane] += v * v;
         }
@@ -245,7 +255,10 @@ mod tests {
                 if quantizer == Quantizer::Int8 {
                     for (v, approx) in data.iter().zip(&reference) {
                         let exact: f32 = v.iter().zip(query).map(|(a, b)| a * b).sum();
-                        assert!((approx - exact).abs() < 0.02, "dim {dim}: {approx} vs {exact}");
+                        assert!(
+                            (approx - exact).abs() < 0.02,
+                            "dim {dim}: {approx} vs {exact}"
+                        );
                     }
                 }
             }

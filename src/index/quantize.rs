@@ -85,7 +85,12 @@ pub fn unit(vector: &[f32]) -> Option<Vec<f32>> {
         .map(|x| f64::from(*x) * f64::from(*x))
         .sum::<f64>()
         .sqrt();
-    (norm > 0.0 && norm.is_finite()).then(|| vector.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+    (norm > 0.0 && norm.is_finite()).then(|| {
+        vector
+            .iter()
+            .map(|x| (f64::from(*x) / norm) as f32)
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -94,14 +99,28 @@ mod tests {
 
     #[test]
     fn int8_code_approximates_the_cosine() {
-        let a = unit(&(0..384).map(|i| ((i * 7919) % 97) as f32 - 48.0).collect::<Vec<_>>()).unwrap();
-        let b = unit(&(0..384).map(|i| ((i * 104729) % 89) as f32 - 44.0).collect::<Vec<_>>()).unwrap();
+        let a = unit(
+            &(0..384)
+                .map(|i| ((i * 7919) % 97) as f32 - 48.0)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let b = unit(
+            &(0..384)
+                .map(|i| ((i * 104729) % 89) as f32 - 44.0)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
         let exact: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         let (mut ca, mut cb) = (vec![0u8; 388], vec![0u8; 388]);
         Quantizer::Int8.encode(&a, &mut ca);
         Quantizer::Int8.encode(&b, &mut cb);
         let scale = |c: &[u8]| f32::from_le_bytes(c[..4].try_into().unwrap());
-        let dot: i32 = ca[4..].iter().zip(&cb[4..]).map(|(x, y)| i32::from(*x as i8) * i32::from(*y as i8)).sum();
+        let dot: i32 = ca[4..]
+            .iter()
+            .zip(&cb[4..])
+            .map(|(x, y)| i32::from(*x as i8) * i32::from(*y as i8))
+            .sum();
         let approx = scale(&ca) * scale(&cb) * dot as f32;
         assert!((approx - exact).abs() < 5e-3, "{approx} vs {exact}");
     }

@@ -56,7 +56,10 @@ struct Best {
 
 impl Best {
     fn new(n: usize) -> Best {
-        Best { n, heap: BinaryHeap::with_capacity(n + 1) }
+        Best {
+            n,
+            heap: BinaryHeap::with_capacity(n + 1),
+        }
     }
 
     fn offer(&mut self, candidate: Candidate) {
@@ -104,14 +107,22 @@ pub fn top_candidates(
             |(mut best, mut scores), (chunk_index, chunk)| {
                 scores.resize(chunk.rowids.len(), 0f32);
                 match quantizer {
-                    Quantizer::Int8 => score_int8(&chunk.codes, code_bytes, query_code, &mut scores),
-                    Quantizer::Binary => score_binary(&chunk.codes, code_bytes, query_code, &mut scores),
+                    Quantizer::Int8 => {
+                        score_int8(&chunk.codes, code_bytes, query_code, &mut scores)
+                    }
+                    Quantizer::Binary => {
+                        score_binary(&chunk.codes, code_bytes, query_code, &mut scores)
+                    }
                 }
                 // Most scores lose to the worst kept one: compare with it before touching the heap.
                 let mut bar = best.bar();
                 for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
                     if live != 0 && score >= bar {
-                        best.offer(Candidate { chunk: chunk_index, slot, score });
+                        best.offer(Candidate {
+                            chunk: chunk_index,
+                            slot,
+                            score,
+                        });
                         bar = best.bar();
                     }
                 }
@@ -135,7 +146,11 @@ mod tests {
         for (v, code) in vectors.iter().zip(codes.chunks_exact_mut(bytes)) {
             quantizer.encode(&crate::index::quantize::unit(v).unwrap(), code);
         }
-        CodeChunk { rowids: (0..vectors.len() as i64).collect(), live: live.to_vec(), codes }
+        CodeChunk {
+            rowids: (0..vectors.len() as i64).collect(),
+            live: live.to_vec(),
+            codes,
+        }
     }
 
     #[test]
@@ -150,6 +165,9 @@ mod tests {
         // (0, 2) is closer than (1, 0) but deleted.
         assert_eq!(places, vec![(0, 0), (1, 0), (0, 1)]);
         assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0).is_empty());
-        assert_eq!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10).len(), 4);
+        assert_eq!(
+            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10).len(),
+            4
+        );
     }
 }

@@ -308,10 +308,16 @@ mod tests {
 
     #[test]
     fn numbers_beyond_f32_are_refused() {
-        let input = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default/manifest.json")).unwrap();
+        let input = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/default/manifest.json"
+        ))
+        .unwrap();
         let broken = input.replacen("\"fmin\": 0.0", "\"fmin\": 1e39", 1);
         assert_ne!(broken, input, "the default manifest has an fmin to break");
-        let e = Manifest::parse(broken.as_bytes(), "m").unwrap_err().to_string();
+        let e = Manifest::parse(broken.as_bytes(), "m")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("beyond float32's range"), "{e}");
         assert!(Manifest::parse(input.as_bytes(), "m").is_ok());
     }

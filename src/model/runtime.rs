@@ -267,7 +267,9 @@ impl Runtime {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(ort::Error::from)?;
         if let Some(threads) = intra_op_threads()? {
-            builder = builder.with_intra_threads(threads).map_err(ort::Error::from)?;
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(ort::Error::from)?;
         }
         let mut placement = SessionPlacement {
             provider: CPU_PROVIDER,

@@ -79,7 +79,11 @@ pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String
 /// column `first_hidden` on: each argument given (an `=` constraint) goes to xFilter, in column
 /// order, and bit i of `idx_num` says argument i was given. A plan without argument 1 (the
 /// source) cannot run: it is made to look hopeless, not cheap.
-pub fn plan_table_arguments(info: &mut IndexInfo, first_hidden: c_int, count: usize) -> rusqlite::Result<bool> {
+pub fn plan_table_arguments(
+    info: &mut IndexInfo,
+    first_hidden: c_int,
+    count: usize,
+) -> rusqlite::Result<bool> {
     let mut given: Vec<Option<usize>> = vec![None; count];
     for (i, constraint) in info.constraints().enumerate() {
         let hidden = constraint.column() - first_hidden;

@@ -110,12 +110,18 @@ pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
         Ok(Some(query)) if query.model == model => query,
         _ => match score_query(env, ctx, model, text_index)? {
             None => return Ok(Output::Null),
-            Some(query) => ctx.set_aux(text_index as i32, query).map_err(|e| e.to_string())?,
+            Some(query) => ctx
+                .set_aux(text_index as i32, query)
+                .map_err(|e| e.to_string())?,
         },
     };
     if audio.len() == query.vector.len() * 4 {
         let (dot, squares) = dot_and_norm_le_bytes(audio, &query.vector);
-        let score = if squares == 0.0 || query.norm == 0.0 { 0.0 } else { dot / (squares.sqrt() * query.norm) };
+        let score = if squares == 0.0 || query.norm == 0.0 {
+            0.0
+        } else {
+            dot / (squares.sqrt() * query.norm)
+        };
         if score.is_finite() && squares.is_finite() {
             return Ok(Output::Real(f64::from(score)));
         }
@@ -134,7 +140,12 @@ pub fn text_score(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
 }
 
 /// Parses or embeds the query argument and holds it to the model's size; `None` for NULL.
-fn score_query(env: &Env, ctx: &Context<'_>, model: &str, text_index: usize) -> Result<Option<ScoreQuery>, String> {
+fn score_query(
+    env: &Env,
+    ctx: &Context<'_>,
+    model: &str,
+    text_index: usize,
+) -> Result<Option<ScoreQuery>, String> {
     let bundle = env.registry.get(model)?;
     let vector = match ctx.get_raw(text_index) {
         ValueRef::Null => return Ok(None),
@@ -142,7 +153,11 @@ fn score_query(env: &Env, ctx: &Context<'_>, model: &str, text_index: usize) -> 
         ValueRef::Text(_) => {
             let text = args::text(ctx, text_index, "text")?.unwrap_or_default();
             let encoder = bundle.text_encoder().map_err(|e| e.to_string())?;
-            encoder.embed(&[text]).map_err(|e| e.to_string())?.pop().unwrap_or_default()
+            encoder
+                .embed(&[text])
+                .map_err(|e| e.to_string())?
+                .pop()
+                .unwrap_or_default()
         }
         other => {
             return Err(format!(
@@ -161,7 +176,11 @@ fn score_query(env: &Env, ctx: &Context<'_>, model: &str, text_index: usize) -> 
         ));
     }
     let norm = f64::from(dot_f32(&vector, &vector)).sqrt() as f32;
-    Ok(Some(ScoreQuery { model: model.to_string(), vector, norm }))
+    Ok(Some(ScoreQuery {
+        model: model.to_string(),
+        vector,
+        norm,
+    }))
 }
 
 /// Cosine similarity; 0 when either vector is all zeros. Sums in f64, so large finite values

@@ -35,14 +35,26 @@ mod tests {
 
     #[test]
     fn parses_little_endian_and_refuses_bad_lengths_and_non_finite_values() {
-        let blob: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let blob: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert_eq!(vector_from_blob(&blob), Ok(vec![1.5, -2.0]));
         assert_eq!(vector_from_blob(&[]), Err(VectorBlobError::Length(0)));
-        assert_eq!(vector_from_blob(&blob[..7]), Err(VectorBlobError::Length(7)));
-        let nan: Vec<u8> = [0.0f32, f32::INFINITY].iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(
+            vector_from_blob(&blob[..7]),
+            Err(VectorBlobError::Length(7))
+        );
+        let nan: Vec<u8> = [0.0f32, f32::INFINITY]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         assert_eq!(
             vector_from_blob(&nan),
-            Err(VectorBlobError::NonFinite { dimension: 1, value: f32::INFINITY })
+            Err(VectorBlobError::NonFinite {
+                dimension: 1,
+                value: f32::INFINITY
+            })
         );
     }
 }

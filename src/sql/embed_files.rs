@@ -25,8 +25,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use rusqlite::types::{Null, Value};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module,
-    VTab, VTabConnection, VTabCursor,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module, VTab, VTabConnection,
+    VTabCursor,
 };
 use rusqlite::Connection;
 

@@ -86,7 +86,11 @@ fn json_path_list(spec: &str) -> Result<Vec<PathBuf>, String> {
         if entry.is_empty() || entry.contains('\0') {
             return Err(format!(
                 "element {index} of the JSON array of paths is {}: every element must name a file",
-                if entry.is_empty() { "empty" } else { "a string with a NUL character" }
+                if entry.is_empty() {
+                    "empty"
+                } else {
+                    "a string with a NUL character"
+                }
             ));
         }
         paths.push(PathBuf::from(entry));
@@ -126,8 +130,8 @@ struct Walker {
 impl Walker {
     /// `visit` says whether it listed the path; a file counts as seen once listed.
     fn walk(&mut self, dir: &Path, visit: &mut dyn FnMut(&Path) -> bool) -> Result<(), String> {
-        let metadata = std::fs::metadata(dir)
-            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        let metadata =
+            std::fs::metadata(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
         if !self.seen.insert((metadata.dev(), metadata.ino())) {
             return Ok(());
         }
@@ -265,7 +269,14 @@ mod tests {
         }
         std::os::unix::fs::symlink("b.wav", dir.join("c-link.wav")).unwrap();
         let at = |name: &str| dir.join(name).to_string_lossy().into_owned();
-        let spec = serde_json::to_string(&[at("b.wav"), at("a.txt"), at("b.wav"), at("c-link.wav"), at("missing.wav")]).unwrap();
+        let spec = serde_json::to_string(&[
+            at("b.wav"),
+            at("a.txt"),
+            at("b.wav"),
+            at("c-link.wav"),
+            at("missing.wav"),
+        ])
+        .unwrap();
         // Any extension; duplicates and a second path to one file once; a missing file kept.
         let names: Vec<String> = list(&spec)
             .unwrap()
@@ -274,8 +285,12 @@ mod tests {
             .collect();
         assert_eq!(names, ["a.txt", "b.wav", "missing.wav"]);
         assert_eq!(list("[]").unwrap(), Vec::<PathBuf>::new());
-        assert!(list("[1, 2]").unwrap_err().contains("looks like a JSON array of paths but is not one"));
-        assert!(list("[\"a.wav\", \"\"]").unwrap_err().contains("element 1 of the JSON array of paths is empty"));
+        assert!(list("[1, 2]")
+            .unwrap_err()
+            .contains("looks like a JSON array of paths but is not one"));
+        assert!(list("[\"a.wav\", \"\"]")
+            .unwrap_err()
+            .contains("element 1 of the JSON array of paths is empty"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

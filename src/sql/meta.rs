@@ -106,7 +106,9 @@ pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
     };
     if path.is_empty() {
         // dlopen("") would hand back the host program itself.
-        return Err("argument 1 (path to libonnxruntime.so) is empty: pass the library's path".into());
+        return Err(
+            "argument 1 (path to libonnxruntime.so) is empty: pass the library's path".into(),
+        );
     }
     let rt = runtime::runtime_from(Path::new(path)).map_err(|e| e.to_string())?;
     Ok(Output::Text(format!(

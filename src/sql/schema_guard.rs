@@ -221,7 +221,9 @@ mod tests {
 /// xConnect of a table that reads files named in SQL (`audio_embed_files`, `audio_segments`,
 /// `audio_segment_files`): marks it DIRECTONLY, so only top-level statements may use it, and
 /// returns the connection's handle for this check and the interrupt probe.
-pub fn connect_file_reader(db: &mut rusqlite::vtab::VTabConnection) -> rusqlite::Result<*mut rusqlite::ffi::sqlite3> {
+pub fn connect_file_reader(
+    db: &mut rusqlite::vtab::VTabConnection,
+) -> rusqlite::Result<*mut rusqlite::ffi::sqlite3> {
     db.config(rusqlite::vtab::VTabConfig::DirectOnly)?;
     // SAFETY: the connection that owns the table; it outlives the table and its cursors.
     Ok(unsafe { db.handle() })

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use rusqlite::types::{Null, Value, ValueRef};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module,
-    VTab, VTabConnection, VTabCursor,
+    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module, VTab, VTabConnection,
+    VTabCursor,
 };
 use rusqlite::Connection;
 
@@ -71,22 +71,40 @@ struct Call {
     hop_seconds: Option<f32>,
 }
 
-fn parse_call(name: &str, idx_num: c_int, args: &Filters<'_>, source_role: &str) -> Result<Call, String> {
+fn parse_call(
+    name: &str,
+    idx_num: c_int,
+    args: &Filters<'_>,
+    source_role: &str,
+) -> Result<Call, String> {
     let mut values = args.iter();
     if idx_num & 1 == 0 {
-        return Err(format!("argument 1 ({source_role}) is required: SELECT * FROM {name}('recording.wav')"));
+        return Err(format!(
+            "argument 1 ({source_role}) is required: SELECT * FROM {name}('recording.wav')"
+        ));
     }
     let source = match values.next().unwrap_or(ValueRef::Null) {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Integer(i),
         ValueRef::Real(x) => Value::Real(x),
-        ValueRef::Text(t) => Value::Text(std::str::from_utf8(t).map_err(|_| super::args::not_utf8(0, source_role))?.to_string()),
+        ValueRef::Text(t) => Value::Text(
+            std::str::from_utf8(t)
+                .map_err(|_| super::args::not_utf8(0, source_role))?
+                .to_string(),
+        ),
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
     };
     let model = if idx_num & 2 != 0 {
         match values.next() {
-            Some(ValueRef::Text(t)) => std::str::from_utf8(t).map_err(|_| super::args::not_utf8(1, "model"))?.to_string(),
-            Some(other) => return Err(format!("argument 2 (model) must be TEXT naming a registered model, got {}", super::args::type_name(other))),
+            Some(ValueRef::Text(t)) => std::str::from_utf8(t)
+                .map_err(|_| super::args::not_utf8(1, "model"))?
+                .to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "argument 2 (model) must be TEXT naming a registered model, got {}",
+                    super::args::type_name(other)
+                ))
+            }
             None => "default".into(),
         }
     } else {
@@ -97,13 +115,22 @@ fn parse_call(name: &str, idx_num: c_int, args: &Filters<'_>, source_role: &str)
             Some(ValueRef::Real(x)) => x,
             Some(ValueRef::Integer(x)) => x as f64,
             Some(ValueRef::Null) | None => f64::NAN,
-            Some(other) => return Err(format!("argument 3 (hop_seconds) must be a number of seconds, got {}", super::args::type_name(other))),
+            Some(other) => {
+                return Err(format!(
+                    "argument 3 (hop_seconds) must be a number of seconds, got {}",
+                    super::args::type_name(other)
+                ))
+            }
         };
         Some(hop as f32)
     } else {
         None
     };
-    Ok(Call { source, model, hop_seconds })
+    Ok(Call {
+        source,
+        model,
+        hop_seconds,
+    })
 }
 
 /// Holds a hop to what the model accepts: from `MIN_HOP_SECONDS` to its window's length.
@@ -180,11 +207,24 @@ struct SegmentsCursor {
 impl SegmentsCursor {
     fn start(&mut self, idx_num: c_int, args: &Filters<'_>) -> Result<(), String> {
         let files_table = self.name == SEGMENT_FILES;
-        let call = parse_call(self.name, idx_num, args, if files_table { "dir_or_glob" } else { "path_or_blob" })?;
+        let call = parse_call(
+            self.name,
+            idx_num,
+            args,
+            if files_table {
+                "dir_or_glob"
+            } else {
+                "path_or_blob"
+            },
+        )?;
         // SAFETY: the cursor runs on the connection's thread while the connection is open.
         let db = unsafe { Connection::from_handle(self.db) }.map_err(|e| e.to_string())?;
         super::schema_guard::refuse_if_schema_calls_file_readers(&db, self.name)?;
-        let encoder = self.registry.get(&call.model)?.audio_encoder().map_err(|e| e.to_string())?;
+        let encoder = self
+            .registry
+            .get(&call.model)?
+            .audio_encoder()
+            .map_err(|e| e.to_string())?;
         check_hop(call.hop_seconds, &encoder)?;
         // What the worker reads, owned: the arguments live only during this call.
         enum Owned {
@@ -221,8 +261,12 @@ impl SegmentsCursor {
             .spawn(move || {
                 let stop = worker_stop;
                 match owned {
-                    Owned::Path(path) => single(&encoder, &AudioSource::Path(&path), hop, &stop, &sender),
-                    Owned::Bytes(bytes) => single(&encoder, &AudioSource::Bytes(&bytes), hop, &stop, &sender),
+                    Owned::Path(path) => {
+                        single(&encoder, &AudioSource::Path(&path), hop, &stop, &sender)
+                    }
+                    Owned::Bytes(bytes) => {
+                        single(&encoder, &AudioSource::Bytes(&bytes), hop, &stop, &sender)
+                    }
                     Owned::Files(paths) => folder(&encoder, &paths, hop, &stop, &sender),
                 }
             })
@@ -235,7 +279,9 @@ impl SegmentsCursor {
 
     fn advance(&mut self) -> Result<(), String> {
         self.current = None;
-        let Some(stream) = self.stream.as_ref() else { return Ok(()) };
+        let Some(stream) = self.stream.as_ref() else {
+            return Ok(());
+        };
         if stream.probe.interrupted() {
             stream.stop.store(true, Ordering::Relaxed);
             return Err(format!("{INTERRUPTED}; the statement was stopped as usual"));
@@ -257,9 +303,18 @@ impl SegmentsCursor {
 }
 
 /// `audio_segments`: one source; an error ends the statement.
-fn single(encoder: &AudioEncoder, source: &AudioSource<'_>, hop: Option<f32>, stop: &AtomicBool, sender: &SyncSender<Message>) {
+fn single(
+    encoder: &AudioEncoder,
+    source: &AudioSource<'_>,
+    hop: Option<f32>,
+    stop: &AtomicBool,
+    sender: &SyncSender<Message>,
+) {
     let outcome = guard("segments", || {
-        segment(encoder, source, None, hop, stop, &mut |row| sender.send(Ok(row)).is_ok()).map_err(|e| e.to_string())
+        segment(encoder, source, None, hop, stop, &mut |row| {
+            sender.send(Ok(row)).is_ok()
+        })
+        .map_err(|e| e.to_string())
     });
     if let Err(message) = outcome {
         if !stop.load(Ordering::Relaxed) {
@@ -274,8 +329,16 @@ fn single(encoder: &AudioEncoder, source: &AudioSource<'_>, hop: Option<f32>, st
 /// Each file of a group streams into its own bounded channel and the rows are passed on file by
 /// file, so memory stays at a few channels' worth of rows however long the files are: a file
 /// ahead of the one being passed on waits once its channel is full.
-fn folder(encoder: &AudioEncoder, paths: &[PathBuf], hop: Option<f32>, stop: &AtomicBool, sender: &SyncSender<Message>) {
-    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_PARALLEL_FILES);
+fn folder(
+    encoder: &AudioEncoder,
+    paths: &[PathBuf],
+    hop: Option<f32>,
+    stop: &AtomicBool,
+    sender: &SyncSender<Message>,
+) {
+    let parallel = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARALLEL_FILES);
     for group in paths.chunks(parallel) {
         // The receivers are dropped when the closure returns, before the scope joins its threads:
         // a file thread waiting on a full channel then wakes with an error and stops.
@@ -285,7 +348,9 @@ fn folder(encoder: &AudioEncoder, paths: &[PathBuf], hop: Option<f32>, stop: &At
                 let (file_sender, file_rows) = sync_channel::<Segment>(CHANNEL_ROWS);
                 std::thread::Builder::new()
                     .name("audiotext-segments-file".into())
-                    .spawn_scoped(scope, move || segment_one_file(encoder, path, hop, stop, &file_sender))
+                    .spawn_scoped(scope, move || {
+                        segment_one_file(encoder, path, hop, stop, &file_sender)
+                    })
                     .map_err(|e| format!("cannot start a segmenting thread: {e}"))?;
                 receivers.push(file_rows);
             }
@@ -312,11 +377,24 @@ fn folder(encoder: &AudioEncoder, paths: &[PathBuf], hop: Option<f32>, stop: &At
 }
 
 /// One file of `audio_segment_files`: its rows, then an error row if it failed.
-fn segment_one_file(encoder: &AudioEncoder, path: &PathBuf, hop: Option<f32>, stop: &AtomicBool, rows: &SyncSender<Segment>) {
+fn segment_one_file(
+    encoder: &AudioEncoder,
+    path: &PathBuf,
+    hop: Option<f32>,
+    stop: &AtomicBool,
+    rows: &SyncSender<Segment>,
+) {
     let shown = path.display().to_string();
     let outcome = guard("segments", || {
-        segment(encoder, &AudioSource::Path(path), Some(&shown), hop, stop, &mut |row| rows.send(row).is_ok())
-            .map_err(|e| e.to_string())
+        segment(
+            encoder,
+            &AudioSource::Path(path),
+            Some(&shown),
+            hop,
+            stop,
+            &mut |row| rows.send(row).is_ok(),
+        )
+        .map_err(|e| e.to_string())
     });
     if let Err(message) = outcome {
         let _ = rows.send(Segment {
@@ -330,7 +408,12 @@ fn segment_one_file(encoder: &AudioEncoder, path: &PathBuf, hop: Option<f32>, st
 }
 
 unsafe impl VTabCursor for SegmentsCursor {
-    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
         self.stream = None;
         self.rowid = 0;
         let name = self.name;
@@ -351,9 +434,15 @@ unsafe impl VTabCursor for SegmentsCursor {
     }
 
     fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
-        let Some(row) = &self.current else { return ctx.set_result(&Null) };
+        let Some(row) = &self.current else {
+            return ctx.set_result(&Null);
+        };
         // audio_segment_files has `path` first; audio_segments starts at `start`.
-        let column = if self.name == SEGMENT_FILES { column } else { column + 1 };
+        let column = if self.name == SEGMENT_FILES {
+            column
+        } else {
+            column + 1
+        };
         match column {
             0 => ctx.set_result(&row.path),
             1 => ctx.set_result(&row.start),
@@ -392,7 +481,14 @@ macro_rules! segments_table {
                 _args: &[&[u8]],
             ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
                 let handle = super::schema_guard::connect_file_reader(db)?;
-                Ok((Cow::Borrowed($declaration), $table { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default(), db: handle }))
+                Ok((
+                    Cow::Borrowed($declaration),
+                    $table {
+                        base: sqlite3_vtab::default(),
+                        registry: aux.cloned().unwrap_or_default(),
+                        db: handle,
+                    },
+                ))
             }
 
             fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
@@ -400,7 +496,15 @@ macro_rules! segments_table {
             }
 
             fn open(&'vtab mut self) -> rusqlite::Result<SegmentsCursor> {
-                Ok(SegmentsCursor { base: sqlite3_vtab_cursor::default(), registry: self.registry.clone(), db: self.db, name: $name, stream: None, current: None, rowid: 0 })
+                Ok(SegmentsCursor {
+                    base: sqlite3_vtab_cursor::default(),
+                    registry: self.registry.clone(),
+                    db: self.db,
+                    name: $name,
+                    stream: None,
+                    current: None,
+                    rowid: 0,
+                })
             }
         }
     };

@@ -174,7 +174,10 @@ mod tests {
     #[test]
     fn prefixes_end_at_whitespace_and_char_boundaries() {
         assert_eq!(prefix_at_whitespace("short", 10), ("short", true));
-        assert_eq!(prefix_at_whitespace("a dog barks loudly", 12), ("a dog barks", false));
+        assert_eq!(
+            prefix_at_whitespace("a dog barks loudly", 12),
+            ("a dog barks", false)
+        );
         assert_eq!(prefix_at_whitespace("éééééé", 3), ("é", false));
         assert_eq!(prefix_at_whitespace("aaaaaaaa", 4), ("aaaa", false));
     }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{
     sqlite3_vtab, sqlite3_vtab_cursor, ConflictMode, Context, CreateVTab, Filters,
-    IndexConstraintOp, IndexInfo, Inserts, Module, Updates, UpdateVTab, VTab, VTabConnection,
+    IndexConstraintOp, IndexInfo, Inserts, Module, UpdateVTab, Updates, VTab, VTabConnection,
     VTabCursor, VTabKind,
 };
 use rusqlite::Connection;
@@ -86,25 +86,57 @@ impl IndexTable {
         let schema = String::from_utf8_lossy(schema).into_owned();
         let table = String::from_utf8_lossy(table).into_owned();
         let result = guard(NAME, || {
-            let args: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let options = IndexOptions::parse(&args).map_err(|e| format!("{table}: {e}"))?;
             // SAFETY: the connection creating this table outlives it; `from_handle` never closes it.
-            let connection = unsafe { Connection::from_handle(db.handle()) }.map_err(|e| e.to_string())?;
+            let connection =
+                unsafe { Connection::from_handle(db.handle()) }.map_err(|e| e.to_string())?;
             let store = if creating {
-                Store::create(connection, &schema, &table, options.dimensions, options.quantizer).map_err(|e| format!("{table}: {e}"))?
+                Store::create(
+                    connection,
+                    &schema,
+                    &table,
+                    options.dimensions,
+                    options.quantizer,
+                )
+                .map_err(|e| format!("{table}: {e}"))?
             } else {
-                Store::open(connection, &schema, &table, options.dimensions, options.quantizer)
+                Store::open(
+                    connection,
+                    &schema,
+                    &table,
+                    options.dimensions,
+                    options.quantizer,
+                )
             };
             let declaration = format!(
                 "CREATE TABLE x({} BLOB, distance HIDDEN REAL, k HIDDEN INTEGER)",
                 store::quote(&options.column)
             );
-            Ok((declaration, IndexState { store, options, registry: aux.cloned().unwrap_or_default(), table: table.clone() }))
+            Ok((
+                declaration,
+                IndexState {
+                    store,
+                    options,
+                    registry: aux.cloned().unwrap_or_default(),
+                    table: table.clone(),
+                },
+            ))
         });
         let (declaration, state) = result.map_err(module_error)?;
-        let declaration = std::ffi::CString::new(declaration).map_err(|e| module_error(e.to_string()))?;
-        Ok((Cow::Owned(declaration), IndexTable { base: sqlite3_vtab::default(), state: Rc::new(RefCell::new(state)) }))
+        let declaration =
+            std::ffi::CString::new(declaration).map_err(|e| module_error(e.to_string()))?;
+        Ok((
+            Cow::Owned(declaration),
+            IndexTable {
+                base: sqlite3_vtab::default(),
+                state: Rc::new(RefCell::new(state)),
+            },
+        ))
     }
 }
 
@@ -149,11 +181,22 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
             return Ok(false);
         }
         // LIMIT matters only to a nearest-neighbour query; rowid = ? only to a plain one.
-        let used: Vec<(usize, c_int)> = [(found[0], PLAN_MATCH), (found[1], PLAN_K), (found[2], PLAN_LIMIT), (found[3], PLAN_ROWID)]
-            .into_iter()
-            .filter(|(_, bit)| if knn { *bit != PLAN_ROWID } else { *bit == PLAN_ROWID })
-            .filter_map(|(i, bit)| i.map(|i| (i, bit)))
-            .collect();
+        let used: Vec<(usize, c_int)> = [
+            (found[0], PLAN_MATCH),
+            (found[1], PLAN_K),
+            (found[2], PLAN_LIMIT),
+            (found[3], PLAN_ROWID),
+        ]
+        .into_iter()
+        .filter(|(_, bit)| {
+            if knn {
+                *bit != PLAN_ROWID
+            } else {
+                *bit == PLAN_ROWID
+            }
+        })
+        .filter_map(|(i, bit)| i.map(|i| (i, bit)))
+        .collect();
         let mut idx_num = 0;
         for (argv, (i, bit)) in used.iter().enumerate() {
             let mut usage = info.constraint_usage(*i);
@@ -165,7 +208,9 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
         info.set_idx_num(idx_num);
         if knn {
             // Rows come out nearest first: ORDER BY distance (ascending) needs no sort.
-            let by_distance = info.order_bys().all(|o| o.column() == COLUMN_DISTANCE && !o.is_order_by_desc());
+            let by_distance = info
+                .order_bys()
+                .all(|o| o.column() == COLUMN_DISTANCE && !o.is_order_by_desc());
             if info.num_of_order_by() > 0 && by_distance {
                 info.set_order_by_consumed(true);
             }
@@ -181,7 +226,13 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
     }
 
     fn open(&'vtab mut self) -> rusqlite::Result<IndexCursor> {
-        Ok(IndexCursor { base: sqlite3_vtab_cursor::default(), state: self.state.clone(), rows: Vec::new(), position: 0, k: None })
+        Ok(IndexCursor {
+            base: sqlite3_vtab_cursor::default(),
+            state: self.state.clone(),
+            rows: Vec::new(),
+            position: 0,
+            k: None,
+        })
     }
 }
 
@@ -230,7 +281,9 @@ impl IndexState {
             ));
         }
         if vector.iter().all(|x| *x == 0.0) {
-            return Err(format!("{role} is all zeros, so it has no cosine distance to anything; pass an embedding"));
+            return Err(format!(
+                "{role} is all zeros, so it has no cosine distance to anything; pass an embedding"
+            ));
         }
         Ok(Some(vector))
     }
@@ -241,15 +294,22 @@ impl IndexState {
         if let Some(vector) = self.vector_argument(value, role)? {
             return Ok(vector);
         }
-        let ValueRef::Text(bytes) = value else { unreachable!("vector_argument returns None only for TEXT") };
-        let text = std::str::from_utf8(bytes).map_err(|_| format!("{role} is TEXT that is not valid UTF-8; pass UTF-8 text"))?;
+        let ValueRef::Text(bytes) = value else {
+            unreachable!("vector_argument returns None only for TEXT")
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| format!("{role} is TEXT that is not valid UTF-8; pass UTF-8 text"))?;
         let model = &self.options.model;
         let encoder = self
             .registry
             .get(model)
             .and_then(|bundle| bundle.text_encoder().map_err(|e| e.to_string()))
             .map_err(|e| format!("{role} is text, to be embedded with model '{model}' (the index's model= option): {e}"))?;
-        let vector = encoder.embed(&[text]).map_err(|e| e.to_string())?.pop().unwrap_or_default();
+        let vector = encoder
+            .embed(&[text])
+            .map_err(|e| e.to_string())?
+            .pop()
+            .unwrap_or_default();
         if vector.len() != self.options.dimensions {
             return Err(format!(
                 "model '{model}' embeds text in {} dimensions while {} holds float[{}]; name the model that made the vectors with model= when creating the index",
@@ -264,11 +324,21 @@ impl IndexState {
 
     /// Inserts a row; `INSERT OR REPLACE` replaces a row with the same rowid, `INSERT OR
     /// IGNORE` keeps it and skips the new one.
-    fn insert(&mut self, rowid: ValueRef<'_>, vector: ValueRef<'_>, conflict: ConflictMode) -> Result<i64, String> {
+    fn insert(
+        &mut self,
+        rowid: ValueRef<'_>,
+        vector: ValueRef<'_>,
+        conflict: ConflictMode,
+    ) -> Result<i64, String> {
         let rowid = match rowid {
             ValueRef::Null => None,
             ValueRef::Integer(rowid) => Some(rowid),
-            other => return Err(format!("rowid must be an INTEGER, got {}", super::args::type_name(other))),
+            other => {
+                return Err(format!(
+                    "rowid must be an INTEGER, got {}",
+                    super::args::type_name(other)
+                ))
+            }
         };
         let role = format!("the {} value", self.options.column);
         let vector = match vector {
@@ -280,7 +350,8 @@ impl IndexState {
                 return Ok(rowid);
             }
         }
-        self.store.insert(rowid, &vector, conflict == ConflictMode::Replace)
+        self.store
+            .insert(rowid, &vector, conflict == ConflictMode::Replace)
     }
 }
 
@@ -305,7 +376,11 @@ impl UpdateVTab<'_> for IndexTable {
             let mut state = state.borrow_mut();
             let table = state.table.clone();
             state
-                .insert(rowid.unwrap_or(ValueRef::Null), vector.unwrap_or(ValueRef::Null), conflict)
+                .insert(
+                    rowid.unwrap_or(ValueRef::Null),
+                    vector.unwrap_or(ValueRef::Null),
+                    conflict,
+                )
                 .map_err(|e| format!("{table}: {e}"))
         })
         .map_err(module_error)
@@ -319,10 +394,15 @@ impl UpdateVTab<'_> for IndexTable {
         guard(NAME, || {
             let mut state = state.borrow_mut();
             let table = state.table.clone();
-            let ValueRef::Integer(old) = values[0] else { return Ok(()) };
+            let ValueRef::Integer(old) = values[0] else {
+                return Ok(());
+            };
             let kept;
             let vector = if unchanged_vector {
-                let location = state.store.location(old)?.ok_or_else(|| format!("{table}: row {old} vanished during the UPDATE"))?;
+                let location = state
+                    .store
+                    .location(old)?
+                    .ok_or_else(|| format!("{table}: row {old} vanished during the UPDATE"))?;
                 kept = vector_to_blob(&state.store.vector(old, location)?);
                 ValueRef::Blob(&kept)
             } else {
@@ -333,9 +413,14 @@ impl UpdateVTab<'_> for IndexTable {
             if vector == ValueRef::Null {
                 return Err(format!("{table}: {role} is NULL; every row needs a vector"));
             }
-            state.vector_argument(vector, &role).map_err(|e| format!("{table}: {e}"))?;
+            state
+                .vector_argument(vector, &role)
+                .map_err(|e| format!("{table}: {e}"))?;
             state.store.delete(old)?;
-            state.insert(values[1], vector, ConflictMode::Abort).map_err(|e| format!("{table}: {e}")).map(|_| ())
+            state
+                .insert(values[1], vector, ConflictMode::Abort)
+                .map_err(|e| format!("{table}: {e}"))
+                .map(|_| ())
         })
         .map_err(module_error)
     }
@@ -367,7 +452,13 @@ struct IndexCursor {
 impl IndexCursor {
     fn run(&mut self, idx_num: c_int, args: &Filters<'_>) -> Result<(), String> {
         let mut values = args.iter();
-        let mut next = |bit: c_int| if idx_num & bit != 0 { values.next() } else { None };
+        let mut next = |bit: c_int| {
+            if idx_num & bit != 0 {
+                values.next()
+            } else {
+                None
+            }
+        };
         let query = next(PLAN_MATCH);
         let k = next(PLAN_K);
         let limit = next(PLAN_LIMIT);
@@ -391,18 +482,36 @@ impl IndexCursor {
             let query = state.query_vector(query).map_err(in_table)?;
             let rescore = state.options.rescore;
             let hits = state.store.search(&query, k, rescore).map_err(in_table)?;
-            self.rows = hits.into_iter().map(|Hit { rowid, distance, .. }| Row { rowid, distance: Some(distance) }).collect();
+            self.rows = hits
+                .into_iter()
+                .map(
+                    |Hit {
+                         rowid, distance, ..
+                     }| Row {
+                        rowid,
+                        distance: Some(distance),
+                    },
+                )
+                .collect();
             return Ok(());
         }
         let rowids = match rowid {
-            Some(ValueRef::Integer(rowid)) => match state.store.location(rowid).map_err(in_table)? {
-                Some(_) => vec![rowid],
-                None => Vec::new(),
-            },
+            Some(ValueRef::Integer(rowid)) => {
+                match state.store.location(rowid).map_err(in_table)? {
+                    Some(_) => vec![rowid],
+                    None => Vec::new(),
+                }
+            }
             Some(_) => Vec::new(),
             None => state.store.rowids().map_err(in_table)?,
         };
-        self.rows = rowids.into_iter().map(|rowid| Row { rowid, distance: None }).collect();
+        self.rows = rowids
+            .into_iter()
+            .map(|rowid| Row {
+                rowid,
+                distance: None,
+            })
+            .collect();
         Ok(())
     }
 }
@@ -411,13 +520,23 @@ impl IndexCursor {
 fn k_value(value: ValueRef<'_>, role: &str) -> Result<usize, String> {
     match value {
         ValueRef::Integer(k) if (1..=MAX_K).contains(&k) => Ok(k as usize),
-        ValueRef::Integer(k) => Err(format!("{role} = {k} is out of range: ask for 1 to {MAX_K} nearest rows")),
-        other => Err(format!("{role} must be an INTEGER from 1 to {MAX_K}, got {}", super::args::type_name(other))),
+        ValueRef::Integer(k) => Err(format!(
+            "{role} = {k} is out of range: ask for 1 to {MAX_K} nearest rows"
+        )),
+        other => Err(format!(
+            "{role} must be an INTEGER from 1 to {MAX_K}, got {}",
+            super::args::type_name(other)
+        )),
     }
 }
 
 unsafe impl VTabCursor for IndexCursor {
-    fn filter(&mut self, idx_num: c_int, _idx_str: Option<&str>, args: &Filters<'_>) -> rusqlite::Result<()> {
+    fn filter(
+        &mut self,
+        idx_num: c_int,
+        _idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> rusqlite::Result<()> {
         guard(NAME, || self.run(idx_num, args)).map_err(module_error)
     }
 
@@ -439,7 +558,9 @@ unsafe impl VTabCursor for IndexCursor {
                     let mut state = state.borrow_mut();
                     // Looked up again: a write in the same statement may have moved the row
                     // into a chunk since the search.
-                    let location = state.store.location(row.rowid)?.ok_or_else(|| format!("row {} was deleted while the statement read it", row.rowid))?;
+                    let location = state.store.location(row.rowid)?.ok_or_else(|| {
+                        format!("row {} was deleted while the statement read it", row.rowid)
+                    })?;
                     state.store.vector(row.rowid, location)
                 })
                 .map_err(|e| format!("{}: {e}", self.state.borrow().table))

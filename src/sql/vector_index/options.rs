@@ -36,22 +36,24 @@ impl IndexOptions {
         let mut rescore = None;
         for arg in args.iter().map(|a| a.trim()) {
             match option(arg) {
-                Some((key, value)) => match key.to_ascii_lowercase().as_str() {
-                    "model" => set(&mut model, key, unquote(value).to_string())?,
-                    "quantizer" => {
-                        let q = Quantizer::parse(unquote(value)).ok_or_else(|| {
+                Some((key, value)) => {
+                    match key.to_ascii_lowercase().as_str() {
+                        "model" => set(&mut model, key, unquote(value).to_string())?,
+                        "quantizer" => {
+                            let q = Quantizer::parse(unquote(value)).ok_or_else(|| {
                             format!("quantizer={value} is not known; use int8 (the default) or binary")
                         })?;
-                        set(&mut quantizer, key, q)?
-                    }
-                    "rescore" => {
-                        let n: usize = unquote(value).parse().ok().filter(|n| (1..=MAX_RESCORE).contains(n)).ok_or_else(|| {
+                            set(&mut quantizer, key, q)?
+                        }
+                        "rescore" => {
+                            let n: usize = unquote(value).parse().ok().filter(|n| (1..=MAX_RESCORE).contains(n)).ok_or_else(|| {
                             format!("rescore={value} must be a whole number from 1 to {MAX_RESCORE}: how many candidates each query rescores exactly")
                         })?;
-                        set(&mut rescore, key, n)?
+                            set(&mut rescore, key, n)?
+                        }
+                        _ => return Err(format!("unknown option '{key}'; {USAGE}")),
                     }
-                    _ => return Err(format!("unknown option '{key}'; {USAGE}")),
-                },
+                }
                 None => set(&mut column, "column", vector_column(arg)?)?,
             }
         }
@@ -84,7 +86,10 @@ fn set<T>(slot: &mut Option<T>, key: &str, value: T) -> Result<(), String> {
 
 fn unquote(value: &str) -> &str {
     for quote in ['\'', '"'] {
-        if let Some(inner) = value.strip_prefix(quote).and_then(|v| v.strip_suffix(quote)) {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|v| v.strip_suffix(quote))
+        {
             return inner;
         }
     }
@@ -99,9 +104,14 @@ fn vector_column(arg: &str) -> Result<(String, usize), String> {
     };
     let name = unquote(name);
     if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
-        return Err(format!("column name '{name}' must be letters, digits and _; {USAGE}"));
+        return Err(format!(
+            "column name '{name}' must be letters, digits and _; {USAGE}"
+        ));
     }
-    if ["rowid", "distance", "k"].iter().any(|r| r.eq_ignore_ascii_case(name)) {
+    if ["rowid", "distance", "k"]
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
         return Err(format!("column name '{name}' is taken by the index itself (rowid, distance, k); choose another"));
     }
     let lower = kind.to_ascii_lowercase();
@@ -121,7 +131,11 @@ fn vector_column(arg: &str) -> Result<(String, usize), String> {
                     return Err(format!("distance_metric={metric} is not supported: audiotext_index ranks by cosine distance, as the embeddings are compared; drop the option or write distance_metric=cosine"));
                 }
             }
-            _ => return Err(format!("'{extra}' after the column type is not understood; {USAGE}")),
+            _ => {
+                return Err(format!(
+                    "'{extra}' after the column type is not understood; {USAGE}"
+                ))
+            }
         }
     }
     Ok((name.to_string(), dimensions))
@@ -134,9 +148,33 @@ mod tests {
     #[test]
     fn parses_vec0_style_declarations() {
         let o = IndexOptions::parse(&["embedding float[384]"]).unwrap();
-        assert_eq!((o.column.as_str(), o.dimensions, o.model.as_str(), o.quantizer, o.rescore), ("embedding", 384, "default", Quantizer::Int8, 200));
-        let o = IndexOptions::parse(&[" v F32[8] distance_metric=cosine", "model='clap'", "quantizer=binary", "rescore=50"]).unwrap();
-        assert_eq!((o.column.as_str(), o.dimensions, o.model.as_str(), o.quantizer, o.rescore), ("v", 8, "clap", Quantizer::Binary, 50));
+        assert_eq!(
+            (
+                o.column.as_str(),
+                o.dimensions,
+                o.model.as_str(),
+                o.quantizer,
+                o.rescore
+            ),
+            ("embedding", 384, "default", Quantizer::Int8, 200)
+        );
+        let o = IndexOptions::parse(&[
+            " v F32[8] distance_metric=cosine",
+            "model='clap'",
+            "quantizer=binary",
+            "rescore=50",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                o.column.as_str(),
+                o.dimensions,
+                o.model.as_str(),
+                o.quantizer,
+                o.rescore
+            ),
+            ("v", 8, "clap", Quantizer::Binary, 50)
+        );
     }
 
     #[test]

@@ -114,7 +114,10 @@ impl Store {
             vectors = store.shadow("vectors"),
             rowids = store.shadow("rowids"),
         );
-        store.db.execute_batch(&sql).map_err(|e| format!("creating its shadow tables: {e}"))?;
+        store
+            .db
+            .execute_batch(&sql)
+            .map_err(|e| format!("creating its shadow tables: {e}"))?;
         store
             .db
             .execute(
@@ -127,7 +130,13 @@ impl Store {
 
     /// Opens an existing index. Shadow tables that are not what its declaration says are
     /// recorded as damage, reported on every use but DROP TABLE.
-    pub fn open(db: Connection, schema: &str, table: &str, dimensions: usize, quantizer: Quantizer) -> Store {
+    pub fn open(
+        db: Connection,
+        schema: &str,
+        table: &str,
+        dimensions: usize,
+        quantizer: Quantizer,
+    ) -> Store {
         let mut store = Store::new(db, schema, table, dimensions, quantizer);
         store.damage = store.check_info().err();
         store
@@ -138,19 +147,31 @@ impl Store {
         let row: Option<(i64, i64, String)> = store
             .db
             .query_row(
-                &format!("SELECT format, dimensions, quantizer FROM {} WHERE id = 1", store.shadow("info")),
+                &format!(
+                    "SELECT format, dimensions, quantizer FROM {} WHERE id = 1",
+                    store.shadow("info")
+                ),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
-            .map_err(|e| format!("its shadow table {} cannot be read ({e}); {REBUILD}", store.shadow("info")))?;
+            .map_err(|e| {
+                format!(
+                    "its shadow table {} cannot be read ({e}); {REBUILD}",
+                    store.shadow("info")
+                )
+            })?;
         let Some((format, stored_dimensions, stored_quantizer)) = row else {
-            return Err(format!("its shadow table {} is empty; {REBUILD}", store.shadow("info")));
+            return Err(format!(
+                "its shadow table {} is empty; {REBUILD}",
+                store.shadow("info")
+            ));
         };
         if format != FORMAT {
             return Err(format!("it was written in storage format {format}, and this version of the extension reads format {FORMAT}; rebuild it with this version (DROP TABLE, CREATE VIRTUAL TABLE, INSERT)"));
         }
-        if stored_dimensions != self.dimensions as i64 || stored_quantizer != self.quantizer.name() {
+        if stored_dimensions != self.dimensions as i64 || stored_quantizer != self.quantizer.name()
+        {
             return Err(format!(
                 "its shadow tables hold {stored_dimensions}-dimensional {stored_quantizer} codes while its declaration says float[{}] with quantizer={}; {REBUILD}",
                 self.dimensions,
@@ -160,7 +181,13 @@ impl Store {
         Ok(())
     }
 
-    fn new(db: Connection, schema: &str, table: &str, dimensions: usize, quantizer: Quantizer) -> Store {
+    fn new(
+        db: Connection,
+        schema: &str,
+        table: &str,
+        dimensions: usize,
+        quantizer: Quantizer,
+    ) -> Store {
         Store {
             db,
             schema: schema.to_string(),
@@ -184,19 +211,29 @@ impl Store {
 
     /// `"schema"."table_suffix"`, quoted.
     fn shadow(&self, suffix: &str) -> String {
-        format!("{}.{}", quote(&self.schema), quote(&format!("{}_{suffix}", self.table)))
+        format!(
+            "{}.{}",
+            quote(&self.schema),
+            quote(&format!("{}_{suffix}", self.table))
+        )
     }
 
     // ---- writes ----
 
     /// Adds a row; `rowid` None takes one more than the largest. `replace` (INSERT OR REPLACE)
     /// first removes a row with the same rowid. Returns the rowid.
-    pub fn insert(&mut self, rowid: Option<i64>, vector: &[f32], replace: bool) -> Result<i64, String> {
+    pub fn insert(
+        &mut self,
+        rowid: Option<i64>,
+        vector: &[f32],
+        replace: bool,
+    ) -> Result<i64, String> {
         self.intact()?;
         let rowid = match rowid {
             Some(rowid) => rowid,
             None => self.largest_rowid()?.map_or(Ok(1), |r| {
-                r.checked_add(1).ok_or("the largest rowid is taken; give each row its rowid".to_string())
+                r.checked_add(1)
+                    .ok_or("the largest rowid is taken; give each row its rowid".to_string())
             })?,
         };
         if self.location(rowid)?.is_some() {
@@ -206,9 +243,12 @@ impl Store {
             self.delete(rowid)?;
         }
         let blob = crate::sql::vector_to_blob(vector);
-        self.prepared(&format!("INSERT INTO {}(rowid, vector) VALUES (?1, ?2)", self.shadow("pending")))?
-            .execute(params![rowid, blob])
-            .map_err(|e| self.sql_failed(e))?;
+        self.prepared(&format!(
+            "INSERT INTO {}(rowid, vector) VALUES (?1, ?2)",
+            self.shadow("pending")
+        ))?
+        .execute(params![rowid, blob])
+        .map_err(|e| self.sql_failed(e))?;
         let pending = self.bump_generation(1)?;
         if pending >= CHUNK_SLOTS as i64 {
             self.fold_pending()?;
@@ -222,38 +262,63 @@ impl Store {
         match self.location(rowid)? {
             None => Ok(()),
             Some(Location::Pending) => {
-                self.prepared(&format!("DELETE FROM {} WHERE rowid = ?1", self.shadow("pending")))?
-                    .execute([rowid])
-                    .map_err(|e| self.sql_failed(e))?;
+                self.prepared(&format!(
+                    "DELETE FROM {} WHERE rowid = ?1",
+                    self.shadow("pending")
+                ))?
+                .execute([rowid])
+                .map_err(|e| self.sql_failed(e))?;
                 self.bump_generation(-1).map(|_| ())
             }
             Some(Location::Chunk { chunk_id, slot }) => {
                 let mut live: Vec<u8> = self
-                    .prepared(&format!("SELECT live FROM {} WHERE chunk_id = ?1", self.shadow("chunks")))?
+                    .prepared(&format!(
+                        "SELECT live FROM {} WHERE chunk_id = ?1",
+                        self.shadow("chunks")
+                    ))?
                     .query_row([chunk_id], |r| r.get(0))
                     .map_err(|e| self.damaged("chunks", chunk_id, &e.to_string()))?;
                 if live.len() != CHUNK_SLOTS || slot >= CHUNK_SLOTS {
-                    return Err(self.damaged("chunks", chunk_id, "its live flags have the wrong size"));
+                    return Err(self.damaged(
+                        "chunks",
+                        chunk_id,
+                        "its live flags have the wrong size",
+                    ));
                 }
                 live[slot] = 0;
                 if live.iter().all(|&l| l == 0) {
                     for suffix in ["chunks", "codes"] {
-                        self.prepared(&format!("DELETE FROM {} WHERE chunk_id = ?1", self.shadow(suffix)))?
-                            .execute([chunk_id])
-                            .map_err(|e| self.sql_failed(e))?;
+                        self.prepared(&format!(
+                            "DELETE FROM {} WHERE chunk_id = ?1",
+                            self.shadow(suffix)
+                        ))?
+                        .execute([chunk_id])
+                        .map_err(|e| self.sql_failed(e))?;
                     }
                     let first_block = chunk_id.saturating_mul(BLOCKS_PER_CHUNK);
-                    self.prepared(&format!("DELETE FROM {} WHERE block_id BETWEEN ?1 AND ?2", self.shadow("vectors")))?
-                        .execute([first_block, first_block.saturating_add(BLOCKS_PER_CHUNK - 1)])
-                        .map_err(|e| self.sql_failed(e))?;
-                } else {
-                    self.prepared(&format!("UPDATE {} SET live = ?1, version = ?2 WHERE chunk_id = ?3", self.shadow("chunks")))?
-                        .execute(params![live, fresh_nonce(), chunk_id])
-                        .map_err(|e| self.sql_failed(e))?;
-                }
-                self.prepared(&format!("DELETE FROM {} WHERE rowid = ?1", self.shadow("rowids")))?
-                    .execute([rowid])
+                    self.prepared(&format!(
+                        "DELETE FROM {} WHERE block_id BETWEEN ?1 AND ?2",
+                        self.shadow("vectors")
+                    ))?
+                    .execute([
+                        first_block,
+                        first_block.saturating_add(BLOCKS_PER_CHUNK - 1),
+                    ])
                     .map_err(|e| self.sql_failed(e))?;
+                } else {
+                    self.prepared(&format!(
+                        "UPDATE {} SET live = ?1, version = ?2 WHERE chunk_id = ?3",
+                        self.shadow("chunks")
+                    ))?
+                    .execute(params![live, fresh_nonce(), chunk_id])
+                    .map_err(|e| self.sql_failed(e))?;
+                }
+                self.prepared(&format!(
+                    "DELETE FROM {} WHERE rowid = ?1",
+                    self.shadow("rowids")
+                ))?
+                .execute([rowid])
+                .map_err(|e| self.sql_failed(e))?;
                 self.bump_generation(0).map(|_| ())
             }
         }
@@ -262,7 +327,10 @@ impl Store {
     /// Moves the `CHUNK_SLOTS` pending rows with the smallest rowids into a new chunk.
     fn fold_pending(&mut self) -> Result<(), String> {
         let rows: Vec<(i64, Vec<u8>)> = self
-            .prepared(&format!("SELECT rowid, vector FROM {} ORDER BY rowid LIMIT {CHUNK_SLOTS}", self.shadow("pending")))?
+            .prepared(&format!(
+                "SELECT rowid, vector FROM {} ORDER BY rowid LIMIT {CHUNK_SLOTS}",
+                self.shadow("pending")
+            ))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql_failed(e))?;
@@ -274,40 +342,61 @@ impl Store {
         let mut vectors = Vec::with_capacity(CHUNK_SLOTS * self.dimensions * 4);
         for ((rowid, blob), code) in rows.iter().zip(codes.chunks_exact_mut(self.code_bytes)) {
             let vector = self.stored_vector(blob, "pending", *rowid)?;
-            let unit_vector = unit(&vector).ok_or_else(|| self.damaged("pending", *rowid, "its vector is all zeros"))?;
+            let unit_vector = unit(&vector)
+                .ok_or_else(|| self.damaged("pending", *rowid, "its vector is all zeros"))?;
             self.quantizer.encode(&unit_vector, code);
             rowids.extend_from_slice(&rowid.to_le_bytes());
             vectors.extend_from_slice(blob);
         }
         let chunk_id: i64 = self
-            .prepared(&format!("INSERT INTO {}(nonce, version, live) VALUES (?1, ?2, ?3) RETURNING chunk_id", self.shadow("chunks")))?
-            .query_row(params![fresh_nonce(), fresh_nonce(), vec![1u8; CHUNK_SLOTS]], |r| r.get(0))
+            .prepared(&format!(
+                "INSERT INTO {}(nonce, version, live) VALUES (?1, ?2, ?3) RETURNING chunk_id",
+                self.shadow("chunks")
+            ))?
+            .query_row(
+                params![fresh_nonce(), fresh_nonce(), vec![1u8; CHUNK_SLOTS]],
+                |r| r.get(0),
+            )
             .map_err(|e| self.sql_failed(e))?;
-        self.prepared(&format!("INSERT INTO {}(chunk_id, rowids, codes) VALUES (?1, ?2, ?3)", self.shadow("codes")))?
-            .execute(params![chunk_id, rowids, codes])
-            .map_err(|e| self.sql_failed(e))?;
+        self.prepared(&format!(
+            "INSERT INTO {}(chunk_id, rowids, codes) VALUES (?1, ?2, ?3)",
+            self.shadow("codes")
+        ))?
+        .execute(params![chunk_id, rowids, codes])
+        .map_err(|e| self.sql_failed(e))?;
         let block_bytes = BLOCK_VECTORS * self.dimensions * 4;
         for (block, bytes) in vectors.chunks_exact(block_bytes).enumerate() {
-            self.prepared(&format!("INSERT INTO {}(block_id, vectors) VALUES (?1, ?2)", self.shadow("vectors")))?
-                .execute(params![chunk_id * BLOCKS_PER_CHUNK + block as i64, bytes])
-                .map_err(|e| self.sql_failed(e))?;
+            self.prepared(&format!(
+                "INSERT INTO {}(block_id, vectors) VALUES (?1, ?2)",
+                self.shadow("vectors")
+            ))?
+            .execute(params![chunk_id * BLOCKS_PER_CHUNK + block as i64, bytes])
+            .map_err(|e| self.sql_failed(e))?;
         }
-        let insert_sql = format!("INSERT INTO {}(rowid, chunk_id, slot) VALUES (?1, ?2, ?3)", self.shadow("rowids"));
+        let insert_sql = format!(
+            "INSERT INTO {}(rowid, chunk_id, slot) VALUES (?1, ?2, ?3)",
+            self.shadow("rowids")
+        );
         let delete_sql = format!("DELETE FROM {} WHERE rowid = ?1", self.shadow("pending"));
         for (slot, (rowid, _)) in rows.iter().enumerate() {
             self.prepared(&insert_sql)?
                 .execute(params![rowid, chunk_id, slot as i64])
                 .map_err(|e| self.sql_failed(e))?;
-            self.prepared(&delete_sql)?.execute([rowid]).map_err(|e| self.sql_failed(e))?;
+            self.prepared(&delete_sql)?
+                .execute([rowid])
+                .map_err(|e| self.sql_failed(e))?;
         }
         self.bump_generation(-(CHUNK_SLOTS as i64)).map(|_| ())
     }
 
     /// Draws a new generation and adds `pending_change` to the pending count; returns the count.
     fn bump_generation(&mut self, pending_change: i64) -> Result<i64, String> {
-        self.prepared(&format!("UPDATE {} SET generation = ?1, pending = pending + ?2 WHERE id = 1 RETURNING pending", self.shadow("info")))?
-            .query_row(params![fresh_nonce(), pending_change], |r| r.get(0))
-            .map_err(|e| self.sql_failed(e))
+        self.prepared(&format!(
+            "UPDATE {} SET generation = ?1, pending = pending + ?2 WHERE id = 1 RETURNING pending",
+            self.shadow("info")
+        ))?
+        .query_row(params![fresh_nonce(), pending_change], |r| r.get(0))
+        .map_err(|e| self.sql_failed(e))
     }
 
     // ---- reads ----
@@ -315,16 +404,25 @@ impl Store {
     pub fn location(&mut self, rowid: i64) -> Result<Option<Location>, String> {
         self.intact()?;
         let in_chunk: Option<(i64, i64)> = self
-            .prepared(&format!("SELECT chunk_id, slot FROM {} WHERE rowid = ?1", self.shadow("rowids")))?
+            .prepared(&format!(
+                "SELECT chunk_id, slot FROM {} WHERE rowid = ?1",
+                self.shadow("rowids")
+            ))?
             .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(|e| self.sql_failed(e))?;
         if let Some((chunk_id, slot)) = in_chunk {
-            let slot = usize::try_from(slot).ok().filter(|s| *s < CHUNK_SLOTS).ok_or_else(|| self.damaged("rowids", rowid, "its slot is out of range"))?;
+            let slot = usize::try_from(slot)
+                .ok()
+                .filter(|s| *s < CHUNK_SLOTS)
+                .ok_or_else(|| self.damaged("rowids", rowid, "its slot is out of range"))?;
             return Ok(Some(Location::Chunk { chunk_id, slot }));
         }
         let pending: Option<i64> = self
-            .prepared(&format!("SELECT rowid FROM {} WHERE rowid = ?1", self.shadow("pending")))?
+            .prepared(&format!(
+                "SELECT rowid FROM {} WHERE rowid = ?1",
+                self.shadow("pending")
+            ))?
             .query_row([rowid], |r| r.get(0))
             .optional()
             .map_err(|e| self.sql_failed(e))?;
@@ -334,10 +432,14 @@ impl Store {
     /// Every rowid, in order (a scan without MATCH).
     pub fn rowids(&mut self) -> Result<Vec<i64>, String> {
         self.intact()?;
-        self.prepared(&format!("SELECT rowid FROM {} UNION ALL SELECT rowid FROM {} ORDER BY 1", self.shadow("rowids"), self.shadow("pending")))?
-            .query_map([], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.sql_failed(e))
+        self.prepared(&format!(
+            "SELECT rowid FROM {} UNION ALL SELECT rowid FROM {} ORDER BY 1",
+            self.shadow("rowids"),
+            self.shadow("pending")
+        ))?
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.sql_failed(e))
     }
 
     /// The float32 vector of a row, as inserted.
@@ -346,7 +448,10 @@ impl Store {
         match location {
             Location::Pending => {
                 let blob: Vec<u8> = self
-                    .prepared(&format!("SELECT vector FROM {} WHERE rowid = ?1", self.shadow("pending")))?
+                    .prepared(&format!(
+                        "SELECT vector FROM {} WHERE rowid = ?1",
+                        self.shadow("pending")
+                    ))?
                     .query_row([rowid], |r| r.get(0))
                     .map_err(|e| self.damaged("pending", rowid, &e.to_string()))?;
                 self.stored_vector(&blob, "pending", rowid)
@@ -374,9 +479,12 @@ impl Store {
             if open_block != Some(block) {
                 let opened = match blob.as_mut() {
                     Some(b) => b.reopen(block),
-                    None => self.db.blob_open(self.schema.as_str(), table.as_str(), "vectors", block, true).map(|b| {
-                        blob = Some(b);
-                    }),
+                    None => self
+                        .db
+                        .blob_open(self.schema.as_str(), table.as_str(), "vectors", block, true)
+                        .map(|b| {
+                            blob = Some(b);
+                        }),
                 };
                 opened.map_err(|e| self.damaged("vectors", block, &e.to_string()))?;
                 open_block = Some(block);
@@ -385,7 +493,8 @@ impl Store {
             if b.size() as usize != BLOCK_VECTORS * bytes {
                 return Err(self.damaged("vectors", block, "it holds a BLOB of the wrong size"));
             }
-            b.read_at_exact(&mut buffer, (slot % BLOCK_VECTORS) * bytes).map_err(|e| self.sql_failed(e))?;
+            b.read_at_exact(&mut buffer, (slot % BLOCK_VECTORS) * bytes)
+                .map_err(|e| self.sql_failed(e))?;
             out.push(self.stored_vector(&buffer, "vectors", block)?);
         }
         Ok(out)
@@ -402,21 +511,39 @@ impl Store {
     fn stored_vector(&self, blob: &[u8], suffix: &str, id: i64) -> Result<Vec<f32>, String> {
         match crate::sql::blob::vector_from_blob(blob) {
             Ok(v) if v.len() == self.dimensions => Ok(v),
-            Ok(v) => Err(self.damaged(suffix, id, &format!("a vector has {} dimensions instead of {}", v.len(), self.dimensions))),
-            Err(e) => Err(self.damaged(suffix, id, &format!("a stored vector is not valid ({e:?})"))),
+            Ok(v) => Err(self.damaged(
+                suffix,
+                id,
+                &format!(
+                    "a vector has {} dimensions instead of {}",
+                    v.len(),
+                    self.dimensions
+                ),
+            )),
+            Err(e) => {
+                Err(self.damaged(suffix, id, &format!("a stored vector is not valid ({e:?})")))
+            }
         }
     }
 
     fn damaged(&self, suffix: &str, id: i64, what: &str) -> String {
-        format!("its shadow table {} is damaged at {id} ({what}); {REBUILD}", self.shadow(suffix))
+        format!(
+            "its shadow table {} is damaged at {id} ({what}); {REBUILD}",
+            self.shadow(suffix)
+        )
     }
 
     /// An SQL error on the shadow tables; a missing table or a value of the wrong type means
     /// they were changed outside the index, and the message says so.
     fn sql_failed(&self, e: rusqlite::Error) -> String {
         use rusqlite::Error::*;
-        let damaged = matches!(e, InvalidColumnType(..) | FromSqlConversionFailure(..) | QueryReturnedNoRows | IntegralValueOutOfRange(..))
-            || e.to_string().contains("no such");
+        let damaged = matches!(
+            e,
+            InvalidColumnType(..)
+                | FromSqlConversionFailure(..)
+                | QueryReturnedNoRows
+                | IntegralValueOutOfRange(..)
+        ) || e.to_string().contains("no such");
         if damaged {
             format!("reading its shadow tables: {e}; {REBUILD}")
         } else {
@@ -441,18 +568,29 @@ impl Store {
     /// The `k` rows nearest to `query` by cosine distance, nearest first (ties by rowid).
     pub fn search(&mut self, query: &[f32], k: usize, rescore: usize) -> Result<Vec<Hit>, String> {
         self.intact()?;
-        let query = unit(query).ok_or("the query vector is all zeros, so no cosine distance to it exists; pass an embedding")?;
+        let query = unit(query).ok_or(
+            "the query vector is all zeros, so no cosine distance to it exists; pass an embedding",
+        )?;
         self.refresh()?;
         let mut hits: Vec<Hit> = self
             .cache
             .pending
             .iter()
-            .map(|(rowid, v)| Hit { rowid: *rowid, distance: cosine_distance(v, &query) })
+            .map(|(rowid, v)| Hit {
+                rowid: *rowid,
+                distance: cosine_distance(v, &query),
+            })
             .collect();
         let mut query_code = vec![0u8; self.code_bytes];
         self.quantizer.encode(&query, &mut query_code);
         let chunks: Vec<&CodeChunk> = self.cache.chunks.iter().map(|c| &c.codes).collect();
-        let candidates = top_candidates(&chunks, self.quantizer, self.code_bytes, &query_code, rescore.max(k));
+        let candidates = top_candidates(
+            &chunks,
+            self.quantizer,
+            self.code_bytes,
+            &query_code,
+            rescore.max(k),
+        );
         // Read each chunk's vectors in chunk order, then score exactly.
         let mut places: Vec<(i64, usize, i64)> = candidates
             .iter()
@@ -462,15 +600,25 @@ impl Store {
             })
             .collect();
         places.sort_unstable();
-        let at: Vec<(i64, usize)> = places.iter().map(|&(chunk_id, slot, _)| (chunk_id, slot)).collect();
+        let at: Vec<(i64, usize)> = places
+            .iter()
+            .map(|&(chunk_id, slot, _)| (chunk_id, slot))
+            .collect();
         let vectors = self.chunk_vectors(&at)?;
         for (&(_, _, rowid), vector) in places.iter().zip(&vectors) {
-            hits.push(Hit { rowid, distance: cosine_distance(vector, &query) });
+            hits.push(Hit {
+                rowid,
+                distance: cosine_distance(vector, &query),
+            });
         }
         if let Some(bad) = hits.iter().find(|h| !h.distance.is_finite()) {
             return Err(format!("row {} has no finite distance to the query (a zero vector in the index); {REBUILD}", bad.rowid));
         }
-        hits.sort_unstable_by(|a, b| a.distance.total_cmp(&b.distance).then(a.rowid.cmp(&b.rowid)));
+        hits.sort_unstable_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then(a.rowid.cmp(&b.rowid))
+        });
         hits.truncate(k);
         Ok(hits)
     }
@@ -478,7 +626,10 @@ impl Store {
     /// Brings the memory copy up to date with the database (see the module's comment).
     fn refresh(&mut self) -> Result<(), String> {
         let generation: i64 = self
-            .prepared(&format!("SELECT generation FROM {} WHERE id = 1", self.shadow("info")))?
+            .prepared(&format!(
+                "SELECT generation FROM {} WHERE id = 1",
+                self.shadow("info")
+            ))?
             .query_row([], |r| r.get(0))
             .map_err(|e| format!("reading {}: {e}", self.shadow("info")))?;
         if self.cache.generation == Some(generation) {
@@ -486,12 +637,17 @@ impl Store {
         }
         self.cache.generation = None;
         let listed: Vec<(i64, i64, i64)> = self
-            .prepared(&format!("SELECT chunk_id, nonce, version FROM {} ORDER BY chunk_id", self.shadow("chunks")))?
+            .prepared(&format!(
+                "SELECT chunk_id, nonce, version FROM {} ORDER BY chunk_id",
+                self.shadow("chunks")
+            ))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql_failed(e))?;
-        let mut kept: HashMap<i64, CachedChunk> =
-            std::mem::take(&mut self.cache.chunks).into_iter().map(|c| (c.id, c)).collect();
+        let mut kept: HashMap<i64, CachedChunk> = std::mem::take(&mut self.cache.chunks)
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
         let mut chunks = Vec::with_capacity(listed.len());
         for (id, nonce, version) in listed {
             let chunk = match kept.remove(&id) {
@@ -507,13 +663,18 @@ impl Store {
             chunks.push(chunk);
         }
         let pending: Vec<(i64, Vec<u8>)> = self
-            .prepared(&format!("SELECT rowid, vector FROM {}", self.shadow("pending")))?
+            .prepared(&format!(
+                "SELECT rowid, vector FROM {}",
+                self.shadow("pending")
+            ))?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql_failed(e))?;
         self.cache.pending = pending
             .into_iter()
-            .map(|(rowid, blob): (i64, Vec<u8>)| Ok((rowid, self.stored_vector(&blob, "pending", rowid)?)))
+            .map(|(rowid, blob): (i64, Vec<u8>)| {
+                Ok((rowid, self.stored_vector(&blob, "pending", rowid)?))
+            })
             .collect::<Result<_, String>>()?;
         self.cache.chunks = chunks;
         self.cache.generation = Some(generation);
@@ -522,7 +683,10 @@ impl Store {
 
     fn live_flags(&self, chunk_id: i64) -> Result<Vec<u8>, String> {
         let live: Vec<u8> = self
-            .prepared(&format!("SELECT live FROM {} WHERE chunk_id = ?1", self.shadow("chunks")))?
+            .prepared(&format!(
+                "SELECT live FROM {} WHERE chunk_id = ?1",
+                self.shadow("chunks")
+            ))?
             .query_row([chunk_id], |r| r.get(0))
             .map_err(|e| self.damaged("chunks", chunk_id, &e.to_string()))?;
         if live.len() != CHUNK_SLOTS {
@@ -533,7 +697,10 @@ impl Store {
 
     fn load_chunk(&self, id: i64, nonce: i64, version: i64) -> Result<CachedChunk, String> {
         let (rowid_bytes, codes): (Vec<u8>, Vec<u8>) = self
-            .prepared(&format!("SELECT rowids, codes FROM {} WHERE chunk_id = ?1", self.shadow("codes")))?
+            .prepared(&format!(
+                "SELECT rowids, codes FROM {} WHERE chunk_id = ?1",
+                self.shadow("codes")
+            ))?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.damaged("codes", id, &e.to_string()))?;
         if rowid_bytes.len() != CHUNK_SLOTS * 8 || codes.len() != CHUNK_SLOTS * self.code_bytes {
@@ -543,7 +710,16 @@ impl Store {
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
             .collect();
-        Ok(CachedChunk { id, nonce, version, codes: CodeChunk { rowids, live: self.live_flags(id)?, codes } })
+        Ok(CachedChunk {
+            id,
+            nonce,
+            version,
+            codes: CodeChunk {
+                rowids,
+                live: self.live_flags(id)?,
+                codes,
+            },
+        })
     }
 
     /// The connection's handle (for `sqlite3_vtab_on_conflict`).
