@@ -75,7 +75,23 @@ $minetest/env_sounds/sounds/env_sounds_water.1.ogg stream-water.ogg
 $minetest/default/sounds/default_water_footstep.1.ogg footsteps-in-water.ogg
 $minetest/default/sounds/default_grass_footstep.1.ogg footsteps-on-grass.ogg
 $minetest/tnt/sounds/tnt_explode.ogg explosion.ogg
+$scratch/Human/Scream-female.wav
+$scratch/Human/Footsteps-2.mp3
+$scratch/Vocals/Singer1.wav
+$scratch/Vocals/Join-us.mp3
+$scratch/Instruments/GuitarStrum.wav
+$scratch/Instruments/Trumpet1.wav
+$scratch/Percussion/Gong.wav
+$scratch/Percussion/CymbalCrash.wav
+$minetest/default/sounds/default_gravel_footstep.1.ogg footsteps-on-gravel.ogg
+$minetest/default/sounds/default_wood_footstep.1.ogg footsteps-on-wood.ogg
+$minetest/default/sounds/default_dig_choppy.1.ogg chopping-wood.ogg
+$minetest/default/sounds/default_dig_metal.ogg hitting-metal.ogg
 EOF
+# Two music loops (their folder's name has a space, which the list above cannot hold).
+for loop in DrumSet1 Medieval1; do
+  if [ -f "$scratch/Music Loops/$loop.mp3" ]; then ln -s "$scratch/Music Loops/$loop.mp3" "$everyday/$loop.mp3"; fi
+done
 folders=()
 [ -n "$(ls -A "$everyday")" ] && folders+=("$(cd "$everyday" && pwd)")
 
@@ -99,6 +115,11 @@ for folder in "${folders[@]}"; do
   echo "== sqlite3 < sql/audio-demo.sql   (@sounds = $folder)"
   sqlite3 -bail -cmd ".parameter set @sounds \"'$folder'\"" :memory: < sql/audio-demo.sql
 done
+if [ -n "$(ls -A "$everyday")" ]; then
+  echo
+  echo "== sqlite3 < sql/open-world-demo.sql   (queries beyond ESC-50's classes; @sounds = $everyday)"
+  sqlite3 -bail -cmd ".parameter set @sounds \"'$(cd "$everyday" && pwd)'\"" :memory: < sql/open-world-demo.sql
+fi
 
 # A long recording for sql/moments-demo.sql: eight of the everyday sounds one after another,
 # 8 to 20 s of quiet brown noise between them (about two and a half minutes in all), and a cue

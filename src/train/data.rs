@@ -140,8 +140,14 @@ pub struct Clip {
     /// Class label from `labels.csv`, when the dataset has one.
     pub label: Option<String>,
     /// The recording the clip was cut from: clips of one recording must stay on one side of a
-    /// split. See [`recording_id`].
+    /// split. See [`recording_id`], or `labels.csv`'s `recording` column where it has one.
     pub recording: String,
+    /// Where the clip comes from (`labels.csv`'s `source` column: `esc50`, a Debian package...),
+    /// for weighting sources against each other and for metrics per source.
+    pub source: Option<String>,
+    /// `background` for sounds that can sit behind others (speech, music, rain, traffic), which
+    /// the trainer may mix under foreground clips (`labels.csv`'s `kind` column).
+    pub kind: Option<String>,
 }
 
 /// A dataset: its clips in the order of the captions file.
@@ -190,7 +196,7 @@ impl Dataset {
         let rows = read_captions(&captions_path)?;
         let labels = match layout {
             Layout::Generic if root.join(GENERIC_LABELS_FILE).is_file() => {
-                Some(read_labels(&root.join(GENERIC_LABELS_FILE))?)
+                Some(read_label_rows(&root.join(GENERIC_LABELS_FILE))?)
             }
             _ => None,
         };
@@ -201,14 +207,18 @@ impl Dataset {
             if !path.is_file() {
                 missing.push(file_name.clone());
             }
-            let label = labels.as_ref().and_then(|l| l.get(&file_name).cloned());
-            let recording = recording_id(&file_name);
+            let row = labels.as_ref().and_then(|l| l.get(&file_name));
+            let recording = row
+                .and_then(|r| r.recording.clone())
+                .unwrap_or_else(|| recording_id(&file_name));
             clips.push(Clip {
                 file_name,
                 path,
                 captions,
-                label,
+                label: row.map(|r| r.class.clone()),
                 recording,
+                source: row.and_then(|r| r.source.clone()),
+                kind: row.and_then(|r| r.kind.clone()),
             });
         }
         if !missing.is_empty() {
@@ -477,6 +487,8 @@ fn open_audiocaps(root: &Path, split: &str) -> Result<Dataset> {
                     captions: segment.captions,
                     label: None,
                     recording: format!("youtube:{}", segment.youtube_id),
+                    source: None,
+                    kind: None,
                 });
             }
         }
@@ -647,6 +659,55 @@ pub fn read_captions(path: &Path) -> Result<Vec<(String, Vec<String>)>> {
     Ok(rows)
 }
 
+/// One row of a generic dataset's `labels.csv`: the class, and the optional columns
+/// `recording` (the group a split keeps together, for names [`recording_id`] cannot read),
+/// `source` and `kind` (see [`Clip`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRow {
+    pub class: String,
+    pub recording: Option<String>,
+    pub source: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// Reads `file_name,class[,recording][,source][,kind][,...]` rows into a map.
+pub fn read_label_rows(path: &Path) -> Result<HashMap<String, LabelRow>> {
+    let mut reader = csv_reader(path)?;
+    let headers = reader
+        .headers()
+        .with_context(|| format!("{}: cannot read the header", path.display()))?
+        .clone();
+    let file_col = column(&headers, "file_name", path)?;
+    let class_col = column(&headers, "class", path)?;
+    let optional = |name: &str| column(&headers, name, path).ok();
+    let (recording_col, source_col, kind_col) =
+        (optional("recording"), optional("source"), optional("kind"));
+    let mut labels = HashMap::new();
+    for (n, record) in reader.records().enumerate() {
+        let record = record
+            .with_context(|| format!("{}: line {} is not valid CSV", path.display(), n + 2))?;
+        let cell = |col: Option<usize>| {
+            col.and_then(|c| record.get(c))
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let (Some(file), Some(class)) = (cell(Some(file_col)), cell(Some(class_col))) else {
+            continue;
+        };
+        labels.insert(
+            file,
+            LabelRow {
+                class,
+                recording: cell(recording_col),
+                source: cell(source_col),
+                kind: cell(kind_col),
+            },
+        );
+    }
+    Ok(labels)
+}
+
 /// Reads `file_name,class[,...]` rows into a map.
 pub fn read_labels(path: &Path) -> Result<HashMap<String, String>> {
     let mut reader = csv_reader(path)?;
@@ -674,6 +735,36 @@ mod tests {
     use super::*;
 
     use crate::train::testing::TempDir;
+
+    #[test]
+    fn labels_may_name_the_recording_source_and_kind() {
+        let dir = TempDir::new("generic-groups");
+        std::fs::create_dir_all(dir.0.join("audio")).unwrap();
+        for f in ["rain-p0.wav", "rain-p1.wav", "dog.wav"] {
+            std::fs::write(dir.0.join("audio").join(f), b"x").unwrap();
+        }
+        std::fs::write(
+            dir.0.join("captions.csv"),
+            "file_name,caption_1\nrain-p0.wav,rain\nrain-p1.wav,rain\ndog.wav,a dog\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.0.join("labels.csv"),
+            "file_name,class,recording,source,concept,kind\n\
+             rain-p0.wav,rain,pkg:rain.ogg,pkg,rain,background\n\
+             rain-p1.wav,rain,pkg:rain.ogg,pkg,rain,background\n\
+             dog.wav,dog,,esc50,dog,event\n",
+        )
+        .unwrap();
+        let data = Dataset::open(&dir.0, &Layout::Generic).unwrap();
+        // Pieces of one file are one recording; an empty cell falls back to the file name.
+        assert_eq!(data.clips[0].recording, "pkg:rain.ogg");
+        assert_eq!(data.clips[1].recording, "pkg:rain.ogg");
+        assert_eq!(data.clips[2].recording, "file:dog");
+        assert_eq!(data.clips[0].kind.as_deref(), Some("background"));
+        assert_eq!(data.clips[2].source.as_deref(), Some("esc50"));
+        assert_eq!(data.clips[2].label.as_deref(), Some("dog"));
+    }
 
     #[test]
     fn reads_the_generic_layout_with_quoted_captions_and_labels() {

@@ -272,11 +272,35 @@ pub struct EpochLog {
     pub class_p1: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_map10: Option<f64>,
+    /// Open-world validation (`fit-head` on ESC-50 and other sources together): the reference
+    /// (ESC-50) queries over its clips alone, and over the whole gallery with the other sources'
+    /// clips as distractors; the other sources' own queries over the whole gallery; their clips'
+    /// captions as DCASE queries over the whole gallery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<OpenWorldMetrics>,
     pub temperature: f64,
     pub lr: f64,
     pub seconds: f64,
     pub seconds_per_step: f64,
     pub validation_seconds: f64,
+}
+
+/// See [`EpochLog::open_world`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenWorldMetrics {
+    pub reference_alone_p1: f64,
+    pub reference_alone_map10: f64,
+    pub reference_with_distractors_p1: f64,
+    pub reference_with_distractors_map10: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_p1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_map10: Option<f64>,
+    pub others_caption_r1: f64,
+    pub others_caption_r10: f64,
+    pub others_caption_map10: f64,
+    pub gallery_clips: usize,
+    pub reference_clips: usize,
 }
 
 pub fn run(args: FitArgs) -> Result<()> {

@@ -41,7 +41,7 @@ use crate::backbone::{checkpoint_path, pretrained_encoder, BackboneRunner, BACKB
 use crate::embed::{bar_style, caption_embeddings};
 use crate::fit::{caption_set_key, lr_at, read_license, EpochLog};
 use crate::loss::LossSpec;
-use crate::mix::{draw_pool, Mix, MixOptions};
+use crate::mix::{draw_background_pool, draw_pool, Mix, MixOptions};
 use crate::model::{l2_normalize, to_vec, Contrastive, ContrastiveConfig};
 use crate::run::{ort_runtime, CheckpointState, DataInfo, Fold, RunConfig, TrainOptions};
 
@@ -79,8 +79,38 @@ pub struct FitHeadArgs {
     /// Validation queries held out from training: CSV `class,query` (the classes of labels.csv).
     /// Without it, the validation clips' own captions are the queries. Needs --folds (without
     /// it no clip validates).
+    /// May be given more than once (ESC-50's phrasings, the corpus concepts' phrasings).
     #[arg(long, value_name = "CSV", requires = "folds")]
-    pub queries: Option<PathBuf>,
+    pub queries: Vec<PathBuf>,
+    /// Only clips of these sources (`labels.csv`'s `source` column, comma-separated) train;
+    /// validation keeps every source (e.g. a head trained on ESC-50 alone, scored with the
+    /// corpus's clips as distractors).
+    #[arg(long, value_name = "SOURCES", value_delimiter = ',')]
+    pub train_sources: Vec<String>,
+    /// Classes that never train (held-out concepts: what does a query for them return?).
+    #[arg(long, value_name = "CLASSES", value_delimiter = ',')]
+    pub holdout_classes: Vec<String>,
+    /// Weighting of sources: each source's share of an epoch's rows is proportional to its
+    /// clip count raised to this power (1: as the data is; 0: every source alike; 0.5 between),
+    /// drawn with replacement. Needs `labels.csv`'s `source` column.
+    #[arg(long, default_value_t = 1.0)]
+    pub source_balance: f64,
+    /// Foreground-on-background mixes in the pool: a training clip over a clip whose
+    /// `labels.csv` kind is `background` (speech, music, crowds, traffic, rain), with one
+    /// caption of each joined. Each mix costs one backbone pass.
+    #[arg(long, default_value_t = 0)]
+    pub background_mixes: usize,
+    /// Chance that a training row is replaced by a foreground-on-background mix.
+    #[arg(long, default_value_t = 0.0)]
+    pub background_prob: f64,
+    /// Caption embeddings averaged into each row's target per step (distinct captions of the
+    /// clip, drawn per step; 1 = one caption, as before).
+    #[arg(long, default_value_t = 1)]
+    pub captions_per_step: usize,
+    /// Files that cannot be decoded are skipped and named; more than this share of them fails
+    /// the run.
+    #[arg(long, default_value_t = 0.02)]
+    pub max_bad_share: f64,
     /// Front-end: gain after per-window peak normalisation, in dB.
     #[arg(long, allow_hyphen_values = true)]
     pub input_gain_db: Option<f32>,
@@ -148,8 +178,47 @@ pub struct HeadRun {
     pub validate_on: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queries: Option<PathBuf>,
+    /// Further query files (`--queries` given more than once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_queries: Vec<PathBuf>,
     /// Mixes in the pool (drawn from the training clips).
     pub mixes: usize,
+    /// How training rows are drawn (defaults: every clip once an epoch, one caption a step).
+    #[serde(default, skip_serializing_if = "Sampling::is_default")]
+    pub sampling: Sampling,
+}
+
+/// How `fit-head` draws its training rows: which clips train, how sources are weighted,
+/// foreground-on-background mixes, captions per target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_sources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holdout_classes: Vec<String>,
+    pub source_balance: f64,
+    pub background_mixes: usize,
+    pub background_prob: f64,
+    pub captions_per_step: usize,
+}
+
+impl Default for Sampling {
+    fn default() -> Sampling {
+        Sampling {
+            train_sources: Vec::new(),
+            holdout_classes: Vec::new(),
+            source_balance: 1.0,
+            background_mixes: 0,
+            background_prob: 0.0,
+            captions_per_step: 1,
+        }
+    }
+}
+
+impl Sampling {
+    fn is_default(&self) -> bool {
+        *self == Sampling::default()
+    }
 }
 
 /// One training or validation item: its windows' backbone outputs (`windows x dim`).
@@ -191,6 +260,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         }
         _ => ((0..clips.len()).collect::<Vec<_>>(), Vec::new()),
     };
+    let train = restrict_training(clips, train, &args.train_sources, &args.holdout_classes)?;
     let mut classes: Vec<String> = clips.iter().filter_map(|c| c.label.clone()).collect();
     classes.sort();
     classes.dedup();
@@ -199,10 +269,10 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     };
 
     // Held-out queries, read (and their classes checked) before any backbone work.
-    let queries: Vec<(usize, String)> = match &args.queries {
-        Some(csv) => read_class_queries(csv, &classes)?,
-        None => Vec::new(),
-    };
+    let mut queries: Vec<(usize, String)> = Vec::new();
+    for csv in &args.queries {
+        queries.extend(read_class_queries(csv, &classes)?);
+    }
 
     // Where each validation clip is read from.
     let validation_paths: Vec<(usize, PathBuf)> = match &args.validate_on {
@@ -273,13 +343,30 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     let train_count = wanted.len();
     wanted.extend(validation_paths.iter().cloned());
     let paths: Vec<&Path> = wanted.iter().map(|(_, p)| p.as_path()).collect();
-    let (items, hits) = backbone_cache.file_items(&paths, &fe, &windowing, &runner)?;
-    let (train_items, validation_items) = items.split_at(train_count);
+    let (items, hits, bad) = backbone_cache.file_items(&paths, &fe, &windowing, &runner)?;
+    check_bad_files(&bad, &paths, args.max_bad_share)?;
+    let windows: usize = items.iter().flatten().map(|i| i.count).sum();
+    let (mut train_items, mut validation_items) = (Vec::new(), Vec::new());
+    let (mut kept_train, mut kept_validation) = (Vec::new(), Vec::new());
+    for (n, item) in items.into_iter().enumerate() {
+        match (item, n < train_count) {
+            (Some(item), true) => {
+                kept_train.push(wanted[n].0);
+                train_items.push(item);
+            }
+            (Some(item), false) => {
+                kept_validation.push(wanted[n].clone());
+                validation_items.push(item);
+            }
+            (None, _) => {}
+        }
+    }
+    let (train, validation_paths) = (kept_train, kept_validation);
+    let validation: Vec<usize> = validation_paths.iter().map(|(i, _)| *i).collect();
     println!(
-        "backbone: {} clips, {} windows ({} clips from the cache) in {:.1} s on {}",
-        items.len(),
-        items.iter().map(|i| i.count).sum::<usize>(),
-        hits,
+        "backbone: {} clips, {windows} windows ({hits} clips from the cache, {} skipped) in {:.1} s on {}",
+        train_items.len() + validation_items.len(),
+        bad.len(),
         start.elapsed().as_secs_f64(),
         runner.provider
     );
@@ -289,8 +376,13 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     let copies: Vec<Vec<Item>> = (1..=args.specaug_copies)
         .map(|copy| {
             let start = Instant::now();
-            let (items, hits) =
-                backbone_cache.masked_items(&train_paths, copy, &fe, &windowing, &runner)?;
+            let (items, hits) = every_item(backbone_cache.masked_items(
+                &train_paths,
+                copy,
+                &fe,
+                &windowing,
+                &runner,
+            )?)?;
             println!(
                 "specaug copy {copy}: {} clips ({hits} from the cache) in {:.1} s",
                 items.len(),
@@ -336,11 +428,63 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
                 )
             })
             .collect();
-        let (items, hits) = backbone_cache.mix_items(&pairs, &fe, &windowing, &runner)?;
+        let (items, hits) =
+            every_item(backbone_cache.mix_items(&pairs, &fe, &windowing, &runner)?)?;
         println!(
             "mixes: {} pairs ({} from the cache) in {:.1} s",
             items.len(),
             hits,
+            start.elapsed().as_secs_f64()
+        );
+        items
+    };
+
+    // Foreground-on-background mixes: real recordings are events over speech, music, crowds,
+    // traffic or rain, and are described so. As with the mixes above, one pool is drawn over
+    // every clip (the folds share its cached backbone outputs) and a run keeps the mixes whose
+    // two clips both train.
+    let is_background = |i: usize| clips[i].kind.as_deref() == Some("background");
+    let mut background_mixes: Vec<(usize, Mix)> = if args.background_mixes > 0 {
+        let trains: std::collections::HashSet<usize> = train.iter().copied().collect();
+        let (backgrounds, foregrounds): (Vec<usize>, Vec<usize>) =
+            (0..clips.len()).partition(|&i| is_background(i));
+        draw_background_pool(
+            &foregrounds,
+            &backgrounds,
+            &|i| clips[i].captions.clone(),
+            &|i| keys[i],
+            args.background_mixes,
+            args.seed,
+        )
+        .into_iter()
+        .enumerate()
+        .filter(|(_, m)| trains.contains(&m.first) && trains.contains(&m.second))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let background_items = if background_mixes.is_empty() {
+        Vec::new()
+    } else {
+        let start = Instant::now();
+        let pairs: Vec<(&Path, &Path, f32)> = background_mixes
+            .iter()
+            .map(|(n, m)| {
+                let n = *n;
+                // The background 4 to 16 dB under the foreground's peak.
+                let draw = SplitMix64::derive(args.seed, &[0x6267, n as u64]).next_f64() as f32;
+                (
+                    clips[m.first].path.as_path(),
+                    clips[m.second].path.as_path(),
+                    -4.0 - 12.0 * draw,
+                )
+            })
+            .collect();
+        let (items, hits) =
+            every_item(backbone_cache.mix_items(&pairs, &fe, &windowing, &runner)?)?;
+        println!(
+            "background mixes: {} pairs ({hits} from the cache) in {:.1} s",
+            items.len(),
             start.elapsed().as_secs_f64()
         );
         items
@@ -353,6 +497,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         .flat_map(|&i| clips[i].captions.iter().map(String::as_str))
         .collect();
     texts.extend(mixes.iter().map(|(_, m)| m.caption.as_str()));
+    texts.extend(background_mixes.iter().map(|(_, m)| m.caption.as_str()));
     texts.extend(queries.iter().map(|(_, q)| q.as_str()));
     let embeddings = caption_embeddings(
         &args.text_bundle,
@@ -360,7 +505,11 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         Some(&cache_root),
         args.ort.as_deref(),
     )?;
-    for (_, m) in &mut mixes {
+    for m in mixes
+        .iter_mut()
+        .map(|(_, m)| m)
+        .chain(background_mixes.iter_mut().map(|(_, m)| m))
+    {
         m.embedding = embeddings.by_text[&m.caption].clone();
     }
 
@@ -422,8 +571,17 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         head: Some(HeadRun {
             head_file: HEAD_FILE.into(),
             validate_on: args.validate_on.clone(),
-            queries: args.queries.clone(),
+            queries: args.queries.first().cloned(),
+            more_queries: args.queries.iter().skip(1).cloned().collect(),
             mixes: mixes.len(),
+            sampling: Sampling {
+                train_sources: args.train_sources.clone(),
+                holdout_classes: args.holdout_classes.clone(),
+                source_balance: args.source_balance,
+                background_mixes: background_mixes.len(),
+                background_prob: args.background_prob,
+                captions_per_step: args.captions_per_step,
+            },
         }),
     };
     config.write(&args.out)?;
@@ -438,7 +596,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     };
     let rows: Vec<Row> = train
         .iter()
-        .zip(train_items)
+        .zip(&train_items)
         .enumerate()
         .map(|(n, (&i, item))| Row {
             items: std::iter::once(item)
@@ -450,16 +608,34 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         .collect();
     let mix_rows: Vec<Row> = mixes
         .iter()
+        .map(|(_, m)| m)
         .zip(&mix_items)
-        .map(|((_, m), item)| Row {
-            items: vec![item],
-            captions: vec![m.embedding.clone()],
-            key: m.key,
-        })
+        .map(mix_row)
+        .collect();
+    let background_rows: Vec<Row> = background_mixes
+        .iter()
+        .map(|(_, m)| m)
+        .zip(&background_items)
+        .map(mix_row)
+        .collect();
+    let weights = source_weights(
+        &train.iter().map(|&i| clips[i].source.clone()).collect::<Vec<_>>(),
+        args.source_balance,
+    );
+    let reference = |i: usize| clips[i].source.as_deref() == Some(REFERENCE_SOURCE);
+    let reference_classes: std::collections::HashSet<usize> = validation
+        .iter()
+        .filter(|&&i| reference(i))
+        .filter_map(|&i| class_of(&clips[i].label))
         .collect();
     let by_text = &embeddings.by_text;
     let validation_set = Validation {
-        items: validation_items,
+        items: &validation_items,
+        clip_is_reference: validation.iter().map(|&i| reference(i)).collect(),
+        query_is_reference: queries
+            .iter()
+            .map(|(c, _)| reference_classes.contains(c))
+            .collect(),
         clip_class: validation_paths
             .iter()
             .map(|(i, _)| class_of(&clips[*i].label).unwrap_or(usize::MAX))
@@ -479,7 +655,19 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
             .map(|(c, q)| (*c, embeddings.by_text[q].clone()))
             .collect(),
     };
-    let logs = train_head(&config, &rows, &mix_rows, &validation_set, &args.out)?;
+    let draws = Draws {
+        mix_rows: &mix_rows,
+        background_rows: &background_rows,
+        background_prob: args.background_prob,
+        captions_per_step: args.captions_per_step.max(1),
+        weights,
+    };
+    let (logs, model) = train_head(&config, &rows, &draws, &validation_set, &args.out)?;
+    if !args.holdout_classes.is_empty() && !validation_set.items.is_empty() {
+        let path = args.out.join(HOLDOUT_FILE);
+        write_holdout_report(&model, &validation_set, &queries, &classes, &args.holdout_classes, &path)?;
+        println!("held-out concepts: what their queries find is in {}", path.display());
+    }
     if let Some(last) = logs.last() {
         println!(
             "done: {} epochs; last: loss {:.4}{}",
@@ -492,6 +680,143 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A mix's training row: its one item and its joined caption.
+fn mix_row<'a>((m, item): (&Mix, &'a Item)) -> Row<'a> {
+    Row {
+        items: vec![item],
+        captions: vec![m.embedding.clone()],
+        key: m.key,
+    }
+}
+
+/// The training clips left once `--train-sources` and `--holdout-classes` are applied.
+fn restrict_training(
+    clips: &[audiotext0::train::data::Clip],
+    train: Vec<usize>,
+    sources: &[String],
+    holdout: &[String],
+) -> Result<Vec<usize>> {
+    if !sources.is_empty() {
+        let known: std::collections::HashSet<&str> =
+            clips.iter().filter_map(|c| c.source.as_deref()).collect();
+        if let Some(s) = sources.iter().find(|s| !known.contains(s.as_str())) {
+            bail!("--train-sources {s}: no clip of labels.csv has that source (it has: {})", {
+                let mut k: Vec<&str> = known.into_iter().collect();
+                k.sort();
+                k.join(", ")
+            });
+        }
+    }
+    let kept: Vec<usize> = train
+        .into_iter()
+        .filter(|&i| {
+            let c = &clips[i];
+            (sources.is_empty() || c.source.as_ref().is_some_and(|s| sources.contains(s)))
+                && !c.label.as_ref().is_some_and(|l| holdout.contains(l))
+        })
+        .collect();
+    if kept.len() < 2 {
+        bail!("--train-sources and --holdout-classes leave {} training clips", kept.len());
+    }
+    Ok(kept)
+}
+
+/// Fails when more than `max_share` of the files could not be decoded; otherwise names each.
+fn check_bad_files(bad: &[(usize, String)], paths: &[&Path], max_share: f64) -> Result<()> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    for (i, error) in bad.iter().take(20) {
+        eprintln!("skipped: {}: {error}", paths[*i].display());
+    }
+    if bad.len() > 20 {
+        eprintln!("skipped: ... and {} more", bad.len() - 20);
+    }
+    let share = bad.len() as f64 / paths.len().max(1) as f64;
+    println!(
+        "skipped: {} of {} files cannot be decoded ({:.1}%)",
+        bad.len(),
+        paths.len(),
+        100.0 * share
+    );
+    if share > max_share {
+        bail!(
+            "{} of {} files ({:.1}%) cannot be decoded, more than --max-bad-share {max_share}: \
+             fix or remove them (the first: {}: {})",
+            bad.len(),
+            paths.len(),
+            100.0 * share,
+            paths[bad[0].0].display(),
+            bad[0].1
+        );
+    }
+    Ok(())
+}
+
+/// Items that must all exist (augmented copies of clips that decoded once already).
+fn every_item(
+    (items, hits, bad): (Vec<Option<Item>>, usize, Vec<(usize, String)>),
+) -> Result<(Vec<Item>, usize)> {
+    if let Some((_, error)) = bad.first() {
+        bail!("{error}");
+    }
+    Ok((items.into_iter().flatten().collect(), hits))
+}
+
+/// Per training row, the chance of drawing it so that each source's share of an epoch is
+/// proportional to its clip count raised to `power`; None when that is every row alike.
+fn source_weights(sources: &[Option<String>], power: f64) -> Option<Vec<f64>> {
+    let mut counts: HashMap<Option<&str>, usize> = HashMap::new();
+    for s in sources {
+        *counts.entry(s.as_deref()).or_default() += 1;
+    }
+    if (power - 1.0).abs() < 1e-12 || counts.len() < 2 {
+        return None;
+    }
+    // A row's weight is count^power / count: the source's share spread over its rows.
+    let weights: Vec<f64> = sources
+        .iter()
+        .map(|s| (counts[&s.as_deref()] as f64).powf(power - 1.0))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    Some(weights.into_iter().map(|w| w / total).collect())
+}
+
+/// `n` draws with replacement from `weights` (summing to 1).
+fn weighted_order(weights: &[f64], n: usize, rng: &mut SplitMix64) -> Vec<usize> {
+    let mut cumulative = Vec::with_capacity(weights.len());
+    let mut sum = 0.0;
+    for w in weights {
+        sum += w;
+        cumulative.push(sum);
+    }
+    (0..n)
+        .map(|_| {
+            let x = rng.next_f64() * sum;
+            cumulative
+                .partition_point(|&c| c <= x)
+                .min(weights.len() - 1)
+        })
+        .collect()
+}
+
+/// The normalised mean of up to `k` distinct captions of a row, drawn by `rng`.
+fn caption_target(captions: &[Vec<f32>], k: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    if k <= 1 || captions.len() == 1 {
+        return captions[rng.below(captions.len())].clone();
+    }
+    let mut picks: Vec<usize> = (0..captions.len()).collect();
+    rng.shuffle(&mut picks);
+    let mut mean = vec![0f32; captions[0].len()];
+    for &p in picks.iter().take(k) {
+        for (m, v) in mean.iter_mut().zip(&captions[p]) {
+            *m += v;
+        }
+    }
+    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    mean.iter().map(|v| v / norm).collect()
 }
 
 fn stem(file_name: &str) -> String {
@@ -509,9 +834,34 @@ struct Row<'a> {
     key: u64,
 }
 
+impl Validation<'_> {
+    /// Values per window of the backbone's output.
+    fn dim(&self) -> usize {
+        self.items.first().map_or(0, |i| i.windows.len() / i.count.max(1))
+    }
+}
+
+/// The source whose clips and classes the open-world metrics treat as the reference set
+/// (ESC-50): its queries are scored with and without the other sources' clips as distractors.
+const REFERENCE_SOURCE: &str = "esc50";
+
+/// How a step draws its rows beside the training clips.
+struct Draws<'a> {
+    mix_rows: &'a [Row<'a>],
+    background_rows: &'a [Row<'a>],
+    background_prob: f64,
+    captions_per_step: usize,
+    /// Per training row, its chance of being drawn (None: every row once an epoch).
+    weights: Option<Vec<f64>>,
+}
+
 struct Validation<'a> {
     items: &'a [Item],
     clip_class: Vec<usize>,
+    /// Per clip: from the reference source (ESC-50)?
+    clip_is_reference: Vec<bool>,
+    /// Per class query: of a class the reference source has?
+    query_is_reference: Vec<bool>,
     /// (validation clip, caption embedding): the DCASE metrics' queries.
     caption_queries: Vec<(usize, Vec<f32>)>,
     /// (class, query embedding): held-out phrasings.
@@ -547,10 +897,10 @@ fn embed_items(model: &Contrastive, items: &[&Item], dim: usize, device: &Device
 fn train_head(
     config: &RunConfig,
     rows: &[Row],
-    mix_rows: &[Row],
+    draws: &Draws,
     validation: &Validation,
     run_dir: &Path,
-) -> Result<Vec<EpochLog>> {
+) -> Result<(Vec<EpochLog>, Contrastive)> {
     let t = &config.train;
     let base = Device::flex();
     let ad = base.clone().autodiff();
@@ -571,8 +921,15 @@ fn train_head(
     for epoch in 1..=t.epochs {
         let started = Instant::now();
         base.seed(t.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9));
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        SplitMix64::derive(t.seed, &[epoch as u64, 1]).shuffle(&mut order);
+        let mut shuffle = SplitMix64::derive(t.seed, &[epoch as u64, 1]);
+        let order: Vec<usize> = match &draws.weights {
+            Some(w) => weighted_order(w, rows.len(), &mut shuffle),
+            None => {
+                let mut order: Vec<usize> = (0..rows.len()).collect();
+                shuffle.shuffle(&mut order);
+                order
+            }
+        };
         let mut pick = SplitMix64::derive(t.seed, &[epoch as u64, 2]);
         let mut aug = SplitMix64::derive(t.seed, &[epoch as u64, 3]);
         let (mut loss_sum, mut done, mut lr) = (0.0, 0usize, 0.0);
@@ -580,8 +937,12 @@ fn train_head(
             let chosen: Vec<&Row> = batch
                 .iter()
                 .map(|&r| {
-                    if !mix_rows.is_empty() && aug.next_f64() < t.mix.probability {
-                        &mix_rows[aug.below(mix_rows.len())]
+                    if !draws.mix_rows.is_empty() && aug.next_f64() < t.mix.probability {
+                        &draws.mix_rows[aug.below(draws.mix_rows.len())]
+                    } else if !draws.background_rows.is_empty()
+                        && aug.next_f64() < draws.background_prob
+                    {
+                        &draws.background_rows[aug.below(draws.background_rows.len())]
                     } else {
                         &rows[r]
                     }
@@ -595,7 +956,7 @@ fn train_head(
             let audio = l2_normalize(mean.matmul(model.audio.head(windows)));
             let mut text = Vec::with_capacity(chosen.len() * text_dim);
             for row in &chosen {
-                text.extend_from_slice(&row.captions[pick.below(row.captions.len())]);
+                text.extend(caption_target(&row.captions, draws.captions_per_step, &mut pick));
             }
             let text = model.text(Tensor::from_data(
                 TensorData::new(text, [chosen.len(), text_dim]),
@@ -660,7 +1021,7 @@ fn train_head(
     if let Err(e) = crate::plot::write_plots(run_dir, &logs) {
         eprintln!("warning: cannot draw the plots: {e:#}");
     }
-    Ok(logs)
+    Ok((logs, model.valid()))
 }
 
 fn epoch_line(log: &EpochLog, epochs: usize) -> String {
@@ -676,6 +1037,16 @@ fn epoch_line(log: &EpochLog, epochs: usize) -> String {
     }
     if let Some(p) = log.class_p10 {
         line += &format!(", class P@10 {p:.3}");
+    }
+    if let Some(o) = &log.open_world {
+        line += &format!(
+            "; ESC-50 P@1 {:.3} alone, {:.3} among {} clips; others P@1 {}, caption mAP@10 {:.3}",
+            o.reference_alone_p1,
+            o.reference_with_distractors_p1,
+            o.gallery_clips,
+            o.others_p1.map_or("-".into(), |p| format!("{p:.3}")),
+            o.others_caption_map10
+        );
     }
     line
 }
@@ -712,6 +1083,112 @@ fn validate(model: &Contrastive, v: &Validation, dim: usize, log: &mut EpochLog)
     log.class_p1 = Some(class.p1);
     log.class_map10 = Some(class.map10);
     log.class_p10 = Some(class.p10);
+    log.open_world = open_world(v, &clips, &caption_clip, &captions);
+}
+
+/// The open-world metrics, when the gallery holds reference (ESC-50) clips and others.
+fn open_world(
+    v: &Validation,
+    clips: &[Vec<f32>],
+    caption_clip: &[usize],
+    captions: &[Vec<f32>],
+) -> Option<crate::fit::OpenWorldMetrics> {
+    let reference_clips = v.clip_is_reference.iter().filter(|&&r| r).count();
+    if reference_clips == 0 || reference_clips == clips.len() || v.class_queries.is_empty() {
+        return None;
+    }
+    let scored = |queries: &[&(usize, Vec<f32>)], gallery: &[usize]| {
+        let q: Vec<Vec<f32>> = queries.iter().map(|(_, e)| e.clone()).collect();
+        let g: Vec<Vec<f32>> = gallery.iter().map(|&c| clips[c].clone()).collect();
+        let query_class: Vec<usize> = queries.iter().map(|(c, _)| *c).collect();
+        let clip_class: Vec<usize> = gallery.iter().map(|&c| v.clip_class[c]).collect();
+        metrics::class_retrieval(&metrics::similarity(&q, &g), &query_class, &clip_class)
+    };
+    let (reference_queries, other_queries): (Vec<_>, Vec<_>) = v
+        .class_queries
+        .iter()
+        .zip(&v.query_is_reference)
+        .partition(|(_, &r)| r);
+    let reference_queries: Vec<&(usize, Vec<f32>)> =
+        reference_queries.into_iter().map(|(q, _)| q).collect();
+    let other_queries: Vec<&(usize, Vec<f32>)> =
+        other_queries.into_iter().map(|(q, _)| q).collect();
+    let everything: Vec<usize> = (0..clips.len()).collect();
+    let reference: Vec<usize> = everything
+        .iter()
+        .copied()
+        .filter(|&c| v.clip_is_reference[c])
+        .collect();
+    let alone = scored(&reference_queries, &reference);
+    let with_distractors = scored(&reference_queries, &everything);
+    let others = (!other_queries.is_empty()).then(|| scored(&other_queries, &everything));
+    // The other sources' clips, each found by its own captions among all clips.
+    let (other_captions, other_targets): (Vec<Vec<f32>>, Vec<usize>) = captions
+        .iter()
+        .zip(caption_clip)
+        .filter(|(_, &c)| !v.clip_is_reference[c])
+        .map(|(e, &c)| (e.clone(), c))
+        .unzip();
+    let t2a = metrics::text_to_audio(
+        &metrics::similarity(&other_captions, clips),
+        &other_targets,
+        clips.len(),
+    );
+    Some(crate::fit::OpenWorldMetrics {
+        reference_alone_p1: alone.p1,
+        reference_alone_map10: alone.map10,
+        reference_with_distractors_p1: with_distractors.p1,
+        reference_with_distractors_map10: with_distractors.map10,
+        others_p1: others.as_ref().map(|m| m.p1),
+        others_map10: others.as_ref().map(|m| m.map10),
+        others_caption_r1: t2a.r1,
+        others_caption_r10: t2a.r10,
+        others_caption_map10: t2a.map10,
+        gallery_clips: clips.len(),
+        reference_clips,
+    })
+}
+
+/// The run's report on concepts that never trained (`--holdout-classes`).
+const HOLDOUT_FILE: &str = "holdout.tsv";
+
+/// For each query of a held-out class: its class, the query, the best clip's score, and the
+/// classes of the five best clips of the validation gallery, best first.
+fn write_holdout_report(
+    model: &Contrastive,
+    v: &Validation,
+    queries: &[(usize, String)],
+    classes: &[String],
+    holdout: &[String],
+    path: &Path,
+) -> Result<()> {
+    let device = Device::flex();
+    let items: Vec<&Item> = v.items.iter().collect();
+    let clips: Vec<Vec<f32>> = to_vec(embed_items(model, &items, v.dim(), &device))
+        .chunks(model.audio.proj.weight.val().dims()[1])
+        .map(<[f32]>::to_vec)
+        .collect();
+    let mut out = String::from("class\tquery\ttop score\ttop 5 classes\n");
+    for ((class, text), (_, embedding)) in queries.iter().zip(&v.class_queries) {
+        if !holdout.contains(&classes[*class]) {
+            continue;
+        }
+        let sim = metrics::similarity(std::slice::from_ref(embedding), &clips);
+        let mut order: Vec<usize> = (0..clips.len()).collect();
+        order.sort_by(|&a, &b| sim[b].total_cmp(&sim[a]));
+        let top: Vec<&str> = order
+            .iter()
+            .take(5)
+            .map(|&c| classes.get(v.clip_class[c]).map_or("?", String::as_str))
+            .collect();
+        out += &format!(
+            "{}\t{text}\t{:.3}\t{}\n",
+            classes[*class],
+            sim[order[0]],
+            top.join(", ")
+        );
+    }
+    std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Writes the head (fc, proj and the learned scale) in PyTorch's `nn.Linear` layout.
@@ -859,7 +1336,7 @@ impl BackboneCache {
         describe: impl Fn(&S) -> Result<String> + Sync,
         windows: impl Fn(&S) -> Result<Vec<Features>> + Sync,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Item>, usize)> {
+    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
         let dim = runner.dim();
         let files: Vec<PathBuf> = sources
             .iter()
@@ -871,15 +1348,26 @@ impl BackboneCache {
         let bar = ProgressBar::new(missing.len() as u64)
             .with_style(bar_style("clips"))
             .with_message("backbone");
+        let mut bad = Vec::new();
         for chunk in missing.chunks(CHUNK_CLIPS) {
-            let mels: Vec<Vec<Features>> = chunk
-                .par_iter()
-                .map(|&i| windows(&sources[i]))
-                .collect::<Result<_>>()?;
+            // A source that cannot be decoded is skipped and reported, not the end of the run.
+            let decoded: Vec<Result<Vec<Features>>> =
+                chunk.par_iter().map(|&i| windows(&sources[i])).collect();
+            let mut mels = Vec::with_capacity(chunk.len());
+            let mut good = Vec::with_capacity(chunk.len());
+            for (&i, d) in chunk.iter().zip(decoded) {
+                match d {
+                    Ok(m) => {
+                        good.push(i);
+                        mels.push(m);
+                    }
+                    Err(e) => bad.push((i, format!("{e:#}"))),
+                }
+            }
             let flat: Vec<&Features> = mels.iter().flatten().collect();
             let vectors = runner.embed(&flat)?;
             let mut next = vectors.into_iter();
-            for (&i, clip) in chunk.iter().zip(&mels) {
+            for (&i, clip) in good.iter().zip(&mels) {
                 let mut windows = Vec::with_capacity(clip.len() * dim);
                 for v in next.by_ref().take(clip.len()) {
                     windows.extend(v);
@@ -894,10 +1382,8 @@ impl BackboneCache {
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        Ok((
-            out.into_iter().map(|i| i.expect("computed")).collect(),
-            hits,
-        ))
+        bad.sort();
+        Ok((out, hits, bad))
     }
 
     /// Items of audio files: the extension's own windows of each.
@@ -907,7 +1393,7 @@ impl BackboneCache {
         fe: &FrontEnd,
         windowing: &Windowing,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Item>, usize)> {
+    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
         self.items(
             paths,
             |p| file_identity(p),
@@ -932,7 +1418,7 @@ impl BackboneCache {
         fe: &FrontEnd,
         windowing: &Windowing,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Item>, usize)> {
+    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
         let masks = crate::specaug::SpecAugment {
             time_masks: 2,
             time_mask_frames: 20,
@@ -972,7 +1458,7 @@ impl BackboneCache {
         fe: &FrontEnd,
         windowing: &Windowing,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Item>, usize)> {
+    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
         let mel = MelExtractor::new(fe).context("invalid front-end settings")?;
         self.items(
             pairs,
@@ -1034,4 +1520,49 @@ fn file_identity(path: &Path) -> Result<String> {
         canonical.display(),
         meta.len()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_weights_share_an_epoch_by_a_power_of_the_counts() {
+        let sources: Vec<Option<String>> = ["a", "a", "a", "b"]
+            .iter()
+            .map(|s| Some(s.to_string()))
+            .collect();
+        assert_eq!(source_weights(&sources, 1.0), None);
+        let equal = source_weights(&sources, 0.0).unwrap();
+        let share_a: f64 = equal[..3].iter().sum();
+        assert!((share_a - 0.5).abs() < 1e-12 && (equal[3] - 0.5).abs() < 1e-12);
+        // Square root: shares 3^0.5 : 1.
+        let root = source_weights(&sources, 0.5).unwrap();
+        let ratio = root[..3].iter().sum::<f64>() / root[3];
+        assert!((ratio - 3f64.sqrt()).abs() < 1e-9);
+        assert_eq!(source_weights(&sources[..3], 0.0), None);
+    }
+
+    #[test]
+    fn weighted_draws_follow_the_weights() {
+        let mut rng = SplitMix64::derive(7, &[]);
+        let order = weighted_order(&[0.75, 0.0, 0.25], 40_000, &mut rng);
+        let count = |k| order.iter().filter(|&&i| i == k).count() as f64 / 40_000.0;
+        assert!((count(0) - 0.75).abs() < 0.01, "{}", count(0));
+        assert_eq!(count(1), 0.0);
+        assert!((count(2) - 0.25).abs() < 0.01);
+    }
+
+    #[test]
+    fn caption_targets_average_distinct_captions() {
+        let captions = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let mut rng = SplitMix64::derive(1, &[]);
+        let one = caption_target(&captions, 1, &mut rng);
+        assert!(one == captions[0] || one == captions[1]);
+        let both = caption_target(&captions, 2, &mut rng);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((both[0] - h).abs() < 1e-6 && (both[1] - h).abs() < 1e-6);
+        // Asking for more captions than a row has uses them all.
+        assert_eq!(caption_target(&captions, 5, &mut rng), both);
+    }
 }

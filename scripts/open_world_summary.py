@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""The open-world comparison table (scripts/compare-open-world.sh summary): per recipe, the mean
+and standard error over folds of the last epoch's metrics.
+
+    scripts/open_world_summary.py RUNS_DIR
+"""
+
+import json
+import math
+import os
+import sys
+
+COLUMNS = [
+    ("class_p1", "P@1, all queries, all clips"),
+    ("class_map10", "mAP@10, all"),
+    ("reference_with_distractors_p1", "ESC-50 P@1 with distractors"),
+    ("reference_with_distractors_map10", "ESC-50 mAP@10 with distractors"),
+    ("reference_alone_p1", "ESC-50 P@1 alone"),
+    ("reference_alone_map10", "ESC-50 mAP@10 alone"),
+    ("others_p1", "corpus P@1"),
+    ("others_map10", "corpus mAP@10"),
+    ("others_caption_r1", "corpus captions R@1"),
+    ("others_caption_r10", "R@10"),
+    ("others_caption_map10", "mAP@10"),
+]
+
+
+def last_epoch(path):
+    lines = [line for line in open(path).read().splitlines() if line.strip()]
+    row = json.loads(lines[-1])
+    row.update(row.pop("open_world", None) or {})
+    return row
+
+
+def cell(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{m:.3f}"
+    se = math.sqrt(sum((x - m) ** 2 for x in values) / (len(values) - 1) / len(values))
+    return f"{m:.3f} ± {se:.3f}"
+
+
+def main(root):
+    print("| recipe | folds | " + " | ".join(c[1] for c in COLUMNS) + " | s/fold |")
+    print("|---" * (len(COLUMNS) + 3) + "|")
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        rows, seconds = [], []
+        for fold in sorted(os.listdir(folder)):
+            run = os.path.join(folder, fold)
+            if not os.path.isfile(os.path.join(run, "head.safetensors")):
+                continue
+            rows.append(last_epoch(os.path.join(run, "metrics.jsonl")))
+            t = os.path.join(run, "time.txt")
+            if os.path.isfile(t):
+                seconds.append(float(open(t).read().split()[0]))
+        if not rows:
+            continue
+        cells = [cell([r.get(k) for r in rows]) for k, _ in COLUMNS]
+        s = f"{sum(seconds) / len(seconds):.0f}" if seconds else ""
+        print(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {s} |")
+    holdout = os.path.join(root, "holdout", "fold0", "holdout.tsv")
+    if os.path.isfile(holdout):
+        print("\nHeld-out concepts (never trained), fold 0: what their queries find\n")
+        print("| concept | query | top score | classes of the 5 best clips |")
+        print("|---|---|---|---|")
+        for line in open(holdout).read().splitlines()[1:]:
+            print("| " + " | ".join(line.split("\t")) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/open-world")
