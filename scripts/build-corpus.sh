@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v ffmpeg >/dev/null && command -v dpkg-deb >/dev/null || scripts/install-deps.sh
-exec /usr/bin/python3 scripts/build_corpus.py --train-set .cache/corpus/train-set "$@"
+exec /usr/bin/python3 scripts/build_corpus.py --train-set .cache/corpus/train-set --plain-train-set .cache/corpus/train-set-plain "$@"

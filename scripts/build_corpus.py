@@ -301,15 +301,7 @@ def write_dataset(out, rows, concepts, packages, report, failures):
         w.writerow(columns)
         for r in rows:
             w.writerow([r[c] for c in columns])
-    # Held-out phrasings of the concepts present (data/corpus/validation-*.csv), by class.
-    present = {r["concept"]: r["class"] for r in rows}
-    with open(out / "queries.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["class", "query", "concept"])
-        for path in sorted(DATA.glob("validation-*.csv")):
-            for q in read_csv(path):
-                if q["class"].strip() in present:
-                    w.writerow([present[q["class"].strip()], q["query"].strip(), q["class"].strip()])
+    write_queries(out, rows)
     by_source = {}
     for r in rows:
         s = by_source.setdefault(r["source"], {"clips": 0, "seconds": 0.0, "concepts": set()})
@@ -334,14 +326,47 @@ def write_dataset(out, rows, concepts, packages, report, failures):
           f" ({len(failures)} files refused by ffmpeg or silent)")
 
 
-def train_set(corpus, out, esc50):
+def write_queries(out, rows):
+    """queries.csv: the held-out phrasings (data/corpus/validation-*.csv) of the concepts
+    present, under their clips' class."""
+    present = {r["concept"]: r["class"] for r in rows}
+    with open(out / "queries.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["class", "query", "concept"])
+        for path in sorted(DATA.glob("validation-*.csv")):
+            for q in read_csv(path):
+                if q["class"].strip() in present:
+                    w.writerow([present[q["class"].strip()], q["query"].strip(), q["class"].strip()])
+
+
+def recaption(out):
+    """Rewrites captions.csv of a built corpus from the current concept tables (labels.csv names
+    each clip's concept), without decoding anything again."""
+    out = Path(out).resolve()
+    concepts = read_concepts()
+    labels = read_csv(out / "labels.csv")
+    rows = [{"file_name": r["file_name"], "concept": r["concept"], "class": r["class"]} for r in labels]
+    write_queries(out, rows)
+    most = max(len(concepts[r["concept"]]["captions"]) for r in rows)
+    with open(out / "captions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["file_name"] + [f"caption_{i + 1}" for i in range(most)])
+        for r in rows:
+            w.writerow([r["file_name"]] + concepts[r["concept"]]["captions"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(f"recaptioned {len(rows)} clips in {out}")
+
+
+def train_set(corpus, out, esc50, phrasings_file=ROOT / "data" / "esc50-training-phrasings.csv"):
     """ESC-50 and the corpus in one dataset folder, audio linked (never copied)."""
     out = Path(out).resolve()
     corpus = Path(corpus).resolve()
     shutil.rmtree(out, ignore_errors=True)
     (out / "audio").mkdir(parents=True)
     phrasings = {}
-    for row in read_csv(ROOT / "data" / "esc50-training-phrasings.csv"):
+    for row in read_csv(phrasings_file) if phrasings_file else []:
         phrasings.setdefault(row["class"].strip(), []).append(row["caption"].strip())
     validation = {r["query"].strip().lower() for r in read_csv(ROOT / "data" / "esc50-validation-queries.csv")}
     leaked = [p for ps in phrasings.values() for p in ps if p.lower() in validation]
@@ -391,7 +416,30 @@ def train_set(corpus, out, esc50):
                 w.writerow([q["class"], q["query"], q["concept"]])
     if esc50.is_dir():
         shutil.copy(esc50 / "attribution.csv", out / "attribution-esc50.csv")
+    write_licence(out, corpus, esc50.is_dir())
     print(f"training set: {len(labels)} clips in {out}")
+
+
+def write_licence(out, corpus, with_esc50):
+    """LICENSE.txt of the training set: the most restrictive terms first (ESC-50's CC BY-NC 3.0,
+    which a trained model inherits), then every corpus source's licence and the CC BY / CC BY-SA
+    authors to credit."""
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    lines = ["Training data of the sqlite-audiotext default model.", ""]
+    if with_esc50:
+        lines += ["ESC-50 (../shared/data/esc50-16k): CC BY-NC 3.0, K. J. Piczak,",
+                  "ESC: Dataset for Environmental Sound Classification, ACM MM 2015; per-clip authors in",
+                  "attribution-esc50.csv. A model trained on it is for non-commercial use only, with attribution.", ""]
+    lines += ["Corpus (scripts/build-corpus.sh): real recorded sounds from these sources, per file in",
+              "attribution-corpus.csv (package, version, file, author, licence, sha256):"]
+    for name, s in manifest["sources"].items():
+        lines.append(f"- {name} {s.get('version', '')}: {s['clips']} clips; {s.get('licence', '')}")
+    credits = sorted({(r["author"], r["licence"]) for r in read_csv(corpus / "attribution.csv")
+                      if r["source"] == "minetest-mod-sounds" and "BY" in r["licence"]})
+    if credits:
+        lines += ["", "CC BY / CC BY-SA sounds of minetest-mod-sounds, by author:"]
+        lines += [f"- {a} ({l})" for a, l in credits]
+    (out / "LICENSE.txt").write_text("\n".join(lines) + "\n")
 
 
 def main():
@@ -406,13 +454,21 @@ def main():
     p.add_argument("--max-files", type=int, default=0, help="at most this many files per source (tests)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     p.add_argument("--train-set", help="also write the default's training folder (ESC-50 + corpus) here")
+    p.add_argument("--plain-train-set", help="the same without data/esc50-training-phrasings.csv")
     p.add_argument("--esc50", default=str(SHARED / "esc50-16k"))
+    p.add_argument("--recaption", action="store_true", help="rewrite --out's captions from the tables, no decoding")
     p.add_argument("--no-build", action="store_true", help="only --train-set, from an existing --out")
     args = p.parse_args()
-    if not args.no_build:
+    if args.recaption:
+        recaption(args.out)
+    elif not args.no_build:
         build(args)
     if args.train_set:
         train_set(args.out, args.train_set, args.esc50)
+    if args.plain_train_set:
+        # ESC-50 with its own five captions only: the old default's training data, for
+        # scoring its recipe on the same folds (scripts/compare-open-world.sh esc50).
+        train_set(args.out, args.plain_train_set, args.esc50, phrasings_file=None)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
 # The open-world cross-validation (docs/comparison/open-world.md): `audiotext-train fit-head` on
-# ESC-50 and the corpus together (scripts/build-corpus.sh writes .cache/corpus/train-set),
+# ESC-50 and the corpus together (scripts/build-corpus.sh writes .cache/corpus/train-set and train-set-plain),
 # 5 folds by recording. Every fold's gallery holds its held-out ESC-50 recordings and its
 # held-out corpus clips; queries are ESC-50's held-out phrasings (data/esc50-validation-queries.csv)
 # and the corpus concepts' (data/corpus/validation-*.csv), none of which trains.
 #
 #   scripts/compare-open-world.sh [RUNS_DIR] [STAGE...]
 #
-# Stages (default: all, in order); finished folds are kept, so a re-run resumes:
-#   esc50      the old default's recipe: trained on ESC-50 alone, scored on the same galleries
-#   base       ESC-50 + corpus, every clip once an epoch
-#   balance    sources weighted by clip count^0.5, so the many game clips do not drown ESC-50
-#   background + foreground-on-background mixes (speech, music, crowds, traffic, rain under
-#              events) with joined captions
-#   captions   + two captions averaged into each target
-#   wide       + a 1024-wide hidden layer
-#   holdout    fold 0 with a few concepts never trained: what do queries for them return?
+# Stages (default: all, in this order); finished folds are kept, so a re-run resumes:
+#   esc50      the old default's recipe on the same folds: ESC-50 alone with its five captions
+#              (.cache/corpus/train-set-plain), 512 wide, 40 epochs; scored on the same galleries
+#   base       ESC-50 (+ data/esc50-training-phrasings.csv) and the corpus, every clip once an epoch
+#   chosen     the default's recipe: base + contrastive keys by class (a corpus dog is not an ESC-50
+#              dog's negative) + a 2048-wide hidden layer + foreground-on-background mixes
+#   holdout    the chosen recipe on fold 0 with five concepts never trained: what do queries
+#              for them return? (fit-head writes holdout.tsv)
+#   ablations  one change at a time against the chosen recipe, fold 0 only (FOLD_LIST=0)
 # Then `summary` prints the table (mean and standard error over folds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-runs/open-world}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(esc50 base balance background captions wide holdout summary)
+[ ${#stages[@]} -gt 0 ] || stages=(chosen esc50 base holdout ablations summary)
 data=${DATA:-.cache/corpus/train-set}
 folds=${FOLDS:-5}
 epochs=${EPOCHS:-40}
@@ -33,9 +33,9 @@ queries=(--queries data/esc50-validation-queries.csv --queries "$data/queries.cs
 # The default's front-end (docs/comparison/pretrained.md).
 front_end=(--input-gain-db -20 --lowpass-hz 8000)
 # Held-out concepts for the holdout stage: absent from training entirely.
-holdout=${HOLDOUT:-camel_grunt,sword_clash,speech_french,church_bells,drum_loop,sawmill}
+holdout=${HOLDOUT:-camel_grunt,sword_clash,speech_french,drum_loop,church_bells}
 
-# fit NAME FLAGS...: every fold of one recipe (FOLD_LIST overrides which).
+# fit NAME FLAGS...: every fold of one recipe (FOLD_LIST overrides which; DATA_FOR overrides the data).
 fit() {
   local name=$1; shift
   for k in ${FOLD_LIST:-$(seq 0 $((folds - 1)))}; do
@@ -45,26 +45,30 @@ fit() {
     mkdir -p "$runs/$name"
     echo "== $name fold $k: $*"
     /usr/bin/time -f "%e %U %S" -o "$runs/$name/.cpu$k" \
-      "$trainer" fit-head --data "$data" --folds "$folds" --fold "$k" "${queries[@]}" \
+      "$trainer" fit-head --data "${DATA_FOR:-$data}" --folds "$folds" --fold "$k" "${queries[@]}" \
       --epochs "$epochs" --validate-every "$epochs" --out "$out" "${front_end[@]}" "$@" \
-      | grep -E "^(data|backbone|skipped|mixes|background|done|epoch $epochs/)"
+      | grep -E "^(data|backbone|skipped|mixes|background|done|held-out)"
     mkdir -p "$out" && mv "$runs/$name/.cpu$k" "$out/time.txt"
   done
 }
 
-balance=(--source-balance 0.5)
-background=(--background-mixes 4000 --background-prob 0.25)
+# The default's recipe (models/default/run/config.json records it).
+chosen=(--class-keys --fc-dim 2048 --background-mixes 3000 --background-prob 0.2)
 for stage in "${stages[@]}"; do
   mkdir -p "$runs"
   case $stage in
-    esc50) fit esc50-only --train-sources esc50 ;;
+    esc50) DATA_FOR=.cache/corpus/train-set-plain fit esc50-only --train-sources esc50 ;;
     base) fit base ;;
-    balance) fit balance "${balance[@]}" ;;
-    background) fit background "${balance[@]}" "${background[@]}" ;;
-    captions) fit captions "${balance[@]}" "${background[@]}" --captions-per-step 2 ;;
-    wide) fit wide "${balance[@]}" "${background[@]}" --fc-dim 1024 ;;
-    # fit-head writes holdout.tsv: each held-out concept's queries and the classes they find.
-    holdout) FOLD_LIST=0 fit holdout "${balance[@]}" "${background[@]}" --holdout-classes "$holdout" ;;
+    chosen) fit chosen "${chosen[@]}" ;;
+    holdout) FOLD_LIST=0 fit holdout "${chosen[@]}" --holdout-classes "$holdout" ;;
+    ablations)
+      FOLD_LIST=0 fit ablation-no-background --class-keys --fc-dim 2048
+      FOLD_LIST=0 fit ablation-caption-keys --fc-dim 2048 --background-mixes 3000 --background-prob 0.2
+      FOLD_LIST=0 fit ablation-1024-wide --class-keys --fc-dim 1024 --background-mixes 3000 --background-prob 0.2
+      FOLD_LIST=0 fit ablation-4096-wide --class-keys --fc-dim 4096 --background-mixes 3000 --background-prob 0.2
+      FOLD_LIST=0 fit ablation-source-balance "${chosen[@]}" --source-balance 0.5
+      FOLD_LIST=0 fit ablation-two-captions "${chosen[@]}" --captions-per-step 2
+      FOLD_LIST=0 DATA_FOR=.cache/corpus/train-set-plain fit ablation-no-phrasings "${chosen[@]}" ;;
     summary) python3 scripts/open_world_summary.py "$runs" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

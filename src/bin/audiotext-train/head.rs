@@ -107,6 +107,10 @@ pub struct FitHeadArgs {
     /// clip, drawn per step; 1 = one caption, as before).
     #[arg(long, default_value_t = 1)]
     pub captions_per_step: usize,
+    /// Contrastive keys by class (labels.csv) rather than by caption set: clips of one class
+    /// are never negatives of each other, whatever their captions.
+    #[arg(long)]
+    pub class_keys: bool,
     /// Files that cannot be decoded are skipped and named; more than this share of them fails
     /// the run.
     #[arg(long, default_value_t = 0.02)]
@@ -200,6 +204,8 @@ pub struct Sampling {
     pub background_mixes: usize,
     pub background_prob: f64,
     pub captions_per_step: usize,
+    #[serde(default)]
+    pub class_keys: bool,
 }
 
 impl Default for Sampling {
@@ -211,6 +217,7 @@ impl Default for Sampling {
             background_mixes: 0,
             background_prob: 0.0,
             captions_per_step: 1,
+            class_keys: false,
         }
     }
 }
@@ -364,11 +371,14 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     let (train, validation_paths) = (kept_train, kept_validation);
     let validation: Vec<usize> = validation_paths.iter().map(|(i, _)| *i).collect();
     println!(
-        "backbone: {} clips, {windows} windows ({hits} clips from the cache, {} skipped) in {:.1} s on {}",
+        "backbone: {} clips, {windows} windows ({hits} clips from the cache) in {:.1} s on {}{}",
         train_items.len() + validation_items.len(),
-        bad.len(),
         start.elapsed().as_secs_f64(),
-        runner.provider
+        runner.provider,
+        match bad.len() {
+            0 => String::new(),
+            n => format!("; {n} files skipped (they cannot be decoded)"),
+        }
     );
 
     // SpecAugment copies of the training clips.
@@ -395,7 +405,16 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     // Mixes: one pool drawn over every clip of the dataset (so that the folds of a
     // cross-validation share their cached mixes), of which a run keeps those whose two clips
     // both train. Indices are into `clips`; the mix's level offset is fixed by its pool index.
-    let keys: Vec<u64> = clips.iter().map(|c| caption_set_key(&c.captions)).collect();
+    // Clips with one key are never each other's negatives: by default those of one caption
+    // set; with --class-keys those of one class, so that a dog of one source and a dog of
+    // another (captioned differently) are not pushed apart.
+    let keys: Vec<u64> = clips
+        .iter()
+        .map(|c| match (&c.label, args.class_keys) {
+            (Some(label), true) => fnv1a(format!("class\u{1f}{label}").as_bytes()),
+            _ => caption_set_key(&c.captions),
+        })
+        .collect();
     let mut mixes: Vec<(usize, Mix)> = if args.mix_prob > 0.0 {
         let trains: std::collections::HashSet<usize> = train.iter().copied().collect();
         draw_pool(
@@ -581,6 +600,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
                 background_mixes: background_mixes.len(),
                 background_prob: args.background_prob,
                 captions_per_step: args.captions_per_step,
+                class_keys: args.class_keys,
             },
         }),
     };
