@@ -354,6 +354,9 @@ def recaption(out):
         for r in rows:
             w.writerow([r["file_name"]] + concepts[r["concept"]]["captions"])
     manifest = json.loads((out / "manifest.json").read_text())
+    for source in read_csv(DATA / "sources.csv"):
+        if source["source"] in manifest["sources"]:
+            manifest["sources"][source["source"]]["licence"] = source["licence"]
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(f"recaptioned {len(rows)} clips in {out}")
@@ -442,6 +445,36 @@ def write_licence(out, corpus, with_esc50):
     (out / "LICENSE.txt").write_text("\n".join(lines) + "\n")
 
 
+def describe_into(corpus, manifest_path):
+    """Records the corpus in a bundle's manifest (training.audio_encoder.corpus): each source's
+    package, version, clips, hours, concepts and licence, the CC BY / CC BY-SA authors to
+    credit, and the sha256 of the corpus's own manifest, which pins every clip."""
+    corpus = Path(corpus).resolve()
+    m = json.loads((corpus / "manifest.json").read_text())
+    attribution = read_csv(corpus / "attribution.csv")
+    credits = sorted({f"{r['author']} ({r['licence']}{', ' + r['source_url'] if r['source_url'] else ''})"
+                      for r in attribution if r["source"] == "minetest-mod-sounds" and "BY" in r["licence"]})
+    bundle = json.loads(Path(manifest_path).read_text())
+    bundle["training"]["audio_encoder"]["corpus"] = {
+        "built_by": "scripts/build-corpus.sh (data/corpus/: sources, rules, concepts with their captions)",
+        "clips": m["clips"], "hours": m["hours"], "concepts": m["concepts"],
+        "corpus_manifest_sha256": sha256_file(corpus / "manifest.json"),
+        "sources": {k: {x: v[x] for x in ("version", "clips", "hours", "concepts", "licence", "deb_sha256") if x in v}
+                    for k, v in m["sources"].items()},
+        "esc50": "../shared/data/esc50-16k (1,892 clips, CC BY-NC 3.0, K. J. Piczak; per-clip authors in its attribution.csv) "
+                 "with data/esc50-training-phrasings.csv",
+        "credit_cc_by": credits,
+        "gpl_packages": sorted(k for k, v in m["sources"].items() if "GPL" in v.get("licence", "")),
+    }
+    note = ("; its training data also holds sounds of GPL-licensed Debian packages ("
+            + ", ".join(bundle["training"]["audio_encoder"]["corpus"]["gpl_packages"])
+            + ") and CC BY / CC BY-SA / CC0 sounds, credited in training.audio_encoder.corpus")
+    if note not in bundle.get("license", ""):
+        bundle["license"] = bundle.get("license", "") + note
+    Path(manifest_path).write_text(json.dumps(bundle, indent=2) + "\n")
+    print(f"recorded the corpus in {manifest_path}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / ".cache" / "corpus" / "open-world"))
@@ -457,8 +490,12 @@ def main():
     p.add_argument("--plain-train-set", help="the same without data/esc50-training-phrasings.csv")
     p.add_argument("--esc50", default=str(SHARED / "esc50-16k"))
     p.add_argument("--recaption", action="store_true", help="rewrite --out's captions from the tables, no decoding")
+    p.add_argument("--describe-into", metavar="MANIFEST", help="record --out's corpus in a bundle manifest")
     p.add_argument("--no-build", action="store_true", help="only --train-set, from an existing --out")
     args = p.parse_args()
+    if args.describe_into:
+        describe_into(args.out, args.describe_into)
+        return
     if args.recaption:
         recaption(args.out)
     elif not args.no_build:

@@ -82,7 +82,7 @@ def last_metrics(run):
 def open_run(work):
     out = work["root"] / "open"
     result = fit_head(work["data"], work["cache"], out, "--folds", 2, "--fold", 0, "--queries", work["queries"],
-                      "--epochs", 3, "--validate-every", 3, "--source-balance", 0.5, "--background-mixes", 6,
+                      "--epochs", 3, "--validate-every", 3, "--source-balance", 0.5, "--background-mixes", 40,
                       "--background-prob", 0.5, "--captions-per-step", 2, "--holdout-classes", "hum",
                       "--max-bad-share", 0.1)
     return out, result
