@@ -12,8 +12,9 @@
 #              (.cache/corpus/train-set-plain), 512 wide, 40 epochs; scored on the same galleries
 #   base       ESC-50 (+ data/esc50-training-phrasings.csv) and the corpus, every clip once an epoch
 #   chosen     the default's recipe: base + contrastive keys by class (a corpus dog is not an ESC-50
-#              dog's negative) + a 2048-wide hidden layer + foreground-on-background mixes
-#   holdout    the chosen recipe on fold 0 with five concepts never trained: what do queries
+#              dog's negative) + a 2048-wide hidden layer
+#   background chosen + foreground-on-background mixes (speech, music, rain, crowds under events)
+#   holdout    chosen + background mixes on fold 0 with five concepts never trained: what do queries
 #              for them return? (fit-head writes holdout.tsv)
 #   ablations  one change at a time against the chosen recipe, fold 0 only (FOLD_LIST=0)
 # Then `summary` prints the table (mean and standard error over folds).
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-runs/open-world}
 shift || true
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(chosen esc50 base holdout ablations summary)
+[ ${#stages[@]} -gt 0 ] || stages=(chosen esc50 base background holdout ablations summary)
 data=${DATA:-.cache/corpus/train-set}
 folds=${FOLDS:-5}
 epochs=${EPOCHS:-40}
@@ -53,22 +54,21 @@ fit() {
 }
 
 # The default's recipe (models/default/run/config.json records it).
-chosen=(--class-keys --fc-dim 2048 --background-mixes 3000 --background-prob 0.2)
+chosen=(--class-keys --fc-dim 2048)
+background=(--background-mixes 3000 --background-prob 0.2)
 for stage in "${stages[@]}"; do
   mkdir -p "$runs"
   case $stage in
     esc50) DATA_FOR=.cache/corpus/train-set-plain fit esc50-only --train-sources esc50 ;;
     base) fit base ;;
     chosen) fit chosen "${chosen[@]}" ;;
-    holdout) FOLD_LIST=0 fit holdout "${chosen[@]}" --holdout-classes "$holdout" ;;
+    background) fit with-background-mixes "${chosen[@]}" "${background[@]}" ;;
+    holdout) FOLD_LIST=0 fit holdout "${chosen[@]}" "${background[@]}" --holdout-classes "$holdout" ;;
     ablations)
-      FOLD_LIST=0 fit ablation-no-background --class-keys --fc-dim 2048
-      FOLD_LIST=0 fit ablation-caption-keys --fc-dim 2048 --background-mixes 3000 --background-prob 0.2
-      FOLD_LIST=0 fit ablation-1024-wide --class-keys --fc-dim 1024 --background-mixes 3000 --background-prob 0.2
-      FOLD_LIST=0 fit ablation-4096-wide --class-keys --fc-dim 4096 --background-mixes 3000 --background-prob 0.2
+      FOLD_LIST=0 fit ablation-1024-wide --class-keys --fc-dim 1024
+      FOLD_LIST=0 fit ablation-caption-keys --fc-dim 2048
       FOLD_LIST=0 fit ablation-source-balance "${chosen[@]}" --source-balance 0.5
-      FOLD_LIST=0 fit ablation-two-captions "${chosen[@]}" --captions-per-step 2
-      FOLD_LIST=0 DATA_FOR=.cache/corpus/train-set-plain fit ablation-no-phrasings "${chosen[@]}" ;;
+      FOLD_LIST=0 fit ablation-two-captions "${chosen[@]}" --captions-per-step 2 ;;
     summary) python3 scripts/open_world_summary.py "$runs" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

@@ -416,47 +416,30 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         })
         .collect();
     let mut mixes: Vec<(usize, Mix)> = if args.mix_prob > 0.0 {
-        let trains: std::collections::HashSet<usize> = train.iter().copied().collect();
-        draw_pool(
-            &(0..clips.len()).collect::<Vec<_>>(),
-            &|i| clips[i].captions.clone(),
-            &|i| keys[i],
-            args.mix_per_clip,
-            args.seed,
+        training_mixes(
+            draw_pool(
+                &(0..clips.len()).collect::<Vec<_>>(),
+                &|i| clips[i].captions.clone(),
+                &|i| keys[i],
+                args.mix_per_clip,
+                args.seed,
+            ),
+            &train,
         )
-        .into_iter()
-        .enumerate()
-        .filter(|(_, m)| trains.contains(&m.first) && trains.contains(&m.second))
-        .collect()
     } else {
         Vec::new()
     };
-    let mix_items = if mixes.is_empty() {
-        Vec::new()
-    } else {
-        let start = Instant::now();
-        let pairs: Vec<(&Path, &Path, f32)> = mixes
-            .iter()
-            .map(|(n, m)| {
-                let gain_db =
-                    -6.0 * SplitMix64::derive(args.seed, &[0x6d69, *n as u64]).next_f64() as f32;
-                (
-                    clips[m.first].path.as_path(),
-                    clips[m.second].path.as_path(),
-                    gain_db,
-                )
-            })
-            .collect();
-        let (items, hits) =
-            every_item(backbone_cache.mix_items(&pairs, &fe, &windowing, &runner)?)?;
-        println!(
-            "mixes: {} pairs ({} from the cache) in {:.1} s",
-            items.len(),
-            hits,
-            start.elapsed().as_secs_f64()
-        );
-        items
-    };
+    // The second clip 0 to 6 dB under the first.
+    let mix_items = embed_mixes(
+        "mixes",
+        &mixes,
+        &clips[..],
+        &backbone_cache,
+        &fe,
+        &windowing,
+        &runner,
+        |n| -6.0 * SplitMix64::derive(args.seed, &[0x6d69, n as u64]).next_f64() as f32,
+    )?;
 
     // Foreground-on-background mixes: real recordings are events over speech, music, crowds,
     // traffic or rain, and are described so. As with the mixes above, one pool is drawn over
@@ -464,50 +447,33 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     // two clips both train.
     let is_background = |i: usize| clips[i].kind.as_deref() == Some("background");
     let mut background_mixes: Vec<(usize, Mix)> = if args.background_mixes > 0 {
-        let trains: std::collections::HashSet<usize> = train.iter().copied().collect();
         let (backgrounds, foregrounds): (Vec<usize>, Vec<usize>) =
             (0..clips.len()).partition(|&i| is_background(i));
-        draw_background_pool(
-            &foregrounds,
-            &backgrounds,
-            &|i| clips[i].captions.clone(),
-            &|i| keys[i],
-            args.background_mixes,
-            args.seed,
+        training_mixes(
+            draw_background_pool(
+                &foregrounds,
+                &backgrounds,
+                &|i| clips[i].captions.clone(),
+                &|i| keys[i],
+                args.background_mixes,
+                args.seed,
+            ),
+            &train,
         )
-        .into_iter()
-        .enumerate()
-        .filter(|(_, m)| trains.contains(&m.first) && trains.contains(&m.second))
-        .collect()
     } else {
         Vec::new()
     };
-    let background_items = if background_mixes.is_empty() {
-        Vec::new()
-    } else {
-        let start = Instant::now();
-        let pairs: Vec<(&Path, &Path, f32)> = background_mixes
-            .iter()
-            .map(|(n, m)| {
-                let n = *n;
-                // The background 4 to 16 dB under the foreground's peak.
-                let draw = SplitMix64::derive(args.seed, &[0x6267, n as u64]).next_f64() as f32;
-                (
-                    clips[m.first].path.as_path(),
-                    clips[m.second].path.as_path(),
-                    -4.0 - 12.0 * draw,
-                )
-            })
-            .collect();
-        let (items, hits) =
-            every_item(backbone_cache.mix_items(&pairs, &fe, &windowing, &runner)?)?;
-        println!(
-            "background mixes: {} pairs ({hits} from the cache) in {:.1} s",
-            items.len(),
-            start.elapsed().as_secs_f64()
-        );
-        items
-    };
+    // The background 4 to 16 dB under the foreground's peak.
+    let background_items = embed_mixes(
+        "background mixes",
+        &background_mixes,
+        &clips[..],
+        &backbone_cache,
+        &fe,
+        &windowing,
+        &runner,
+        |n| -4.0 - 12.0 * SplitMix64::derive(args.seed, &[0x6267, n as u64]).next_f64() as f32,
+    )?;
 
     // Caption and query embeddings.
     let mut texts: Vec<&str> = train
@@ -639,7 +605,10 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         .map(mix_row)
         .collect();
     let weights = source_weights(
-        &train.iter().map(|&i| clips[i].source.clone()).collect::<Vec<_>>(),
+        &train
+            .iter()
+            .map(|&i| clips[i].source.clone())
+            .collect::<Vec<_>>(),
         args.source_balance,
     );
     let reference = |i: usize| clips[i].source.as_deref() == Some(REFERENCE_SOURCE);
@@ -685,8 +654,18 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     let (logs, model) = train_head(&config, &rows, &draws, &validation_set, &args.out)?;
     if !args.holdout_classes.is_empty() && !validation_set.items.is_empty() {
         let path = args.out.join(HOLDOUT_FILE);
-        write_holdout_report(&model, &validation_set, &queries, &classes, &args.holdout_classes, &path)?;
-        println!("held-out concepts: what their queries find is in {}", path.display());
+        write_holdout_report(
+            &model,
+            &validation_set,
+            &queries,
+            &classes,
+            &args.holdout_classes,
+            &path,
+        )?;
+        println!(
+            "held-out concepts: what their queries find is in {}",
+            path.display()
+        );
     }
     if let Some(last) = logs.last() {
         println!(
@@ -700,6 +679,51 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The mixes of a pool (with their pool index) whose two clips both train.
+fn training_mixes(pool: Vec<Mix>, train: &[usize]) -> Vec<(usize, Mix)> {
+    let trains: std::collections::HashSet<usize> = train.iter().copied().collect();
+    pool.into_iter()
+        .enumerate()
+        .filter(|(_, m)| trains.contains(&m.first) && trains.contains(&m.second))
+        .collect()
+}
+
+/// Backbone outputs of a pool's mixes (`(pool index, mix)`), the second clip `gain_db(index)`
+/// under the first; reports the count and the cache's share as `label`.
+#[allow(clippy::too_many_arguments)]
+fn embed_mixes(
+    label: &str,
+    mixes: &[(usize, Mix)],
+    clips: &[audiotext0::train::data::Clip],
+    cache: &BackboneCache,
+    fe: &FrontEnd,
+    windowing: &Windowing,
+    runner: &BackboneRunner,
+    gain_db: impl Fn(usize) -> f32,
+) -> Result<Vec<Item>> {
+    if mixes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let start = Instant::now();
+    let pairs: Vec<(&Path, &Path, f32)> = mixes
+        .iter()
+        .map(|(n, m)| {
+            (
+                clips[m.first].path.as_path(),
+                clips[m.second].path.as_path(),
+                gain_db(*n),
+            )
+        })
+        .collect();
+    let (items, hits) = every_item(cache.mix_items(&pairs, fe, windowing, runner)?)?;
+    println!(
+        "{label}: {} pairs ({hits} from the cache) in {:.1} s",
+        items.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(items)
 }
 
 /// A mix's training row: its one item and its joined caption.
@@ -722,11 +746,14 @@ fn restrict_training(
         let known: std::collections::HashSet<&str> =
             clips.iter().filter_map(|c| c.source.as_deref()).collect();
         if let Some(s) = sources.iter().find(|s| !known.contains(s.as_str())) {
-            bail!("--train-sources {s}: no clip of labels.csv has that source (it has: {})", {
-                let mut k: Vec<&str> = known.into_iter().collect();
-                k.sort();
-                k.join(", ")
-            });
+            bail!(
+                "--train-sources {s}: no clip of labels.csv has that source (it has: {})",
+                {
+                    let mut k: Vec<&str> = known.into_iter().collect();
+                    k.sort();
+                    k.join(", ")
+                }
+            );
         }
     }
     let kept: Vec<usize> = train
@@ -738,7 +765,10 @@ fn restrict_training(
         })
         .collect();
     if kept.len() < 2 {
-        bail!("--train-sources and --holdout-classes leave {} training clips", kept.len());
+        bail!(
+            "--train-sources and --holdout-classes leave {} training clips",
+            kept.len()
+        );
     }
     Ok(kept)
 }
@@ -835,7 +865,12 @@ fn caption_target(captions: &[Vec<f32>], k: usize, rng: &mut SplitMix64) -> Vec<
             *m += v;
         }
     }
-    let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+    let norm = mean
+        .iter()
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
     mean.iter().map(|v| v / norm).collect()
 }
 
@@ -857,7 +892,9 @@ struct Row<'a> {
 impl Validation<'_> {
     /// Values per window of the backbone's output.
     fn dim(&self) -> usize {
-        self.items.first().map_or(0, |i| i.windows.len() / i.count.max(1))
+        self.items
+            .first()
+            .map_or(0, |i| i.windows.len() / i.count.max(1))
     }
 }
 
@@ -976,7 +1013,11 @@ fn train_head(
             let audio = l2_normalize(mean.matmul(model.audio.head(windows)));
             let mut text = Vec::with_capacity(chosen.len() * text_dim);
             for row in &chosen {
-                text.extend(caption_target(&row.captions, draws.captions_per_step, &mut pick));
+                text.extend(caption_target(
+                    &row.captions,
+                    draws.captions_per_step,
+                    &mut pick,
+                ));
             }
             let text = model.text(Tensor::from_data(
                 TensorData::new(text, [chosen.len(), text_dim]),

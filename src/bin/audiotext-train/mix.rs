@@ -194,13 +194,19 @@ mod tests {
         assert_eq!(pool.len(), 20);
         for m in &pool {
             assert!([0, 1, 2].contains(&m.first) && [7, 8].contains(&m.second));
-            assert_eq!(m.caption, format!("sound {} while sound {}", m.first, m.second));
+            assert_eq!(
+                m.caption,
+                format!("sound {} while sound {}", m.first, m.second)
+            );
         }
         // Seeded, and nothing to draw when every background shares the foreground's captions.
         let again = draw_background_pool(&[0, 1, 2], &[7, 8], &captions, &key, 20, 3);
         assert_eq!(
             pool.iter().map(|m| (m.first, m.second)).collect::<Vec<_>>(),
-            again.iter().map(|m| (m.first, m.second)).collect::<Vec<_>>()
+            again
+                .iter()
+                .map(|m| (m.first, m.second))
+                .collect::<Vec<_>>()
         );
         assert!(draw_background_pool(&[4], &[4], &captions, &key, 5, 0).is_empty());
     }
