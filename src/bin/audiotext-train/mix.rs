@@ -46,6 +46,21 @@ pub struct Mix {
     pub key: u64,
 }
 
+impl Mix {
+    /// The mix of two clips, each with the caption drawn for it, described by the two joined;
+    /// its embedding is filled in once the captions are embedded.
+    fn joined((first, a): (usize, &str), (second, b): (usize, &str)) -> Mix {
+        let caption = join_captions(a, b);
+        Mix {
+            first,
+            second,
+            key: fnv1a(format!("mix\u{1f}{caption}").as_bytes()),
+            caption,
+            embedding: Vec::new(),
+        }
+    }
+}
+
 /// "a dog barks." + "Rain falls." -> "a dog barks while rain falls".
 pub fn join_captions(first: &str, second: &str) -> String {
     let first = first
@@ -126,17 +141,10 @@ pub fn draw_pool(
             if first_captions.is_empty() || second_captions.is_empty() {
                 continue;
             }
-            let caption = join_captions(
-                &first_captions[rng.below(first_captions.len())],
-                &second_captions[rng.below(second_captions.len())],
-            );
-            pool.push(Mix {
-                first,
-                second,
-                key: fnv1a(format!("mix\u{1f}{caption}").as_bytes()),
-                caption,
-                embedding: Vec::new(),
-            });
+            pool.push(Mix::joined(
+                (first, &first_captions[rng.below(first_captions.len())]),
+                (second, &second_captions[rng.below(second_captions.len())]),
+            ));
         }
     }
     pool
@@ -170,14 +178,10 @@ pub fn draw_background_pool(
         if caption_key(first) == caption_key(second) || a.is_empty() || b.is_empty() {
             continue;
         }
-        let caption = join_captions(&a[rng.below(a.len())], &b[rng.below(b.len())]);
-        pool.push(Mix {
-            first,
-            second,
-            key: fnv1a(format!("mix\u{1f}{caption}").as_bytes()),
-            caption,
-            embedding: Vec::new(),
-        });
+        pool.push(Mix::joined(
+            (first, &a[rng.below(a.len())]),
+            (second, &b[rng.below(b.len())]),
+        ));
     }
     pool
 }
