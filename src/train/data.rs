@@ -708,26 +708,12 @@ pub fn read_label_rows(path: &Path) -> Result<HashMap<String, LabelRow>> {
     Ok(labels)
 }
 
-/// Reads `file_name,class[,...]` rows into a map.
+/// Reads `file_name,class[,...]` rows into a map (the classes of [`read_label_rows`]).
 pub fn read_labels(path: &Path) -> Result<HashMap<String, String>> {
-    let mut reader = csv_reader(path)?;
-    let headers = reader
-        .headers()
-        .with_context(|| format!("{}: cannot read the header", path.display()))?
-        .clone();
-    let file_col = column(&headers, "file_name", path)?;
-    let class_col = column(&headers, "class", path)?;
-    let mut labels = HashMap::new();
-    for (n, record) in reader.records().enumerate() {
-        let record = record
-            .with_context(|| format!("{}: line {} is not valid CSV", path.display(), n + 2))?;
-        let file = record.get(file_col).unwrap_or("").trim();
-        let class = record.get(class_col).unwrap_or("").trim();
-        if !file.is_empty() && !class.is_empty() {
-            labels.insert(file.to_string(), class.to_string());
-        }
-    }
-    Ok(labels)
+    Ok(read_label_rows(path)?
+        .into_iter()
+        .map(|(file, row)| (file, row.class))
+        .collect())
 }
 
 #[cfg(test)]

@@ -945,6 +945,15 @@ fn stack(items: &[&Item], dim: usize, device: &Device) -> (Tensor<2>, Tensor<2>)
     )
 }
 
+/// Each item's clip embedding, one vector per item (see [`embed_items`]).
+fn clip_embeddings(model: &Contrastive, items: &[Item], dim: usize) -> Vec<Vec<f32>> {
+    let items: Vec<&Item> = items.iter().collect();
+    to_vec(embed_items(model, &items, dim, &Device::flex()))
+        .chunks(model.audio.proj.weight.val().dims()[1])
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
 /// Clip embeddings: the head on each window, the mean, L2-normalised (as `audio_embed`).
 fn embed_items(model: &Contrastive, items: &[&Item], dim: usize, device: &Device) -> Tensor<2> {
     let (windows, mean) = stack(items, dim, device);
@@ -1115,12 +1124,7 @@ fn epoch_line(log: &EpochLog, epochs: usize) -> String {
 /// Validation metrics into `log`: class retrieval for the held-out queries (or, without them,
 /// the captions), DCASE metrics for the captions.
 fn validate(model: &Contrastive, v: &Validation, dim: usize, log: &mut EpochLog) {
-    let device = Device::flex();
-    let items: Vec<&Item> = v.items.iter().collect();
-    let clips: Vec<Vec<f32>> = to_vec(embed_items(model, &items, dim, &device))
-        .chunks(model.audio.proj.weight.val().dims()[1])
-        .map(<[f32]>::to_vec)
-        .collect();
+    let clips = clip_embeddings(model, v.items, dim);
     let captions: Vec<Vec<f32>> = v.caption_queries.iter().map(|(_, e)| e.clone()).collect();
     let caption_clip: Vec<usize> = v.caption_queries.iter().map(|(c, _)| *c).collect();
     let sim = metrics::similarity(&captions, &clips);
@@ -1223,12 +1227,7 @@ fn write_holdout_report(
     holdout: &[String],
     path: &Path,
 ) -> Result<()> {
-    let device = Device::flex();
-    let items: Vec<&Item> = v.items.iter().collect();
-    let clips: Vec<Vec<f32>> = to_vec(embed_items(model, &items, v.dim(), &device))
-        .chunks(model.audio.proj.weight.val().dims()[1])
-        .map(<[f32]>::to_vec)
-        .collect();
+    let clips = clip_embeddings(model, v.items, v.dim());
     let mut out = String::from("class\tquery\ttop score\ttop 5 classes\n");
     for ((class, text), (_, embedding)) in queries.iter().zip(&v.class_queries) {
         if !holdout.contains(&classes[*class]) {
