@@ -99,6 +99,194 @@ pub fn check(container: &str, file_len: u64, read_at: &mut ReadAt) -> std::io::R
     }
 }
 
+// ---- Truncation: more audio declared than held ----------------------------------------------
+
+/// What a container says about its length, read from its headers and, for Ogg, its tail.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeclaredLength {
+    /// The audio data runs past the end of the file, as its headers declare it: e.g. "its
+    /// data chunk declares 96000 bytes of samples, the file holds 16 of them".
+    pub shortfall: Option<String>,
+    /// Whether symphonia's frame count is one the file declares (WAV's data chunk, FLAC's
+    /// STREAMINFO, an MP4's sample tables, an MP3's Xing/Info or VBRI header), so that
+    /// decoding fewer frames means the file lost some. Otherwise the count is an estimate
+    /// (an MP3 without such a header) or read from the file's own last page (Ogg).
+    pub frames_are_declared: bool,
+}
+
+/// How much audio the container of a file of `file_len` bytes declares against what it holds
+/// (for `check`'s containers; `decode` decides what a shortfall means).
+pub fn declared_length(
+    container: &str,
+    file_len: u64,
+    read_at: &mut ReadAt,
+) -> std::io::Result<DeclaredLength> {
+    Ok(match container {
+        "wav" => DeclaredLength {
+            shortfall: riff_data_shortfall(file_len, read_at)?,
+            frames_are_declared: true,
+        },
+        "mp4" => DeclaredLength {
+            shortfall: mp4_mdat_shortfall(file_len, read_at)?,
+            frames_are_declared: true,
+        },
+        "ogg" => DeclaredLength {
+            shortfall: ogg_tail_shortfall(file_len, read_at)?,
+            frames_are_declared: false,
+        },
+        "flac" => DeclaredLength {
+            shortfall: None,
+            frames_are_declared: true,
+        },
+        "mp3" => DeclaredLength {
+            shortfall: None,
+            frames_are_declared: mp3_declares_frames(read_at)?,
+        },
+        _ => DeclaredLength::default(),
+    })
+}
+
+/// The `data` chunk's declared size against the bytes after its header. A size of 0 or
+/// 0xFFFFFFFF is what streaming writers leave when they never come back to fill it in: no
+/// length is declared.
+fn riff_data_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Option<String>> {
+    let mut pos = 12u64;
+    while pos + 8 <= file_len {
+        let head = read_at(pos, 8)?;
+        let (Some(id), Some(len)) = (head.get(..4), le32(&head, 4)) else {
+            return Ok(None);
+        };
+        let len = u64::from(len);
+        if id == b"data" {
+            let held = file_len - pos - 8;
+            if len == 0 || len == u64::from(u32::MAX) || len <= held {
+                return Ok(None);
+            }
+            return Ok(Some(format!(
+                "its data chunk declares {len} bytes of samples, the file holds {held} of them"
+            )));
+        }
+        pos += 8 + len + (len & 1);
+    }
+    Ok(None)
+}
+
+/// A top-level `mdat` (the samples) that runs past the end of the file.
+fn mp4_mdat_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Option<String>> {
+    let mut pos = 0u64;
+    while pos < file_len {
+        let head = read_at(pos, 16)?;
+        let Some(h) = atom_header(&head) else {
+            return Ok(None);
+        };
+        let left = file_len - pos;
+        let Some(size) = h.size.filter(|&n| n >= h.header_len) else {
+            return Ok(None);
+        };
+        if size > left {
+            return Ok((&h.atype == b"mdat").then(|| {
+                format!(
+                    "its mdat atom declares {} bytes of samples, the file holds {} of them",
+                    size - h.header_len,
+                    left.saturating_sub(h.header_len)
+                )
+            }));
+        }
+        pos += size;
+    }
+    Ok(None)
+}
+
+/// The largest Ogg page: a 27-byte header, 255 lacing values, 255 segments of 255 bytes.
+const MAX_OGG_PAGE: u64 = 27 + 255 + 255 * 255;
+
+/// The Ogg CRC-32 (polynomial 0x04C11DB7, not reflected, no final xor).
+fn ogg_crc(bytes: &[u8]) -> u32 {
+    let mut crc = 0u32;
+    for &b in bytes {
+        crc ^= u32::from(b) << 24;
+        for _ in 0..8 {
+            crc = if crc & 0x8000_0000 != 0 {
+                (crc << 1) ^ 0x04c1_1db7
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The length of the Ogg page at the start of `b` if its header is there whole.
+fn ogg_page_len(b: &[u8]) -> Option<usize> {
+    if b.len() < 27 || &b[..4] != b"OggS" || b[4] != 0 {
+        return None;
+    }
+    let n_segments = usize::from(b[26]);
+    let table = b.get(27..27 + n_segments)?;
+    Some(27 + n_segments + table.iter().map(|&l| usize::from(l)).sum::<usize>())
+}
+
+/// Whether the page at the start of `b` is whole and its checksum holds.
+fn ogg_page_is_sound(b: &[u8]) -> bool {
+    let Some(len) = ogg_page_len(b).filter(|&n| n <= b.len()) else {
+        return false;
+    };
+    let mut page = b[..len].to_vec();
+    let stored = le32(&page, 22).expect("27 bytes");
+    page[22..26].fill(0);
+    ogg_crc(&page) == stored
+}
+
+/// The last page cut short: within the last two pages' worth of bytes, the first page whose
+/// checksum holds starts a chain of pages that must end exactly at the end of the file. The
+/// checksum tells a real page from "OggS" inside compressed data.
+fn ogg_tail_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Option<String>> {
+    let start = file_len.saturating_sub(2 * MAX_OGG_PAGE);
+    let tail = read_at(start, (file_len - start) as usize)?;
+    let Some(first) = (0..tail.len().saturating_sub(3))
+        .filter(|&i| &tail[i..i + 4] == b"OggS")
+        .find(|&i| ogg_page_is_sound(&tail[i..]))
+    else {
+        return Ok(None);
+    };
+    let mut pos = first;
+    while pos < tail.len() {
+        let Some(len) = ogg_page_len(&tail[pos..]) else {
+            // Not a page (or a header cut inside itself): leave it to the demuxer, which
+            // resynchronises or ends.
+            return Ok(None);
+        };
+        if pos + len > tail.len() {
+            return Ok(Some(format!(
+                "its last Ogg page declares {len} bytes, the file holds {} of them",
+                tail.len() - pos
+            )));
+        }
+        pos += len;
+    }
+    Ok(None)
+}
+
+/// Whether the first MPEG frame (after any ID3v2 tags) is a Xing/Info header with a frame
+/// count or a VBRI header: the only MP3s whose length is declared rather than estimated.
+fn mp3_declares_frames(read_at: &mut ReadAt) -> std::io::Result<bool> {
+    let mut at = 0u64;
+    for _ in 0..crate::audio::decode::MAX_STACKED_ID3_TAGS {
+        let head = read_at(at, 10)?;
+        if head.len() < 10 || &head[..3] != b"ID3" {
+            break;
+        }
+        at = at.saturating_add(crate::audio::decode::id3v2_tag_len(&head));
+    }
+    // The Xing tag follows the side information (at most 32 bytes); VBRI sits at 36.
+    let frame = read_at(at, 4 + 32 + 12)?;
+    let xing = (4..frame.len().saturating_sub(7)).find(|&i| {
+        (&frame[i..i + 4] == b"Xing" || &frame[i..i + 4] == b"Info") && frame[i + 7] & 0x01 != 0
+    });
+    let vbri = frame.get(36..40) == Some(b"VBRI".as_slice());
+    Ok(xing.is_some() || vbri)
+}
+
 // ---- MP4 ----------------------------------------------------------------------------------
 
 /// An atom's header: its type, header length and total length (`None`: to the end of its
@@ -1034,17 +1222,25 @@ fn syncsafe(b: &[u8]) -> u64 {
 
 /// An ID3v2 tag at the start of an MP3 or ADTS file: the tag fits in the file, every frame in
 /// the tag.
+/// Stacked tags (one tagger's in front of another's) are each checked.
 fn id3v2(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Check> {
-    let head = read_at(0, 10)?;
-    if head.len() < 10 || &head[..3] != b"ID3" {
-        return Ok(Ok(()));
+    let mut at = 0u64;
+    for _ in 0..crate::audio::decode::MAX_STACKED_ID3_TAGS {
+        let head = read_at(at, 10)?;
+        if head.len() < 10 || &head[..3] != b"ID3" {
+            break;
+        }
+        let size = syncsafe(&head[6..10]);
+        if size > file_len - at - 10 {
+            return Ok(Err(Refusal::Truncated));
+        }
+        let body = read_at(at + 10, size as usize)?;
+        if let Err(e) = id3v2_frames(head[3], head[5], &body) {
+            return Ok(Err(e));
+        }
+        at = at.saturating_add(crate::audio::decode::id3v2_tag_len(&head));
     }
-    let size = syncsafe(&head[6..10]);
-    if size > file_len - 10 {
-        return Ok(Err(Refusal::Truncated));
-    }
-    let body = read_at(10, size as usize)?;
-    Ok(id3v2_frames(head[3], head[5], &body))
+    Ok(Ok(()))
 }
 
 fn id3v2_frames(major: u8, flags: u8, b: &[u8]) -> Check {

@@ -103,6 +103,45 @@ impl AudioSource<'_> {
     }
 }
 
+/// What to do with a file whose container declares more audio than it holds (a half-copied
+/// or cut download).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TruncatedAudio {
+    /// An error naming the file, what it declares and what it holds.
+    #[default]
+    Refuse,
+    /// Decode the audio before the cut, as players do.
+    Partial,
+}
+
+impl TruncatedAudio {
+    /// The names `audiotext_option('truncated_audio', ...)` takes.
+    pub fn parse(name: &str) -> Option<TruncatedAudio> {
+        match name {
+            "error" => Some(TruncatedAudio::Refuse),
+            "partial" => Some(TruncatedAudio::Partial),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TruncatedAudio::Refuse => "error",
+            TruncatedAudio::Partial => "partial",
+        }
+    }
+}
+
+/// How a file is decoded: what the caller (an SQL connection's settings, the trainer) chose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    pub truncated: TruncatedAudio,
+}
+
+/// Frames a stream may fall short of its declared count before it counts as cut: a codec's
+/// last block (FLAC's 4,608 frames at most, an MP3 frame's 1,152) and encoder delay.
+const SHORT_FRAMES_TOLERATED: u64 = 8192;
+
 /// What a file holds, read from its headers (and its first audio packet).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AudioInfo {
@@ -118,11 +157,19 @@ pub struct AudioInfo {
     pub duration_seconds: Option<f64>,
     /// Length in samples per channel when the container states it.
     pub frames: Option<u64>,
+    /// Set when the container declares more audio than the file holds: what it declares and
+    /// what is there (the headers and, for Ogg, the last page tell; a FLAC or MP3 cut short
+    /// shows only when decoded, as an error).
+    pub truncated: Option<String>,
 }
 
 /// Reads the headers and decodes the first audio packet (so a file `probe` accepts has audio).
+/// A truncated file is described (`AudioInfo::truncated`), not refused.
 pub fn probe(source: &AudioSource) -> Result<AudioInfo> {
-    Ok(Decoder::open(*source)?.info)
+    let partial = DecodeOptions {
+        truncated: TruncatedAudio::Partial,
+    };
+    Ok(Decoder::open_with(*source, partial)?.info)
 }
 
 /// Streams a file as mono f32 chunks at its own sample rate. `'a` is the lifetime of the
@@ -138,6 +185,14 @@ pub struct Decoder<'a> {
     samples: u64,
     skipped_packets: u64,
     done: bool,
+    options: DecodeOptions,
+    /// Whether `info.frames` is declared by the file (not estimated): decoding fewer means the
+    /// file was cut.
+    frames_are_declared: bool,
+    /// Samples past this are not the file's (Ogg: its last page's granule position ends the
+    /// stream, and symphonia hands out the rest of the last block when the page does not say
+    /// it is the last).
+    end_at: Option<u64>,
     /// `format` may read the source's bytes (`BorrowedBytes`): the decoder must not outlive them.
     _bytes: PhantomData<&'a [u8]>,
 }
@@ -176,19 +231,41 @@ fn sniff<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<&'static str>> {
     let n = read_up_to(r, &mut head)?;
     let head = &head[..n];
     let mut found = sniff_head(head);
-    if found.is_none() && head.len() >= 10 && &head[..3] == b"ID3" {
-        // ID3v2: 10-byte header, syncsafe size, optional 10-byte footer.
-        let size = head[6..10]
-            .iter()
-            .fold(0u64, |a, &b| (a << 7) | (b & 0x7f) as u64);
-        let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
-        r.seek(SeekFrom::Start(10 + size + footer))?;
-        let mut after = [0u8; 4];
-        let n = read_up_to(r, &mut after)?;
-        found = sniff_frame_header(&after[..n]);
+    if found.is_none() {
+        // ID3v2 tags, possibly several in a row (taggers add one in front of another's).
+        let mut at = 0u64;
+        let mut tag = head.to_vec();
+        for _ in 0..MAX_STACKED_ID3_TAGS {
+            if tag.len() < 10 || &tag[..3] != b"ID3" {
+                break;
+            }
+            at += id3v2_tag_len(&tag);
+            r.seek(SeekFrom::Start(at))?;
+            tag.resize(10, 0);
+            let n = read_up_to(r, &mut tag)?;
+            tag.truncate(n);
+            found = sniff_frame_header(&tag);
+            if found.is_some() {
+                break;
+            }
+        }
     }
     r.seek(SeekFrom::Start(0))?;
     Ok(found)
+}
+
+/// ID3v2 tags read in front of the audio at most: more than a few in a row is not a tagger's
+/// doing, and each costs a seek.
+pub const MAX_STACKED_ID3_TAGS: usize = 8;
+
+/// The bytes of the ID3v2 tag whose first 10 bytes are `head`: the header, a syncsafe size,
+/// and a 10-byte footer when its flag is set.
+pub fn id3v2_tag_len(head: &[u8]) -> u64 {
+    let size = head[6..10]
+        .iter()
+        .fold(0u64, |a, &b| (a << 7) | u64::from(b & 0x7f));
+    let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
+    10 + size + footer
 }
 
 fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -308,11 +385,42 @@ impl MediaSource for BorrowedBytes {
     }
 }
 
+/// A source symphonia must read as a stream, front to back.
+struct Unseekable(Box<dyn MediaSource>);
+
+impl Read for Unseekable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Seek for Unseekable {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.0.seek(to)
+    }
+}
+
+impl MediaSource for Unseekable {
+    fn is_seekable(&self) -> bool {
+        false
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        self.0.byte_len()
+    }
+}
+
 impl<'a> Decoder<'a> {
-    /// Opens `source`, reads its headers and decodes its first audio packet.
+    /// Opens `source` with the default options (a truncated file is an error).
     pub fn open(source: AudioSource<'a>) -> Result<Decoder<'a>> {
+        Decoder::open_with(source, DecodeOptions::default())
+    }
+
+    /// Opens `source`, reads its headers and decodes its first audio packet.
+    pub fn open_with(source: AudioSource<'a>, options: DecodeOptions) -> Result<Decoder<'a>> {
         let name = source.describe();
         let mut hint = Hint::new();
+        let declared: container_check::DeclaredLength;
         let (media, container): (Box<dyn MediaSource>, &'static str) = match source {
             AudioSource::Path(path) => {
                 let io_err = |e| Error::Io {
@@ -330,6 +438,8 @@ impl<'a> Decoder<'a> {
                 let mut read_at = |offset, len| read_at(&mut file, offset, len);
                 let verdict = container_check::check(container, meta.len(), &mut read_at);
                 refuse(&name, container, verdict.map_err(io_err)?)?;
+                declared = container_check::declared_length(container, meta.len(), &mut read_at)
+                    .map_err(io_err)?;
                 file.seek(SeekFrom::Start(0)).map_err(io_err)?;
                 if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
                     hint.with_extension(ext);
@@ -353,11 +463,26 @@ impl<'a> Decoder<'a> {
                 let verdict = container_check::check(container, bytes.len() as u64, &mut read_at)
                     .expect("reading memory cannot fail");
                 refuse(&name, container, verdict)?;
+                declared =
+                    container_check::declared_length(container, bytes.len() as u64, &mut read_at)
+                        .expect("reading memory cannot fail");
                 // SAFETY: the reader lives inside the returned `Decoder<'a>` (or is dropped
                 // here on error), and `bytes` lives for `'a`.
                 (Box::new(unsafe { BorrowedBytes::new(bytes) }), container)
             }
         };
+        let mut media = media;
+        if let Some(what) = &declared.shortfall {
+            if options.truncated == TruncatedAudio::Refuse {
+                return Err(cut_short(&name, what));
+            }
+            if container == "mp4" {
+                // symphonia seeks past every top-level atom of a seekable file and fails on
+                // an mdat cut short; read as a stream, it stops at the mdat and plays up to
+                // the cut (when the moov, with the sample tables, comes first).
+                media = Box::new(Unseekable(media));
+            }
+        }
         let mss = MediaSourceStream::new(media, Default::default());
         let format_opts = FormatOptions {
             enable_gapless: true,
@@ -436,6 +561,7 @@ impl<'a> Decoder<'a> {
                 channels: params.channels.map(|c| c.count()).unwrap_or(0),
                 duration_seconds: None,
                 frames,
+                truncated: declared.shortfall,
             },
             format,
             codec,
@@ -444,6 +570,9 @@ impl<'a> Decoder<'a> {
             samples: 0,
             skipped_packets: 0,
             done: false,
+            options,
+            frames_are_declared: declared.frames_are_declared,
+            end_at: if container == "ogg" { frames } else { None },
             _bytes: PhantomData,
         };
         // The first packet tells the real rate and channel count (some containers omit them).
@@ -494,6 +623,9 @@ impl<'a> Decoder<'a> {
                     self.done = true;
                     if self.samples == 0 {
                         return Err(self.no_samples());
+                    }
+                    if let Some(err) = self.ended_early() {
+                        return Err(err);
                     }
                     return Ok(None);
                 }
@@ -546,6 +678,14 @@ impl<'a> Decoder<'a> {
                         ));
                         return self.fail(err);
                     }
+                    if let Some(end) = self.end_at {
+                        let room = end.saturating_sub(self.samples);
+                        if room == 0 {
+                            self.done = true;
+                            return Ok(None);
+                        }
+                        mono.truncate(usize::try_from(room).unwrap_or(usize::MAX).min(mono.len()));
+                    }
                     self.samples += mono.len() as u64;
                     return Ok(Some(mono));
                 }
@@ -566,6 +706,23 @@ impl<'a> Decoder<'a> {
                 }
             }
         }
+    }
+
+    /// At the end of the stream: fewer frames than the file declares is a cut file (unless the
+    /// caller asked for the partial audio).
+    fn ended_early(&self) -> Option<Error> {
+        let declared = self.info.frames.filter(|_| self.frames_are_declared)?;
+        let rate = f64::from(self.info.sample_rate.max(1));
+        let short = declared.saturating_sub(self.samples) > SHORT_FRAMES_TOLERATED;
+        (short && self.options.truncated == TruncatedAudio::Refuse).then(|| {
+            let what = format!(
+                "its headers declare {declared} frames ({:.2} s), the file holds {} ({:.2} s)",
+                declared as f64 / rate,
+                self.samples,
+                self.samples as f64 / rate
+            );
+            cut_short(&self.name, &what)
+        })
     }
 
     fn no_samples(&self) -> Error {
@@ -603,6 +760,13 @@ fn refuse(name: &str, container: &str, verdict: container_check::Check) -> Resul
 fn truncated(name: &str, container: &str) -> Error {
     Error::Audio(format!(
         "{name} is truncated: the {container} data ends inside its header (the file is cut short, copy it again)"
+    ))
+}
+
+/// The file holds less audio than it declares (`what` says both).
+fn cut_short(name: &str, what: &str) -> Error {
+    Error::Audio(format!(
+        "{name} is truncated: {what} (a half-copied or cut file); copy it again, or to use the audio before the cut run SELECT audiotext_option('truncated_audio', 'partial') first"
     ))
 }
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use crate::audio::{AudioSource, LogMel, LogMelWindows, MelExtractor, WindowPlan};
+use crate::audio::{AudioSource, DecodeOptions, LogMel, LogMelWindows, MelExtractor, WindowPlan};
 use crate::model::manifest::AudioSection;
 use crate::model::runtime::{embeddings_output, Runtime, SessionPlacement};
 use crate::{Error, Result};
@@ -120,7 +120,7 @@ impl AudioEncoder {
     /// Keeps each window's waveform when the encoder takes one. Holds every window of the file:
     /// for long files, `embed` streams instead.
     pub fn features(&self, source: &AudioSource<'_>) -> Result<FileFeatures> {
-        self.features_at_most(source, usize::MAX, &never_cancelled)?
+        self.features_at_most(source, DecodeOptions::default(), usize::MAX, &never_cancelled)?
             .ok_or_else(|| Error::Other("internal error: unbounded features stopped".into()))
     }
 
@@ -130,10 +130,11 @@ impl AudioEncoder {
     pub fn features_at_most(
         &self,
         source: &AudioSource<'_>,
+        options: DecodeOptions,
         max_windows: usize,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Option<FileFeatures>> {
-        let mut stream = self.windows(source, None)?;
+        let mut stream = self.windows(source, options, None)?;
         let mut windows = Vec::new();
         let mut waveforms = Vec::new();
         loop {
@@ -178,13 +179,14 @@ impl AudioEncoder {
     fn windows<'a>(
         &self,
         source: &AudioSource<'a>,
+        options: DecodeOptions,
         hop_seconds: Option<f32>,
     ) -> Result<LogMelWindows<'a>> {
         let mut windowing = self.section.windowing.clone();
         if let Some(hop) = hop_seconds {
             windowing.hop_seconds = hop;
         }
-        let stream = LogMelWindows::new(source, self.mel.clone(), &windowing)?;
+        let stream = LogMelWindows::with_options(source, options, self.mel.clone(), &windowing)?;
         Ok(if self.needs_waveform() {
             stream.with_waveforms()
         } else {
@@ -388,7 +390,7 @@ impl AudioEncoder {
 
     /// The embedding of a whole file: its windows' embeddings averaged, then L2-normalised.
     pub fn embed(&self, source: &AudioSource<'_>) -> Result<Vec<f32>> {
-        Ok(self.embed_cancellable(source, &never_cancelled)?.embedding)
+        Ok(self.embed_cancellable(source, DecodeOptions::default(), &never_cancelled)?.embedding)
     }
 
     /// Same as `embed`, streaming: windows go through the encoder a batch at a time
@@ -398,10 +400,11 @@ impl AudioEncoder {
     pub fn embed_cancellable(
         &self,
         source: &AudioSource<'_>,
+        options: DecodeOptions,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<FileEmbedding> {
         let mut sum = MeanPool::default();
-        let duration_seconds = self.for_each_window(source, None, cancelled, &mut |window| {
+        let duration_seconds = self.for_each_window(source, options, None, cancelled, &mut |window| {
             sum.add(&window.embedding);
             Ok(())
         })?;
@@ -419,11 +422,12 @@ impl AudioEncoder {
     pub fn for_each_window(
         &self,
         source: &AudioSource<'_>,
+        options: DecodeOptions,
         hop_seconds: Option<f32>,
         cancelled: &dyn Fn() -> bool,
         on_window: &mut dyn FnMut(WindowEmbedding) -> Result<()>,
     ) -> Result<f64> {
-        let mut stream = self.windows(source, hop_seconds)?;
+        let mut stream = self.windows(source, options, hop_seconds)?;
         let mut any = false;
         let rate = f64::from(self.section.front_end.sample_rate);
         let mut windows: Vec<LogMel> = Vec::with_capacity(MAX_BATCH_WINDOWS);
@@ -446,7 +450,12 @@ impl AudioEncoder {
                 let mels: Vec<&LogMel> = windows.iter().collect();
                 let waves: Vec<&[f32]> = waveforms.iter().map(Vec::as_slice).collect();
                 let waves = self.needs_waveform().then_some(waves.as_slice());
-                let embeddings = self.embed_impl(&mels, waves, cancelled)?;
+                // An interruption between encoder runs says how far the file got, like one
+                // between windows.
+                let embeddings = match self.embed_impl(&mels, waves, cancelled) {
+                    Err(Error::Interrupted { .. }) => return Err(self.interrupted(&stream)),
+                    other => other?,
+                };
                 for (embedding, (start, end)) in embeddings.into_iter().zip(bounds.drain(..)) {
                     on_window(WindowEmbedding {
                         start,
@@ -1052,7 +1061,7 @@ mod input_tests {
         let all: Vec<&LogMel> = features.windows.iter().collect();
         let expected = pool(&encoder.embed_windows(&all).unwrap());
         let streamed = encoder
-            .embed_cancellable(&source, &never_cancelled)
+            .embed_cancellable(&source, DecodeOptions::default(), &never_cancelled)
             .unwrap();
         assert_eq!(streamed.embedding, expected);
         assert_eq!(streamed.duration_seconds, n as f64 / 8000.0);
@@ -1062,7 +1071,7 @@ mod input_tests {
             calls.set(calls.get() + 1);
             calls.get() > 10
         };
-        match encoder.embed_cancellable(&source, &after_ten) {
+        match encoder.embed_cancellable(&source, DecodeOptions::default(), &after_ten) {
             Err(Error::Interrupted {
                 seconds_done,
                 seconds_total,
@@ -1072,13 +1081,30 @@ mod input_tests {
             }
             other => panic!("expected Interrupted, got {other:?}"),
         }
+        // The first check that says stop is the encoder run's, after a full batch of windows:
+        // the error still says how far the file got and how long it is.
+        let calls = std::cell::Cell::new(0);
+        let at_first_run = || {
+            calls.set(calls.get() + 1);
+            calls.get() > MAX_BATCH_WINDOWS
+        };
+        match encoder.embed_cancellable(&source, DecodeOptions::default(), &at_first_run) {
+            Err(Error::Interrupted {
+                seconds_done,
+                seconds_total,
+            }) => {
+                assert!(seconds_done >= MAX_BATCH_WINDOWS as f64 - 1.0, "{seconds_done}");
+                assert_eq!(seconds_total, Some(n as f64 / 8000.0));
+            }
+            other => panic!("expected Interrupted, got {other:?}"),
+        }
         let windows = features.windows.len();
         assert!(encoder
-            .features_at_most(&source, windows - 1, &never_cancelled)
+            .features_at_most(&source, DecodeOptions::default(), windows - 1, &never_cancelled)
             .unwrap()
             .is_none());
         let at_most = encoder
-            .features_at_most(&source, windows, &never_cancelled)
+            .features_at_most(&source, DecodeOptions::default(), windows, &never_cancelled)
             .unwrap()
             .unwrap();
         assert_eq!(at_most.windows, features.windows);

@@ -19,7 +19,7 @@ pub mod resample;
 pub mod stream;
 
 pub use config::{FrontEnd, Windowing};
-pub use decode::{probe, AudioInfo, AudioSource, Decoder};
+pub use decode::{probe, AudioInfo, AudioSource, DecodeOptions, Decoder, TruncatedAudio};
 pub use mel::{LogMel, MelExtractor};
 pub use resample::StreamResampler;
 pub use stream::{

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use crate::audio::config::{FrontEnd, Windowing};
-use crate::audio::decode::{AudioInfo, AudioSource, Decoder};
+use crate::audio::decode::{AudioInfo, AudioSource, DecodeOptions, Decoder};
 use crate::audio::mel::{LogMel, MelExtractor};
 use crate::audio::resample::{resampled_len, StreamResampler};
 use crate::error::{Error, Result};
@@ -181,8 +181,18 @@ impl<'a> LogMelWindows<'a> {
         mel: Arc<MelExtractor>,
         windowing: &Windowing,
     ) -> Result<LogMelWindows<'a>> {
+        LogMelWindows::with_options(source, DecodeOptions::default(), mel, windowing)
+    }
+
+    /// Same as `new`, decoding with `options`.
+    pub fn with_options(
+        source: &AudioSource<'a>,
+        options: DecodeOptions,
+        mel: Arc<MelExtractor>,
+        windowing: &Windowing,
+    ) -> Result<LogMelWindows<'a>> {
         let plan = WindowPlan::new(windowing, mel.sample_rate())?;
-        let decoder = Decoder::open(*source)?;
+        let decoder = Decoder::open_with(*source, options)?;
         let resampler = StreamResampler::new(decoder.info().sample_rate, mel.sample_rate())?;
         Ok(LogMelWindows {
             decoder,

@@ -53,7 +53,8 @@ pub fn embed(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
         .map_err(|e| e.to_string())?;
     // SAFETY: the connection running this call, probed only during it.
     let probe = unsafe { InterruptProbe::for_function(ctx) };
-    match encoder.embed_cancellable(&source, &|| probe.interrupted()) {
+    let decode = env.registry.decode_options();
+    match encoder.embed_cancellable(&source, decode, &|| probe.interrupted()) {
         Ok(embedded) => Ok(Output::Vector(embedded.embedding)),
         Err(Error::Interrupted {
             seconds_done,

@@ -33,7 +33,7 @@ use rusqlite::Connection;
 use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::{files, guard, vector_to_blob, Registry};
 use crate::audio::encoder::{pool, AudioEncoder, FileFeatures};
-use crate::audio::AudioSource;
+use crate::audio::{AudioSource, DecodeOptions};
 use crate::Error;
 
 const NAME: &str = "audio_embed_files";
@@ -119,6 +119,8 @@ type Chunk = Vec<(PathBuf, Result<Option<FileFeatures>, String>)>;
 /// The worker's side of the scan.
 struct Work {
     encoder: Arc<AudioEncoder>,
+    /// The connection's decoding settings when the scan started.
+    decode: DecodeOptions,
     chunks: Receiver<Chunk>,
     total_files: usize,
     remaining_files: usize,
@@ -218,6 +220,7 @@ impl EmbedFilesCursor {
         // decoded by the worker.
         let (sender, chunks) = sync_channel::<Chunk>(1);
         let worker_encoder = encoder.clone();
+        let decode = self.registry.decode_options();
         let worker_stop = stop.clone();
         std::thread::Builder::new()
             .name("audiotext-decode".into())
@@ -234,6 +237,7 @@ impl EmbedFilesCursor {
                                 worker_encoder
                                     .features_at_most(
                                         &AudioSource::Path(path),
+                                        decode,
                                         max_windows,
                                         &stopped,
                                     )
@@ -251,6 +255,7 @@ impl EmbedFilesCursor {
             .map_err(|e| format!("cannot start the decoding thread: {e}"))?;
         self.work = Some(Work {
             encoder,
+            decode,
             chunks,
             total_files,
             remaining_files: total_files,
@@ -312,7 +317,7 @@ impl EmbedFilesCursor {
                     // Too long to hold its windows: stream it here, bounded and interruptible.
                     match work
                         .encoder
-                        .embed_cancellable(&AudioSource::Path(&path), &cancelled)
+                        .embed_cancellable(&AudioSource::Path(&path), work.decode, &cancelled)
                     {
                         Ok(file) if file.embedding.iter().all(|x| x.is_finite()) => FileRow {
                             path: path.display().to_string(),

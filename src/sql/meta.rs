@@ -6,6 +6,7 @@ use std::path::Path;
 use rusqlite::functions::Context;
 
 use super::{args, vec::SQLITE_VEC_VERSION, Env, Output};
+use crate::audio::TruncatedAudio;
 use crate::model::runtime::{self, Runtime};
 
 pub fn version(_env: &Env, _ctx: &Context<'_>) -> Result<Output, String> {
@@ -129,4 +130,39 @@ pub fn fault(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
             other.unwrap_or("NULL")
         )),
     }
+}
+
+/// The connection's settings, by name, and what each takes. One today.
+const OPTIONS: &[(&str, &str)] = &[(
+    "truncated_audio",
+    "'error' (the default: a file that declares more audio than it holds is an error) or 'partial' (use the audio before the cut)",
+)];
+
+/// `audiotext_option(name)` reads a setting of this connection; `audiotext_option(name, value)`
+/// sets it and returns the value it had.
+pub fn option(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
+    let known = || {
+        OPTIONS
+            .iter()
+            .map(|(n, what)| format!("'{n}': {what}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let name = args::text(ctx, 0, "the option's name")?
+        .ok_or_else(|| format!("the option's name (argument 1) is NULL; options: {}", known()))?;
+    let mut options = env.registry.decode_options();
+    let before = options.truncated.name();
+    match name {
+        "truncated_audio" => {
+            if ctx.len() == 2 {
+                let value = args::text(ctx, 1, "the option's value")?.unwrap_or("NULL");
+                options.truncated = TruncatedAudio::parse(value).ok_or_else(|| {
+                    format!("'{value}' is not a value of 'truncated_audio': use {}", OPTIONS[0].1)
+                })?;
+                env.registry.set_decode_options(options);
+            }
+        }
+        other => return Err(format!("no option named '{other}'; options: {}", known())),
+    }
+    Ok(Output::Text(before.to_string()))
 }

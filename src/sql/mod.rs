@@ -70,6 +70,9 @@ pub enum Flags {
     /// from triggers or views of a schema that may be untrusted; refuses to run at all while a
     /// schema calls a file reader (`schema_guard`: DIRECTONLY misses CHECK constraints).
     ReadsFiles,
+    /// Changes the connection's settings: callable only from top-level SQL, so that a schema
+    /// (a view, a trigger) cannot change how the connection's own statements behave.
+    Configures,
 }
 
 impl Flags {
@@ -80,7 +83,7 @@ impl Flags {
                 base | FunctionFlags::SQLITE_DETERMINISTIC | FunctionFlags::SQLITE_INNOCUOUS
             }
             Flags::Volatile | Flags::UsesRegistry => base,
-            Flags::ReadsFiles => base | FunctionFlags::SQLITE_DIRECTONLY,
+            Flags::ReadsFiles | Flags::Configures => base | FunctionFlags::SQLITE_DIRECTONLY,
         }
     }
 }
@@ -99,6 +102,8 @@ pub const FUNCTIONS: &[Function] = &[
     Function { name: "audio_text_score",  n_arg: 3, flags: Flags::UsesRegistry, sets_subtype: false, body: audio::text_score },
     Function { name: "audio_info",        n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: audio::info },
     Function { name: "audiotext_finite",  n_arg: 1, flags: Flags::Pure,         sets_subtype: true,  body: audio::finite_vector },
+    Function { name: "audiotext_option",  n_arg: 1, flags: Flags::UsesRegistry, sets_subtype: false, body: meta::option },
+    Function { name: "audiotext_option",  n_arg: 2, flags: Flags::Configures,   sets_subtype: false, body: meta::option },
     #[cfg(feature = "fault-injection")]
     Function { name: "audiotext_fault",   n_arg: 1, flags: Flags::Volatile,     sets_subtype: false, body: meta::fault },
 ];

@@ -22,6 +22,7 @@ use rusqlite::Connection;
 
 use super::args::type_name;
 use super::guard;
+use crate::audio::DecodeOptions;
 use crate::model::runtime::extension_dir;
 use crate::model::Bundle;
 
@@ -37,10 +38,12 @@ struct Entry {
     bundle: Arc<Bundle>,
 }
 
-/// The models one connection knows, by name.
+/// The models one connection knows, by name, and the connection's decoding settings
+/// (`audiotext_option`): the one state every function and virtual table of a connection shares.
 #[derive(Default)]
 pub struct Registry {
     state: Mutex<State>,
+    decode_options: Mutex<DecodeOptions>,
 }
 
 #[derive(Default)]
@@ -54,6 +57,15 @@ struct State {
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How this connection decodes audio files.
+    pub fn decode_options(&self) -> DecodeOptions {
+        *self.decode_options.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_decode_options(&self, options: DecodeOptions) {
+        *self.decode_options.lock().unwrap_or_else(|p| p.into_inner()) = options;
     }
 
     /// The bundle registered under `name`, or an error that says how to register one.

@@ -30,7 +30,7 @@ use rusqlite::Connection;
 use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::{files, guard, vector_to_blob, Registry};
 use crate::audio::encoder::{pool, AudioEncoder};
-use crate::audio::AudioSource;
+use crate::audio::{AudioSource, DecodeOptions};
 use crate::Error;
 
 const SEGMENTS: &str = "audio_segments";
@@ -146,18 +146,26 @@ fn check_hop(hop: Option<f32>, encoder: &AudioEncoder) -> Result<(), String> {
     Ok(())
 }
 
+/// How the worker reads each source: the hop between windows, and the connection's decoding
+/// settings (`audiotext_option`).
+#[derive(Clone, Copy)]
+struct Reading {
+    hop_seconds: Option<f32>,
+    decode: DecodeOptions,
+}
+
 /// Hands the windows of one source, L2-normalised, as rows to `emit`, which returns false when
 /// nobody wants more (the cursor is gone): the worker then stops.
 fn segment(
     encoder: &AudioEncoder,
     source: &AudioSource<'_>,
     path: Option<&str>,
-    hop_seconds: Option<f32>,
+    reading: Reading,
     stop: &AtomicBool,
     emit: &mut dyn FnMut(Segment) -> bool,
 ) -> Result<(), Error> {
     let stopped = || stop.load(Ordering::Relaxed);
-    encoder.for_each_window(source, hop_seconds, &stopped, &mut |window| {
+    encoder.for_each_window(source, reading.decode, reading.hop_seconds, &stopped, &mut |window| {
         let embedding = pool(std::slice::from_ref(&window.embedding));
         if !embedding.iter().all(|x| x.is_finite()) {
             return Err(Error::Other(super::NON_FINITE_RESULT.into()));
@@ -255,7 +263,10 @@ impl SegmentsCursor {
         let (sender, rows) = sync_channel::<Message>(CHANNEL_ROWS);
         let stop = Arc::new(AtomicBool::new(false));
         let worker_stop = stop.clone();
-        let hop = call.hop_seconds;
+        let hop = Reading {
+            hop_seconds: call.hop_seconds,
+            decode: self.registry.decode_options(),
+        };
         std::thread::Builder::new()
             .name("audiotext-segments".into())
             .spawn(move || {
@@ -306,7 +317,7 @@ impl SegmentsCursor {
 fn single(
     encoder: &AudioEncoder,
     source: &AudioSource<'_>,
-    hop: Option<f32>,
+    hop: Reading,
     stop: &AtomicBool,
     sender: &SyncSender<Message>,
 ) {
@@ -332,7 +343,7 @@ fn single(
 fn folder(
     encoder: &AudioEncoder,
     paths: &[PathBuf],
-    hop: Option<f32>,
+    hop: Reading,
     stop: &AtomicBool,
     sender: &SyncSender<Message>,
 ) {
@@ -380,7 +391,7 @@ fn folder(
 fn segment_one_file(
     encoder: &AudioEncoder,
     path: &PathBuf,
-    hop: Option<f32>,
+    hop: Reading,
     stop: &AtomicBool,
     rows: &SyncSender<Segment>,
 ) {

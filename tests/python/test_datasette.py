@@ -23,6 +23,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import ROOT
 from test_package import PLAIN_PATH, SOUNDS, fresh_venv, run, walk_recording
@@ -122,7 +124,10 @@ def test_search_page_finds_the_sound_and_plays_it(server, browser):
     box = browser.find_element(By.NAME, "q")
     box.send_keys("a rooster crowing")
     box.submit()
-    rows = browser.find_elements(By.CSS_SELECTOR, "table.audiotext-results tbody tr")
+    # submit() returns before the answer's page has loaded: wait for its rows, not the old page's.
+    results = "table.audiotext-results tbody tr"
+    WebDriverWait(browser, 60).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, results)))
+    rows = browser.find_elements(By.CSS_SELECTOR, results)
     assert rows, browser.page_source[-3000:]
     first = rows[0]
     assert first.find_element(By.CSS_SELECTOR, ".audiotext-path").text.endswith("rooster.wav"), [r.text for r in rows]
