@@ -112,6 +112,9 @@ pub struct DeclaredLength {
     /// decoding fewer frames means the file lost some. Otherwise the count is an estimate
     /// (an MP3 without such a header) or read from the file's own last page (Ogg).
     pub frames_are_declared: bool,
+    /// The header's length field holds no length: a WAV written to a pipe, whose data chunk
+    /// says 0 or 0xFFFFFFFF bytes. symphonia's frame count is then meaningless.
+    pub length_unknown: bool,
 }
 
 /// How much audio the container of a file of `file_len` bytes declares against what it holds
@@ -122,25 +125,32 @@ pub fn declared_length(
     read_at: &mut ReadAt,
 ) -> std::io::Result<DeclaredLength> {
     Ok(match container {
-        "wav" => DeclaredLength {
-            shortfall: riff_data_shortfall(file_len, read_at)?,
-            frames_are_declared: true,
-        },
+        "wav" => {
+            let data = riff_data_shortfall(file_len, read_at)?;
+            DeclaredLength {
+                frames_are_declared: !data.length_unknown,
+                ..data
+            }
+        }
         "mp4" => DeclaredLength {
             shortfall: mp4_mdat_shortfall(file_len, read_at)?,
             frames_are_declared: true,
+            length_unknown: false,
         },
         "ogg" => DeclaredLength {
             shortfall: ogg_tail_shortfall(file_len, read_at)?,
             frames_are_declared: false,
+            length_unknown: false,
         },
         "flac" => DeclaredLength {
             shortfall: None,
             frames_are_declared: true,
+            length_unknown: false,
         },
         "mp3" => DeclaredLength {
             shortfall: None,
             frames_are_declared: mp3_declares_frames(read_at)?,
+            length_unknown: false,
         },
         _ => DeclaredLength::default(),
     })
@@ -149,26 +159,28 @@ pub fn declared_length(
 /// The `data` chunk's declared size against the bytes after its header. A size of 0 or
 /// 0xFFFFFFFF is what streaming writers leave when they never come back to fill it in: no
 /// length is declared.
-fn riff_data_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Option<String>> {
+fn riff_data_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<DeclaredLength> {
     let mut pos = 12u64;
+    let mut found = DeclaredLength::default();
     while pos + 8 <= file_len {
         let head = read_at(pos, 8)?;
         let (Some(id), Some(len)) = (head.get(..4), le32(&head, 4)) else {
-            return Ok(None);
+            break;
         };
         let len = u64::from(len);
         if id == b"data" {
             let held = file_len - pos - 8;
-            if len == 0 || len == u64::from(u32::MAX) || len <= held {
-                return Ok(None);
+            found.length_unknown = len == 0 || len == u64::from(u32::MAX);
+            if !found.length_unknown && len > held {
+                found.shortfall = Some(format!(
+                    "its data chunk declares {len} bytes of samples, the file holds {held} of them"
+                ));
             }
-            return Ok(Some(format!(
-                "its data chunk declares {len} bytes of samples, the file holds {held} of them"
-            )));
+            break;
         }
         pos += 8 + len + (len & 1);
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// A top-level `mdat` (the samples) that runs past the end of the file.
@@ -267,9 +279,8 @@ fn ogg_tail_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Op
     Ok(None)
 }
 
-/// Whether the first MPEG frame (after any ID3v2 tags) is a Xing/Info header with a frame
-/// count or a VBRI header: the only MP3s whose length is declared rather than estimated.
-fn mp3_declares_frames(read_at: &mut ReadAt) -> std::io::Result<bool> {
+/// Where the ID3v2 tags at the start of a file (none, one, or several in a row) end.
+fn id3v2_end(read_at: &mut ReadAt) -> std::io::Result<u64> {
     let mut at = 0u64;
     for _ in 0..crate::audio::decode::MAX_STACKED_ID3_TAGS {
         let head = read_at(at, 10)?;
@@ -278,6 +289,13 @@ fn mp3_declares_frames(read_at: &mut ReadAt) -> std::io::Result<bool> {
         }
         at = at.saturating_add(crate::audio::decode::id3v2_tag_len(&head));
     }
+    Ok(at)
+}
+
+/// Whether the first MPEG frame (after any ID3v2 tags) is a Xing/Info header with a frame
+/// count or a VBRI header: the only MP3s whose length is declared rather than estimated.
+fn mp3_declares_frames(read_at: &mut ReadAt) -> std::io::Result<bool> {
+    let at = id3v2_end(read_at)?;
     // The Xing tag follows the side information (at most 32 bytes); VBRI sits at 36.
     let frame = read_at(at, 4 + 32 + 12)?;
     let xing = (4..frame.len().saturating_sub(7)).find(|&i| {
@@ -1073,6 +1091,50 @@ fn riff(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Check> {
     Ok(Ok(()))
 }
 
+/// The fields that make an RF64 file read as RIFF: the magic, the RIFF size and the `data`
+/// chunk's size, whose 0xFFFFFFFF placeholders stand for the 64-bit sizes of the `ds64` chunk
+/// that must come first. Audio data of 4 GiB or more does not fit in RIFF's field and is
+/// refused, with the reason, rather than read in part.
+pub fn rf64_as_riff(
+    file_len: u64,
+    read_at: &mut ReadAt,
+) -> std::io::Result<Result<Vec<(u64, [u8; 4])>, String>> {
+    let ds64 = read_at(12, 8 + 16)?;
+    if ds64.get(..4) != Some(b"ds64".as_slice()) || ds64.len() < 24 {
+        return Ok(Err("is corrupt: an RF64 file must start with a ds64 chunk; re-encode it".into()));
+    }
+    let riff_size = le64(&ds64, 8);
+    let data_size = le64(&ds64, 16);
+    let as_u32 = |n: u64| u32::try_from(n).ok().filter(|&n| n != u32::MAX);
+    let Some(data32) = as_u32(data_size) else {
+        return Ok(Err(format!(
+            "holds {data_size} bytes of audio in RF64, more than the 4 GiB this decoder reads: split it into shorter files (e.g. ffmpeg -f segment)"
+        )));
+    };
+    let mut patches = vec![(0, *b"RIFF")];
+    patches.push((4, as_u32(riff_size).unwrap_or(u32::MAX - 1).to_le_bytes()));
+    let mut pos = 12u64;
+    while pos + 8 <= file_len {
+        let head = read_at(pos, 8)?;
+        let (Some(id), Some(len)) = (head.get(..4), le32(&head, 4)) else {
+            break;
+        };
+        if id == b"data" {
+            patches.push((pos + 4, data32.to_le_bytes()));
+            return Ok(Ok(patches));
+        }
+        let len = u64::from(len);
+        pos += 8 + len + (len & 1);
+    }
+    Ok(Err("is truncated: the RF64 data ends inside its header (the file is cut short, copy it again)".into()))
+}
+
+/// A little-endian u64 at `at` (0 when `b` is too short).
+fn le64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at + 8)
+        .map_or(0, |s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
+}
+
 /// A `LIST` chunk's body: a form type, then sub-chunks that fit in it.
 fn riff_list(b: &[u8]) -> Check {
     let mut pos = 4usize;
@@ -1094,7 +1156,8 @@ fn riff_list(b: &[u8]) -> Check {
 
 /// The metadata blocks after `fLaC`, read one by one.
 fn flac(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Check> {
-    let mut pos = 4u64;
+    // Some taggers put an ID3v2 tag in front of the `fLaC` marker.
+    let mut pos = id3v2_end(read_at)?.saturating_add(4);
     loop {
         let head = read_at(pos, 4)?;
         if head.len() < 4 {

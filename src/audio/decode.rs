@@ -31,8 +31,7 @@
 //! place, never copied (`BorrowedBytes`: an hour of WAV passed as a BLOB is 600 MB); decoded
 //! audio is never held whole here.
 
-use std::fs::File;
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -244,7 +243,11 @@ fn sniff<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<&'static str>> {
             tag.resize(10, 0);
             let n = read_up_to(r, &mut tag)?;
             tag.truncate(n);
-            found = sniff_frame_header(&tag);
+            found = if tag.starts_with(b"fLaC") {
+                Some("flac")
+            } else {
+                sniff_frame_header(&tag)
+            };
             if found.is_some() {
                 break;
             }
@@ -284,6 +287,8 @@ fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
 fn sniff_head(h: &[u8]) -> Option<&'static str> {
     if h.len() >= 12 && &h[..4] == b"RIFF" && &h[8..12] == b"WAVE" {
         Some("wav")
+    } else if h.len() >= 12 && &h[..4] == b"RF64" && &h[8..12] == b"WAVE" {
+        Some("rf64")
     } else if h.starts_with(b"fLaC") {
         Some("flac")
     } else if h.starts_with(b"OggS") {
@@ -420,58 +425,39 @@ impl<'a> Decoder<'a> {
     pub fn open_with(source: AudioSource<'a>, options: DecodeOptions) -> Result<Decoder<'a>> {
         let name = source.describe();
         let mut hint = Hint::new();
-        let declared: container_check::DeclaredLength;
-        let (media, container): (Box<dyn MediaSource>, &'static str) = match source {
+        let (mut media, len): (Box<dyn MediaSource>, u64) = match source {
             AudioSource::Path(path) => {
-                let io_err = |e| Error::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                };
-                let mut file = crate::regular_file::open(path).map_err(Error::Audio)?;
-                let meta = file.metadata().map_err(io_err)?;
-                if meta.len() == 0 {
-                    return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
-                }
-                let container = sniff(&mut file)
-                    .map_err(io_err)?
-                    .ok_or_else(|| not_supported(&name))?;
-                let mut read_at = |offset, len| read_at(&mut file, offset, len);
-                let verdict = container_check::check(container, meta.len(), &mut read_at);
-                refuse(&name, container, verdict.map_err(io_err)?)?;
-                declared = container_check::declared_length(container, meta.len(), &mut read_at)
-                    .map_err(io_err)?;
-                file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+                let file = crate::regular_file::open(path).map_err(Error::Audio)?;
+                let len = file.metadata().map_err(|e| io_error(&name, e))?.len();
                 if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
                     hint.with_extension(ext);
                 }
-                (Box::new(file), container)
+                (Box::new(file), len)
             }
-            AudioSource::Bytes(bytes) => {
-                if bytes.is_empty() {
-                    return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
-                }
-                // Reading from memory cannot fail.
-                let container = sniff(&mut Cursor::new(bytes))
-                    .unwrap_or(None)
-                    .ok_or_else(|| not_supported(&name))?;
-                let mut read_at = |offset: u64, len: usize| {
-                    let start = usize::try_from(offset)
-                        .unwrap_or(usize::MAX)
-                        .min(bytes.len());
-                    Ok(bytes[start..start.saturating_add(len).min(bytes.len())].to_vec())
-                };
-                let verdict = container_check::check(container, bytes.len() as u64, &mut read_at)
-                    .expect("reading memory cannot fail");
-                refuse(&name, container, verdict)?;
-                declared =
-                    container_check::declared_length(container, bytes.len() as u64, &mut read_at)
-                        .expect("reading memory cannot fail");
-                // SAFETY: the reader lives inside the returned `Decoder<'a>` (or is dropped
-                // here on error), and `bytes` lives for `'a`.
-                (Box::new(unsafe { BorrowedBytes::new(bytes) }), container)
-            }
+            // SAFETY: the reader lives inside the returned `Decoder<'a>` (or is dropped here
+            // on error), and `bytes` lives for `'a`.
+            AudioSource::Bytes(bytes) => (Box::new(unsafe { BorrowedBytes::new(bytes) }), bytes.len() as u64),
         };
-        let mut media = media;
+        if len == 0 {
+            return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
+        }
+        let io = |e| io_error(&name, e);
+        let mut container = sniff(&mut media).map_err(io)?.ok_or_else(|| not_supported(&name))?;
+        if container == "rf64" {
+            // RF64 is RIFF with 64-bit sizes in a ds64 chunk: symphonia reads it as RIFF once
+            // the sizes are put back where RIFF keeps them.
+            let mut raw = |offset, n| read_at(&mut media, offset, n);
+            let patches = container_check::rf64_as_riff(len, &mut raw)
+                .map_err(io)?
+                .map_err(|why| Error::Audio(format!("{name} {why}")))?;
+            media = Box::new(Patched { inner: media, patches, pos: 0 });
+            container = "wav";
+        }
+        let mut read = |offset, n| read_at(&mut media, offset, n);
+        let verdict = container_check::check(container, len, &mut read).map_err(io)?;
+        refuse(&name, container, verdict)?;
+        let declared = container_check::declared_length(container, len, &mut read).map_err(io)?;
+        media.seek(SeekFrom::Start(0)).map_err(io)?;
         if let Some(what) = &declared.shortfall {
             if options.truncated == TruncatedAudio::Refuse {
                 return Err(cut_short(&name, what));
@@ -551,7 +537,8 @@ impl<'a> Decoder<'a> {
             Ok(Err(e)) => return Err(Error::Audio(format!("{name} is corrupt ({e}): re-encode it"))),
             Ok(Ok(c)) => c,
         };
-        let frames = params.n_frames;
+        // A WAV written to a pipe declares no length: symphonia's count is its placeholder.
+        let frames = params.n_frames.filter(|_| !declared.length_unknown);
         let mut decoder = Decoder {
             name,
             info: AudioInfo {
@@ -715,8 +702,12 @@ impl<'a> Decoder<'a> {
         let rate = f64::from(self.info.sample_rate.max(1));
         let short = declared.saturating_sub(self.samples) > SHORT_FRAMES_TOLERATED;
         (short && self.options.truncated == TruncatedAudio::Refuse).then(|| {
+            let skipped = match self.skipped_packets {
+                0 => String::new(),
+                n => format!(" after {n} malformed packets were skipped"),
+            };
             let what = format!(
-                "its headers declare {declared} frames ({:.2} s), the file holds {} ({:.2} s)",
+                "its headers declare {declared} frames ({:.2} s), the file holds {} ({:.2} s){skipped}",
                 declared as f64 / rate,
                 self.samples,
                 self.samples as f64 / rate
@@ -739,11 +730,55 @@ impl<'a> Decoder<'a> {
 
 /// Up to `len` bytes of `file` at `offset` (fewer at its end); `len` never exceeds the file's
 /// size (container_check checks a length before reading it).
-fn read_at(file: &mut File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+fn read_at<R: Read + Seek + ?Sized>(file: &mut R, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.take(len as u64).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+fn io_error(name: &str, e: std::io::Error) -> Error {
+    Error::Audio(format!("{name}: cannot be read ({e}): check the file and its permissions"))
+}
+
+/// A source read with a few 4-byte fields replaced (`container_check::rf64_as_riff`).
+struct Patched {
+    inner: Box<dyn MediaSource>,
+    patches: Vec<(u64, [u8; 4])>,
+    pos: u64,
+}
+
+impl Read for Patched {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for (at, bytes) in &self.patches {
+            for (i, b) in bytes.iter().enumerate() {
+                let Some(k) = (at + i as u64).checked_sub(self.pos) else { continue };
+                if k < n as u64 {
+                    buf[k as usize] = *b;
+                }
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Patched {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        self.pos = self.inner.seek(to)?;
+        Ok(self.pos)
+    }
+}
+
+impl MediaSource for Patched {
+    fn is_seekable(&self) -> bool {
+        self.inner.is_seekable()
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        self.inner.byte_len()
+    }
 }
 
 /// A header that `container_check` refused, as the message for `name`.
@@ -832,6 +867,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     #[test]
     fn borrowed_bytes_read_and_seek_like_a_cursor() {
@@ -881,6 +917,16 @@ mod tests {
         assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), Some("mp3"));
         tagged.truncate(14);
         assert_eq!(sniff(&mut Cursor::new(&tagged)).unwrap(), None);
+        // Two tags in a row (v2.3, then v2.4 with its footer flag), then the frame; and a
+        // tag in front of a FLAC stream.
+        let mut stacked = b"ID3\x03\0\0\0\0\0\x02ab".to_vec();
+        stacked.extend_from_slice(b"ID3\x04\0\x10\0\0\0\x01c");
+        stacked.extend_from_slice(b"3DI\x04\0\x10\0\0\0\x01");
+        stacked.extend_from_slice(&[0xff, 0xfb, 0x90, 0x64]);
+        assert_eq!(sniff(&mut Cursor::new(&stacked)).unwrap(), Some("mp3"));
+        let mut flac = b"ID3\x03\0\0\0\0\0\x02ab".to_vec();
+        flac.extend_from_slice(b"fLaC\0\0\0\x22");
+        assert_eq!(sniff(&mut Cursor::new(&flac)).unwrap(), Some("flac"));
     }
 
     /// A mono float WAV of `samples`.

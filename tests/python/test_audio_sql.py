@@ -196,7 +196,11 @@ def test_truncated_and_corrupt_files(aconn, reference_wav, tmp_path):
     with pytest.raises(sqlite3.OperationalError, match="audio_embed: .*cut.wav"):
         aconn.execute("SELECT audio_embed('a', ?)", (str(tmp_path / "cut.wav"),)).fetchone()
     (tmp_path / "half.wav").write_bytes(data[: len(data) // 2])
+    with pytest.raises(sqlite3.OperationalError, match="audio_embed: .*half.wav is truncated: its data chunk declares"):
+        embed(aconn, str(tmp_path / "half.wav"))
+    aconn.execute("SELECT audiotext_option('truncated_audio', 'partial')")
     assert len(embed(aconn, str(tmp_path / "half.wav"))) == 384
+    aconn.execute("SELECT audiotext_option('truncated_audio', 'error')")
     if ma.have_sox():
         ma.encode(reference_wav, tmp_path / "x.flac")
         flac = bytearray((tmp_path / "x.flac").read_bytes())
