@@ -31,28 +31,61 @@ pub fn clip_features(path: &Path, fe: &FrontEnd, mel: &MelExtractor) -> Result<F
 }
 
 /// Features of every path (in order), from the cache or computed in parallel. `progress` is
-/// called once per clip. Returns the features and the number of cache hits.
+/// called once per clip. Returns the features and the number of cache hits; the first file
+/// that cannot be decoded is an error.
 pub fn dataset_features(
     paths: &[&Path],
     fe: &FrontEnd,
     cache: &FeatureCache,
     progress: impl Fn() + Sync,
 ) -> Result<(Vec<Arc<Features>>, usize)> {
+    let (features, hits, bad) = decodable_features(paths, fe, cache, progress)?;
+    if let Some((_, error)) = bad.into_iter().next() {
+        anyhow::bail!("{error}");
+    }
+    Ok((features.into_iter().flatten().collect(), hits))
+}
+
+/// Same as `dataset_features`, but a file that cannot be decoded is `None`, and listed (its
+/// index and the error) instead of stopping the run: training skips it (`fit --max-bad-share`).
+pub fn decodable_features(
+    paths: &[&Path],
+    fe: &FrontEnd,
+    cache: &FeatureCache,
+    progress: impl Fn() + Sync,
+) -> Result<FeatureResults> {
     let mel = MelExtractor::new(fe).context("invalid front-end settings")?;
     let hits = std::sync::atomic::AtomicUsize::new(0);
-    let features: Vec<Arc<Features>> = paths
+    let results: Vec<Result<Arc<Features>>> = paths
         .par_iter()
         .map(|path| {
-            let (f, hit) = cache.get_or_compute(path, fe, |p| clip_features(p, fe, &mel))?;
+            let computed = cache.get_or_compute(path, fe, |p| clip_features(p, fe, &mel));
+            progress();
+            let (f, hit) = computed?;
             if hit {
                 hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            progress();
             Ok(Arc::new(f))
         })
-        .collect::<Result<_>>()?;
-    Ok((features, hits.into_inner()))
+        .collect();
+    let mut bad = Vec::new();
+    let features = results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| match r {
+            Ok(f) => Some(f),
+            Err(e) => {
+                bad.push((i, format!("{e:#}")));
+                None
+            }
+        })
+        .collect();
+    Ok((features, hits.into_inner(), bad))
 }
+
+/// Each path's features (`None`: undecodable), the cache hits, and the undecodable files'
+/// indices with their errors.
+pub type FeatureResults = (Vec<Option<Arc<Features>>>, usize, Vec<(usize, String)>);
 
 /// The same features with each clip's signal attached (`Features::waveform`), for encoders
 /// that read the waveform. Decoded again, in parallel: the feature cache holds log-mel only.

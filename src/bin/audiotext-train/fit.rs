@@ -85,6 +85,10 @@ pub struct FitArgs {
     pub mix_per_clip: usize,
     /// Cross-validation: split the recordings into this many class-balanced folds and
     /// validate on fold --fold (overrides --val-fraction; generic layout only).
+    /// Files that cannot be decoded are skipped, named and counted in the run's config; more
+    /// than this share of them fails the run.
+    #[arg(long, default_value_t = crate::run::DEFAULT_MAX_BAD_SHARE)]
+    pub max_bad_share: f64,
     #[arg(long, requires = "fold")]
     pub folds: Option<usize>,
     /// Which fold validates (0-based), with --folds.
@@ -508,6 +512,8 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
             train_clips: 0,
             validation_files: Vec::new(),
             license,
+            max_bad_share: args.max_bad_share,
+            skipped_files: Vec::new(),
         }),
         text_bundle: Some(
             args.text_bundle
@@ -584,16 +590,40 @@ pub fn prepare(
             config.data.as_mut().expect("data").validation_split = v.split().map(String::from);
         }
     }
-    let mut all: Vec<&audiotext0::train::data::Clip> = train_set.clips.iter().collect();
+    // Every file is decoded before the split, so that one that cannot be is left out of both
+    // sides (named, counted, and the run fails only above --max-bad-share), not found after
+    // minutes of work.
+    let start = Instant::now();
+    let listed: Vec<&audiotext0::train::data::Clip> = train_set
+        .clips
+        .iter()
+        .chain(val_set.iter().flat_map(|v| v.clips.iter()))
+        .collect();
+    let listed_paths: Vec<&Path> = listed.iter().map(|c| c.path.as_path()).collect();
+    let bar = ProgressBar::new(listed.len() as u64)
+        .with_style(bar_style("clips"))
+        .with_message("log-mel features");
+    let (decoded, hits, bad) = crate::features::decodable_features(
+        &listed_paths,
+        &config.front_end,
+        &FeatureCache::new(cache_root),
+        || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let skipped = crate::run::check_bad_files(&bad, &listed_paths, data.max_bad_share)?;
+    let kept_train = (0..train_set.clips.len())
+        .filter(|&i| decoded[i].is_some())
+        .count();
+    let (all, features): (Vec<&audiotext0::train::data::Clip>, Vec<Arc<Features>>) = listed
+        .into_iter()
+        .zip(decoded)
+        .filter_map(|(clip, f)| f.map(|f| (clip, f)))
+        .unzip();
     let (train, validation) = match &val_set {
-        Some(v) => {
-            let n = all.len();
-            all.extend(v.clips.iter());
-            (
-                (0..n).collect::<Vec<_>>(),
-                (n..all.len()).collect::<Vec<_>>(),
-            )
-        }
+        Some(_) => (
+            (0..kept_train).collect::<Vec<_>>(),
+            (kept_train..all.len()).collect::<Vec<_>>(),
+        ),
         None => {
             let groups: Vec<String> = all.iter().map(|c| c.recording.clone()).collect();
             let labels: Option<Vec<String>> = train_set.has_labels().then(|| {
@@ -637,6 +667,7 @@ pub fn prepare(
     }
     {
         let info = config.data.as_mut().expect("data");
+        info.skipped_files = skipped;
         info.train_clips = train.len();
         info.validation_files = validation
             .iter()
@@ -644,18 +675,7 @@ pub fn prepare(
             .collect();
     }
 
-    let start = Instant::now();
     let paths: Vec<&Path> = all.iter().map(|c| c.path.as_path()).collect();
-    let bar = ProgressBar::new(paths.len() as u64)
-        .with_style(bar_style("clips"))
-        .with_message("log-mel features");
-    let (features, hits) = crate::features::dataset_features(
-        &paths,
-        &config.front_end,
-        &FeatureCache::new(cache_root),
-        || bar.inc(1),
-    )?;
-    bar.finish_and_clear();
     let features = if config.model.encoder.architecture.needs_waveform() {
         crate::features::with_waveforms(features, &paths, &config.front_end)?
     } else {

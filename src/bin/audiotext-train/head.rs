@@ -351,7 +351,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     wanted.extend(validation_paths.iter().cloned());
     let paths: Vec<&Path> = wanted.iter().map(|(_, p)| p.as_path()).collect();
     let (items, hits, bad) = backbone_cache.file_items(&paths, &fe, &windowing, &runner)?;
-    check_bad_files(&bad, &paths, args.max_bad_share)?;
+    let skipped = crate::run::check_bad_files(&bad, &paths, args.max_bad_share)?;
     let windows: usize = items.iter().flatten().map(|i| i.count).sum();
     let (mut train_items, mut validation_items) = (Vec::new(), Vec::new());
     let (mut kept_train, mut kept_validation) = (Vec::new(), Vec::new());
@@ -548,6 +548,8 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
                 .map(|&i| clips[i].file_name.clone())
                 .collect(),
             license: read_license(&args.data),
+            max_bad_share: args.max_bad_share,
+            skipped_files: skipped,
         }),
         text_bundle: Some(args.text_bundle.clone()),
         text_key: Some(embeddings.key.clone()),
@@ -771,38 +773,6 @@ fn restrict_training(
         );
     }
     Ok(kept)
-}
-
-/// Fails when more than `max_share` of the files could not be decoded; otherwise names each.
-fn check_bad_files(bad: &[(usize, String)], paths: &[&Path], max_share: f64) -> Result<()> {
-    if bad.is_empty() {
-        return Ok(());
-    }
-    for (i, error) in bad.iter().take(20) {
-        eprintln!("skipped: {}: {error}", paths[*i].display());
-    }
-    if bad.len() > 20 {
-        eprintln!("skipped: ... and {} more", bad.len() - 20);
-    }
-    let share = bad.len() as f64 / paths.len().max(1) as f64;
-    println!(
-        "skipped: {} of {} files cannot be decoded ({:.1}%)",
-        bad.len(),
-        paths.len(),
-        100.0 * share
-    );
-    if share > max_share {
-        bail!(
-            "{} of {} files ({:.1}%) cannot be decoded, more than --max-bad-share {max_share}: \
-             fix or remove them (the first: {}: {})",
-            bad.len(),
-            paths.len(),
-            100.0 * share,
-            paths[bad[0].0].display(),
-            bad[0].1
-        );
-    }
-    Ok(())
 }
 
 /// Items that must all exist (augmented copies of clips that decoded once already).

@@ -77,6 +77,70 @@ pub struct DataInfo {
     pub validation_files: Vec<String>,
     /// Licence of the data, read from the dataset's LICENSE file when present.
     pub license: Option<String>,
+    /// The share of files that may be undecodable and skipped before the run fails.
+    #[serde(default = "default_max_bad_share")]
+    pub max_bad_share: f64,
+    /// Files that could not be decoded and were left out, with the error of each.
+    #[serde(default)]
+    pub skipped_files: Vec<SkippedFile>,
+}
+
+/// `--max-bad-share` unless a run says otherwise: a bad file in fifty.
+pub const DEFAULT_MAX_BAD_SHARE: f64 = 0.02;
+
+fn default_max_bad_share() -> f64 {
+    DEFAULT_MAX_BAD_SHARE
+}
+
+/// Names the files that cannot be decoded (`bad`: indices into `paths`, with their errors),
+/// counts them, and fails when they are more than `max_share` of the data: a run does not
+/// lose minutes of work to one bad file, nor train on a folder that is mostly broken.
+pub fn check_bad_files(
+    bad: &[(usize, String)],
+    paths: &[&Path],
+    max_share: f64,
+) -> Result<Vec<SkippedFile>> {
+    if bad.is_empty() {
+        return Ok(Vec::new());
+    }
+    for (i, error) in bad.iter().take(20) {
+        eprintln!("skipped: {}: {error}", paths[*i].display());
+    }
+    if bad.len() > 20 {
+        eprintln!("skipped: ... and {} more", bad.len() - 20);
+    }
+    let share = bad.len() as f64 / paths.len().max(1) as f64;
+    println!(
+        "skipped: {} of {} files cannot be decoded ({:.1}%)",
+        bad.len(),
+        paths.len(),
+        100.0 * share
+    );
+    if share > max_share {
+        bail!(
+            "{} of {} files ({:.1}%) cannot be decoded, more than --max-bad-share {max_share}: \
+             fix or remove them (the first: {}: {})",
+            bad.len(),
+            paths.len(),
+            100.0 * share,
+            paths[bad[0].0].display(),
+            bad[0].1
+        );
+    }
+    Ok(bad
+        .iter()
+        .map(|(i, error)| SkippedFile {
+            file: paths[*i].display().to_string(),
+            error: error.clone(),
+        })
+        .collect())
+}
+
+/// A dataset file training left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    pub file: String,
+    pub error: String,
 }
 
 /// One fold of a cross-validation.
