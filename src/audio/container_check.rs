@@ -1610,4 +1610,100 @@ mod tests {
         id3[14..18].copy_from_slice(&[0, 0, 0, 2]);
         assert_eq!(run("mp3", &id3), Ok(()));
     }
+
+    fn declared(container: &str, b: &[u8]) -> DeclaredLength {
+        let mut read_at = |offset: u64, len: usize| {
+            let start = (offset as usize).min(b.len());
+            Ok(b[start..start.saturating_add(len).min(b.len())].to_vec())
+        };
+        declared_length(container, b.len() as u64, &mut read_at).unwrap()
+    }
+
+    fn wav(data_len: u32, held: usize) -> Vec<u8> {
+        let mut w = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0".to_vec();
+        w.extend_from_slice(&[1, 0, 1, 0, 0x80, 0x3e, 0, 0, 0, 0x7d, 0, 0, 2, 0, 16, 0]);
+        w.extend_from_slice(b"data");
+        w.extend_from_slice(&data_len.to_le_bytes());
+        w.extend(std::iter::repeat(0u8).take(held));
+        w
+    }
+
+    #[test]
+    fn a_wav_data_chunk_longer_than_the_file_is_a_shortfall_unless_it_states_no_length() {
+        let cut = declared("wav", &wav(96000, 16));
+        assert_eq!(
+            cut.shortfall.as_deref(),
+            Some("its data chunk declares 96000 bytes of samples, the file holds 16 of them")
+        );
+        assert!(cut.frames_are_declared);
+        assert_eq!(declared("wav", &wav(16, 16)).shortfall, None);
+        for unknown in [0, u32::MAX] {
+            let piped = declared("wav", &wav(unknown, 64));
+            assert!(piped.shortfall.is_none() && piped.length_unknown && !piped.frames_are_declared);
+        }
+    }
+
+    #[test]
+    fn rf64_reads_as_riff_with_its_ds64_sizes() {
+        let mut f = b"RF64\xff\xff\xff\xffWAVEds64\x1c\0\0\0".to_vec();
+        f.extend_from_slice(&100u64.to_le_bytes()); // RIFF size
+        f.extend_from_slice(&64u64.to_le_bytes()); // data size
+        f.extend_from_slice(&32u64.to_le_bytes()); // sample count
+        f.extend_from_slice(&0u32.to_le_bytes()); // table length
+        let data_at = f.len() as u64;
+        f.extend_from_slice(b"data\xff\xff\xff\xff");
+        f.extend(std::iter::repeat(0u8).take(64));
+        let mut read_at = |offset: u64, len: usize| {
+            let start = (offset as usize).min(f.len());
+            Ok(f[start..start.saturating_add(len).min(f.len())].to_vec())
+        };
+        let patches = rf64_as_riff(f.len() as u64, &mut read_at).unwrap().unwrap();
+        assert_eq!(
+            patches,
+            vec![(0, *b"RIFF"), (4, 100u32.to_le_bytes()), (data_at + 4, 64u32.to_le_bytes())]
+        );
+        // 4 GiB of audio data does not fit in RIFF's field: refused, not read in part.
+        f[32..40].copy_from_slice(&(5u64 << 30).to_le_bytes());
+        let mut read_at = |offset: u64, len: usize| {
+            let start = (offset as usize).min(f.len());
+            Ok(f[start..start.saturating_add(len).min(f.len())].to_vec())
+        };
+        let refused = rf64_as_riff(f.len() as u64, &mut read_at).unwrap().unwrap_err();
+        assert!(refused.contains("more than the 4 GiB"), "{refused}");
+    }
+
+    #[test]
+    fn ogg_crc_is_the_unreflected_crc32_with_no_final_xor() {
+        // CRC-32/CKSUM's check value for "123456789" is 0x765E7680 after its final xor.
+        assert_eq!(ogg_crc(b"123456789"), 0x765e_7680 ^ 0xffff_ffff);
+    }
+
+    /// One Ogg page with a correct checksum around `body` (one segment of up to 255 bytes).
+    fn ogg_page(body: &[u8], flags: u8) -> Vec<u8> {
+        let mut page = b"OggS\0".to_vec();
+        page.push(flags);
+        page.extend_from_slice(&[0; 8 + 4 + 4 + 4]); // granule, serial, sequence, checksum
+        page.push(1);
+        page.push(body.len() as u8);
+        page.extend_from_slice(body);
+        let crc = ogg_crc(&page);
+        page[22..26].copy_from_slice(&crc.to_le_bytes());
+        page
+    }
+
+    #[test]
+    fn an_ogg_file_whose_last_page_is_cut_is_a_shortfall() {
+        let mut file = ogg_page(&[7; 200], 2);
+        file.extend(ogg_page(&[9; 200], 4));
+        assert_eq!(declared("ogg", &file).shortfall, None);
+        file.truncate(file.len() - 50);
+        assert_eq!(
+            declared("ogg", &file).shortfall.as_deref(),
+            Some("its last Ogg page declares 228 bytes, the file holds 178 of them")
+        );
+        // "OggS" inside data, with no page whose checksum holds: nothing is claimed.
+        let mut noise = b"OggS\0\x04".to_vec();
+        noise.extend_from_slice(&[1; 300]);
+        assert_eq!(declared("ogg", &noise).shortfall, None);
+    }
 }

@@ -176,6 +176,8 @@ fn config(fe: &FrontEnd, text_bundle: &Path, text_key: String, epochs: usize) ->
             train_clips: 8,
             validation_files: Vec::new(),
             license: Some("CC BY-NC 3.0".into()),
+            max_bad_share: crate::run::DEFAULT_MAX_BAD_SHARE,
+            skipped_files: Vec::new(),
         }),
         text_bundle: Some(text_bundle.to_path_buf()),
         text_key: Some(text_key),
