@@ -61,6 +61,19 @@ seeds() {
             "${ff[@]}" -metadata title=tagged -metadata artist=fuzz -c:a libmp3lame "$dir/id3.mp3" 2>/dev/null || true
             "${ff[@]}" -metadata title=tagged -c:a aac "$dir/tagged.m4a"
             "${ff[@]}" -metadata title=tagged -c:a pcm_s16le "$dir/list.wav"
+            # What the truncation and conformance code reads (issue 22): RF64 and its ds64
+            # sizes, a WAV written to a pipe, an M4A with its moov first, MPEG-2.5, and ID3v2
+            # tags stacked in front of an MP3 and in front of a FLAC stream.
+            "${ff[@]}" -c:a pcm_s16le -rf64 always "$dir/rf64.wav"
+            "${ff[@]}" -c:a pcm_s16le -f wav - > "$dir/piped.wav"
+            "${ff[@]}" -c:a aac -movflags +faststart "$dir/faststart.m4a"
+            "${ff[@]}" -c:a libmp3lame -ar 8000 "$dir/mpeg25.mp3" 2>/dev/null || true
+            if [ -f "$dir/id3.mp3" ] && [ -f "$dir/tone.flac" ]; then
+                local tag
+                tag=$(head -c 10 "$dir/id3.mp3" | od -An -tu1 | awk '{print (($7%128)*2097152)+(($8%128)*16384)+(($9%128)*128)+($10%128)+10}')
+                { head -c "$tag" "$dir/id3.mp3"; cat "$dir/id3.mp3"; } > "$dir/stacked-id3.mp3"
+                { head -c "$tag" "$dir/id3.mp3"; cat "$dir/tone.flac"; } > "$dir/id3-in-front.flac"
+            fi
         else
             echo "ffmpeg missing: no m4a/mkv seeds" >&2
         fi

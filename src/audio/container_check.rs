@@ -1679,7 +1679,7 @@ mod tests {
     }
 
     /// One Ogg page with a correct checksum around `body` (one segment of up to 255 bytes).
-    fn ogg_page(body: &[u8], flags: u8) -> Vec<u8> {
+    fn checksummed_ogg_page(body: &[u8], flags: u8) -> Vec<u8> {
         let mut page = b"OggS\0".to_vec();
         page.push(flags);
         page.extend_from_slice(&[0; 8 + 4 + 4 + 4]); // granule, serial, sequence, checksum
@@ -1693,8 +1693,8 @@ mod tests {
 
     #[test]
     fn an_ogg_file_whose_last_page_is_cut_is_a_shortfall() {
-        let mut file = ogg_page(&[7; 200], 2);
-        file.extend(ogg_page(&[9; 200], 4));
+        let mut file = checksummed_ogg_page(&[7; 200], 2);
+        file.extend(checksummed_ogg_page(&[9; 200], 4));
         assert_eq!(declared("ogg", &file).shortfall, None);
         file.truncate(file.len() - 50);
         assert_eq!(
