@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use audiotext0::audio::decode::{probe, AudioSource, Decoder, SUPPORTED_FORMATS};
+use audiotext0::audio::decode::{
+    probe, AudioSource, DecodeOptions, Decoder, TruncatedAudio, SUPPORTED_FORMATS,
+};
 use audiotext0::audio::{
     decode_mono, log_mel_windows, window_bounds, FrontEnd, LogMelWindows, MelExtractor, Windowing,
 };
@@ -390,18 +392,30 @@ fn bad_inputs_give_distinct_errors() {
         "{e_dir}"
     );
 
-    // Header only: a valid WAV with no sample.
+    // Header only: a WAV whose data chunk declares a second of samples, none of them there.
     let e_no_audio = err_of(AudioSource::Bytes(&good[..44]));
     assert!(
-        e_no_audio.starts_with("audio blob contains no audio samples"),
+        e_no_audio.starts_with(
+            "audio blob is truncated: its data chunk declares 32000 bytes of samples, the file holds 0 of them"
+        ),
         "{e_no_audio}"
     );
     // Cut inside the header.
     let e_cut = err_of(AudioSource::Bytes(&good[..30]));
     assert!(e_cut.starts_with("audio blob is truncated"), "{e_cut}");
-    // Cut inside the data: the audio before the cut.
-    let partial = decode_all(AudioSource::Bytes(&good[..44 + 2000])).unwrap();
-    assert_eq!(partial.len(), 1000);
+    // Cut inside the data: an error by default, the audio before the cut when asked for.
+    let cut_data = AudioSource::Bytes(&good[..44 + 2000]);
+    let e_cut_data = err_of(cut_data);
+    assert!(e_cut_data.contains("the file holds 2000 of them"), "{e_cut_data}");
+    let partial = DecodeOptions {
+        truncated: TruncatedAudio::Partial,
+    };
+    let mut d = Decoder::open_with(cut_data, partial).unwrap();
+    let mut samples = 0;
+    while let Some(chunk) = d.next_mono_chunk().unwrap() {
+        samples += chunk.len();
+    }
+    assert_eq!(samples, 1000);
     // A malformed header: zero channels.
     let mut zero_ch = good.clone();
     zero_ch[22] = 0;
