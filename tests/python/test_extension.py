@@ -19,6 +19,8 @@ from conftest import DEFAULT_BUNDLE, DIST, EXTENSION, ROOT, open_connection
 DECLARED_FUNCTIONS = {
     ("audiotext_debug", 0),
     ("audiotext_finite", 1),
+    ("audiotext_option", 1),
+    ("audiotext_option", 2),
     ("audiotext_runtime", 1),
     ("audiotext_version", 0),
     ("text_embed", 1),
@@ -96,7 +98,10 @@ def test_flags_are_chosen_per_function(conn):
     # A pure check, usable in CHECK constraints of any schema.
     assert rows[("audiotext_finite", 1)] & SQLITE_DETERMINISTIC
     assert rows[("audiotext_finite", 1)] & SQLITE_INNOCUOUS
-    for key in [("text_embed", 1), ("text_embed", 2), ("audiotext_debug", 0)]:
+    # Setting a connection option is for top-level SQL only; reading one is harmless.
+    assert rows[("audiotext_option", 2)] & SQLITE_DIRECTONLY
+    assert not rows[("audiotext_option", 1)] & SQLITE_DIRECTONLY
+    for key in [("text_embed", 1), ("text_embed", 2), ("audiotext_debug", 0), ("audiotext_option", 1)]:
         assert not rows[key] & SQLITE_DETERMINISTIC, key
         assert not rows[key] & SQLITE_INNOCUOUS, key
 
