@@ -406,7 +406,10 @@ fn bad_inputs_give_distinct_errors() {
     // Cut inside the data: an error by default, the audio before the cut when asked for.
     let cut_data = AudioSource::Bytes(&good[..44 + 2000]);
     let e_cut_data = err_of(cut_data);
-    assert!(e_cut_data.contains("the file holds 2000 of them"), "{e_cut_data}");
+    assert!(
+        e_cut_data.contains("the file holds 2000 of them"),
+        "{e_cut_data}"
+    );
     let partial = DecodeOptions {
         truncated: TruncatedAudio::Partial,
     };

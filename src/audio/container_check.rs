@@ -1101,7 +1101,9 @@ pub fn rf64_as_riff(
 ) -> std::io::Result<Result<Vec<(u64, [u8; 4])>, String>> {
     let ds64 = read_at(12, 8 + 16)?;
     if ds64.get(..4) != Some(b"ds64".as_slice()) || ds64.len() < 24 {
-        return Ok(Err("is corrupt: an RF64 file must start with a ds64 chunk; re-encode it".into()));
+        return Ok(Err(
+            "is corrupt: an RF64 file must start with a ds64 chunk; re-encode it".into(),
+        ));
     }
     let riff_size = le64(&ds64, 8);
     let data_size = le64(&ds64, 16);
@@ -1126,7 +1128,10 @@ pub fn rf64_as_riff(
         let len = u64::from(len);
         pos += 8 + len + (len & 1);
     }
-    Ok(Err("is truncated: the RF64 data ends inside its header (the file is cut short, copy it again)".into()))
+    Ok(Err(
+        "is truncated: the RF64 data ends inside its header (the file is cut short, copy it again)"
+            .into(),
+    ))
 }
 
 /// A little-endian u64 at `at` (0 when `b` is too short).
@@ -1639,7 +1644,9 @@ mod tests {
         assert_eq!(declared("wav", &wav(16, 16)).shortfall, None);
         for unknown in [0, u32::MAX] {
             let piped = declared("wav", &wav(unknown, 64));
-            assert!(piped.shortfall.is_none() && piped.length_unknown && !piped.frames_are_declared);
+            assert!(
+                piped.shortfall.is_none() && piped.length_unknown && !piped.frames_are_declared
+            );
         }
     }
 
@@ -1660,7 +1667,11 @@ mod tests {
         let patches = rf64_as_riff(f.len() as u64, &mut read_at).unwrap().unwrap();
         assert_eq!(
             patches,
-            vec![(0, *b"RIFF"), (4, 100u32.to_le_bytes()), (data_at + 4, 64u32.to_le_bytes())]
+            vec![
+                (0, *b"RIFF"),
+                (4, 100u32.to_le_bytes()),
+                (data_at + 4, 64u32.to_le_bytes())
+            ]
         );
         // 4 GiB of audio data does not fit in RIFF's field: refused, not read in part.
         f[32..40].copy_from_slice(&(5u64 << 30).to_le_bytes());
@@ -1668,7 +1679,9 @@ mod tests {
             let start = (offset as usize).min(f.len());
             Ok(f[start..start.saturating_add(len).min(f.len())].to_vec())
         };
-        let refused = rf64_as_riff(f.len() as u64, &mut read_at).unwrap().unwrap_err();
+        let refused = rf64_as_riff(f.len() as u64, &mut read_at)
+            .unwrap()
+            .unwrap_err();
         assert!(refused.contains("more than the 4 GiB"), "{refused}");
     }
 

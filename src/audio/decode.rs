@@ -436,13 +436,18 @@ impl<'a> Decoder<'a> {
             }
             // SAFETY: the reader lives inside the returned `Decoder<'a>` (or is dropped here
             // on error), and `bytes` lives for `'a`.
-            AudioSource::Bytes(bytes) => (Box::new(unsafe { BorrowedBytes::new(bytes) }), bytes.len() as u64),
+            AudioSource::Bytes(bytes) => (
+                Box::new(unsafe { BorrowedBytes::new(bytes) }),
+                bytes.len() as u64,
+            ),
         };
         if len == 0 {
             return Err(Error::Audio(format!("{name} is empty (0 bytes)")));
         }
         let io = |e| io_error(&name, e);
-        let mut container = sniff(&mut media).map_err(io)?.ok_or_else(|| not_supported(&name))?;
+        let mut container = sniff(&mut media)
+            .map_err(io)?
+            .ok_or_else(|| not_supported(&name))?;
         if container == "rf64" {
             // RF64 is RIFF with 64-bit sizes in a ds64 chunk: symphonia reads it as RIFF once
             // the sizes are put back where RIFF keeps them.
@@ -450,7 +455,11 @@ impl<'a> Decoder<'a> {
             let patches = container_check::rf64_as_riff(len, &mut raw)
                 .map_err(io)?
                 .map_err(|why| Error::Audio(format!("{name} {why}")))?;
-            media = Box::new(Patched { inner: media, patches, pos: 0 });
+            media = Box::new(Patched {
+                inner: media,
+                patches,
+                pos: 0,
+            });
             container = "wav";
         }
         let mut read = |offset, n| read_at(&mut media, offset, n);
@@ -730,7 +739,11 @@ impl<'a> Decoder<'a> {
 
 /// Up to `len` bytes of `file` at `offset` (fewer at its end); `len` never exceeds the file's
 /// size (container_check checks a length before reading it).
-fn read_at<R: Read + Seek + ?Sized>(file: &mut R, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+fn read_at<R: Read + Seek + ?Sized>(
+    file: &mut R,
+    offset: u64,
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.take(len as u64).read_to_end(&mut buf)?;
@@ -738,7 +751,9 @@ fn read_at<R: Read + Seek + ?Sized>(file: &mut R, offset: u64, len: usize) -> st
 }
 
 fn io_error(name: &str, e: std::io::Error) -> Error {
-    Error::Audio(format!("{name}: cannot be read ({e}): check the file and its permissions"))
+    Error::Audio(format!(
+        "{name}: cannot be read ({e}): check the file and its permissions"
+    ))
 }
 
 /// A source read with a few 4-byte fields replaced (`container_check::rf64_as_riff`).
@@ -753,7 +768,9 @@ impl Read for Patched {
         let n = self.inner.read(buf)?;
         for (at, bytes) in &self.patches {
             for (i, b) in bytes.iter().enumerate() {
-                let Some(k) = (at + i as u64).checked_sub(self.pos) else { continue };
+                let Some(k) = (at + i as u64).checked_sub(self.pos) else {
+                    continue;
+                };
                 if k < n as u64 {
                     buf[k as usize] = *b;
                 }

@@ -120,8 +120,13 @@ impl AudioEncoder {
     /// Keeps each window's waveform when the encoder takes one. Holds every window of the file:
     /// for long files, `embed` streams instead.
     pub fn features(&self, source: &AudioSource<'_>) -> Result<FileFeatures> {
-        self.features_at_most(source, DecodeOptions::default(), usize::MAX, &never_cancelled)?
-            .ok_or_else(|| Error::Other("internal error: unbounded features stopped".into()))
+        self.features_at_most(
+            source,
+            DecodeOptions::default(),
+            usize::MAX,
+            &never_cancelled,
+        )?
+        .ok_or_else(|| Error::Other("internal error: unbounded features stopped".into()))
     }
 
     /// Same as `features`, but `None` as soon as the file has more than `max_windows` windows
@@ -390,7 +395,9 @@ impl AudioEncoder {
 
     /// The embedding of a whole file: its windows' embeddings averaged, then L2-normalised.
     pub fn embed(&self, source: &AudioSource<'_>) -> Result<Vec<f32>> {
-        Ok(self.embed_cancellable(source, DecodeOptions::default(), &never_cancelled)?.embedding)
+        Ok(self
+            .embed_cancellable(source, DecodeOptions::default(), &never_cancelled)?
+            .embedding)
     }
 
     /// Same as `embed`, streaming: windows go through the encoder a batch at a time
@@ -404,10 +411,11 @@ impl AudioEncoder {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<FileEmbedding> {
         let mut sum = MeanPool::default();
-        let duration_seconds = self.for_each_window(source, options, None, cancelled, &mut |window| {
-            sum.add(&window.embedding);
-            Ok(())
-        })?;
+        let duration_seconds =
+            self.for_each_window(source, options, None, cancelled, &mut |window| {
+                sum.add(&window.embedding);
+                Ok(())
+            })?;
         Ok(FileEmbedding {
             embedding: sum.finish(),
             duration_seconds,
@@ -1093,14 +1101,22 @@ mod input_tests {
                 seconds_done,
                 seconds_total,
             }) => {
-                assert!(seconds_done >= MAX_BATCH_WINDOWS as f64 - 1.0, "{seconds_done}");
+                assert!(
+                    seconds_done >= MAX_BATCH_WINDOWS as f64 - 1.0,
+                    "{seconds_done}"
+                );
                 assert_eq!(seconds_total, Some(n as f64 / 8000.0));
             }
             other => panic!("expected Interrupted, got {other:?}"),
         }
         let windows = features.windows.len();
         assert!(encoder
-            .features_at_most(&source, DecodeOptions::default(), windows - 1, &never_cancelled)
+            .features_at_most(
+                &source,
+                DecodeOptions::default(),
+                windows - 1,
+                &never_cancelled
+            )
             .unwrap()
             .is_none());
         let at_most = encoder

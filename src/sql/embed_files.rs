@@ -315,10 +315,11 @@ impl EmbedFilesCursor {
                 }
                 Ok(None) => {
                     // Too long to hold its windows: stream it here, bounded and interruptible.
-                    match work
-                        .encoder
-                        .embed_cancellable(&AudioSource::Path(&path), work.decode, &cancelled)
-                    {
+                    match work.encoder.embed_cancellable(
+                        &AudioSource::Path(&path),
+                        work.decode,
+                        &cancelled,
+                    ) {
                         Ok(file) if file.embedding.iter().all(|x| x.is_finite()) => FileRow {
                             path: path.display().to_string(),
                             duration: Some(file.duration_seconds),

@@ -148,8 +148,12 @@ pub fn option(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
             .collect::<Vec<_>>()
             .join("; ")
     };
-    let name = args::text(ctx, 0, "the option's name")?
-        .ok_or_else(|| format!("the option's name (argument 1) is NULL; options: {}", known()))?;
+    let name = args::text(ctx, 0, "the option's name")?.ok_or_else(|| {
+        format!(
+            "the option's name (argument 1) is NULL; options: {}",
+            known()
+        )
+    })?;
     let mut options = env.registry.decode_options();
     let before = options.truncated.name();
     match name {
@@ -157,7 +161,10 @@ pub fn option(env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
             if ctx.len() == 2 {
                 let value = args::text(ctx, 1, "the option's value")?.unwrap_or("NULL");
                 options.truncated = TruncatedAudio::parse(value).ok_or_else(|| {
-                    format!("'{value}' is not a value of 'truncated_audio': use {}", OPTIONS[0].1)
+                    format!(
+                        "'{value}' is not a value of 'truncated_audio': use {}",
+                        OPTIONS[0].1
+                    )
                 })?;
                 env.registry.set_decode_options(options);
             }

@@ -61,11 +61,17 @@ impl Registry {
 
     /// How this connection decodes audio files.
     pub fn decode_options(&self) -> DecodeOptions {
-        *self.decode_options.lock().unwrap_or_else(|p| p.into_inner())
+        *self
+            .decode_options
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn set_decode_options(&self, options: DecodeOptions) {
-        *self.decode_options.lock().unwrap_or_else(|p| p.into_inner()) = options;
+        *self
+            .decode_options
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = options;
     }
 
     /// The bundle registered under `name`, or an error that says how to register one.

@@ -165,23 +165,29 @@ fn segment(
     emit: &mut dyn FnMut(Segment) -> bool,
 ) -> Result<(), Error> {
     let stopped = || stop.load(Ordering::Relaxed);
-    encoder.for_each_window(source, reading.decode, reading.hop_seconds, &stopped, &mut |window| {
-        let embedding = pool(std::slice::from_ref(&window.embedding));
-        if !embedding.iter().all(|x| x.is_finite()) {
-            return Err(Error::Other(super::NON_FINITE_RESULT.into()));
-        }
-        let row = Segment {
-            path: path.map(str::to_string),
-            start: Some(window.start),
-            end: Some(window.end),
-            embedding: Some(vector_to_blob(&embedding)),
-            error: None,
-        };
-        if !emit(row) {
-            stop.store(true, Ordering::Relaxed);
-        }
-        Ok(())
-    })?;
+    encoder.for_each_window(
+        source,
+        reading.decode,
+        reading.hop_seconds,
+        &stopped,
+        &mut |window| {
+            let embedding = pool(std::slice::from_ref(&window.embedding));
+            if !embedding.iter().all(|x| x.is_finite()) {
+                return Err(Error::Other(super::NON_FINITE_RESULT.into()));
+            }
+            let row = Segment {
+                path: path.map(str::to_string),
+                start: Some(window.start),
+                end: Some(window.end),
+                embedding: Some(vector_to_blob(&embedding)),
+                error: None,
+            };
+            if !emit(row) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        },
+    )?;
     Ok(())
 }
 
