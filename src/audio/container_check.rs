@@ -279,15 +279,26 @@ fn ogg_tail_shortfall(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Op
     Ok(None)
 }
 
+/// ID3v2 tags read in front of the audio at most: more than a few in a row is not a tagger's
+/// doing, and each costs a read.
+const MAX_STACKED_ID3_TAGS: usize = 8;
+
+/// The bytes of the ID3v2 tag whose first 10 bytes are `head`: the header, a syncsafe size,
+/// and a 10-byte footer when its flag is set.
+fn id3v2_tag_len(head: &[u8]) -> u64 {
+    let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
+    10 + syncsafe(&head[6..10]) + footer
+}
+
 /// Where the ID3v2 tags at the start of a file (none, one, or several in a row) end.
-fn id3v2_end(read_at: &mut ReadAt) -> std::io::Result<u64> {
+pub fn id3v2_end(read_at: &mut ReadAt) -> std::io::Result<u64> {
     let mut at = 0u64;
-    for _ in 0..crate::audio::decode::MAX_STACKED_ID3_TAGS {
+    for _ in 0..MAX_STACKED_ID3_TAGS {
         let head = read_at(at, 10)?;
         if head.len() < 10 || &head[..3] != b"ID3" {
             break;
         }
-        at = at.saturating_add(crate::audio::decode::id3v2_tag_len(&head));
+        at = at.saturating_add(id3v2_tag_len(&head));
     }
     Ok(at)
 }
@@ -1293,7 +1304,7 @@ fn syncsafe(b: &[u8]) -> u64 {
 /// Stacked tags (one tagger's in front of another's) are each checked.
 fn id3v2(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Check> {
     let mut at = 0u64;
-    for _ in 0..crate::audio::decode::MAX_STACKED_ID3_TAGS {
+    for _ in 0..MAX_STACKED_ID3_TAGS {
         let head = read_at(at, 10)?;
         if head.len() < 10 || &head[..3] != b"ID3" {
             break;
@@ -1306,7 +1317,7 @@ fn id3v2(file_len: u64, read_at: &mut ReadAt) -> std::io::Result<Check> {
         if let Err(e) = id3v2_frames(head[3], head[5], &body) {
             return Ok(Err(e));
         }
-        at = at.saturating_add(crate::audio::decode::id3v2_tag_len(&head));
+        at = at.saturating_add(id3v2_tag_len(&head));
     }
     Ok(Ok(()))
 }

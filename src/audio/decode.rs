@@ -232,43 +232,18 @@ fn sniff<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<&'static str>> {
     let mut found = sniff_head(head);
     if found.is_none() {
         // ID3v2 tags, possibly several in a row (taggers add one in front of another's).
-        let mut at = 0u64;
-        let mut tag = head.to_vec();
-        for _ in 0..MAX_STACKED_ID3_TAGS {
-            if tag.len() < 10 || &tag[..3] != b"ID3" {
-                break;
-            }
-            at += id3v2_tag_len(&tag);
-            r.seek(SeekFrom::Start(at))?;
-            tag.resize(10, 0);
-            let n = read_up_to(r, &mut tag)?;
-            tag.truncate(n);
-            found = if tag.starts_with(b"fLaC") {
+        let audio_at = container_check::id3v2_end(&mut |offset, len| read_at(r, offset, len))?;
+        if audio_at > 0 {
+            let after = read_at(r, audio_at, 4)?;
+            found = if after.starts_with(b"fLaC") {
                 Some("flac")
             } else {
-                sniff_frame_header(&tag)
+                sniff_frame_header(&after)
             };
-            if found.is_some() {
-                break;
-            }
         }
     }
     r.seek(SeekFrom::Start(0))?;
     Ok(found)
-}
-
-/// ID3v2 tags read in front of the audio at most: more than a few in a row is not a tagger's
-/// doing, and each costs a seek.
-pub const MAX_STACKED_ID3_TAGS: usize = 8;
-
-/// The bytes of the ID3v2 tag whose first 10 bytes are `head`: the header, a syncsafe size,
-/// and a 10-byte footer when its flag is set.
-pub fn id3v2_tag_len(head: &[u8]) -> u64 {
-    let size = head[6..10]
-        .iter()
-        .fold(0u64, |a, &b| (a << 7) | u64::from(b & 0x7f));
-    let footer = if head[5] & 0x10 != 0 { 10 } else { 0 };
-    10 + size + footer
 }
 
 fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {

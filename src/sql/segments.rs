@@ -269,7 +269,7 @@ impl SegmentsCursor {
         let (sender, rows) = sync_channel::<Message>(CHANNEL_ROWS);
         let stop = Arc::new(AtomicBool::new(false));
         let worker_stop = stop.clone();
-        let hop = Reading {
+        let reading = Reading {
             hop_seconds: call.hop_seconds,
             decode: self.registry.decode_options(),
         };
@@ -279,12 +279,16 @@ impl SegmentsCursor {
                 let stop = worker_stop;
                 match owned {
                     Owned::Path(path) => {
-                        single(&encoder, &AudioSource::Path(&path), hop, &stop, &sender)
+                        single(&encoder, &AudioSource::Path(&path), reading, &stop, &sender)
                     }
-                    Owned::Bytes(bytes) => {
-                        single(&encoder, &AudioSource::Bytes(&bytes), hop, &stop, &sender)
-                    }
-                    Owned::Files(paths) => folder(&encoder, &paths, hop, &stop, &sender),
+                    Owned::Bytes(bytes) => single(
+                        &encoder,
+                        &AudioSource::Bytes(&bytes),
+                        reading,
+                        &stop,
+                        &sender,
+                    ),
+                    Owned::Files(paths) => folder(&encoder, &paths, reading, &stop, &sender),
                 }
             })
             .map_err(|e| format!("cannot start the segmenting thread: {e}"))?;
@@ -323,12 +327,12 @@ impl SegmentsCursor {
 fn single(
     encoder: &AudioEncoder,
     source: &AudioSource<'_>,
-    hop: Reading,
+    reading: Reading,
     stop: &AtomicBool,
     sender: &SyncSender<Message>,
 ) {
     let outcome = guard("segments", || {
-        segment(encoder, source, None, hop, stop, &mut |row| {
+        segment(encoder, source, None, reading, stop, &mut |row| {
             sender.send(Ok(row)).is_ok()
         })
         .map_err(|e| e.to_string())
@@ -349,7 +353,7 @@ fn single(
 fn folder(
     encoder: &AudioEncoder,
     paths: &[PathBuf],
-    hop: Reading,
+    reading: Reading,
     stop: &AtomicBool,
     sender: &SyncSender<Message>,
 ) {
@@ -366,7 +370,7 @@ fn folder(
                 std::thread::Builder::new()
                     .name("audiotext-segments-file".into())
                     .spawn_scoped(scope, move || {
-                        segment_one_file(encoder, path, hop, stop, &file_sender)
+                        segment_one_file(encoder, path, reading, stop, &file_sender)
                     })
                     .map_err(|e| format!("cannot start a segmenting thread: {e}"))?;
                 receivers.push(file_rows);
@@ -397,7 +401,7 @@ fn folder(
 fn segment_one_file(
     encoder: &AudioEncoder,
     path: &PathBuf,
-    hop: Reading,
+    reading: Reading,
     stop: &AtomicBool,
     rows: &SyncSender<Segment>,
 ) {
@@ -407,7 +411,7 @@ fn segment_one_file(
             encoder,
             &AudioSource::Path(path),
             Some(&shown),
-            hop,
+            reading,
             stop,
             &mut |row| rows.send(row).is_ok(),
         )
