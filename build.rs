@@ -21,8 +21,11 @@ fn main() {
     // SQLite unloads an extension when the last connection that loaded it closes; ONNX Runtime
     // and our process-wide caches must outlive that, so the library is never unloaded.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
+    println!("cargo:rerun-if-changed=src/sql/vtab_in.c");
     cc::Build::new()
         .file(&c_file)
+        // Our own calls into SQLite that rusqlite's bindings lack (see the file).
+        .file("src/sql/vtab_in.c")
         // sqlite-vec ships the sqlite3.h / sqlite3ext.h it was written against.
         .include(&source_dir)
         .define("SQLITE_VEC_STATIC", None)

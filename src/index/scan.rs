@@ -88,13 +88,15 @@ impl Best {
     }
 }
 
-/// The `n` codes closest to `query_code` (the query's code under the same quantizer), best first.
+/// The `n` codes closest to `query_code` (the query's code under the same quantizer) among the
+/// live rows whose rowid `allowed` accepts, best first.
 pub fn top_candidates(
     chunks: &[&CodeChunk],
     quantizer: Quantizer,
     code_bytes: usize,
     query_code: &[u8],
     n: usize,
+    allowed: &(dyn Fn(i64) -> bool + Sync),
 ) -> Vec<Candidate> {
     if n == 0 {
         return Vec::new();
@@ -117,7 +119,8 @@ pub fn top_candidates(
                 // Most scores lose to the worst kept one: compare with it before touching the heap.
                 let mut bar = best.bar();
                 for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
-                    if live != 0 && score >= bar {
+                    // The filter last: most rows already lose on score.
+                    if live != 0 && score >= bar && allowed(chunk.rowids[slot]) {
                         best.offer(Candidate {
                             chunk: chunk_index,
                             slot,
@@ -160,14 +163,20 @@ mod tests {
         let b = chunk(q, &[[0.8, 0.2], [-1.0, 0.0]], &[1, 1]);
         let mut query = vec![0u8; q.code_bytes(2)];
         q.encode(&[1.0, 0.0], &mut query);
-        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3);
-        let places: Vec<(usize, usize)> = found.iter().map(|c| (c.chunk, c.slot)).collect();
+        let every = |_: i64| true;
+        let places = |found: Vec<Candidate>| -> Vec<(usize, usize)> {
+            found.iter().map(|c| (c.chunk, c.slot)).collect()
+        };
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &every);
         // (0, 2) is closer than (1, 0) but deleted.
-        assert_eq!(places, vec![(0, 0), (1, 0), (0, 1)]);
-        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0).is_empty());
+        assert_eq!(places(found), vec![(0, 0), (1, 0), (0, 1)]);
+        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0, &every).is_empty());
         assert_eq!(
-            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10).len(),
+            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10, &every).len(),
             4
         );
+        // A filter keeps the best of the rows it allows, however far they are.
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &|r| r != 0);
+        assert_eq!(places(found), vec![(0, 1), (1, 1)]);
     }
 }

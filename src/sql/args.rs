@@ -83,7 +83,7 @@ pub fn plan_table_arguments(
     info: &mut IndexInfo,
     first_hidden: c_int,
     count: usize,
-) -> rusqlite::Result<bool> {
+) -> Result<bool, String> {
     let mut given: Vec<Option<usize>> = vec![None; count];
     for (i, constraint) in info.constraints().enumerate() {
         let hidden = constraint.column() - first_hidden;

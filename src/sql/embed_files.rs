@@ -15,7 +15,6 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,13 +23,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use rusqlite::types::{Null, Value};
-use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module, VTab, VTabConnection,
-    VTabCursor,
-};
+use rusqlite::vtab::{Context, Filters, IndexInfo, Module};
 use rusqlite::Connection;
 
 use super::interrupt::{InterruptProbe, INTERRUPTED};
+use super::vtab::{set_result, Connecting, Cursor, Declared, Guarded, Table};
 use super::{files, guard, vector_to_blob, Registry};
 use crate::audio::encoder::{pool, AudioEncoder, FileFeatures};
 use crate::audio::{AudioSource, DecodeOptions};
@@ -54,46 +51,35 @@ const HAS_SOURCE: c_int = 1;
 const HAS_MODEL: c_int = 2;
 
 pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
-    const MODULE: Module<EmbedFilesTable> = Module::eponymous_only_module();
+    const MODULE: Module<Guarded<EmbedFilesTable>> = Module::eponymous_only_module();
     db.create_module(NAME, &MODULE, Some(registry))
 }
 
-#[repr(C)]
 struct EmbedFilesTable {
-    /// Base class; must come first.
-    base: sqlite3_vtab,
     registry: Arc<Registry>,
     /// The connection: for the schema check (`schema_guard`) and the `sqlite3_interrupt` probe.
     db: *mut rusqlite::ffi::sqlite3,
 }
 
-unsafe impl<'vtab> VTab<'vtab> for EmbedFilesTable {
-    type Aux = Arc<Registry>;
+impl Table for EmbedFilesTable {
+    const NAME: &'static str = NAME;
     type Cursor = EmbedFilesCursor;
 
-    fn connect(
-        db: &mut VTabConnection,
-        aux: Option<&Arc<Registry>>,
-        _module_name: &[u8],
-        _database_name: &[u8],
-        _table_name: &[u8],
-        _args: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        let handle = super::schema_guard::connect_file_reader(db)?;
+    fn connect(at: Connecting<'_>) -> Result<Declared<Self>, String> {
+        let handle = super::schema_guard::connect_file_reader(at.db)?;
         Ok((
             Cow::Borrowed(c"CREATE TABLE x(path TEXT, duration REAL, embedding BLOB, error TEXT, source HIDDEN, model HIDDEN)"),
-            EmbedFilesTable { base: sqlite3_vtab::default(), registry: aux.cloned().unwrap_or_default(), db: handle },
+            EmbedFilesTable { registry: at.registry, db: handle },
         ))
     }
 
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+    fn best_index(&self, info: &mut IndexInfo) -> Result<bool, String> {
         // The hidden arguments: source (the folder), then model.
         super::args::plan_table_arguments(info, COLUMN_SOURCE, 2)
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<EmbedFilesCursor> {
+    fn open(&mut self) -> Result<EmbedFilesCursor, String> {
         Ok(EmbedFilesCursor {
-            base: sqlite3_vtab_cursor::default(),
             registry: self.registry.clone(),
             db: self.db,
             rows: VecDeque::new(),
@@ -156,20 +142,13 @@ impl Drop for Work {
     }
 }
 
-#[repr(C)]
 struct EmbedFilesCursor {
-    /// Base class; must come first.
-    base: sqlite3_vtab_cursor,
     registry: Arc<Registry>,
     db: *mut rusqlite::ffi::sqlite3,
     rows: VecDeque<FileRow>,
     current: Option<FileRow>,
     rowid: i64,
     work: Option<Work>,
-}
-
-fn filter_error(message: String) -> rusqlite::Error {
-    rusqlite::Error::ModuleError(message)
 }
 
 impl EmbedFilesCursor {
@@ -365,44 +344,41 @@ impl EmbedFilesCursor {
     }
 }
 
-unsafe impl VTabCursor for EmbedFilesCursor {
+impl Cursor for EmbedFilesCursor {
     fn filter(
         &mut self,
         idx_num: c_int,
         _idx_str: Option<&str>,
         args: &Filters<'_>,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), String> {
         self.rows.clear();
         self.rowid = 0;
-        guard(NAME, || {
-            self.start(idx_num, args)?;
-            self.advance()
-        })
-        .map_err(filter_error)
+        self.start(idx_num, args)?;
+        self.advance()
     }
 
-    fn next(&mut self) -> rusqlite::Result<()> {
-        guard(NAME, || self.advance()).map_err(filter_error)
+    fn next(&mut self) -> Result<(), String> {
+        self.advance()
     }
 
     fn eof(&self) -> bool {
         self.current.is_none()
     }
 
-    fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
+    fn column(&self, ctx: &mut Context, column: c_int) -> Result<(), String> {
         let Some(row) = &self.current else {
-            return ctx.set_result(&Null);
+            return set_result(ctx, &Null);
         };
         match column {
-            COLUMN_PATH => ctx.set_result(&row.path),
-            COLUMN_DURATION => ctx.set_result(&row.duration),
-            COLUMN_EMBEDDING => ctx.set_result(&row.embedding),
-            COLUMN_ERROR => ctx.set_result(&row.error),
-            _ => ctx.set_result(&Null),
+            COLUMN_PATH => set_result(ctx, &row.path),
+            COLUMN_DURATION => set_result(ctx, &row.duration),
+            COLUMN_EMBEDDING => set_result(ctx, &row.embedding),
+            COLUMN_ERROR => set_result(ctx, &row.error),
+            _ => set_result(ctx, &Null),
         }
     }
 
-    fn rowid(&self) -> rusqlite::Result<i64> {
+    fn rowid(&self) -> Result<i64, String> {
         Ok(self.rowid)
     }
 }

@@ -120,14 +120,22 @@ pub fn runtime(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
 }
 
 /// Test hook (feature `fault-injection`): `audiotext_fault('panic')` panics inside a function
-/// body, so tests can show the panic becomes an SQL error and the connection survives.
+/// body; `audiotext_fault('audiotext_index.best_index')` (any module, any callback of
+/// `vtab::FAULT_POINTS`) makes the next call of that virtual-table callback panic. Tests show
+/// each panic becomes an SQL error and the connection survives.
 #[cfg(feature = "fault-injection")]
 pub fn fault(_env: &Env, ctx: &Context<'_>) -> Result<Output, String> {
-    match args::text(ctx, 0, "fault kind")? {
-        Some("panic") => panic!("fault injected by audiotext_fault('panic')"),
-        other => Err(format!(
-            "argument 1 (fault kind) must be 'panic', got {}",
-            other.unwrap_or("NULL")
+    let kind = args::text(ctx, 0, "fault kind")?;
+    match kind.and_then(|k| k.split_once('.')) {
+        _ if kind == Some("panic") => panic!("fault injected by audiotext_fault('panic')"),
+        Some((_, method)) if super::vtab::FAULT_POINTS.contains(&method) => {
+            super::vtab::arm_fault(kind.unwrap_or_default());
+            Ok(Output::Null)
+        }
+        _ => Err(format!(
+            "argument 1 (fault kind) must be 'panic' or 'module.callback' (callbacks: {}), got {}",
+            super::vtab::FAULT_POINTS.join(", "),
+            kind.unwrap_or("NULL")
         )),
     }
 }

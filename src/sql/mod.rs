@@ -1,7 +1,8 @@
 //! The SQL surface: one registration table, the entry point, and the guard every callback runs in.
 //!
 //! Every function body returns `Result<Output, String>`; the guard turns an error or a panic into
-//! an SQL error prefixed with the function's name, so nothing unwinds into SQLite.
+//! an SQL error prefixed with the function's name, so nothing unwinds into SQLite. The virtual
+//! tables' callbacks run in the same guard, through `vtab`'s wrappers.
 
 mod args;
 mod audio;
@@ -16,6 +17,8 @@ mod segments;
 mod text;
 mod vec;
 mod vector_index;
+mod vtab;
+mod vtab_in;
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};

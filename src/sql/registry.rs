@@ -8,20 +8,20 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, CreateVTab, Filters, IndexInfo, Inserts, Module,
-    UpdateVTab, Updates, VTab, VTabConfig, VTabConnection, VTabCursor, VTabKind, Values,
+    Context, Filters, IndexInfo, Inserts, Module, Updates, VTabConfig, VTabKind, Values,
 };
 use rusqlite::Connection;
 
 use super::args::type_name;
-use super::guard;
+use super::vtab::{
+    set_result, Connecting, CreateTable, Cursor, Declared, Guarded, Table, UpdateTable,
+};
 use crate::audio::DecodeOptions;
 use crate::model::runtime::extension_dir;
 use crate::model::Bundle;
@@ -156,7 +156,7 @@ fn open_bundle(name: &str, path: &Path) -> Result<Arc<Bundle>, String> {
 /// a temp table cannot be made: there the registry still holds `default`, and registering
 /// another model, a write, is impossible anyway.
 pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
-    const MODULE: Module<ModelsTable> = Module::update_module();
+    const MODULE: Module<Guarded<ModelsTable>> = Module::update_module();
     db.create_module(MODULE_NAME, &MODULE, Some(registry))?;
     let query_only: bool = db.query_row("PRAGMA query_only", [], |row| row.get(0))?;
     if query_only {
@@ -190,10 +190,7 @@ pub fn register_default_bundle(registry: &Registry) {
     }
 }
 
-#[repr(C)]
 struct ModelsTable {
-    /// Base class; must come first.
-    base: sqlite3_vtab,
     registry: Arc<Registry>,
 }
 
@@ -201,44 +198,36 @@ struct ModelsTable {
 const COLUMN_NAME: c_int = 0;
 const COLUMN_PATH: c_int = 1;
 
-unsafe impl<'vtab> VTab<'vtab> for ModelsTable {
-    type Aux = Arc<Registry>;
+impl Table for ModelsTable {
+    const NAME: &'static str = MODULE_NAME;
     type Cursor = ModelsCursor;
 
-    fn connect(
-        db: &mut VTabConnection,
-        aux: Option<&Arc<Registry>>,
-        _module_name: &[u8],
-        database_name: &[u8],
-        _table_name: &[u8],
-        _args: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        if database_name != b"temp" {
-            return Err(rusqlite::Error::ModuleError(format!(
-                "{MODULE_NAME}: the model registry lives in the temp schema, one per connection; use temp.{MODULE_NAME}, which the extension creates"
-            )));
+    fn connect(at: Connecting<'_>) -> Result<Declared<Self>, String> {
+        if at.schema != "temp" {
+            return Err(format!(
+                "the model registry lives in the temp schema, one per connection; use temp.{MODULE_NAME}, which the extension creates"
+            ));
         }
         // Registering a model reads files: only top-level SQL may write this table.
-        db.config(VTabConfig::DirectOnly)?;
-        let registry = aux.cloned().unwrap_or_default();
+        at.db
+            .config(VTabConfig::DirectOnly)
+            .map_err(|e| e.to_string())?;
         Ok((
             Cow::Borrowed(c"CREATE TABLE x(name TEXT, path TEXT)"),
             ModelsTable {
-                base: sqlite3_vtab::default(),
-                registry,
+                registry: at.registry,
             },
         ))
     }
 
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+    fn best_index(&self, info: &mut IndexInfo) -> Result<bool, String> {
         // A handful of rows: a full scan is always right.
         info.set_estimated_cost(10.0);
         Ok(true)
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<ModelsCursor> {
+    fn open(&mut self) -> Result<ModelsCursor, String> {
         Ok(ModelsCursor {
-            base: sqlite3_vtab_cursor::default(),
             rows: Vec::new(),
             position: 0,
             registry: self.registry.clone(),
@@ -246,12 +235,8 @@ unsafe impl<'vtab> VTab<'vtab> for ModelsTable {
     }
 }
 
-impl CreateVTab<'_> for ModelsTable {
+impl CreateTable for ModelsTable {
     const KIND: VTabKind = VTabKind::Default;
-}
-
-fn table_error(message: String) -> rusqlite::Error {
-    rusqlite::Error::ModuleError(message)
 }
 
 /// Reads the (name, path) columns of an INSERT or UPDATE.
@@ -281,61 +266,46 @@ fn name_and_path(args: &Values<'_>) -> Result<(String, PathBuf), String> {
     Ok((name, path))
 }
 
-impl UpdateVTab<'_> for ModelsTable {
-    fn delete(&mut self, rowid: ValueRef<'_>) -> rusqlite::Result<()> {
-        let registry = self.registry.clone();
-        guard(MODULE_NAME, || {
-            if let ValueRef::Integer(rowid) = rowid {
-                registry.remove_rowid(rowid);
-            }
-            Ok(())
-        })
-        .map_err(table_error)
+impl UpdateTable for ModelsTable {
+    fn delete(&mut self, rowid: ValueRef<'_>) -> Result<(), String> {
+        if let ValueRef::Integer(rowid) = rowid {
+            self.registry.remove_rowid(rowid);
+        }
+        Ok(())
     }
 
-    fn insert(&mut self, args: &Inserts<'_>) -> rusqlite::Result<i64> {
-        let registry = self.registry.clone();
-        guard(MODULE_NAME, || {
-            // argv: [old rowid (NULL), new rowid, name, path]
-            let (name, path) = name_and_path(args)?;
-            registry.insert(&name, &path)
-        })
-        .map_err(table_error)
+    fn insert(&mut self, args: &Inserts<'_>) -> Result<i64, String> {
+        // argv: [old rowid (NULL), new rowid, name, path]
+        let (name, path) = name_and_path(args)?;
+        self.registry.insert(&name, &path)
     }
 
-    fn update(&mut self, args: &Updates<'_>) -> rusqlite::Result<()> {
-        let registry = self.registry.clone();
-        guard(MODULE_NAME, || {
-            // argv: [old rowid, new rowid, name, path]; open the new bundle before forgetting
-            // the old row, so a failed UPDATE leaves the registry as it was.
-            let (name, path) = name_and_path(args)?;
-            let bundle = open_bundle(&name, &path)?;
-            if let Ok(old) = args.get::<i64>(0) {
-                registry.remove_rowid(old);
-            }
-            registry.insert_bundle(&name, bundle);
-            Ok(())
-        })
-        .map_err(table_error)
+    fn update(&mut self, args: &Updates<'_>) -> Result<(), String> {
+        // argv: [old rowid, new rowid, name, path]; open the new bundle before forgetting the
+        // old row, so a failed UPDATE leaves the registry as it was.
+        let (name, path) = name_and_path(args)?;
+        let bundle = open_bundle(&name, &path)?;
+        if let Ok(old) = args.get::<i64>(0) {
+            self.registry.remove_rowid(old);
+        }
+        self.registry.insert_bundle(&name, bundle);
+        Ok(())
     }
 }
 
-#[repr(C)]
 struct ModelsCursor {
-    /// Base class; must come first.
-    base: sqlite3_vtab_cursor,
     rows: Vec<(i64, String, String)>,
     position: usize,
     registry: Arc<Registry>,
 }
 
-unsafe impl VTabCursor for ModelsCursor {
+impl Cursor for ModelsCursor {
     fn filter(
         &mut self,
         _idx_num: c_int,
         _idx_str: Option<&str>,
         _args: &Filters<'_>,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), String> {
         // A snapshot: rows inserted while scanning are not seen by this scan.
         let state = self.registry.lock();
         self.rows = state
@@ -347,7 +317,7 @@ unsafe impl VTabCursor for ModelsCursor {
         Ok(())
     }
 
-    fn next(&mut self) -> rusqlite::Result<()> {
+    fn next(&mut self) -> Result<(), String> {
         self.position += 1;
         Ok(())
     }
@@ -356,16 +326,16 @@ unsafe impl VTabCursor for ModelsCursor {
         self.position >= self.rows.len()
     }
 
-    fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
+    fn column(&self, ctx: &mut Context, column: c_int) -> Result<(), String> {
         let (_, name, path) = &self.rows[self.position];
         match column {
-            COLUMN_NAME => ctx.set_result(name),
-            COLUMN_PATH => ctx.set_result(path),
-            _ => ctx.set_result(&rusqlite::types::Null),
+            COLUMN_NAME => set_result(ctx, name),
+            COLUMN_PATH => set_result(ctx, path),
+            _ => set_result(ctx, &rusqlite::types::Null),
         }
     }
 
-    fn rowid(&self) -> rusqlite::Result<i64> {
+    fn rowid(&self) -> Result<i64, String> {
         Ok(self.rows[self.position].0)
     }
 }

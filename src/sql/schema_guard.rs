@@ -223,8 +223,9 @@ mod tests {
 /// returns the connection's handle for this check and the interrupt probe.
 pub fn connect_file_reader(
     db: &mut rusqlite::vtab::VTabConnection,
-) -> rusqlite::Result<*mut rusqlite::ffi::sqlite3> {
-    db.config(rusqlite::vtab::VTabConfig::DirectOnly)?;
+) -> Result<*mut rusqlite::ffi::sqlite3, String> {
+    db.config(rusqlite::vtab::VTabConfig::DirectOnly)
+        .map_err(|e| e.to_string())?;
     // SAFETY: the connection that owns the table; it outlives the table and its cursors.
     Ok(unsafe { db.handle() })
 }

@@ -13,7 +13,6 @@
 //! finished early (LIMIT) or interrupted stops the worker at its next window.
 
 use std::borrow::Cow;
-use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,13 +20,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 use rusqlite::types::{Null, Value, ValueRef};
-use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, Context, Filters, IndexInfo, Module, VTab, VTabConnection,
-    VTabCursor,
-};
+use rusqlite::vtab::{Context, Filters, IndexInfo, Module};
 use rusqlite::Connection;
 
 use super::interrupt::{InterruptProbe, INTERRUPTED};
+use super::vtab::{set_result, Connecting, Cursor, Declared, Guarded, Table};
 use super::{files, guard, vector_to_blob, Registry};
 use crate::audio::encoder::{pool, AudioEncoder};
 use crate::audio::{AudioSource, DecodeOptions};
@@ -43,9 +40,9 @@ const MAX_PARALLEL_FILES: usize = 4;
 const MIN_HOP_SECONDS: f32 = 0.05;
 
 pub fn register_modules(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
-    const SEGMENTS_MODULE: Module<SegmentsTable> = Module::eponymous_only_module();
+    const SEGMENTS_MODULE: Module<Guarded<SegmentsTable>> = Module::eponymous_only_module();
     db.create_module(SEGMENTS, &SEGMENTS_MODULE, Some(registry.clone()))?;
-    const FILES_MODULE: Module<SegmentFilesTable> = Module::eponymous_only_module();
+    const FILES_MODULE: Module<Guarded<SegmentFilesTable>> = Module::eponymous_only_module();
     db.create_module(SEGMENT_FILES, &FILES_MODULE, Some(registry))
 }
 
@@ -205,10 +202,7 @@ impl Drop for Stream {
     }
 }
 
-#[repr(C)]
 struct SegmentsCursor {
-    /// Base class; must come first.
-    base: sqlite3_vtab_cursor,
     registry: Arc<Registry>,
     db: *mut rusqlite::ffi::sqlite3,
     /// Which table: `SEGMENTS` or `SEGMENT_FILES`.
@@ -428,35 +422,30 @@ fn segment_one_file(
     }
 }
 
-unsafe impl VTabCursor for SegmentsCursor {
+impl Cursor for SegmentsCursor {
     fn filter(
         &mut self,
         idx_num: c_int,
         _idx_str: Option<&str>,
         args: &Filters<'_>,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), String> {
         self.stream = None;
         self.rowid = 0;
-        let name = self.name;
-        guard(name, || {
-            self.start(idx_num, args)?;
-            self.advance()
-        })
-        .map_err(rusqlite::Error::ModuleError)
+        self.start(idx_num, args)?;
+        self.advance()
     }
 
-    fn next(&mut self) -> rusqlite::Result<()> {
-        let name = self.name;
-        guard(name, || self.advance()).map_err(rusqlite::Error::ModuleError)
+    fn next(&mut self) -> Result<(), String> {
+        self.advance()
     }
 
     fn eof(&self) -> bool {
         self.current.is_none()
     }
 
-    fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
+    fn column(&self, ctx: &mut Context, column: c_int) -> Result<(), String> {
         let Some(row) = &self.current else {
-            return ctx.set_result(&Null);
+            return set_result(ctx, &Null);
         };
         // audio_segment_files has `path` first; audio_segments starts at `start`.
         let column = if self.name == SEGMENT_FILES {
@@ -465,60 +454,48 @@ unsafe impl VTabCursor for SegmentsCursor {
             column + 1
         };
         match column {
-            0 => ctx.set_result(&row.path),
-            1 => ctx.set_result(&row.start),
-            2 => ctx.set_result(&row.end),
-            3 => ctx.set_result(&row.embedding),
-            4 => ctx.set_result(&row.error),
-            _ => ctx.set_result(&Null),
+            0 => set_result(ctx, &row.path),
+            1 => set_result(ctx, &row.start),
+            2 => set_result(ctx, &row.end),
+            3 => set_result(ctx, &row.embedding),
+            4 => set_result(ctx, &row.error),
+            _ => set_result(ctx, &Null),
         }
     }
 
-    fn rowid(&self) -> rusqlite::Result<i64> {
+    fn rowid(&self) -> Result<i64, String> {
         Ok(self.rowid)
     }
 }
 
 macro_rules! segments_table {
     ($table:ident, $name:expr, $declaration:expr, $first_hidden:expr) => {
-        #[repr(C)]
         struct $table {
-            /// Base class; must come first.
-            base: sqlite3_vtab,
             registry: Arc<Registry>,
             db: *mut rusqlite::ffi::sqlite3,
         }
 
-        unsafe impl<'vtab> VTab<'vtab> for $table {
-            type Aux = Arc<Registry>;
+        impl Table for $table {
+            const NAME: &'static str = $name;
             type Cursor = SegmentsCursor;
 
-            fn connect(
-                db: &mut VTabConnection,
-                aux: Option<&Arc<Registry>>,
-                _module_name: &[u8],
-                _database_name: &[u8],
-                _table_name: &[u8],
-                _args: &[&[u8]],
-            ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-                let handle = super::schema_guard::connect_file_reader(db)?;
+            fn connect(at: Connecting<'_>) -> Result<Declared<Self>, String> {
+                let handle = super::schema_guard::connect_file_reader(at.db)?;
                 Ok((
                     Cow::Borrowed($declaration),
                     $table {
-                        base: sqlite3_vtab::default(),
-                        registry: aux.cloned().unwrap_or_default(),
+                        registry: at.registry,
                         db: handle,
                     },
                 ))
             }
 
-            fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+            fn best_index(&self, info: &mut IndexInfo) -> Result<bool, String> {
                 super::args::plan_table_arguments(info, $first_hidden, HIDDEN)
             }
 
-            fn open(&'vtab mut self) -> rusqlite::Result<SegmentsCursor> {
+            fn open(&mut self) -> Result<SegmentsCursor, String> {
                 Ok(SegmentsCursor {
-                    base: sqlite3_vtab_cursor::default(),
                     registry: self.registry.clone(),
                     db: self.db,
                     name: $name,
@@ -530,6 +507,5 @@ macro_rules! segments_table {
         }
     };
 }
-
 segments_table!(SegmentsTable, SEGMENTS, c"CREATE TABLE x(start REAL, \"end\" REAL, embedding BLOB, source HIDDEN, model HIDDEN, hop_seconds HIDDEN)", 3);
 segments_table!(SegmentFilesTable, SEGMENT_FILES, c"CREATE TABLE x(path TEXT, start REAL, \"end\" REAL, embedding BLOB, error TEXT, source HIDDEN, model HIDDEN, hop_seconds HIDDEN)", 5);

@@ -248,6 +248,57 @@ def test_match_on_a_column_of_another_table(join):
     assert nearest == [(i, i * 200 + 8) for i in qs]
 
 
+class Allowed(Reference):
+    """The reference restricted to the rows a filter allows."""
+
+    def __init__(self, ref, keep):
+        super().__init__()
+        self.rows = {r: v for r, v in ref.rows.items() if keep(r)}
+
+
+@pytest.mark.parametrize("options", [INT8, BINARY_EXACT], ids=["int8", "binary"])
+def test_rowid_conditions_filter_the_search_itself(options):
+    """`rowid IN (...)`, `=`, ranges and `!=` beside a MATCH pick the k nearest of the rows they
+    allow, over chunked and pending rows: k rows come back whenever k rows pass (issue 22: they
+    used to be applied after the k nearest were chosen, and returned fewer rows or none)."""
+    conn = connect()
+    ref, vectors = filled(conn, options)
+    conn.execute("CREATE TABLE clips(id INTEGER PRIMARY KEY, folder TEXT)")
+    conn.executemany("INSERT INTO clips VALUES (?, ?)", [(i, "foley" if i % 50 == 3 else "music") for i in range(1, N_ROWS + 1)])
+    q = queries(7, vectors)[0]
+
+    def check(where, keep, params=(), k=10):
+        got = conn.execute(f"SELECT rowid, distance FROM ix WHERE embedding MATCH ? AND k = ? AND {where}", (blob(q), k, *params)).fetchall()
+        allowed = Allowed(ref, keep)
+        if not allowed.rows:
+            assert got == [], where
+            return got
+        want_ids, want_d = allowed.top(q, k)
+        assert [r[0] for r in got] == want_ids.tolist(), where
+        np.testing.assert_allclose([r[1] for r in got], want_d[: len(got)], atol=TOL)
+        return got
+
+    # 50 rows of 2,500, spread over both chunks and the pending rows: none among the 10 nearest.
+    foley = lambda r: r % 50 == 3
+    assert not any(foley(r) for r, _ in knn(conn, q))
+    assert len(check("rowid IN (SELECT id FROM clips WHERE folder = 'foley')", foley)) == 10
+    assert len(check("rowid IN (SELECT id FROM clips WHERE folder = 'foley')", foley, k=60)) == 50
+    listed = {5, 1024, 1025, 2048, 2049, N_ROWS}
+    check(f"rowid IN ({', '.join(map(str, sorted(listed | {N_ROWS + 7})))})", lambda r: r in listed)
+    check("rowid IN (SELECT value FROM json_each(?))", lambda r: r in {5, 1024, 2049}, ("[5, 1024, 2049, 99999, null]",))
+    check("rowid = ?", lambda r: r == 2049, (2049,))
+    check("rowid IN (?)", lambda r: r == 17, (17,))
+    check("rowid BETWEEN 1000 AND 1100", lambda r: 1000 <= r <= 1100)
+    check("rowid > 2040 AND rowid != 2049", lambda r: r > 2040 and r != 2049, k=40)
+    check("rowid < 2.5", lambda r: r < 2.5)
+    check("rowid IN (SELECT id FROM clips WHERE folder = 'foley') AND rowid > 2000", lambda r: foley(r) and r > 2000)
+    assert check("rowid IN (SELECT id FROM clips WHERE 0)", lambda r: False) == []
+    assert check("rowid = NULL", lambda r: False) == []
+    # A join still means "the k nearest, then their rows of the other table".
+    joined = conn.execute("SELECT c.id FROM ix JOIN clips c ON c.id = ix.rowid WHERE ix.embedding MATCH ? AND k = 10 ORDER BY distance", (blob(q),)).fetchall()
+    assert [r[0] for r in joined] == [r for r, _ in knn(conn, q)]
+
+
 # --- 2. transactions --------------------------------------------------------------------------
 
 def test_rollback_hides_rows_inserted_in_the_transaction():

@@ -11,26 +11,30 @@
 //! (`crate::index`), then the best `rescore` candidates ranked exactly by cosine distance on
 //! their float32 vectors. Storage and the memory copy of the codes: `store`.
 
+mod filter;
 mod options;
 mod store;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::ffi::CStr;
 use std::os::raw::c_int;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
 use rusqlite::vtab::{
-    sqlite3_vtab, sqlite3_vtab_cursor, ConflictMode, Context, CreateVTab, Filters,
-    IndexConstraintOp, IndexInfo, Inserts, Module, UpdateVTab, Updates, VTab, VTabConnection,
-    VTabCursor, VTabKind,
+    ConflictMode, Context, Filters, IndexConstraintOp, IndexInfo, Inserts, Module, Updates,
+    VTabKind,
 };
 use rusqlite::Connection;
 
 use super::blob::{vector_from_blob, VectorBlobError};
-use super::{guard, vector_to_blob, Registry};
+use super::vtab::{
+    set_result, Connecting, CreateTable, Cursor, Declared, Guarded, Table, UpdateTable,
+};
+use super::vtab_in;
+use super::{vector_to_blob, Registry};
+use filter::{Condition, RowidFilter};
 pub use options::IndexOptions;
 use store::{Hit, Store};
 
@@ -47,18 +51,18 @@ const PLAN_K: c_int = 2;
 const PLAN_LIMIT: c_int = 4;
 const PLAN_ROWID: c_int = 8;
 
+/// The `idx_str` letter of a `rowid IN (...)` list handed over whole.
+const IN_LIST: char = 'i';
+
 /// Most rows one query may ask for (vec0's limit too).
 const MAX_K: i64 = 4096;
 
 pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Result<()> {
-    const MODULE: Module<IndexTable> = Module::update_module();
+    const MODULE: Module<Guarded<IndexTable>> = Module::update_module();
     db.create_module(NAME, &MODULE, Some(registry))
 }
 
-#[repr(C)]
 struct IndexTable {
-    /// Base class; must come first.
-    base: sqlite3_vtab,
     state: Rc<RefCell<IndexState>>,
 }
 
@@ -70,99 +74,64 @@ struct IndexState {
     table: String,
 }
 
-fn module_error(message: String) -> rusqlite::Error {
-    rusqlite::Error::ModuleError(message)
-}
-
 impl IndexTable {
-    fn make(
-        db: &mut VTabConnection,
-        aux: Option<&Arc<Registry>>,
-        schema: &[u8],
-        table: &[u8],
-        args: &[&[u8]],
-        creating: bool,
-    ) -> rusqlite::Result<(Cow<'static, CStr>, IndexTable)> {
-        let schema = String::from_utf8_lossy(schema).into_owned();
-        let table = String::from_utf8_lossy(table).into_owned();
-        let result = guard(NAME, || {
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let options = IndexOptions::parse(&args).map_err(|e| format!("{table}: {e}"))?;
-            // SAFETY: the connection creating this table outlives it; `from_handle` never closes it.
-            let connection =
-                unsafe { Connection::from_handle(db.handle()) }.map_err(|e| e.to_string())?;
-            let store = if creating {
-                Store::create(
-                    connection,
-                    &schema,
-                    &table,
-                    options.dimensions,
-                    options.quantizer,
-                )
+    fn make(at: Connecting<'_>, creating: bool) -> Result<Declared<IndexTable>, String> {
+        let table = at.table;
+        let args: Vec<&str> = at.args.iter().map(String::as_str).collect();
+        let options = IndexOptions::parse(&args).map_err(|e| format!("{table}: {e}"))?;
+        // SAFETY: the connection creating this table outlives it; `from_handle` never closes it.
+        let connection =
+            unsafe { Connection::from_handle(at.db.handle()) }.map_err(|e| e.to_string())?;
+        let (dimensions, quantizer) = (options.dimensions, options.quantizer);
+        let store = if creating {
+            Store::create(connection, &at.schema, &table, dimensions, quantizer)
                 .map_err(|e| format!("{table}: {e}"))?
-            } else {
-                Store::open(
-                    connection,
-                    &schema,
-                    &table,
-                    options.dimensions,
-                    options.quantizer,
-                )
-            };
-            let declaration = format!(
-                "CREATE TABLE x({} BLOB, distance HIDDEN REAL, k HIDDEN INTEGER)",
-                store::quote(&options.column)
-            );
-            Ok((
-                declaration,
-                IndexState {
-                    store,
-                    options,
-                    registry: aux.cloned().unwrap_or_default(),
-                    table: table.clone(),
-                },
-            ))
-        });
-        let (declaration, state) = result.map_err(module_error)?;
-        let declaration =
-            std::ffi::CString::new(declaration).map_err(|e| module_error(e.to_string()))?;
+        } else {
+            Store::open(connection, &at.schema, &table, dimensions, quantizer)
+        };
+        let declaration = format!(
+            "CREATE TABLE x({} BLOB, distance HIDDEN REAL, k HIDDEN INTEGER)",
+            store::quote(&options.column)
+        );
+        let declaration = std::ffi::CString::new(declaration).map_err(|e| e.to_string())?;
+        let state = IndexState {
+            store,
+            options,
+            registry: at.registry,
+            table,
+        };
         Ok((
             Cow::Owned(declaration),
             IndexTable {
-                base: sqlite3_vtab::default(),
                 state: Rc::new(RefCell::new(state)),
             },
         ))
     }
 }
 
-unsafe impl<'vtab> VTab<'vtab> for IndexTable {
-    type Aux = Arc<Registry>;
+impl Table for IndexTable {
+    const NAME: &'static str = NAME;
     type Cursor = IndexCursor;
 
-    fn connect(
-        db: &mut VTabConnection,
-        aux: Option<&Arc<Registry>>,
-        _module_name: &[u8],
-        schema: &[u8],
-        table: &[u8],
-        args: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        IndexTable::make(db, aux, schema, table, args, false)
+    fn connect(at: Connecting<'_>) -> Result<Declared<Self>, String> {
+        IndexTable::make(at, false)
     }
 
-    fn best_index(&self, info: &mut IndexInfo) -> rusqlite::Result<bool> {
+    fn best_index(&self, info: &mut IndexInfo) -> Result<bool, String> {
         let mut found: [Option<usize>; 4] = [None; 4];
         let mut unusable_match = false;
+        // Conditions on rowid a nearest-neighbour query applies while it searches.
+        let mut on_rowid: Vec<(usize, Condition)> = Vec::new();
         for (i, constraint) in info.constraints().enumerate() {
             if !constraint.is_usable() {
                 unusable_match |= constraint.column() == COLUMN_VECTOR
                     && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_MATCH;
                 continue;
+            }
+            if constraint.column() == COLUMN_ROWID {
+                if let Some(condition) = Condition::of(constraint.operator()) {
+                    on_rowid.push((i, condition));
+                }
             }
             let slot = match (constraint.column(), constraint.operator()) {
                 (COLUMN_VECTOR, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_MATCH) => 0,
@@ -198,15 +167,46 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
         .filter_map(|(i, bit)| i.map(|i| (i, bit)))
         .collect();
         let mut idx_num = 0;
-        for (argv, (i, bit)) in used.iter().enumerate() {
+        let mut argv = 0;
+        for (i, bit) in &used {
+            argv += 1;
             let mut usage = info.constraint_usage(*i);
-            usage.set_argv_index(argv as c_int + 1);
+            usage.set_argv_index(argv);
             // SQLite still applies LIMIT itself; the others are fully handled here.
             usage.set_omit(*bit != PLAN_LIMIT);
             idx_num |= bit;
         }
         info.set_idx_num(idx_num);
         if knn {
+            // Every condition on rowid filters the search itself, so that the k nearest rows
+            // *that pass* come back: applied after the search, they would leave fewer.
+            let mut codes = String::new();
+            let mut joined = false;
+            for (i, condition) in on_rowid {
+                let code = if condition == Condition::Equals && vtab_in::is_in_list(info, i, false)
+                {
+                    if !vtab_in::is_in_list(info, i, true) {
+                        return Ok(false);
+                    }
+                    IN_LIST
+                } else if condition == Condition::Equals && !vtab_in::available() {
+                    // An older SQLite cannot hand over an IN list whole: it would run one search
+                    // per value. Such a plan is refused (another order may not need it).
+                    return Ok(false);
+                } else {
+                    // `rowid = x` may be a join's: searching once per row of the other table
+                    // among that one row is another query than the join means. Priced so that
+                    // SQLite prefers to search once and join after, wherever it can.
+                    joined = true;
+                    condition.code()
+                };
+                argv += 1;
+                let mut usage = info.constraint_usage(i);
+                usage.set_argv_index(argv);
+                usage.set_omit(true);
+                codes.push(code);
+            }
+            info.set_idx_str(&codes);
             // Rows come out nearest first: ORDER BY distance (ascending) needs no sort.
             let by_distance = info
                 .order_bys()
@@ -214,7 +214,7 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
             if info.num_of_order_by() > 0 && by_distance {
                 info.set_order_by_consumed(true);
             }
-            info.set_estimated_cost(1e3);
+            info.set_estimated_cost(if joined { 1e12 } else { 1e3 });
             info.set_estimated_rows(10);
         } else if idx_num & PLAN_ROWID != 0 {
             info.set_estimated_cost(1.0);
@@ -225,9 +225,8 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
         Ok(true)
     }
 
-    fn open(&'vtab mut self) -> rusqlite::Result<IndexCursor> {
+    fn open(&mut self) -> Result<IndexCursor, String> {
         Ok(IndexCursor {
-            base: sqlite3_vtab_cursor::default(),
             state: self.state.clone(),
             rows: Vec::new(),
             position: 0,
@@ -236,22 +235,15 @@ unsafe impl<'vtab> VTab<'vtab> for IndexTable {
     }
 }
 
-impl CreateVTab<'_> for IndexTable {
+impl CreateTable for IndexTable {
     const KIND: VTabKind = VTabKind::Default;
 
-    fn create(
-        db: &mut VTabConnection,
-        aux: Option<&Arc<Registry>>,
-        _module_name: &[u8],
-        schema: &[u8],
-        table: &[u8],
-        args: &[&[u8]],
-    ) -> rusqlite::Result<(Cow<'static, CStr>, Self)> {
-        IndexTable::make(db, aux, schema, table, args, true)
+    fn create(at: Connecting<'_>) -> Result<Declared<Self>, String> {
+        IndexTable::make(at, true)
     }
 
-    fn destroy(&self) -> rusqlite::Result<()> {
-        guard(NAME, || self.state.borrow().store.destroy()).map_err(module_error)
+    fn destroy(&self) -> Result<(), String> {
+        self.state.borrow().store.destroy()
     }
 }
 
@@ -355,74 +347,64 @@ impl IndexState {
     }
 }
 
-impl UpdateVTab<'_> for IndexTable {
-    fn delete(&mut self, rowid: ValueRef<'_>) -> rusqlite::Result<()> {
-        let state = self.state.clone();
-        guard(NAME, || match rowid {
-            ValueRef::Integer(rowid) => state.borrow_mut().store.delete(rowid),
+impl UpdateTable for IndexTable {
+    fn delete(&mut self, rowid: ValueRef<'_>) -> Result<(), String> {
+        match rowid {
+            ValueRef::Integer(rowid) => self.state.borrow_mut().store.delete(rowid),
             _ => Ok(()),
-        })
-        .map_err(module_error)
+        }
     }
 
-    fn insert(&mut self, args: &Inserts<'_>) -> rusqlite::Result<i64> {
+    fn insert(&mut self, args: &Inserts<'_>) -> Result<i64, String> {
         // argv: [NULL, new rowid, embedding, distance, k]
         // SAFETY: the handle of the connection running this statement.
         let conflict = unsafe { args.on_conflict(self.connection()) };
-        let state = self.state.clone();
         let mut values = args.iter().skip(1);
         let (rowid, vector) = (values.next(), values.next());
-        guard(NAME, || {
-            let mut state = state.borrow_mut();
-            let table = state.table.clone();
-            state
-                .insert(
-                    rowid.unwrap_or(ValueRef::Null),
-                    vector.unwrap_or(ValueRef::Null),
-                    conflict,
-                )
-                .map_err(|e| format!("{table}: {e}"))
-        })
-        .map_err(module_error)
+        let mut state = self.state.borrow_mut();
+        let table = state.table.clone();
+        state
+            .insert(
+                rowid.unwrap_or(ValueRef::Null),
+                vector.unwrap_or(ValueRef::Null),
+                conflict,
+            )
+            .map_err(|e| format!("{table}: {e}"))
     }
 
-    fn update(&mut self, args: &Updates<'_>) -> rusqlite::Result<()> {
+    fn update(&mut self, args: &Updates<'_>) -> Result<(), String> {
         // argv: [old rowid, new rowid, embedding, distance, k]
         let unchanged_vector = args.no_change(2);
-        let state = self.state.clone();
         let values: Vec<ValueRef<'_>> = args.iter().collect();
-        guard(NAME, || {
-            let mut state = state.borrow_mut();
-            let table = state.table.clone();
-            let ValueRef::Integer(old) = values[0] else {
-                return Ok(());
-            };
-            let kept;
-            let vector = if unchanged_vector {
-                let location = state
-                    .store
-                    .location(old)?
-                    .ok_or_else(|| format!("{table}: row {old} vanished during the UPDATE"))?;
-                kept = vector_to_blob(&state.store.vector(old, location)?);
-                ValueRef::Blob(&kept)
-            } else {
-                values[2]
-            };
-            // Check the new row before removing the old one, so a bad UPDATE changes nothing.
-            let role = format!("the {} value", state.options.column);
-            if vector == ValueRef::Null {
-                return Err(format!("{table}: {role} is NULL; every row needs a vector"));
-            }
-            state
-                .vector_argument(vector, &role)
-                .map_err(|e| format!("{table}: {e}"))?;
-            state.store.delete(old)?;
-            state
-                .insert(values[1], vector, ConflictMode::Abort)
-                .map_err(|e| format!("{table}: {e}"))
-                .map(|_| ())
-        })
-        .map_err(module_error)
+        let mut state = self.state.borrow_mut();
+        let table = state.table.clone();
+        let ValueRef::Integer(old) = values[0] else {
+            return Ok(());
+        };
+        let kept;
+        let vector = if unchanged_vector {
+            let location = state
+                .store
+                .location(old)?
+                .ok_or_else(|| format!("{table}: row {old} vanished during the UPDATE"))?;
+            kept = vector_to_blob(&state.store.vector(old, location)?);
+            ValueRef::Blob(&kept)
+        } else {
+            values[2]
+        };
+        // Check the new row before removing the old one, so a bad UPDATE changes nothing.
+        let role = format!("the {} value", state.options.column);
+        if vector == ValueRef::Null {
+            return Err(format!("{table}: {role} is NULL; every row needs a vector"));
+        }
+        state
+            .vector_argument(vector, &role)
+            .map_err(|e| format!("{table}: {e}"))?;
+        state.store.delete(old)?;
+        state
+            .insert(values[1], vector, ConflictMode::Abort)
+            .map_err(|e| format!("{table}: {e}"))
+            .map(|_| ())
     }
 }
 
@@ -439,10 +421,7 @@ struct Row {
     distance: Option<f32>,
 }
 
-#[repr(C)]
 struct IndexCursor {
-    /// Base class; must come first.
-    base: sqlite3_vtab_cursor,
     state: Rc<RefCell<IndexState>>,
     rows: Vec<Row>,
     position: usize,
@@ -450,7 +429,12 @@ struct IndexCursor {
 }
 
 impl IndexCursor {
-    fn run(&mut self, idx_num: c_int, args: &Filters<'_>) -> Result<(), String> {
+    fn run(
+        &mut self,
+        idx_num: c_int,
+        idx_str: Option<&str>,
+        args: &Filters<'_>,
+    ) -> Result<(), String> {
         let mut values = args.iter();
         let mut next = |bit: c_int| {
             if idx_num & bit != 0 {
@@ -463,6 +447,7 @@ impl IndexCursor {
         let k = next(PLAN_K);
         let limit = next(PLAN_LIMIT);
         let rowid = next(PLAN_ROWID);
+        let used = [query, k, limit, rowid].iter().flatten().count();
         let mut state = self.state.borrow_mut();
         let table = state.table.clone();
         let in_table = |e: String| format!("{table}: {e}");
@@ -479,9 +464,13 @@ impl IndexCursor {
                 (None, None) => return Err(format!("{table}: a MATCH query needs how many rows to return: add `AND k = 10` (or, on SQLite 3.41 and newer, `ORDER BY distance LIMIT 10`)")),
             };
             self.k = Some(k as i64);
+            let filter = rowid_filter(idx_str.unwrap_or_default(), args, used)?;
             let query = state.query_vector(query).map_err(in_table)?;
             let rescore = state.options.rescore;
-            let hits = state.store.search(&query, k, rescore).map_err(in_table)?;
+            let hits = state
+                .store
+                .search(&query, k, rescore, &filter)
+                .map_err(in_table)?;
             self.rows = hits
                 .into_iter()
                 .map(
@@ -516,6 +505,28 @@ impl IndexCursor {
     }
 }
 
+/// The conditions on rowid of a nearest-neighbour query: `codes` (the plan's `idx_str`) names
+/// each, and their values are `args` from `first` on.
+fn rowid_filter(codes: &str, args: &Filters<'_>, first: usize) -> Result<RowidFilter, String> {
+    let mut filter = RowidFilter::default();
+    for (n, code) in codes.chars().enumerate() {
+        let argv = first + n;
+        if code == IN_LIST {
+            filter.add_list(&vtab_in::in_values(args, argv)?);
+            continue;
+        }
+        let condition = Condition::from_code(code).ok_or_else(|| {
+            format!("the query plan holds an unknown condition '{code}'; please report this")
+        })?;
+        let value = args
+            .iter()
+            .nth(argv)
+            .ok_or("the query plan lost a condition's value; please report this")?;
+        filter.add(condition, value);
+    }
+    Ok(filter)
+}
+
 /// `k = N` or `LIMIT N`: 1 to `MAX_K`.
 fn k_value(value: ValueRef<'_>, role: &str) -> Result<usize, String> {
     match value {
@@ -530,17 +541,17 @@ fn k_value(value: ValueRef<'_>, role: &str) -> Result<usize, String> {
     }
 }
 
-unsafe impl VTabCursor for IndexCursor {
+impl Cursor for IndexCursor {
     fn filter(
         &mut self,
         idx_num: c_int,
-        _idx_str: Option<&str>,
+        idx_str: Option<&str>,
         args: &Filters<'_>,
-    ) -> rusqlite::Result<()> {
-        guard(NAME, || self.run(idx_num, args)).map_err(module_error)
+    ) -> Result<(), String> {
+        self.run(idx_num, idx_str, args)
     }
 
-    fn next(&mut self) -> rusqlite::Result<()> {
+    fn next(&mut self) -> Result<(), String> {
         self.position += 1;
         Ok(())
     }
@@ -549,31 +560,33 @@ unsafe impl VTabCursor for IndexCursor {
         self.position >= self.rows.len()
     }
 
-    fn column(&self, ctx: &mut Context, column: c_int) -> rusqlite::Result<()> {
+    fn column(&self, ctx: &mut Context, column: c_int) -> Result<(), String> {
         let row = &self.rows[self.position];
         match column {
             COLUMN_VECTOR => {
-                let state = self.state.clone();
-                let vector = guard(NAME, || {
-                    let mut state = state.borrow_mut();
-                    // Looked up again: a write in the same statement may have moved the row
-                    // into a chunk since the search.
-                    let location = state.store.location(row.rowid)?.ok_or_else(|| {
-                        format!("row {} was deleted while the statement read it", row.rowid)
-                    })?;
-                    state.store.vector(row.rowid, location)
-                })
-                .map_err(|e| format!("{}: {e}", self.state.borrow().table))
-                .map_err(module_error)?;
-                ctx.set_result(&vector_to_blob(&vector))
+                let mut state = self.state.borrow_mut();
+                // Looked up again: a write in the same statement may have moved the row into a
+                // chunk since the search.
+                let table = state.table.clone();
+                let vector = state
+                    .store
+                    .location(row.rowid)
+                    .and_then(|location| {
+                        let location = location.ok_or_else(|| {
+                            format!("row {} was deleted while the statement read it", row.rowid)
+                        })?;
+                        state.store.vector(row.rowid, location)
+                    })
+                    .map_err(|e| format!("{table}: {e}"))?;
+                set_result(ctx, &vector_to_blob(&vector))
             }
-            COLUMN_DISTANCE => ctx.set_result(&row.distance.map(f64::from)),
-            COLUMN_K => ctx.set_result(&self.k),
-            _ => ctx.set_result(&rusqlite::types::Null),
+            COLUMN_DISTANCE => set_result(ctx, &row.distance.map(f64::from)),
+            COLUMN_K => set_result(ctx, &self.k),
+            _ => set_result(ctx, &rusqlite::types::Null),
         }
     }
 
-    fn rowid(&self) -> rusqlite::Result<i64> {
+    fn rowid(&self) -> Result<i64, String> {
         Ok(self.rows[self.position].rowid)
     }
 }

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::filter::RowidFilter;
 use crate::index::kernels::dot_f32;
 use crate::index::quantize::unit;
 use crate::index::{top_candidates, CodeChunk, Quantizer};
@@ -565,31 +566,88 @@ impl Store {
 
     // ---- search ----
 
-    /// The `k` rows nearest to `query` by cosine distance, nearest first (ties by rowid).
-    pub fn search(&mut self, query: &[f32], k: usize, rescore: usize) -> Result<Vec<Hit>, String> {
+    /// The `k` rows nearest to `query` by cosine distance among those `filter` allows, nearest
+    /// first (ties by rowid).
+    pub fn search(
+        &mut self,
+        query: &[f32],
+        k: usize,
+        rescore: usize,
+        filter: &RowidFilter,
+    ) -> Result<Vec<Hit>, String> {
         self.intact()?;
         let query = unit(query).ok_or(
             "the query vector is all zeros, so no cosine distance to it exists; pass an embedding",
         )?;
+        let mut hits = match filter.named_rowids() {
+            // A few rows named: score them exactly rather than scan every code.
+            Some(rowids) if rowids.len() <= rescore.max(k) => self.exact_hits(&query, &rowids)?,
+            _ => self.scanned_hits(&query, k, rescore, filter)?,
+        };
+        if let Some(bad) = hits.iter().find(|h| !h.distance.is_finite()) {
+            return Err(format!("row {} has no finite distance to the query (a zero vector in the index); {REBUILD}", bad.rowid));
+        }
+        hits.sort_unstable_by(|a, b| {
+            a.distance
+                .total_cmp(&b.distance)
+                .then(a.rowid.cmp(&b.rowid))
+        });
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    /// The exact distance of each of these rows that exists.
+    fn exact_hits(&mut self, query: &[f32], rowids: &[i64]) -> Result<Vec<Hit>, String> {
+        let mut hits = Vec::with_capacity(rowids.len());
+        for &rowid in rowids {
+            if let Some(location) = self.location(rowid)? {
+                let vector = self.vector(rowid, location)?;
+                hits.push(Hit {
+                    rowid,
+                    distance: cosine_distance(&vector, query),
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    /// The scan of every code (the rows `filter` allows), its best `rescore` candidates scored
+    /// exactly, and the pending rows.
+    fn scanned_hits(
+        &mut self,
+        query: &[f32],
+        k: usize,
+        rescore: usize,
+        filter: &RowidFilter,
+    ) -> Result<Vec<Hit>, String> {
         self.refresh()?;
         let mut hits: Vec<Hit> = self
             .cache
             .pending
             .iter()
+            .filter(|(rowid, _)| filter.allows(*rowid))
             .map(|(rowid, v)| Hit {
                 rowid: *rowid,
-                distance: cosine_distance(v, &query),
+                distance: cosine_distance(v, query),
             })
             .collect();
         let mut query_code = vec![0u8; self.code_bytes];
-        self.quantizer.encode(&query, &mut query_code);
+        self.quantizer.encode(query, &mut query_code);
         let chunks: Vec<&CodeChunk> = self.cache.chunks.iter().map(|c| &c.codes).collect();
+        let every = |_: i64| true;
+        let allowed = |rowid: i64| filter.allows(rowid);
+        let allowed: &(dyn Fn(i64) -> bool + Sync) = if filter.allows_all() {
+            &every
+        } else {
+            &allowed
+        };
         let candidates = top_candidates(
             &chunks,
             self.quantizer,
             self.code_bytes,
             &query_code,
             rescore.max(k),
+            allowed,
         );
         // Read each chunk's vectors in chunk order, then score exactly.
         let mut places: Vec<(i64, usize, i64)> = candidates
@@ -608,18 +666,9 @@ impl Store {
         for (&(_, _, rowid), vector) in places.iter().zip(&vectors) {
             hits.push(Hit {
                 rowid,
-                distance: cosine_distance(vector, &query),
+                distance: cosine_distance(vector, query),
             });
         }
-        if let Some(bad) = hits.iter().find(|h| !h.distance.is_finite()) {
-            return Err(format!("row {} has no finite distance to the query (a zero vector in the index); {REBUILD}", bad.rowid));
-        }
-        hits.sort_unstable_by(|a, b| {
-            a.distance
-                .total_cmp(&b.distance)
-                .then(a.rowid.cmp(&b.rowid))
-        });
-        hits.truncate(k);
         Ok(hits)
     }
 
