@@ -68,7 +68,12 @@ for stage in "${stages[@]}"; do
       FOLD_LIST=0 fit ablation-1024-wide --class-keys --fc-dim 1024
       FOLD_LIST=0 fit ablation-caption-keys --fc-dim 2048
       FOLD_LIST=0 fit ablation-source-balance "${chosen[@]}" --source-balance 0.5
-      FOLD_LIST=0 fit ablation-two-captions "${chosen[@]}" --captions-per-step 2 ;;
+      FOLD_LIST=0 fit ablation-two-captions "${chosen[@]}" --captions-per-step 2
+      # The head's own settings around the chosen ones (issue 21's last session).
+      FOLD_LIST=0 fit ablation-dropout-0.5 "${chosen[@]}" --head-dropout 0.5
+      FOLD_LIST=0 fit ablation-lr-2e-3 "${chosen[@]}" --lr 0.002
+      FOLD_LIST=0 fit ablation-weight-decay-0.1 "${chosen[@]}" --weight-decay 0.1
+      FOLD_LIST=0 fit ablation-fixed-temperature-0.03 "${chosen[@]}" --temperature 0.03 --fixed-temperature ;;
     summary) python3 scripts/open_world_summary.py "$runs" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
