@@ -89,7 +89,9 @@ impl Best {
 }
 
 /// The `n` codes closest to `query_code` (the query's code under the same quantizer) among the
-/// live rows whose rowid `allowed` accepts, best first.
+/// live rows whose rowid `allowed` accepts and, when `slots` is given, whose bit is set in their
+/// chunk's entry (one bit per slot), best first. A chunk with no bit set is skipped; one with few
+/// scores only those.
 pub fn top_candidates(
     chunks: &[&CodeChunk],
     quantizer: Quantizer,
@@ -97,6 +99,7 @@ pub fn top_candidates(
     query_code: &[u8],
     n: usize,
     allowed: &(dyn Fn(i64) -> bool + Sync),
+    slots: Option<&[Vec<u64>]>,
 ) -> Vec<Candidate> {
     if n == 0 {
         return Vec::new();
@@ -107,20 +110,47 @@ pub fn top_candidates(
         .fold(
             || (Best::new(n), Vec::new()),
             |(mut best, mut scores), (chunk_index, chunk)| {
-                scores.resize(chunk.rowids.len(), 0f32);
-                match quantizer {
-                    Quantizer::Int8 => {
-                        score_int8(&chunk.codes, code_bytes, query_code, &mut scores)
-                    }
-                    Quantizer::Binary => {
-                        score_binary(&chunk.codes, code_bytes, query_code, &mut scores)
+                let bits = slots.map(|s| s[chunk_index].as_slice());
+                let set = bits.map(|b| b.iter().map(|w| w.count_ones() as usize).sum::<usize>());
+                if set == Some(0) {
+                    return (best, scores);
+                }
+                let score = |codes: &[u8], out: &mut [f32]| match quantizer {
+                    Quantizer::Int8 => score_int8(codes, code_bytes, query_code, out),
+                    Quantizer::Binary => score_binary(codes, code_bytes, query_code, out),
+                };
+                let is_set =
+                    |slot: usize| bits.is_none_or(|b| b[slot / 64] >> (slot % 64) & 1 == 1);
+                // Few rows allowed: score only those (an eighth is where it stops paying).
+                if let (Some(set), Some(_)) = (set, bits) {
+                    if set * 8 < chunk.rowids.len() {
+                        let mut one = [0f32];
+                        for slot in (0..chunk.rowids.len()).filter(|&s| is_set(s)) {
+                            if chunk.live[slot] == 0 || !allowed(chunk.rowids[slot]) {
+                                continue;
+                            }
+                            score(
+                                &chunk.codes[slot * code_bytes..(slot + 1) * code_bytes],
+                                &mut one,
+                            );
+                            if one[0] >= best.bar() {
+                                best.offer(Candidate {
+                                    chunk: chunk_index,
+                                    slot,
+                                    score: one[0],
+                                });
+                            }
+                        }
+                        return (best, scores);
                     }
                 }
+                scores.resize(chunk.rowids.len(), 0f32);
+                score(&chunk.codes, &mut scores);
                 // Most scores lose to the worst kept one: compare with it before touching the heap.
                 let mut bar = best.bar();
                 for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
                     // The filter last: most rows already lose on score.
-                    if live != 0 && score >= bar && allowed(chunk.rowids[slot]) {
+                    if live != 0 && score >= bar && is_set(slot) && allowed(chunk.rowids[slot]) {
                         best.offer(Candidate {
                             chunk: chunk_index,
                             slot,
@@ -167,16 +197,39 @@ mod tests {
         let places = |found: Vec<Candidate>| -> Vec<(usize, usize)> {
             found.iter().map(|c| (c.chunk, c.slot)).collect()
         };
-        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &every);
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &every, None);
         // (0, 2) is closer than (1, 0) but deleted.
         assert_eq!(places(found), vec![(0, 0), (1, 0), (0, 1)]);
-        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0, &every).is_empty());
+        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0, &every, None).is_empty());
         assert_eq!(
-            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10, &every).len(),
+            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10, &every, None).len(),
             4
         );
         // A filter keeps the best of the rows it allows, however far they are.
-        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &|r| r != 0);
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &|r| r != 0, None);
         assert_eq!(places(found), vec![(0, 1), (1, 1)]);
+        // Slot bits: chunk a allows slot 1 only (scored alone), chunk b every slot.
+        let bits = [vec![0b010u64], vec![0b11u64]];
+        let found = top_candidates(
+            &[&a, &b],
+            q,
+            q.code_bytes(2),
+            &query,
+            3,
+            &every,
+            Some(&bits),
+        );
+        assert_eq!(places(found), vec![(1, 0), (0, 1), (1, 1)]);
+        let none = [vec![0u64], vec![0u64]];
+        assert!(top_candidates(
+            &[&a, &b],
+            q,
+            q.code_bytes(2),
+            &query,
+            3,
+            &every,
+            Some(&none)
+        )
+        .is_empty());
     }
 }

@@ -299,6 +299,178 @@ def test_rowid_conditions_filter_the_search_itself(options):
     assert [r[0] for r in joined] == [r for r, _ in knn(conn, q)]
 
 
+# --- 1b. metadata columns: filters inside the search ------------------------------------------
+
+META = "embedding float[384], library text, duration float, looped boolean, takes integer, +path text"
+LIBRARIES = ["foley", "music", "field", "ambience", None]
+
+
+def metadata_rows(n, seed=11):
+    """Per row (library, duration, looped, takes, path), with NULLs in every filterable column."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for rowid in range(1, n + 1):
+        rows[rowid] = (
+            LIBRARIES[rowid % 5] if rowid % 13 else None,
+            None if rowid % 17 == 0 else float(np.round(rng.uniform(0.1, 30.0), 3)),
+            None if rowid % 19 == 0 else rowid % 2,
+            None if rowid % 23 == 0 else int(rowid % 7),
+            f"sounds/{rowid}.wav",
+        )
+    return rows
+
+
+def filled_with_metadata(conn, options=META, n=N_ROWS, seed=0):
+    conn.execute(f"CREATE VIRTUAL TABLE ix USING audiotext_index({options})")
+    vectors = random_rows(seed, n)
+    meta = metadata_rows(n)
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO ix(rowid, embedding, library, duration, looped, takes, path) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r, blob(vectors[r - 1]), *meta[r]) for r in range(1, n + 1)],
+    )
+    conn.execute("COMMIT")
+    ref = Reference()
+    ref.add(range(1, n + 1), vectors)
+    return ref, vectors, meta
+
+
+def check_filtered(conn, ref, meta, query, where, keep, params=(), k=10):
+    """The k nearest of the rows `keep` accepts, exactly, in order, with their distances."""
+    got = conn.execute(
+        f"SELECT rowid, distance FROM ix WHERE embedding MATCH ? AND k = ? AND {where}", (blob(query), k, *params)
+    ).fetchall()
+    allowed = Allowed(ref, lambda r: keep(*meta[r]))
+    if not allowed.rows:
+        assert got == [], where
+        return got
+    want_ids, want_d = allowed.top(query, k)
+    assert [r[0] for r in got] == want_ids.tolist(), where
+    np.testing.assert_allclose([r[1] for r in got], want_d[: len(got)], atol=TOL)
+    return got
+
+
+def lt(x, bound):
+    return x is not None and x < bound
+
+
+@pytest.mark.parametrize("options", [META, META + ", quantizer=binary, rescore=3000"], ids=["int8", "binary"])
+def test_metadata_filters_equal_numpy_for_every_operator_and_type(options):
+    conn = connect()
+    ref, vectors, meta = filled_with_metadata(conn, options)
+    assert counts(conn) == (2, N_ROWS - 2 * CHUNK)
+    q = queries(3, vectors)[0]
+    cases = [
+        ("library = 'foley'", lambda lib, d, lo, t, p: lib == "foley"),
+        ("library != 'foley'", lambda lib, d, lo, t, p: lib is not None and lib != "foley"),
+        ("library IN ('music', 'field')", lambda lib, d, lo, t, p: lib in ("music", "field")),
+        ("library > 'f'", lambda lib, d, lo, t, p: lib is not None and lib > "f"),
+        ("library IS NULL", lambda lib, d, lo, t, p: lib is None),
+        ("library IS NOT NULL", lambda lib, d, lo, t, p: lib is not None),
+        ("duration < 5", lambda lib, d, lo, t, p: lt(d, 5)),
+        ("duration <= 5.5 AND duration >= 2", lambda lib, d, lo, t, p: d is not None and 2 <= d <= 5.5),
+        ("duration BETWEEN 29 AND 30", lambda lib, d, lo, t, p: d is not None and 29 <= d <= 30),
+        ("duration > 29.5", lambda lib, d, lo, t, p: d is not None and d > 29.5),
+        ("duration IS NULL", lambda lib, d, lo, t, p: d is None),
+        ("looped = 1", lambda lib, d, lo, t, p: lo == 1),
+        ("looped = FALSE", lambda lib, d, lo, t, p: lo == 0),
+        ("takes IN (2, 3) AND looped = 0", lambda lib, d, lo, t, p: t in (2, 3) and lo == 0),
+        ("takes != 4 AND library = 'ambience' AND duration < 10", lambda lib, d, lo, t, p: t is not None and t != 4 and lib == "ambience" and lt(d, 10)),
+        ("takes = '3'", lambda lib, d, lo, t, p: t == 3),
+        ("library = 'nothing'", lambda lib, d, lo, t, p: False),
+        ("duration = NULL", lambda lib, d, lo, t, p: False),
+        ("library = 'field' AND rowid IN (SELECT value FROM json_each('[5, 10, 15, 20, 2005, 2500]'))",
+         lambda lib, d, lo, t, p: lib == "field"),
+    ]
+    for where, keep in cases:
+        if "json_each" in where:
+            listed = {5, 10, 15, 20, 2005, 2500}
+            rowid_keep = {r for r in listed}
+            got = conn.execute(f"SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 10 AND {where}", (blob(q),)).fetchall()
+            assert sorted(r[0] for r in got) == sorted(r for r in rowid_keep if meta[r][0] == "field")
+            continue
+        check_filtered(conn, ref, meta, q, where, keep)
+    # A bound parameter, and k rows whenever k pass, however far they are.
+    check_filtered(conn, ref, meta, q, "library = ? AND duration < ?", lambda lib, d, lo, t, p: lib == "music" and lt(d, 3), ("music", 3.0), k=40)
+    # The columns read back as inserted, from a KNN and from a plain scan.
+    row = conn.execute("SELECT rowid, library, duration, looped, takes, path FROM ix WHERE embedding MATCH ? AND k = 1 AND library = 'foley'", (blob(q),)).fetchone()
+    assert row[1:] == meta[row[0]]
+    assert conn.execute("SELECT library, duration, looped, takes, path FROM ix WHERE rowid = 2049").fetchone() == meta[2049]
+    assert conn.execute("SELECT count(*) FROM ix WHERE library = 'foley'").fetchone()[0] == sum(m[0] == "foley" for m in meta.values())
+
+
+def test_partition_keys_chunk_by_partition():
+    """Rows of one partition fill chunks of their own, so a filter on the key skips whole chunks,
+    however the inserts interleave; the results stay exact."""
+    conn = connect()
+    conn.execute("CREATE VIRTUAL TABLE ix USING audiotext_index(embedding float[384], library text partition key, duration float)")
+    vectors = random_rows(5, 3300)
+    meta = {r: (["foley", "music", "field"][r % 3], float(r % 30), None, None, None) for r in range(1, 3301)}
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO ix(rowid, embedding, library, duration) VALUES (?, ?, ?, ?)",
+                     [(r, blob(vectors[r - 1]), meta[r][0], meta[r][1]) for r in range(1, 3301)])
+    conn.execute("COMMIT")
+    per_chunk = conn.execute(
+        "SELECT chunk_id, count(DISTINCT m.library) FROM ix_rowids r JOIN ix_metadata m USING (rowid) GROUP BY chunk_id"
+    ).fetchall()
+    assert len(per_chunk) == 3 and all(n == 1 for _, n in per_chunk), per_chunk
+    assert counts(conn) == (3, 3300 - 3 * CHUNK)
+    ref = Reference()
+    ref.add(range(1, 3301), vectors)
+    q = queries(6, vectors)[0]
+    for where, keep in [
+        ("library = 'music'", lambda lib, d, *_: lib == "music"),
+        ("library IN ('foley', 'field') AND duration < 4", lambda lib, d, *_: lib in ("foley", "field") and d < 4),
+        ("library != 'field'", lambda lib, d, *_: lib != "field"),
+    ]:
+        check_filtered(conn, ref, meta, q, where, keep)
+
+
+def test_metadata_updates_rollback_and_a_second_connection(tmp_path):
+    path = tmp_path / "meta.db"
+    conn = connect(path)
+    ref, vectors, meta = filled_with_metadata(conn, n=1500)
+    q = vectors[700]
+    assert knn(conn, q, 1)[0][0] == 701
+    # An UPDATE of one metadata column keeps the vector and the other values.
+    conn.execute("UPDATE ix SET library = 'moved' WHERE rowid = 701")
+    assert conn.execute("SELECT library, duration, path FROM ix WHERE rowid = 701").fetchone() == ("moved",) + (meta[701][1], meta[701][4])
+    hit = conn.execute("SELECT rowid, distance FROM ix WHERE embedding MATCH ? AND k = 1 AND library = 'moved'", (blob(q),)).fetchone()
+    assert hit[0] == 701 and abs(hit[1]) < TOL
+    # A rolled-back change is gone from the filter too.
+    conn.execute("BEGIN")
+    conn.execute("UPDATE ix SET library = 'gone' WHERE rowid = 702")
+    assert conn.execute("SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 5 AND library = 'gone'", (blob(q),)).fetchall() == [(702,)]
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 5 AND library = 'gone'", (blob(q),)).fetchall() == []
+    # Another connection sees committed metadata, and its own writes are seen here.
+    other = connect(path)
+    assert other.execute("SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 5 AND library = 'moved'", (blob(q),)).fetchall() == [(701,)]
+    other.execute("UPDATE ix SET duration = 99.5 WHERE rowid = 100")
+    assert conn.execute("SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 5 AND duration > 99", (blob(q),)).fetchall() == [(100,)]
+    # Deleted rows leave the filter.
+    conn.execute("DELETE FROM ix WHERE rowid = 701")
+    assert conn.execute("SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 5 AND library = 'moved'", (blob(q),)).fetchall() == []
+
+
+def test_metadata_errors_say_how_to_write_the_query():
+    conn = connect()
+    filled_with_metadata(conn, n=50)
+    q = blob(random_rows(9, 1)[0])
+    expect_error(conn, "INSERT INTO ix(rowid, embedding, library) VALUES (900, ?, 5)", (q,), "column library is declared text, got INTEGER")
+    expect_error(conn, "INSERT INTO ix(rowid, embedding, looped) VALUES (900, ?, 2)", (q,), "boolean", "1 or 0")
+    expect_error(conn, "INSERT INTO ix(rowid, embedding, takes) VALUES (900, ?, 2.5)", (q,), "declared integer, got REAL")
+    expect_error(conn, "UPDATE ix SET duration = 'long' WHERE rowid = 3", (), "declared float, got TEXT")
+    assert conn.execute("SELECT count(*) FROM ix").fetchone() == (50,)
+    expect_error(conn, "SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 3 AND path = 'sounds/1.wav'", (q,),
+                 "+path is an auxiliary column", "rowid IN (SELECT rowid FROM ix WHERE")
+    expect_error(conn, "SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 3 AND library LIKE 'fo%'", (q,),
+                 "only with =, !=, <, <=, >, >=, BETWEEN, IN (...) and IS [NOT] NULL", "(LIKE)", "Filter first")
+    # The way the messages point to works: filter first, then search.
+    rows = conn.execute("SELECT rowid FROM ix WHERE embedding MATCH ? AND k = 3 AND rowid IN (SELECT rowid FROM ix WHERE library LIKE 'fo%')", (q,)).fetchall()
+    assert len(rows) == 3 and all(conn.execute("SELECT library FROM ix WHERE rowid = ?", r).fetchone()[0] == "foley" for r in rows)
+
+
 # --- 2. transactions --------------------------------------------------------------------------
 
 def test_rollback_hides_rows_inserted_in_the_transaction():
@@ -730,8 +902,15 @@ def test_query_errors(small):
         ("embedding float[384], quantizer=int8, quantizer=binary", "quantizer is given twice"),
         ("", "no vector column was declared"),
         ("distance float[384]", "column name 'distance' is taken by the index itself"),
+        ("embedding float[384], library varchar", "column library has type 'varchar'; use integer, float, text or boolean"),
+        ("embedding float[384], duration float partition key", "partition key duration must be integer or text"),
+        ("embedding float[384], +path text partition key", "+path is auxiliary"),
+        ("embedding float[384], k integer", "column name 'k' is taken by the index itself"),
+        ("embedding float[384], a text, A float", "column A is declared twice"),
+        ("embedding float[384], " + ", ".join(f"m{i} float" for i in range(17)), "17 metadata columns are declared; at most 16"),
     ],
-    ids=["unknown-option", "float0", "int8-type", "l2", "pq", "rescore0", "rescore-too-big", "twice", "no-column", "reserved-name"],
+    ids=["unknown-option", "float0", "int8-type", "l2", "pq", "rescore0", "rescore-too-big", "twice", "no-column", "reserved-name",
+         "column-type", "float-partition", "aux-partition", "reserved-column", "column-twice", "too-many-columns"],
 )
 def test_bad_declarations_are_refused(arguments, needle):
     conn = connect()

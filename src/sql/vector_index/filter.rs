@@ -25,7 +25,7 @@ pub enum Condition {
 
 impl Condition {
     /// The condition of an operator on rowid, if the index can apply it.
-    pub fn of(op: IndexConstraintOp) -> Option<Condition> {
+    pub fn of(op: &IndexConstraintOp) -> Option<Condition> {
         use IndexConstraintOp::*;
         Some(match op {
             SQLITE_INDEX_CONSTRAINT_EQ | SQLITE_INDEX_CONSTRAINT_IS => Condition::Equals,

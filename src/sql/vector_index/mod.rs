@@ -12,6 +12,7 @@
 //! their float32 vectors. Storage and the memory copy of the codes: `store`.
 
 mod filter;
+mod metadata;
 mod options;
 mod store;
 
@@ -35,14 +36,16 @@ use super::vtab::{
 use super::vtab_in;
 use super::{vector_to_blob, Registry};
 use filter::{Condition, RowidFilter};
+use metadata::Filter;
 pub use options::IndexOptions;
+use rusqlite::types::Value;
 use store::{Hit, Store};
 
 const NAME: &str = "audiotext_index";
 
+/// Columns of the declared table: the vector, the declared others (from 1), then `distance` and
+/// `k` (`IndexOptions::distance_column`).
 const COLUMN_VECTOR: c_int = 0;
-const COLUMN_DISTANCE: c_int = 1;
-const COLUMN_K: c_int = 2;
 const COLUMN_ROWID: c_int = -1;
 
 /// Bits of `idx_num`: which constraints `filter` receives, in this order.
@@ -51,8 +54,26 @@ const PLAN_K: c_int = 2;
 const PLAN_LIMIT: c_int = 4;
 const PLAN_ROWID: c_int = 8;
 
-/// The `idx_str` letter of a `rowid IN (...)` list handed over whole.
+/// The `idx_str` letters of an `IN (...)` list handed over whole, and of IS [NOT] NULL; the
+/// comparisons have `filter::Condition::code`s. Each is followed by its column: `r` for rowid,
+/// else the metadata column's number among the filterable ones.
 const IN_LIST: char = 'i';
+const IS_NULL: char = 'n';
+const IS_NOT_NULL: char = 'N';
+
+/// An operator's SQL, for messages.
+fn operator_name(op: &IndexConstraintOp) -> String {
+    use IndexConstraintOp::*;
+    match op {
+        SQLITE_INDEX_CONSTRAINT_LIKE => "LIKE".into(),
+        SQLITE_INDEX_CONSTRAINT_GLOB => "GLOB".into(),
+        SQLITE_INDEX_CONSTRAINT_REGEXP => "REGEXP".into(),
+        SQLITE_INDEX_CONSTRAINT_MATCH => "MATCH".into(),
+        other => format!("{other:?}")
+            .trim_start_matches("SQLITE_INDEX_CONSTRAINT_")
+            .to_string(),
+    }
+}
 
 /// Most rows one query may ask for (vec0's limit too).
 const MAX_K: i64 = 4096;
@@ -83,14 +104,23 @@ impl IndexTable {
         let connection =
             unsafe { Connection::from_handle(at.db.handle()) }.map_err(|e| e.to_string())?;
         let (dimensions, quantizer) = (options.dimensions, options.quantizer);
+        let columns = &options.columns;
         let store = if creating {
-            Store::create(connection, &at.schema, &table, dimensions, quantizer)
-                .map_err(|e| format!("{table}: {e}"))?
+            Store::create(
+                connection, &at.schema, &table, dimensions, quantizer, columns,
+            )
+            .map_err(|e| format!("{table}: {e}"))?
         } else {
-            Store::open(connection, &at.schema, &table, dimensions, quantizer)
+            Store::open(
+                connection, &at.schema, &table, dimensions, quantizer, columns,
+            )
         };
+        let others: String = columns
+            .iter()
+            .map(|c| format!(", {} {}", store::quote(&c.name), c.kind.sql()))
+            .collect();
         let declaration = format!(
-            "CREATE TABLE x({} BLOB, distance HIDDEN REAL, k HIDDEN INTEGER)",
+            "CREATE TABLE x({} BLOB{others}, distance HIDDEN REAL, k HIDDEN INTEGER)",
             store::quote(&options.column)
         );
         let declaration = std::ffi::CString::new(declaration).map_err(|e| e.to_string())?;
@@ -118,24 +148,31 @@ impl Table for IndexTable {
     }
 
     fn best_index(&self, info: &mut IndexInfo) -> Result<bool, String> {
+        let state = self.state.borrow();
+        let options = &state.options;
+        let (column_distance, column_k) =
+            (options.distance_column(), options.distance_column() + 1);
         let mut found: [Option<usize>; 4] = [None; 4];
         let mut unusable_match = false;
-        // Conditions on rowid a nearest-neighbour query applies while it searches.
-        let mut on_rowid: Vec<(usize, Condition)> = Vec::new();
+        // Conditions a nearest-neighbour query applies while it searches, on rowid (`None`) or
+        // a declared column.
+        let mut filters: Vec<(usize, Option<usize>, IndexConstraintOp)> = Vec::new();
         for (i, constraint) in info.constraints().enumerate() {
+            let (column, op) = (constraint.column(), constraint.operator());
             if !constraint.is_usable() {
-                unusable_match |= constraint.column() == COLUMN_VECTOR
-                    && constraint.operator() == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_MATCH;
+                unusable_match |= column == COLUMN_VECTOR
+                    && op == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_MATCH;
                 continue;
             }
-            if constraint.column() == COLUMN_ROWID {
-                if let Some(condition) = Condition::of(constraint.operator()) {
-                    on_rowid.push((i, condition));
-                }
+            if column == COLUMN_ROWID && Condition::of(&op).is_some() {
+                filters.push((i, None, constraint.operator()));
             }
-            let slot = match (constraint.column(), constraint.operator()) {
+            if let Some(declared) = options.declared_column(column) {
+                filters.push((i, Some(declared), constraint.operator()));
+            }
+            let slot = match (column, op) {
                 (COLUMN_VECTOR, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_MATCH) => 0,
-                (COLUMN_K, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ) => 1,
+                (c, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ) if c == column_k => 1,
                 (_, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_LIMIT) => 2,
                 (COLUMN_ROWID, IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ) => 3,
                 _ => continue,
@@ -178,39 +215,58 @@ impl Table for IndexTable {
         }
         info.set_idx_num(idx_num);
         if knn {
-            // Every condition on rowid filters the search itself, so that the k nearest rows
-            // *that pass* come back: applied after the search, they would leave fewer.
-            let mut codes = String::new();
+            // Every condition on rowid or a metadata column filters the search itself, so that
+            // the k nearest rows *that pass* come back: applied after it, they would leave fewer.
+            let mut plan = Vec::new();
             let mut joined = false;
-            for (i, condition) in on_rowid {
-                let code = if condition == Condition::Equals && vtab_in::is_in_list(info, i, false)
+            for (i, column, op) in filters {
+                let target = match column {
+                    None => "r".to_string(),
+                    Some(c) => {
+                        let declared = &options.columns[c];
+                        if !declared.filters() {
+                            return Err(format!("{}: +{} is an auxiliary column: it is returned, never filtered, and a condition on it would be applied after the {} nearest rows are chosen, leaving fewer; declare it without + to filter on it inside the search, or filter first with rowid IN (SELECT rowid FROM {} WHERE ...)", state.table, declared.name, "k", state.table));
+                        }
+                        options.filterable_index(c).to_string()
+                    }
+                };
+                let code = if op == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_EQ
+                    && vtab_in::is_in_list(info, i, false)
                 {
                     if !vtab_in::is_in_list(info, i, true) {
                         return Ok(false);
                     }
                     IN_LIST
-                } else if condition == Condition::Equals && !vtab_in::available() {
-                    // An older SQLite cannot hand over an IN list whole: it would run one search
-                    // per value. Such a plan is refused (another order may not need it).
-                    return Ok(false);
-                } else {
-                    // `rowid = x` may be a join's: searching once per row of the other table
-                    // among that one row is another query than the join means. Priced so that
-                    // SQLite prefers to search once and join after, wherever it can.
+                } else if let Some(condition) = Condition::of(&op) {
+                    if condition == Condition::Equals && !vtab_in::available() {
+                        // An older SQLite cannot hand over an IN list whole: it would run one
+                        // search per value. Such a plan is refused (another may not need it).
+                        return Ok(false);
+                    }
+                    // `column = x` may be a join's: searching once per row of the other table
+                    // is another query than the join means. Priced so that SQLite prefers to
+                    // search once and join after, wherever it can.
                     joined = true;
                     condition.code()
+                } else if op == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_ISNULL {
+                    IS_NULL
+                } else if op == IndexConstraintOp::SQLITE_INDEX_CONSTRAINT_ISNOTNULL {
+                    IS_NOT_NULL
+                } else {
+                    let name = column.map_or("rowid", |c| options.columns[c].name.as_str());
+                    return Err(format!("{}: a nearest-neighbour query applies conditions on {name} inside the search only with =, !=, <, <=, >, >=, BETWEEN, IN (...) and IS [NOT] NULL; this one ({}) would be applied after the k nearest rows are chosen, leaving fewer. Filter first: rowid IN (SELECT rowid FROM {} WHERE ...)", state.table, operator_name(&op), state.table));
                 };
                 argv += 1;
                 let mut usage = info.constraint_usage(i);
                 usage.set_argv_index(argv);
                 usage.set_omit(true);
-                codes.push(code);
+                plan.push(format!("{code}{target}"));
             }
-            info.set_idx_str(&codes);
+            info.set_idx_str(&plan.join(","));
             // Rows come out nearest first: ORDER BY distance (ascending) needs no sort.
             let by_distance = info
                 .order_bys()
-                .all(|o| o.column() == COLUMN_DISTANCE && !o.is_order_by_desc());
+                .all(|o| o.column() == column_distance && !o.is_order_by_desc());
             if info.num_of_order_by() > 0 && by_distance {
                 info.set_order_by_consumed(true);
             }
@@ -320,6 +376,7 @@ impl IndexState {
         &mut self,
         rowid: ValueRef<'_>,
         vector: ValueRef<'_>,
+        values: &[Value],
         conflict: ConflictMode,
     ) -> Result<i64, String> {
         let rowid = match rowid {
@@ -343,7 +400,29 @@ impl IndexState {
             }
         }
         self.store
-            .insert(rowid, &vector, conflict == ConflictMode::Replace)
+            .insert(rowid, &vector, values, conflict == ConflictMode::Replace)
+    }
+
+    /// The declared columns' values of an INSERT or UPDATE (argv from 3 on), checked against
+    /// their types; `kept` gives the old value of a column the UPDATE does not set.
+    fn column_values(
+        &self,
+        argv: &[ValueRef<'_>],
+        unchanged: impl Fn(usize) -> bool,
+        kept: &[Value],
+    ) -> Result<Vec<Value>, String> {
+        self.options
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                if unchanged(3 + i) {
+                    return Ok(kept.get(i).cloned().unwrap_or(Value::Null));
+                }
+                let value = argv.get(3 + i).copied().unwrap_or(ValueRef::Null);
+                metadata::checked_value(column, value)
+            })
+            .collect()
     }
 }
 
@@ -356,24 +435,27 @@ impl UpdateTable for IndexTable {
     }
 
     fn insert(&mut self, args: &Inserts<'_>) -> Result<i64, String> {
-        // argv: [NULL, new rowid, embedding, distance, k]
+        // argv: [NULL, new rowid, embedding, declared columns..., distance, k]
         // SAFETY: the handle of the connection running this statement.
         let conflict = unsafe { args.on_conflict(self.connection()) };
-        let mut values = args.iter().skip(1);
-        let (rowid, vector) = (values.next(), values.next());
+        let argv: Vec<ValueRef<'_>> = args.iter().collect();
         let mut state = self.state.borrow_mut();
         let table = state.table.clone();
+        let values = state
+            .column_values(&argv, |_| false, &[])
+            .map_err(|e| format!("{table}: {e}"))?;
         state
             .insert(
-                rowid.unwrap_or(ValueRef::Null),
-                vector.unwrap_or(ValueRef::Null),
+                argv.get(1).copied().unwrap_or(ValueRef::Null),
+                argv.get(2).copied().unwrap_or(ValueRef::Null),
+                &values,
                 conflict,
             )
             .map_err(|e| format!("{table}: {e}"))
     }
 
     fn update(&mut self, args: &Updates<'_>) -> Result<(), String> {
-        // argv: [old rowid, new rowid, embedding, distance, k]
+        // argv: [old rowid, new rowid, embedding, declared columns..., distance, k]
         let unchanged_vector = args.no_change(2);
         let values: Vec<ValueRef<'_>> = args.iter().collect();
         let mut state = self.state.borrow_mut();
@@ -400,9 +482,17 @@ impl UpdateTable for IndexTable {
         state
             .vector_argument(vector, &role)
             .map_err(|e| format!("{table}: {e}"))?;
+        let old_values = if state.options.columns.is_empty() {
+            Vec::new()
+        } else {
+            state.store.values(old)?
+        };
+        let columns = state
+            .column_values(&values, |i| args.no_change(i), &old_values)
+            .map_err(|e| format!("{table}: {e}"))?;
         state.store.delete(old)?;
         state
-            .insert(values[1], vector, ConflictMode::Abort)
+            .insert(values[1], vector, &columns, ConflictMode::Abort)
             .map_err(|e| format!("{table}: {e}"))
             .map(|_| ())
     }
@@ -464,12 +554,12 @@ impl IndexCursor {
                 (None, None) => return Err(format!("{table}: a MATCH query needs how many rows to return: add `AND k = 10` (or, on SQLite 3.41 and newer, `ORDER BY distance LIMIT 10`)")),
             };
             self.k = Some(k as i64);
-            let filter = rowid_filter(idx_str.unwrap_or_default(), args, used)?;
+            let (rowids, metadata) = query_filters(idx_str.unwrap_or_default(), args, used)?;
             let query = state.query_vector(query).map_err(in_table)?;
             let rescore = state.options.rescore;
             let hits = state
                 .store
-                .search(&query, k, rescore, &filter)
+                .search(&query, k, rescore, &rowids, &metadata)
                 .map_err(in_table)?;
             self.rows = hits
                 .into_iter()
@@ -505,26 +595,64 @@ impl IndexCursor {
     }
 }
 
-/// The conditions on rowid of a nearest-neighbour query: `codes` (the plan's `idx_str`) names
-/// each, and their values are `args` from `first` on.
-fn rowid_filter(codes: &str, args: &Filters<'_>, first: usize) -> Result<RowidFilter, String> {
-    let mut filter = RowidFilter::default();
-    for (n, code) in codes.chars().enumerate() {
+/// The conditions of a nearest-neighbour query: `plan` (the plan's `idx_str`) names each, and
+/// their values are `args` from `first` on.
+fn query_filters(
+    plan: &str,
+    args: &Filters<'_>,
+    first: usize,
+) -> Result<(RowidFilter, Vec<(usize, Vec<Filter>)>), String> {
+    let mut rowids = RowidFilter::default();
+    let mut metadata: Vec<(usize, Vec<Filter>)> = Vec::new();
+    let broken = |what: &str| format!("the query plan holds {what}; please report this");
+    for (n, token) in plan.split(',').filter(|t| !t.is_empty()).enumerate() {
         let argv = first + n;
-        if code == IN_LIST {
-            filter.add_list(&vtab_in::in_values(args, argv)?);
+        let mut chars = token.chars();
+        let code = chars.next().ok_or_else(|| broken("an empty condition"))?;
+        let target = chars.as_str();
+        let value = || {
+            args.iter()
+                .nth(argv)
+                .ok_or_else(|| broken("a condition without its value"))
+        };
+        if target == "r" {
+            match code {
+                IN_LIST => rowids.add_list(&vtab_in::in_values(args, argv)?),
+                _ => {
+                    let condition =
+                        Condition::from_code(code).ok_or_else(|| broken("an unknown condition"))?;
+                    rowids.add(condition, value()?);
+                }
+            }
             continue;
         }
-        let condition = Condition::from_code(code).ok_or_else(|| {
-            format!("the query plan holds an unknown condition '{code}'; please report this")
-        })?;
-        let value = args
-            .iter()
-            .nth(argv)
-            .ok_or("the query plan lost a condition's value; please report this")?;
-        filter.add(condition, value);
+        let column: usize = target.parse().map_err(|_| broken("an unknown column"))?;
+        let filter = match code {
+            IN_LIST => Filter::In(vtab_in::in_values(args, argv)?),
+            IS_NULL => Filter::IsNull(true),
+            IS_NOT_NULL => Filter::IsNull(false),
+            _ => {
+                let condition =
+                    Condition::from_code(code).ok_or_else(|| broken("an unknown condition"))?;
+                Filter::Compare(condition, owned(value()?))
+            }
+        };
+        match metadata.iter_mut().find(|(c, _)| *c == column) {
+            Some((_, filters)) => filters.push(filter),
+            None => metadata.push((column, vec![filter])),
+        }
     }
-    Ok(filter)
+    Ok((rowids, metadata))
+}
+
+fn owned(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
 }
 
 /// `k = N` or `LIMIT N`: 1 to `MAX_K`.
@@ -580,9 +708,23 @@ impl Cursor for IndexCursor {
                     .map_err(|e| format!("{table}: {e}"))?;
                 set_result(ctx, &vector_to_blob(&vector))
             }
-            COLUMN_DISTANCE => set_result(ctx, &row.distance.map(f64::from)),
-            COLUMN_K => set_result(ctx, &self.k),
-            _ => set_result(ctx, &rusqlite::types::Null),
+            _ => {
+                let state = self.state.borrow();
+                let distance = state.options.distance_column();
+                if column == distance {
+                    set_result(ctx, &row.distance.map(f64::from))
+                } else if column == distance + 1 {
+                    set_result(ctx, &self.k)
+                } else if let Some(declared) = state.options.declared_column(column) {
+                    let value = state
+                        .store
+                        .value(row.rowid, declared)
+                        .map_err(|e| format!("{}: {e}", state.table))?;
+                    set_result(ctx, &value)
+                } else {
+                    set_result(ctx, &rusqlite::types::Null)
+                }
+            }
         }
     }
 

@@ -12,7 +12,11 @@
 //! - `t_vectors(block_id, vectors)`: the chunks' float32 vectors, `BLOCK_VECTORS` to a row, for
 //!   the exact rescoring: a candidate's vector is a B-tree seek and a read of at most a few
 //!   pages away (in one chunk-sized BLOB, SQLite would walk its overflow chain up to the slot);
-//! - `t_rowids(rowid, chunk_id, slot)`: where each chunked row lives.
+//! - `t_rowids(rowid, chunk_id, slot)`: where each chunked row lives;
+//! - `t_metadata(rowid, <columns>)`, for an index declared with metadata or auxiliary columns:
+//!   each row's values. With partition keys, `t_pending` also holds each row's `part` (its keys'
+//!   values as JSON), and a chunk is folded from the rows of one partition only, so a filter on a
+//!   partition key skips whole chunks.
 //!
 //! Every write is plain SQL on these tables, inside the caller's transaction: a rollback undoes
 //! it like any other write. The memory copy is checked against the database before every
@@ -27,9 +31,12 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::filter::RowidFilter;
+use super::metadata::{bit, ChunkMetadata, Dictionaries, Prepared, SlotBits};
+use super::options::{Column, ColumnKind, ColumnRole};
 use crate::index::kernels::dot_f32;
 use crate::index::quantize::unit;
 use crate::index::{top_candidates, CodeChunk, Quantizer};
@@ -43,7 +50,9 @@ const BLOCK_VECTORS: usize = 8;
 const BLOCKS_PER_CHUNK: i64 = (CHUNK_SLOTS / BLOCK_VECTORS) as i64;
 /// The shadow tables' layout; a database with another is refused, not misread.
 const FORMAT: i64 = 1;
-const SUFFIXES: [&str; 6] = ["info", "pending", "chunks", "codes", "vectors", "rowids"];
+const SUFFIXES: [&str; 7] = [
+    "info", "pending", "chunks", "codes", "vectors", "rowids", "metadata",
+];
 
 /// Where a row's vector is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,6 +77,8 @@ pub struct Store {
     quantizer: Quantizer,
     code_bytes: usize,
     cache: Cache,
+    /// The columns besides the vector, as declared.
+    columns: Vec<Column>,
     /// Why the shadow tables cannot be used, found when the table was connected; every use
     /// but DROP TABLE reports it (a damaged index must stay droppable).
     damage: Option<String>,
@@ -82,6 +93,9 @@ struct Cache {
     chunks: Vec<CachedChunk>,
     /// Pending rows' vectors, as stored.
     pending: Vec<(i64, Vec<f32>)>,
+    /// The pending rows' filterable values, read when a query first filters on them.
+    pending_metadata: Option<ChunkMetadata>,
+    dictionaries: Dictionaries,
 }
 
 struct CachedChunk {
@@ -89,7 +103,13 @@ struct CachedChunk {
     nonce: i64,
     version: i64,
     codes: CodeChunk,
+    /// Its rows' filterable values, read when a query first filters on them (a chunk's rows
+    /// never change their values: an UPDATE moves the row out of the chunk).
+    metadata: Option<ChunkMetadata>,
 }
+
+/// A query's conditions on metadata: (filterable column, its conditions).
+pub type MetadataConditions = [(usize, Vec<super::metadata::Filter>)];
 
 impl Store {
     /// Creates the shadow tables of a new index.
@@ -99,17 +119,19 @@ impl Store {
         table: &str,
         dimensions: usize,
         quantizer: Quantizer,
+        columns: &[Column],
     ) -> Result<Store, String> {
-        let store = Store::new(db, schema, table, dimensions, quantizer);
+        let store = Store::new(db, schema, table, dimensions, quantizer, columns);
         let sql = format!(
             "CREATE TABLE {info}(id INTEGER PRIMARY KEY CHECK (id = 1), format INTEGER NOT NULL, dimensions INTEGER NOT NULL, quantizer TEXT NOT NULL, generation INTEGER NOT NULL, pending INTEGER NOT NULL);
-             CREATE TABLE {pending}(rowid INTEGER PRIMARY KEY, vector BLOB NOT NULL);
+             CREATE TABLE {pending}(rowid INTEGER PRIMARY KEY, vector BLOB NOT NULL{part});
              CREATE TABLE {chunks}(chunk_id INTEGER PRIMARY KEY, nonce INTEGER NOT NULL, version INTEGER NOT NULL, live BLOB NOT NULL);
              CREATE TABLE {codes}(chunk_id INTEGER PRIMARY KEY, rowids BLOB NOT NULL, codes BLOB NOT NULL);
              CREATE TABLE {vectors}(block_id INTEGER PRIMARY KEY, vectors BLOB NOT NULL);
              CREATE TABLE {rowids}(rowid INTEGER PRIMARY KEY, chunk_id INTEGER NOT NULL, slot INTEGER NOT NULL);",
             info = store.shadow("info"),
             pending = store.shadow("pending"),
+            part = if store.partitioned() { ", part TEXT" } else { "" },
             chunks = store.shadow("chunks"),
             codes = store.shadow("codes"),
             vectors = store.shadow("vectors"),
@@ -117,7 +139,7 @@ impl Store {
         );
         store
             .db
-            .execute_batch(&sql)
+            .execute_batch(&(sql + &store.metadata_tables()))
             .map_err(|e| format!("creating its shadow tables: {e}"))?;
         store
             .db
@@ -137,10 +159,72 @@ impl Store {
         table: &str,
         dimensions: usize,
         quantizer: Quantizer,
+        columns: &[Column],
     ) -> Store {
-        let mut store = Store::new(db, schema, table, dimensions, quantizer);
-        store.damage = store.check_info().err();
+        let mut store = Store::new(db, schema, table, dimensions, quantizer, columns);
+        store.damage = store
+            .check_info()
+            .and_then(|_| store.check_metadata_tables())
+            .err();
         store
+    }
+
+    /// The SQL that creates the metadata shadow table (and the index of the pending rows'
+    /// partitions).
+    fn metadata_tables(&self) -> String {
+        if self.columns.is_empty() {
+            return String::new();
+        }
+        let columns: String = self
+            .columns
+            .iter()
+            .map(|c| format!(", {} {}", quote(&c.name), c.kind.sql()))
+            .collect();
+        let mut sql = format!(
+            "CREATE TABLE {}(rowid INTEGER PRIMARY KEY{columns});",
+            self.shadow("metadata")
+        );
+        if self.partitioned() {
+            sql += &format!(
+                "CREATE INDEX {index} ON {table}(part, rowid);",
+                index = format!(
+                    "{}.{}",
+                    quote(&self.schema),
+                    quote(&format!("{}_pending_part", self.table))
+                ),
+                table = quote(&format!("{}_pending", self.table)),
+            );
+        }
+        sql
+    }
+
+    /// The metadata table has the declared columns (a declaration edited by hand, or shadow
+    /// tables of another version, would otherwise be misread).
+    fn check_metadata_tables(&self) -> Result<(), String> {
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = self.columns.iter().map(|c| quote(&c.name)).collect();
+        let mut sql = format!(
+            "SELECT rowid, {} FROM {} LIMIT 0",
+            names.join(", "),
+            self.shadow("metadata")
+        );
+        if self.partitioned() {
+            sql += &format!("; SELECT part FROM {} LIMIT 0", self.shadow("pending"));
+        }
+        for statement in sql.split("; ") {
+            self.db.prepare(statement).map_err(|e| {
+                format!("its shadow tables do not hold the declared columns ({e}); {REBUILD}")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn partitioned(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| c.role == ColumnRole::PartitionKey)
     }
 
     fn check_info(&self) -> Result<(), String> {
@@ -188,6 +272,7 @@ impl Store {
         table: &str,
         dimensions: usize,
         quantizer: Quantizer,
+        columns: &[Column],
     ) -> Store {
         Store {
             db,
@@ -197,6 +282,7 @@ impl Store {
             quantizer,
             code_bytes: quantizer.code_bytes(dimensions),
             cache: Cache::default(),
+            columns: columns.to_vec(),
             damage: None,
         }
     }
@@ -221,12 +307,14 @@ impl Store {
 
     // ---- writes ----
 
-    /// Adds a row; `rowid` None takes one more than the largest. `replace` (INSERT OR REPLACE)
-    /// first removes a row with the same rowid. Returns the rowid.
+    /// Adds a row with its `values` (one per declared column, checked); `rowid` None takes one
+    /// more than the largest. `replace` (INSERT OR REPLACE) first removes a row with the same
+    /// rowid. Returns the rowid.
     pub fn insert(
         &mut self,
         rowid: Option<i64>,
         vector: &[f32],
+        values: &[Value],
         replace: bool,
     ) -> Result<i64, String> {
         self.intact()?;
@@ -244,22 +332,115 @@ impl Store {
             self.delete(rowid)?;
         }
         let blob = crate::sql::vector_to_blob(vector);
-        self.prepared(&format!(
-            "INSERT INTO {}(rowid, vector) VALUES (?1, ?2)",
-            self.shadow("pending")
-        ))?
-        .execute(params![rowid, blob])
+        let part = self.partition_of(values);
+        match &part {
+            None => self
+                .prepared(&format!(
+                    "INSERT INTO {}(rowid, vector) VALUES (?1, ?2)",
+                    self.shadow("pending")
+                ))?
+                .execute(params![rowid, blob]),
+            Some(part) => self
+                .prepared(&format!(
+                    "INSERT INTO {}(rowid, vector, part) VALUES (?1, ?2, ?3)",
+                    self.shadow("pending")
+                ))?
+                .execute(params![rowid, blob, part]),
+        }
         .map_err(|e| self.sql_failed(e))?;
+        if !self.columns.is_empty() {
+            let marks: String = (0..values.len()).map(|i| format!(", ?{}", i + 2)).collect();
+            let names: String = self
+                .columns
+                .iter()
+                .map(|c| format!(", {}", quote(&c.name)))
+                .collect();
+            let mut statement = self.prepared(&format!(
+                "INSERT INTO {}(rowid{names}) VALUES (?1{marks})",
+                self.shadow("metadata")
+            ))?;
+            statement
+                .raw_bind_parameter(1, rowid)
+                .map_err(|e| e.to_string())?;
+            for (i, value) in values.iter().enumerate() {
+                statement
+                    .raw_bind_parameter(i + 2, value)
+                    .map_err(|e| e.to_string())?;
+            }
+            statement.raw_execute().map_err(|e| self.sql_failed(e))?;
+        }
         let pending = self.bump_generation(1)?;
-        if pending >= CHUNK_SLOTS as i64 {
-            self.fold_pending()?;
+        match part {
+            None if pending >= CHUNK_SLOTS as i64 => self.fold_pending(None)?,
+            Some(part) if self.pending_in(&part)? >= CHUNK_SLOTS as i64 => {
+                self.fold_pending(Some(&part))?
+            }
+            _ => {}
         }
         Ok(rowid)
+    }
+
+    /// A row's partition: its partition keys' values as a JSON array, or None when the index
+    /// has no partition keys.
+    fn partition_of(&self, values: &[Value]) -> Option<String> {
+        if !self.partitioned() {
+            return None;
+        }
+        let keys: Vec<serde_json::Value> = self
+            .columns
+            .iter()
+            .zip(values)
+            .filter(|(c, _)| c.role == ColumnRole::PartitionKey)
+            .map(|(_, v)| match v {
+                Value::Integer(i) => serde_json::Value::from(*i),
+                Value::Text(t) => serde_json::Value::from(t.as_str()),
+                _ => serde_json::Value::Null,
+            })
+            .collect();
+        Some(serde_json::Value::from(keys).to_string())
+    }
+
+    fn pending_in(&self, part: &str) -> Result<i64, String> {
+        self.prepared(&format!(
+            "SELECT count(*) FROM {} WHERE part = ?1",
+            self.shadow("pending")
+        ))?
+        .query_row([part], |r| r.get(0))
+        .map_err(|e| self.sql_failed(e))
+    }
+
+    /// The value of declared column `column` of a row (NULL for a row without one).
+    pub fn value(&self, rowid: i64, column: usize) -> Result<Value, String> {
+        let name = &self.columns[column].name;
+        self.prepared(&format!(
+            "SELECT {} FROM {} WHERE rowid = ?1",
+            quote(name),
+            self.shadow("metadata")
+        ))?
+        .query_row([rowid], |r| r.get(0))
+        .optional()
+        .map(|v| v.unwrap_or(Value::Null))
+        .map_err(|e| self.sql_failed(e))
+    }
+
+    /// Every declared column's value of a row.
+    pub fn values(&self, rowid: i64) -> Result<Vec<Value>, String> {
+        (0..self.columns.len())
+            .map(|c| self.value(rowid, c))
+            .collect()
     }
 
     /// Removes a row; a rowid that is not there is no error (SQLite found it first).
     pub fn delete(&mut self, rowid: i64) -> Result<(), String> {
         self.intact()?;
+        if !self.columns.is_empty() {
+            self.prepared(&format!(
+                "DELETE FROM {} WHERE rowid = ?1",
+                self.shadow("metadata")
+            ))?
+            .execute([rowid])
+            .map_err(|e| self.sql_failed(e))?;
+        }
         match self.location(rowid)? {
             None => Ok(()),
             Some(Location::Pending) => {
@@ -325,16 +506,26 @@ impl Store {
         }
     }
 
-    /// Moves the `CHUNK_SLOTS` pending rows with the smallest rowids into a new chunk.
-    fn fold_pending(&mut self) -> Result<(), String> {
-        let rows: Vec<(i64, Vec<u8>)> = self
-            .prepared(&format!(
-                "SELECT rowid, vector FROM {} ORDER BY rowid LIMIT {CHUNK_SLOTS}",
-                self.shadow("pending")
-            ))?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.sql_failed(e))?;
+    /// Moves the `CHUNK_SLOTS` pending rows with the smallest rowids (of partition `part`,
+    /// when the index has partition keys) into a new chunk.
+    fn fold_pending(&mut self, part: Option<&str>) -> Result<(), String> {
+        let rows: Vec<(i64, Vec<u8>)> = match part {
+            None => self
+                .prepared(&format!(
+                    "SELECT rowid, vector FROM {} ORDER BY rowid LIMIT {CHUNK_SLOTS}",
+                    self.shadow("pending")
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect()),
+            Some(part) => self
+                .prepared(&format!(
+                    "SELECT rowid, vector FROM {} WHERE part = ?1 ORDER BY rowid LIMIT {CHUNK_SLOTS}",
+                    self.shadow("pending")
+                ))?
+                .query_map([part], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect()),
+        }
+        .map_err(|e| self.sql_failed(e))?;
         if rows.len() < CHUNK_SLOTS {
             return Ok(());
         }
@@ -574,6 +765,7 @@ impl Store {
         k: usize,
         rescore: usize,
         filter: &RowidFilter,
+        metadata: &MetadataConditions,
     ) -> Result<Vec<Hit>, String> {
         self.intact()?;
         let query = unit(query).ok_or(
@@ -581,8 +773,11 @@ impl Store {
         )?;
         let mut hits = match filter.named_rowids() {
             // A few rows named: score them exactly rather than scan every code.
-            Some(rowids) if rowids.len() <= rescore.max(k) => self.exact_hits(&query, &rowids)?,
-            _ => self.scanned_hits(&query, k, rescore, filter)?,
+            Some(rowids) if rowids.len() <= rescore.max(k) => {
+                let rowids = self.passing(&rowids, metadata)?;
+                self.exact_hits(&query, &rowids)?
+            }
+            _ => self.scanned_hits(&query, k, rescore, filter, metadata)?,
         };
         if let Some(bad) = hits.iter().find(|h| !h.distance.is_finite()) {
             return Err(format!("row {} has no finite distance to the query (a zero vector in the index); {REBUILD}", bad.rowid));
@@ -611,22 +806,32 @@ impl Store {
         Ok(hits)
     }
 
-    /// The scan of every code (the rows `filter` allows), its best `rescore` candidates scored
-    /// exactly, and the pending rows.
+    /// The scan of every code (the rows `filter` and `metadata` allow), its best `rescore`
+    /// candidates scored exactly, and the pending rows.
     fn scanned_hits(
         &mut self,
         query: &[f32],
         k: usize,
         rescore: usize,
         filter: &RowidFilter,
+        metadata: &MetadataConditions,
     ) -> Result<Vec<Hit>, String> {
         self.refresh()?;
+        let (chunk_bits, pending_bits) = if metadata.is_empty() {
+            (None, None)
+        } else {
+            let (chunks, pending) = self.allowed_slots(metadata)?;
+            (Some(chunks), Some(pending))
+        };
         let mut hits: Vec<Hit> = self
             .cache
             .pending
             .iter()
-            .filter(|(rowid, _)| filter.allows(*rowid))
-            .map(|(rowid, v)| Hit {
+            .enumerate()
+            .filter(|(i, (rowid, _))| {
+                filter.allows(*rowid) && pending_bits.as_ref().is_none_or(|b| bit(b, *i))
+            })
+            .map(|(_, (rowid, v))| Hit {
                 rowid: *rowid,
                 distance: cosine_distance(v, query),
             })
@@ -648,6 +853,7 @@ impl Store {
             &query_code,
             rescore.max(k),
             allowed,
+            chunk_bits.as_deref(),
         );
         // Read each chunk's vectors in chunk order, then score exactly.
         let mut places: Vec<(i64, usize, i64)> = candidates
@@ -670,6 +876,117 @@ impl Store {
             });
         }
         Ok(hits)
+    }
+
+    /// The filterable columns' kinds, in order (the index `MetadataConditions` use).
+    fn filterable_kinds(&self) -> Vec<ColumnKind> {
+        self.columns
+            .iter()
+            .filter(|c| c.filters())
+            .map(|c| c.kind)
+            .collect()
+    }
+
+    /// The filterable values of these rows, in order (NULLs for a row without any).
+    fn filterable_values(&self, rowids: &[i64]) -> Result<Vec<Vec<Value>>, String> {
+        let names: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|c| c.filters())
+            .map(|c| quote(&c.name))
+            .collect();
+        let mut statement = self.prepared(&format!(
+            "SELECT {} FROM {} WHERE rowid = ?1",
+            names.join(", "),
+            self.shadow("metadata")
+        ))?;
+        rowids
+            .iter()
+            .map(|rowid| {
+                statement
+                    .query_row([rowid], |r| {
+                        (0..names.len()).map(|i| r.get::<_, Value>(i)).collect()
+                    })
+                    .optional()
+                    .map(|row| row.unwrap_or_else(|| vec![Value::Null; names.len()]))
+                    .map_err(|e| self.sql_failed(e))
+            })
+            .collect()
+    }
+
+    /// The slots of every chunk, and of the pending rows, whose values pass `metadata`; reads
+    /// the values of chunks not read before.
+    fn allowed_slots(
+        &mut self,
+        metadata: &MetadataConditions,
+    ) -> Result<(Vec<SlotBits>, SlotBits), String> {
+        let kinds = self.filterable_kinds();
+        for c in 0..self.cache.chunks.len() {
+            if self.cache.chunks[c].metadata.is_none() {
+                let rows = self.filterable_values(&self.cache.chunks[c].codes.rowids)?;
+                let loaded = ChunkMetadata::new(&kinds, &rows, &mut self.cache.dictionaries);
+                self.cache.chunks[c].metadata = Some(loaded);
+            }
+        }
+        if self.cache.pending_metadata.is_none() {
+            let rowids: Vec<i64> = self.cache.pending.iter().map(|(r, _)| *r).collect();
+            let rows = self.filterable_values(&rowids)?;
+            self.cache.pending_metadata = Some(ChunkMetadata::new(
+                &kinds,
+                &rows,
+                &mut self.cache.dictionaries,
+            ));
+        }
+        let prepared: Vec<Prepared> = metadata
+            .iter()
+            .map(|(column, filters)| {
+                super::metadata::prepare(*column, kinds[*column], filters, &self.cache.dictionaries)
+            })
+            .collect();
+        use rayon::prelude::*;
+        let chunks = self
+            .cache
+            .chunks
+            .par_iter()
+            .map(|chunk| {
+                let values = chunk.metadata.as_ref().expect("read above");
+                values.allowed_slots(chunk.codes.rowids.len(), &prepared)
+            })
+            .collect();
+        let pending = self
+            .cache
+            .pending_metadata
+            .as_ref()
+            .expect("read above")
+            .allowed_slots(self.cache.pending.len(), &prepared);
+        Ok((chunks, pending))
+    }
+
+    /// Those of `rowids` whose values pass `metadata`.
+    fn passing(
+        &mut self,
+        rowids: &[i64],
+        metadata: &MetadataConditions,
+    ) -> Result<Vec<i64>, String> {
+        if metadata.is_empty() {
+            return Ok(rowids.to_vec());
+        }
+        let kinds = self.filterable_kinds();
+        let rows = self.filterable_values(rowids)?;
+        let values = ChunkMetadata::new(&kinds, &rows, &mut self.cache.dictionaries);
+        let prepared: Vec<Prepared> = metadata
+            .iter()
+            .map(|(column, filters)| {
+                super::metadata::prepare(*column, kinds[*column], filters, &self.cache.dictionaries)
+            })
+            .collect();
+        let bits = values.allowed_slots(rowids.len(), &prepared);
+        Ok(rowids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| bit(&bits, *i))
+            .map(|(_, r)| *r)
+            .collect())
     }
 
     /// Brings the memory copy up to date with the database (see the module's comment).
@@ -726,6 +1043,7 @@ impl Store {
             })
             .collect::<Result<_, String>>()?;
         self.cache.chunks = chunks;
+        self.cache.pending_metadata = None;
         self.cache.generation = Some(generation);
         Ok(())
     }
@@ -763,6 +1081,7 @@ impl Store {
             id,
             nonce,
             version,
+            metadata: None,
             codes: CodeChunk {
                 rowids,
                 live: self.live_flags(id)?,
