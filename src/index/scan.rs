@@ -89,16 +89,14 @@ impl Best {
 }
 
 /// The `n` codes closest to `query_code` (the query's code under the same quantizer) among the
-/// live rows whose rowid `allowed` accepts and, when `slots` is given, whose bit is set in their
-/// chunk's entry (one bit per slot), best first. A chunk with no bit set is skipped; one with few
-/// scores only those.
+/// live rows and, when `slots` is given, those whose bit is set in their chunk's entry (one bit
+/// per slot), best first. A chunk with no bit set is skipped; one with few scores only those.
 pub fn top_candidates(
     chunks: &[&CodeChunk],
     quantizer: Quantizer,
     code_bytes: usize,
     query_code: &[u8],
     n: usize,
-    allowed: &(dyn Fn(i64) -> bool + Sync),
     slots: Option<&[Vec<u64>]>,
 ) -> Vec<Candidate> {
     if n == 0 {
@@ -126,7 +124,7 @@ pub fn top_candidates(
                     if set * 8 < chunk.rowids.len() {
                         let mut one = [0f32];
                         for slot in (0..chunk.rowids.len()).filter(|&s| is_set(s)) {
-                            if chunk.live[slot] == 0 || !allowed(chunk.rowids[slot]) {
+                            if chunk.live[slot] == 0 {
                                 continue;
                             }
                             score(
@@ -150,7 +148,7 @@ pub fn top_candidates(
                 let mut bar = best.bar();
                 for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
                     // The filter last: most rows already lose on score.
-                    if live != 0 && score >= bar && is_set(slot) && allowed(chunk.rowids[slot]) {
+                    if live != 0 && score >= bar && is_set(slot) {
                         best.offer(Candidate {
                             chunk: chunk_index,
                             slot,
@@ -193,43 +191,32 @@ mod tests {
         let b = chunk(q, &[[0.8, 0.2], [-1.0, 0.0]], &[1, 1]);
         let mut query = vec![0u8; q.code_bytes(2)];
         q.encode(&[1.0, 0.0], &mut query);
-        let every = |_: i64| true;
         let places = |found: Vec<Candidate>| -> Vec<(usize, usize)> {
             found.iter().map(|c| (c.chunk, c.slot)).collect()
         };
-        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &every, None);
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, None);
         // (0, 2) is closer than (1, 0) but deleted.
         assert_eq!(places(found), vec![(0, 0), (1, 0), (0, 1)]);
-        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0, &every, None).is_empty());
+        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 0, None).is_empty());
         assert_eq!(
-            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10, &every, None).len(),
+            top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 10, None).len(),
             4
         );
-        // A filter keeps the best of the rows it allows, however far they are.
-        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, &|r| r != 0, None);
-        assert_eq!(places(found), vec![(0, 1), (1, 1)]);
-        // Slot bits: chunk a allows slot 1 only (scored alone), chunk b every slot.
-        let bits = [vec![0b010u64], vec![0b11u64]];
+        // Bits keep the best of the rows they allow, however far they are.
         let found = top_candidates(
             &[&a, &b],
             q,
             q.code_bytes(2),
             &query,
             3,
-            &every,
-            Some(&bits),
+            Some(&[vec![0b110], vec![0b10]]),
         );
+        assert_eq!(places(found), vec![(0, 1), (1, 1)]);
+        // Slot bits: chunk a allows slot 1 only (scored alone), chunk b every slot.
+        let bits = [vec![0b010u64], vec![0b11u64]];
+        let found = top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, Some(&bits));
         assert_eq!(places(found), vec![(1, 0), (0, 1), (1, 1)]);
         let none = [vec![0u64], vec![0u64]];
-        assert!(top_candidates(
-            &[&a, &b],
-            q,
-            q.code_bytes(2),
-            &query,
-            3,
-            &every,
-            Some(&none)
-        )
-        .is_empty());
+        assert!(top_candidates(&[&a, &b], q, q.code_bytes(2), &query, 3, Some(&none)).is_empty());
     }
 }

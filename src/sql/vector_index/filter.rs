@@ -219,6 +219,40 @@ impl RowidFilter {
             && self.highest == i64::MAX
     }
 
+    /// The slots of `rowids` (a chunk's, in slot order) that pass, one bit each. `named` is
+    /// `named_rowids()`. A chunk's rowids are ascending (chunks are folded in rowid order), so
+    /// ranges and named rows are found by binary search; otherwise each rowid is checked.
+    pub fn slots(&self, rowids: &[i64], named: Option<&[i64]>) -> Vec<u64> {
+        let mut bits = vec![0u64; rowids.len().div_ceil(64)];
+        let mut set = |slot: usize| bits[slot / 64] |= 1 << (slot % 64);
+        if self.allows_all() {
+            (0..rowids.len()).for_each(&mut set);
+        } else if !rowids.is_sorted() {
+            (0..rowids.len())
+                .filter(|&s| self.allows(rowids[s]))
+                .for_each(&mut set);
+        } else if let Some(named) = named {
+            let (Some(&first), Some(&last)) = (rowids.first(), rowids.last()) else {
+                return bits;
+            };
+            let from = named.partition_point(|&r| r < first);
+            for &rowid in named[from..].iter().take_while(|&&r| r <= last) {
+                if let Ok(slot) = rowids.binary_search(&rowid) {
+                    set(slot);
+                }
+            }
+        } else if !self.nothing {
+            let from = rowids.partition_point(|&r| r < self.lowest);
+            let to = rowids.partition_point(|&r| r <= self.highest);
+            for slot in from..to.max(from) {
+                if !self.excluded.contains(&rowids[slot]) {
+                    set(slot);
+                }
+            }
+        }
+        bits
+    }
+
     /// The rowids that can pass when the conditions name them (`=`, `IN`), in order; `None`
     /// when they do not (ranges, `!=` alone).
     pub fn named_rowids(&self) -> Option<Vec<i64>> {
@@ -284,6 +318,19 @@ mod tests {
         assert_eq!(passing(&filter(&[(Equals, ValueRef::Real(4.0))])), vec![4]);
         assert!(passing(&filter(&[(Equals, ValueRef::Real(4.5))])).is_empty());
         assert!(RowidFilter::default().allows_all());
+        // Slots: by binary search in a chunk's ascending rowids, else one by one.
+        let chunk = [2, 3, 5, 8, 13];
+        let bits =
+            |f: &RowidFilter, rowids: &[i64]| f.slots(rowids, f.named_rowids().as_deref())[0];
+        assert_eq!(bits(&f, &chunk), 0b00010);
+        assert_eq!(bits(&f, &[13, 3, 1, 2]), 0b0110);
+        let range = filter(&[
+            (AtLeast, ValueRef::Integer(3)),
+            (Below, ValueRef::Integer(13)),
+            (NotEquals, ValueRef::Integer(5)),
+        ]);
+        assert_eq!(bits(&range, &chunk), 0b01010);
+        assert_eq!(bits(&RowidFilter::default(), &chunk), 0b11111);
         assert_eq!(RowidFilter::default().named_rowids(), None);
     }
 }

@@ -21,16 +21,33 @@ use super::options::{Column, ColumnKind};
 /// Bits of one chunk's slots.
 pub type SlotBits = Vec<u64>;
 
-pub fn bits_for(slots: usize) -> SlotBits {
-    vec![0; slots.div_ceil(64)]
-}
-
 pub fn bit(bits: &[u64], slot: usize) -> bool {
     bits[slot / 64] >> (slot % 64) & 1 == 1
 }
 
-fn set_bit(bits: &mut [u64], slot: usize) {
-    bits[slot / 64] |= 1 << (slot % 64);
+/// Clears the bit of each slot whose value fails `keep`.
+fn and_each<T: Copy>(bits: &mut [u64], values: &[T], keep: impl Fn(T) -> bool) {
+    for (word, values) in bits.iter_mut().zip(values.chunks(64)) {
+        if *word == 0 {
+            continue;
+        }
+        let mut kept = 0u64;
+        for (i, &value) in values.iter().enumerate() {
+            kept |= (keep(value) as u64) << i;
+        }
+        *word &= kept;
+    }
+}
+
+/// All bits of `slots` slots set.
+pub fn all_slots(slots: usize) -> SlotBits {
+    let mut bits = vec![u64::MAX; slots.div_ceil(64)];
+    if slots % 64 != 0 {
+        if let Some(last) = bits.last_mut() {
+            *last = (1u64 << (slots % 64)) - 1;
+        }
+    }
+    bits
 }
 
 /// A metadata value checked against its column's type, as stored.
@@ -158,25 +175,35 @@ impl ChunkMetadata {
         ChunkMetadata { columns, uniform }
     }
 
-    /// The slots (of `slots`) whose values pass every condition.
-    pub fn allowed_slots(&self, slots: usize, conditions: &[Prepared]) -> SlotBits {
-        let mut bits = bits_for(slots);
-        // Conditions on columns that are uniform here decide the whole chunk at once.
+    /// The slots (of `slots`) whose values pass every condition, ANDed into `bits` (a
+    /// condition at a time, each a tight loop over its column).
+    pub fn allowed_slots(&self, slots: usize, conditions: &[Prepared], bits: &mut SlotBits) {
         for condition in conditions {
-            if self.uniform[condition.column] && slots > 0 && !self.passes(condition, 0) {
-                return bits;
+            // A column that is uniform here decides the whole chunk at once.
+            if self.uniform[condition.column] && slots > 0 {
+                if !self.passes(condition, 0) {
+                    bits.iter_mut().for_each(|w| *w = 0);
+                    return;
+                }
+                continue;
+            }
+            match (&self.columns[condition.column], &condition.test) {
+                (ColumnData::Numbers(v), Test::Number(test)) => match test.range() {
+                    Some((lo, hi, nulls)) => and_each(bits, &v[..slots], |x| {
+                        (x >= lo && x <= hi) || (nulls && x.is_nan())
+                    }),
+                    None => and_each(bits, &v[..slots], |x| test.passes(x)),
+                },
+                (ColumnData::Text(v), Test::Text(by_id)) => and_each(bits, &v[..slots], |id| {
+                    if id == NULL_TEXT {
+                        by_id.null
+                    } else {
+                        by_id.ids.get(id as usize).copied().unwrap_or(false)
+                    }
+                }),
+                _ => bits.iter_mut().for_each(|w| *w = 0),
             }
         }
-        let varying: Vec<&Prepared> = conditions
-            .iter()
-            .filter(|c| !self.uniform[c.column] || slots == 0)
-            .collect();
-        for slot in 0..slots {
-            if varying.iter().all(|c| self.passes(c, slot)) {
-                set_bit(&mut bits, slot);
-            }
-        }
-        bits
     }
 
     fn passes(&self, condition: &Prepared, slot: usize) -> bool {
@@ -240,6 +267,30 @@ struct NumberTest {
 }
 
 impl NumberTest {
+    /// The test as `lo <= x <= hi` (or NULL, where NULL passes), when it is that simple: no
+    /// `!=` and no list.
+    fn range(&self) -> Option<(f64, f64, bool)> {
+        if !self.excluded.is_empty() || self.points.is_some() {
+            return None;
+        }
+        if !self.values {
+            return Some((f64::INFINITY, f64::NEG_INFINITY, self.nulls));
+        }
+        let lo = self
+            .lower
+            .iter()
+            .fold(f64::NEG_INFINITY, |lo, &(b, inclusive)| {
+                lo.max(if inclusive { b } else { b.next_up() })
+            });
+        let hi = self
+            .upper
+            .iter()
+            .fold(f64::INFINITY, |hi, &(b, inclusive)| {
+                hi.min(if inclusive { b } else { b.next_down() })
+            });
+        Some((lo, hi, self.nulls))
+    }
+
     fn passes(&self, x: f64) -> bool {
         if x.is_nan() {
             return self.nulls;
@@ -405,7 +456,8 @@ mod tests {
         let rows: Vec<Vec<Value>> = values.iter().map(|v| vec![v.clone()]).collect();
         let chunk = ChunkMetadata::new(&[kind], &rows, &mut dictionaries);
         let prepared = prepare(0, kind, filters, &dictionaries);
-        let bits = chunk.allowed_slots(values.len(), &[prepared]);
+        let mut bits = all_slots(values.len());
+        chunk.allowed_slots(values.len(), &[prepared], &mut bits);
         (0..values.len()).filter(|s| bit(&bits, *s)).collect()
     }
 

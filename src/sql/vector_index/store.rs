@@ -817,20 +817,16 @@ impl Store {
         metadata: &MetadataConditions,
     ) -> Result<Vec<Hit>, String> {
         self.refresh()?;
-        let (chunk_bits, pending_bits) = if metadata.is_empty() {
-            (None, None)
-        } else {
-            let (chunks, pending) = self.allowed_slots(metadata)?;
-            (Some(chunks), Some(pending))
+        let (chunk_bits, pending_bits) = match self.allowed_slots(filter, metadata)? {
+            Some((chunks, pending)) => (Some(chunks), Some(pending)),
+            None => (None, None),
         };
         let mut hits: Vec<Hit> = self
             .cache
             .pending
             .iter()
             .enumerate()
-            .filter(|(i, (rowid, _))| {
-                filter.allows(*rowid) && pending_bits.as_ref().is_none_or(|b| bit(b, *i))
-            })
+            .filter(|(i, _)| pending_bits.as_ref().is_none_or(|b| bit(b, *i)))
             .map(|(_, (rowid, v))| Hit {
                 rowid: *rowid,
                 distance: cosine_distance(v, query),
@@ -839,20 +835,12 @@ impl Store {
         let mut query_code = vec![0u8; self.code_bytes];
         self.quantizer.encode(query, &mut query_code);
         let chunks: Vec<&CodeChunk> = self.cache.chunks.iter().map(|c| &c.codes).collect();
-        let every = |_: i64| true;
-        let allowed = |rowid: i64| filter.allows(rowid);
-        let allowed: &(dyn Fn(i64) -> bool + Sync) = if filter.allows_all() {
-            &every
-        } else {
-            &allowed
-        };
         let candidates = top_candidates(
             &chunks,
             self.quantizer,
             self.code_bytes,
             &query_code,
             rescore.max(k),
-            allowed,
             chunk_bits.as_deref(),
         );
         // Read each chunk's vectors in chunk order, then score exactly.
@@ -914,28 +902,32 @@ impl Store {
             .collect()
     }
 
-    /// The slots of every chunk, and of the pending rows, whose values pass `metadata`; reads
-    /// the values of chunks not read before.
+    /// The slots of every chunk, and of the pending rows, that `filter` and `metadata` allow
+    /// (`None`: every one); reads the values of chunks not read before.
+    #[allow(clippy::type_complexity)]
     fn allowed_slots(
         &mut self,
+        filter: &RowidFilter,
         metadata: &MetadataConditions,
-    ) -> Result<(Vec<SlotBits>, SlotBits), String> {
-        let kinds = self.filterable_kinds();
-        for c in 0..self.cache.chunks.len() {
-            if self.cache.chunks[c].metadata.is_none() {
-                let rows = self.filterable_values(&self.cache.chunks[c].codes.rowids)?;
-                let loaded = ChunkMetadata::new(&kinds, &rows, &mut self.cache.dictionaries);
-                self.cache.chunks[c].metadata = Some(loaded);
-            }
+    ) -> Result<Option<(Vec<SlotBits>, SlotBits)>, String> {
+        if metadata.is_empty() && filter.allows_all() {
+            return Ok(None);
         }
-        if self.cache.pending_metadata.is_none() {
-            let rowids: Vec<i64> = self.cache.pending.iter().map(|(r, _)| *r).collect();
-            let rows = self.filterable_values(&rowids)?;
-            self.cache.pending_metadata = Some(ChunkMetadata::new(
-                &kinds,
-                &rows,
-                &mut self.cache.dictionaries,
-            ));
+        let kinds = self.filterable_kinds();
+        if !metadata.is_empty() {
+            for c in 0..self.cache.chunks.len() {
+                if self.cache.chunks[c].metadata.is_none() {
+                    let rows = self.filterable_values(&self.cache.chunks[c].codes.rowids)?;
+                    let loaded = ChunkMetadata::new(&kinds, &rows, &mut self.cache.dictionaries);
+                    self.cache.chunks[c].metadata = Some(loaded);
+                }
+            }
+            if self.cache.pending_metadata.is_none() {
+                let rowids: Vec<i64> = self.cache.pending.iter().map(|(r, _)| *r).collect();
+                let rows = self.filterable_values(&rowids)?;
+                let loaded = ChunkMetadata::new(&kinds, &rows, &mut self.cache.dictionaries);
+                self.cache.pending_metadata = Some(loaded);
+            }
         }
         let prepared: Vec<Prepared> = metadata
             .iter()
@@ -943,23 +935,24 @@ impl Store {
                 super::metadata::prepare(*column, kinds[*column], filters, &self.cache.dictionaries)
             })
             .collect();
+        let named = filter.named_rowids();
+        let slots = |rowids: &[i64], values: Option<&ChunkMetadata>| {
+            let mut bits = filter.slots(rowids, named.as_deref());
+            if let Some(values) = values {
+                values.allowed_slots(rowids.len(), &prepared, &mut bits);
+            }
+            bits
+        };
         use rayon::prelude::*;
         let chunks = self
             .cache
             .chunks
             .par_iter()
-            .map(|chunk| {
-                let values = chunk.metadata.as_ref().expect("read above");
-                values.allowed_slots(chunk.codes.rowids.len(), &prepared)
-            })
+            .map(|chunk| slots(&chunk.codes.rowids, chunk.metadata.as_ref()))
             .collect();
-        let pending = self
-            .cache
-            .pending_metadata
-            .as_ref()
-            .expect("read above")
-            .allowed_slots(self.cache.pending.len(), &prepared);
-        Ok((chunks, pending))
+        let pending_rowids: Vec<i64> = self.cache.pending.iter().map(|(r, _)| *r).collect();
+        let pending = slots(&pending_rowids, self.cache.pending_metadata.as_ref());
+        Ok(Some((chunks, pending)))
     }
 
     /// Those of `rowids` whose values pass `metadata`.
@@ -980,7 +973,8 @@ impl Store {
                 super::metadata::prepare(*column, kinds[*column], filters, &self.cache.dictionaries)
             })
             .collect();
-        let bits = values.allowed_slots(rowids.len(), &prepared);
+        let mut bits = super::metadata::all_slots(rowids.len());
+        values.allowed_slots(rowids.len(), &prepared, &mut bits);
         Ok(rowids
             .iter()
             .enumerate()
