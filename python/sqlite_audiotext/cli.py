@@ -3,16 +3,20 @@ without writing SQL. Every step is the extension's own functions (audio_embed_fi
 audio_segment_files, text_embed, audio_text_score); this only keeps the books.
 
   audiotext index DIR DATABASE [--segments] [--model BUNDLE]
-  audiotext search DATABASE "a door slams" [-k 10]
+  audiotext search DATABASE "a door slams" [-k 10] [--folder DIR] [--extension wav]
+                   [--min-duration S] [--max-duration S]
 
 `index` is resumable: a file already indexed whose size and modification time are unchanged is
 skipped, work is committed every batch of files, and files gone from DIR are dropped from the
 index. It shows files per second and prints each file's error as it happens (the file is kept
 in the index with its error, and tried again once it changes).
 
-Tables (created if missing): `clips(id, path, size, mtime_ns, duration, embedding, error)` and, with
---segments, `segments(path, start, end, embedding)`: one row per window of the model, so that
-`search` answers with the moment (start and end in seconds) as well as the file.
+Tables (created if missing): `clips(id, path, size, mtime_ns, duration, embedding, error)`;
+`clip_index`, an audiotext_index over clips' embeddings (rowid = clips.id) with the folder,
+extension and duration of each file, kept in step with clips, so that `search` answers from it
+and filters exactly inside the search; and, with --segments, `segments(path, start, end,
+embedding)`: one row per window of the model, so that `search` answers with the moment (start
+and end in seconds) as well as the file.
 """
 
 import argparse
@@ -24,7 +28,8 @@ import time
 from pathlib import Path
 
 import sqlite_audiotext
-from sqlite_audiotext.queries import BEST_CLIPS, BEST_MOMENTS
+from sqlite_audiotext.queries import (
+    BEST_CLIPS, CLIP_INDEX_COLUMNS, best_clips_from_index, best_moments, clip_filters, clip_index_values)
 
 # What audio_embed_files lists in a folder (src/sql/files.rs, AUDIO_EXTENSIONS).
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".mka", ".mkv"}
@@ -98,10 +103,34 @@ def connect(database, model_path=None, for_search=False):
     model = stored or wanted
     if model != DEFAULT_MODEL:
         conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES (?, ?)", (MODEL_NAME, model))
+    name = DEFAULT_MODEL if model == DEFAULT_MODEL else MODEL_NAME
     if not for_search:
         conn.execute("INSERT OR IGNORE INTO audiotext_settings VALUES ('model', ?)", (model,))
+        ensure_clip_index(conn, name, tables)
         conn.commit()
-    return conn, (DEFAULT_MODEL if model == DEFAULT_MODEL else MODEL_NAME)
+    return conn, name
+
+
+def ensure_clip_index(conn, model_name, tables):
+    """clip_index, made (and filled from clips, for a database indexed before it existed) if
+    missing."""
+    if "clip_index" in tables:
+        return
+    dimensions = conn.execute("SELECT length(text_embed(?, 'a sound')) / 4", (model_name,)).fetchone()[0]
+    with conn:
+        conn.execute(f"CREATE VIRTUAL TABLE clip_index USING audiotext_index(embedding float[{dimensions}], {CLIP_INDEX_COLUMNS})")
+        rows = conn.execute("SELECT id, path, duration, embedding FROM clips WHERE embedding IS NOT NULL").fetchall()
+        conn.executemany("INSERT INTO clip_index(rowid, embedding, folder, extension, duration) VALUES (?, ?, ?, ?, ?)",
+                         [(id_, embedding, *clip_index_values(path, duration)) for id_, path, duration, embedding in rows])
+
+
+def keep_clip_index(conn, path, duration, embedding):
+    """clip_index's row for `path` as clips now has it: replaced, or removed with no embedding."""
+    (clip_id,) = conn.execute("SELECT id FROM clips WHERE path = ?", (path,)).fetchone()
+    conn.execute("DELETE FROM clip_index WHERE rowid = ?", (clip_id,))
+    if embedding is not None:
+        conn.execute("INSERT INTO clip_index(rowid, embedding, folder, extension, duration) VALUES (?, ?, ?, ?, ?)",
+                     (clip_id, embedding, *clip_index_values(path, duration)))
 
 
 class Progress:
@@ -161,6 +190,7 @@ def index(folder, database, segments=False, model=None, batch_files=BATCH_FILES,
     gone = [path for path in known if path.startswith(root) and path not in stats]
     with conn:
         for path in gone:
+            conn.execute("DELETE FROM clip_index WHERE rowid = (SELECT id FROM clips WHERE path = ?)", (path,))
             conn.execute("DELETE FROM clips WHERE path = ?", (path,))
             conn.execute("DELETE FROM segments WHERE path = ?", (path,))
     print(f"{len(files)} audio files in {folder}: {len(files) - len(todo)} unchanged, {len(todo)} to index"
@@ -190,6 +220,7 @@ def index(folder, database, segments=False, model=None, batch_files=BATCH_FILES,
                                  "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
                                  "duration = excluded.duration, embedding = excluded.embedding, error = excluded.error",
                                  (path, size, mtime, duration, None if error else embedding, error))
+                    keep_clip_index(conn, path, duration, None if error else embedding)
                     progress.file_done(error)
     finally:
         progress.close()
@@ -200,13 +231,25 @@ def index(folder, database, segments=False, model=None, batch_files=BATCH_FILES,
     conn.close()
 
 
-def search(database, query, k=10, out=sys.stdout):
+def search(database, query, k=10, out=sys.stdout, **filters):
+    """The best files (or moments, where segments were indexed) for `query`, among those the
+    filters allow (clip_filters: folder, extension, min_duration, max_duration)."""
     conn, model_name = connect(database, for_search=True)
-    vector = conn.execute("SELECT text_embed(?, ?)", (model_name, query)).fetchone()[0]
+    conditions, params = clip_filters(**filters)
+    has_index = conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'clip_index'").fetchone()[0]
+    if conditions and not has_index:
+        raise Failure(f"{database} has no clip_index, which filters need: run `audiotext index DIR {database}` again to make it")
     has_segments = conn.execute("SELECT EXISTS (SELECT 1 FROM segments)").fetchone()[0]
-    rows = conn.execute(BEST_MOMENTS if has_segments else BEST_CLIPS, {"model": model_name, "query": vector, "k": k}).fetchall()
-    if not rows:
+    if has_segments:
+        sql = best_moments(conditions)
+    else:
+        sql = best_clips_from_index(conditions) if has_index else BEST_CLIPS
+    vector = conn.execute("SELECT text_embed(?, ?)", (model_name, query)).fetchone()[0]
+    rows = conn.execute(sql, {"model": model_name, "query": vector, "k": k, **params}).fetchall()
+    if not rows and not conn.execute("SELECT EXISTS (SELECT 1 FROM clips WHERE embedding IS NOT NULL)").fetchone()[0]:
         raise Failure(f"{database} holds no indexed audio: run `audiotext index DIR {database}` first")
+    if not rows:
+        print("no indexed file passes the filters", file=sys.stderr)
     for path, start, end, score in rows:
         moment = f"  {start:7.1f}-{end:.1f} s" if start is not None else ""
         print(f"{score:.3f}{moment}  {path}", file=out)
@@ -225,6 +268,10 @@ def main(argv=None):
     p.add_argument("database")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10, help="how many results (default: 10)")
+    p.add_argument("--folder", help="only files below this folder")
+    p.add_argument("--extension", help="only files with this extension (wav, flac, ...)")
+    p.add_argument("--min-duration", type=float, metavar="SECONDS", help="only files at least this long")
+    p.add_argument("--max-duration", type=float, metavar="SECONDS", help="only files at most this long")
     args = parser.parse_args(argv)
     try:
         if args.command == "index":
@@ -232,7 +279,8 @@ def main(argv=None):
         else:
             if args.k < 1:
                 raise Failure("-k must be at least 1")
-            search(args.database, args.query, args.k)
+            search(args.database, args.query, args.k, folder=args.folder, extension=args.extension,
+                   min_duration=args.min_duration, max_duration=args.max_duration)
     except Failure as error:
         print(f"audiotext {args.command}: {error}", file=sys.stderr)
         return 1

@@ -144,6 +144,16 @@ def test_search_page_finds_the_sound_and_plays_it(server, browser):
     browser.save_screenshot(str(SCREENSHOTS / "datasette-search.png"))
 
 
+def test_search_page_filters(server, browser):
+    """The filters narrow the answer exactly (from clip_index): only .ogg files, only short ones."""
+    browser.get(f"{server}/-/audiotext?database=sounds&q={quote('a rooster crowing')}&extension=ogg")
+    paths = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "table.audiotext-results tbody .audiotext-path")]
+    assert paths and all(p.endswith(".ogg") for p in paths), browser.page_source[-3000:]
+    assert len(paths) == sum(name.endswith(".ogg") for name in SOUNDS)
+    browser.get(f"{server}/-/audiotext?database=sounds&q={quote('a rooster crowing')}&max_duration=abc")
+    assert "max duration must be a number of seconds" in browser.page_source
+
+
 def test_segments_play_from_the_moment(server, browser):
     browser.set_script_timeout(60)
     browser.get(f"{server}/-/audiotext?database=moments&q={quote('thunder')}&k=1")

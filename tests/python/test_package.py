@@ -11,6 +11,7 @@ PyPI; onnxruntime itself comes from set-up's cache when it is there.
 
 import os
 import re
+import sqlite3
 import subprocess
 import zipfile
 from pathlib import Path
@@ -160,6 +161,26 @@ def test_command_line_index_is_resumable_and_search_ranks(venv, recordings, tmp_
     assert len(lines) == 3 and lines[0].endswith("rooster.wav"), lines
     missing = run(venv, [audiotext, "search", str(tmp_path / "none.db"), "x"], cwd=tmp_path)
     assert missing.returncode == 1 and "no database at" in missing.stderr, missing.stderr
+    # clip_index stays in step with clips (the broken file's error row has no embedding), and
+    # search answers from it with the same scores as the exact scan.
+    conn = sqlite3.connect(database)
+    indexed = conn.execute("SELECT count(*) FROM clips WHERE embedding IS NOT NULL").fetchone()[0]
+    in_index = conn.execute("SELECT count(*) FROM clip_index_metadata").fetchone()[0]
+    durations = dict(conn.execute("SELECT path, duration FROM clips"))
+    conn.close()
+    assert in_index == indexed == len(SOUNDS), (in_index, indexed)
+    # Filters, exactly: by extension, by duration, by folder.
+    def search(*args):
+        done = run(venv, [audiotext, "search", str(database), "a rooster crowing", "-k", "10", *args], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return [line.split()[-1] for line in done.stdout.splitlines()]
+    oggs = search("--extension", "OGG")
+    assert oggs and all(p.endswith(".ogg") for p in oggs), oggs
+    assert len(oggs) == sum(p.endswith(".ogg") for p in durations)
+    short = search("--max-duration", "2.5")
+    assert sorted(short) == sorted(p for p, d in durations.items() if d is not None and d <= 2.5), (short, durations)
+    assert search("--folder", str(recordings))[0].endswith("rooster.wav")
+    assert search("--folder", str(tmp_path / "elsewhere")) == []
 
 
 def test_command_line_finds_moments(venv, recordings, tmp_path):

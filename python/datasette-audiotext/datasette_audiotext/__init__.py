@@ -3,7 +3,8 @@
 - `prepare_connection`: the extension is loaded into every connection.
 - `render_cell`: a `path` cell naming an audio file becomes an `<audio>` player; with `start`
   and `end` in the row, the player's source is that moment (a `#t=start,end` media fragment).
-- `/-/audiotext`: the search page; `/-/audiotext/audio`: the audio files themselves, served
+- `/-/audiotext`: the search page (filters by folder, extension and duration, answered from the
+  database's `clip_index` when `audiotext index` made one); `/-/audiotext/audio`: the audio files themselves, served
   only when the database lists them in a `path` column and the actor may view the database,
   with byte ranges (browsers seek with them).
 """
@@ -14,7 +15,7 @@ import stat
 from urllib.parse import urlencode
 
 import sqlite_audiotext
-from sqlite_audiotext.queries import BEST_CLIPS, BEST_MOMENTS
+from sqlite_audiotext.queries import BEST_CLIPS, best_clips_from_index, best_moments, clip_filters
 from datasette import hookimpl
 from datasette.utils import escape_sqlite
 from datasette.utils.asgi import Response
@@ -135,6 +136,18 @@ async def searchable_databases(datasette):
     return names
 
 
+def search_filters(args):
+    """The search form's filters (clip_filters' arguments), and an error for a bad one."""
+    filters = {"folder": args.get("folder") or None, "extension": args.get("extension") or None}
+    for name in ("min_duration", "max_duration"):
+        text = (args.get(name) or "").strip()
+        try:
+            filters[name] = float(text) if text else None
+        except ValueError:
+            return {**filters, "min_duration": None, "max_duration": None}, f"{name.replace('_', ' ')} must be a number of seconds, got {text!r}"
+    return filters, None
+
+
 async def search_page(request, datasette):
     await datasette.ensure_permissions(request.actor, ["view-instance"])
     databases = await searchable_databases(datasette)
@@ -144,15 +157,26 @@ async def search_page(request, datasette):
         k = min(max(int(request.args.get("k") or DEFAULT_K), 1), MAX_K)
     except ValueError:
         k = DEFAULT_K
-    results, error, moments = [], None, False
+    filters, error = search_filters(request.args)
+    results, moments = [], False
     if database is not None and database not in databases:
         error = f"{database} has no clips table to search"
-    elif query and database:
+    elif query and database and not error:
         await datasette.ensure_permissions(request.actor, [("view-database", database)])
         db = datasette.get_database(database)
-        moments = "segments" in await db.table_names() and (await db.execute("SELECT EXISTS (SELECT 1 FROM segments)")).first()[0]
-        rows = await db.execute(BEST_MOMENTS if moments else BEST_CLIPS, {"model": "default", "query": query, "k": k})
-        for path, start, end, score in rows.rows:
+        tables = await db.table_names()
+        conditions, params = clip_filters(**filters)
+        has_index = "clip_index" in tables
+        moments = "segments" in tables and (await db.execute("SELECT EXISTS (SELECT 1 FROM segments)")).first()[0]
+        if conditions and not has_index:
+            error = f"{database} has no clip_index, which filters need: run audiotext index again on its folder"
+            rows = None
+        elif moments:
+            rows = await db.execute(best_moments(conditions), {"model": "default", "query": query, "k": k, **params})
+        else:
+            sql = best_clips_from_index(conditions) if has_index else BEST_CLIPS
+            rows = await db.execute(sql, {"model": "default", "query": query, "k": k, **params})
+        for path, start, end, score in rows.rows if rows else []:
             results.append({
                 "path": path, "start": start, "end": end, "score": score,
                 "player": player(datasette, database, path, start, end),
@@ -160,7 +184,7 @@ async def search_page(request, datasette):
     return Response.html(await datasette.render_template(
         "audiotext_search.html",
         {"databases": databases, "database": database, "q": query, "k": k, "results": results,
-         "moments": moments, "error": error},
+         "moments": moments, "error": error, "filters": {k: ("" if v is None else v) for k, v in filters.items()}},
         request=request,
     ))
 
