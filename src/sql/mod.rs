@@ -99,6 +99,7 @@ pub const FUNCTIONS: &[Function] = &[
     Function { name: "audiotext_runtime", n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: false, body: meta::runtime },
     Function { name: "text_embed",        n_arg: 1, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
     Function { name: "text_embed",        n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: true,  body: text::embed },
+    Function { name: "audiotext_fts_query", n_arg: 1, flags: Flags::Pure,       sets_subtype: false, body: text::fts_query },
     Function { name: "audio_embed",       n_arg: 1, flags: Flags::ReadsFiles,   sets_subtype: true,  body: audio::embed },
     Function { name: "audio_embed",       n_arg: 2, flags: Flags::ReadsFiles,   sets_subtype: true,  body: audio::embed },
     Function { name: "audio_text_score",  n_arg: 2, flags: Flags::UsesRegistry, sets_subtype: false, body: audio::text_score },

@@ -20,6 +20,7 @@ DECLARED_FUNCTIONS = {
     ("audiotext_debug", 0),
     ("audiotext_finite", 1),
     ("audiotext_option", 1),
+    ("audiotext_fts_query", 1),
     ("audiotext_option", 2),
     ("audiotext_runtime", 1),
     ("audiotext_version", 0),
