@@ -267,16 +267,10 @@ def test_rowid_conditions_filter_the_search_itself(options):
     conn.executemany("INSERT INTO clips VALUES (?, ?)", [(i, "foley" if i % 50 == 3 else "music") for i in range(1, N_ROWS + 1)])
     q = queries(7, vectors)[0]
 
+    by_rowid = {r: (r,) for r in ref.rows}  # check_filtered's keep sees the rowid
+
     def check(where, keep, params=(), k=10):
-        got = conn.execute(f"SELECT rowid, distance FROM ix WHERE embedding MATCH ? AND k = ? AND {where}", (blob(q), k, *params)).fetchall()
-        allowed = Allowed(ref, keep)
-        if not allowed.rows:
-            assert got == [], where
-            return got
-        want_ids, want_d = allowed.top(q, k)
-        assert [r[0] for r in got] == want_ids.tolist(), where
-        np.testing.assert_allclose([r[1] for r in got], want_d[: len(got)], atol=TOL)
-        return got
+        return check_filtered(conn, ref, by_rowid, q, where, keep, params, k)
 
     # 50 rows of 2,500, spread over both chunks and the pending rows: none among the 10 nearest.
     foley = lambda r: r % 50 == 3
