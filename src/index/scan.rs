@@ -119,9 +119,11 @@ pub fn top_candidates(
                 };
                 let is_set =
                     |slot: usize| bits.is_none_or(|b| b[slot / 64] >> (slot % 64) & 1 == 1);
-                // Few rows allowed: score only those (an eighth is where it stops paying).
+                // Some rows filtered out: score only the allowed ones. On 1M rows of 384
+                // dimensions this is twice as fast at half allowed, a fifth faster at
+                // three quarters and even at nine tenths, so it stops at nine tenths.
                 if let (Some(set), Some(_)) = (set, bits) {
-                    if set * 8 < chunk.rowids.len() {
+                    if set * 10 < chunk.rowids.len() * 9 {
                         let mut one = [0f32];
                         for slot in (0..chunk.rowids.len()).filter(|&s| is_set(s)) {
                             if chunk.live[slot] == 0 {
