@@ -700,6 +700,7 @@ mod input_tests {
             },
             output: "embedding".into(),
             encoder: Some(serde_json::json!({ "min_frames": 64 })),
+            quantization: None,
         }
     }
 

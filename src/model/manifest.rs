@@ -86,6 +86,10 @@ pub struct AudioSection {
     /// Description of the encoder (architecture, pooling head, parameters), for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<serde_json::Value>,
+    /// How `onnx` was quantized (scripts/quantize_audio.py: types, calibration, the float32
+    /// twin's sha256), for people; absent for a float32 graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<serde_json::Value>,
 }
 
 /// The audio encoder's input tensors.

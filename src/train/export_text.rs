@@ -1628,6 +1628,7 @@ mod tests {
                 },
                 output: "embedding".into(),
                 encoder: None,
+                quantization: None,
             }),
             training: Some(json!({"epochs": 3})),
             license: Some("CC-BY-4.0".into()),

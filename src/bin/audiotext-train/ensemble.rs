@@ -1292,6 +1292,7 @@ fn ensemble_manifest(
             },
             output: OUTPUT_NAME.into(),
             encoder: Some(audio_encoder),
+            quantization: None,
         }),
         training: Some(json!({
             "ensemble": {
@@ -1641,6 +1642,7 @@ mod tests {
                     },
                     output: "embedding".into(),
                     encoder: Some(json!({"min_frames": self.min_frames})),
+                    quantization: None,
                 }),
                 training: Some(json!({"note": format!("test member {}", self.name)})),
                 license: Some(self.license.into()),

@@ -444,6 +444,7 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         },
         output: OUTPUT_NAME.into(),
         encoder: Some(encoder_json(enc, config)),
+        quantization: None,
     });
     let metrics = crate::fit::read_metrics(job.run_dir).unwrap_or_default();
     let epoch_metrics = metrics
