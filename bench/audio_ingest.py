@@ -7,14 +7,20 @@ modes can be paired against each other.
              power_to_db, then onnxruntime on the same audio.onnx, file by file
   logmel     librosa's log-mel alone (decode + resample excluded: arrays preloaded)
   info       parameters and GMACs per 10 s of audio of the bundle's audio.onnx
+  table      the default (int8) against models/default-fp32, each through `ours` and
+             `onnx-only`, every one in its own process, interleaved --repeats times (default 3):
+             one markdown table of median seconds, clips/s, audio-seconds/s and peak memory
 
 Run with the test venv:  .venv/bin/python bench/audio_ingest.py MODE [FOLDER] [BUNDLE]
 Each mode prints one line: mode, files, seconds of work (excluding interpreter start-up and
-model loading), files per second.
+model loading), files per second, peak resident memory of the process.
+  .venv/bin/python bench/audio_ingest.py table [FOLDER] [--repeats N]
 """
 
 import json
 import sqlite3
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 # The manifest's windows and log-mel in librosa's terms, as the tests reproduce audio_embed.
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-FOLDER = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT.parent / "shared" / "data" / "esc50-dev" / "audio"
-BUNDLE = Path(sys.argv[3]) if len(sys.argv) > 3 else ROOT / "models" / "default"
+ARGS = [a for a in sys.argv if not a.startswith("--")]
+FOLDER = Path(ARGS[2]) if len(ARGS) > 2 else ROOT.parent / "shared" / "data" / "esc50-dev" / "audio"
+BUNDLE = Path(ARGS[3]) if len(ARGS) > 3 else ROOT / "models" / "default"
 MANIFEST = json.loads((BUNDLE / "manifest.json").read_text())
 AUDIO = MANIFEST["audio"]
 FILES = sorted(p for p in FOLDER.rglob("*") if p.suffix.lower() in {".wav", ".flac", ".ogg", ".mp3", ".m4a"})
@@ -33,7 +40,11 @@ BATCH = 32
 
 
 def report(mode, seconds):
-    print(f"{mode}: {len(FILES)} files in {seconds:.2f} s, {len(FILES) / seconds:.1f} files/s")
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child of a big parent
+    # would report the parent's peak.
+    status = Path("/proc/self/status").read_text()
+    peak_mb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+    print(f"{mode}: {len(FILES)} files in {seconds:.2f} s, {len(FILES) / seconds:.1f} files/s, peak {peak_mb:.0f} MB")
 
 
 def librosa_log_mel(y):
@@ -133,8 +144,35 @@ def run_info():
           f"audio.onnx {(BUNDLE / AUDIO['onnx']).stat().st_size / 1e6:.2f} MB")
 
 
+def run_table():
+    import librosa
+
+    repeats = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--repeats=")), 3))
+    audio_seconds = sum(librosa.get_duration(path=f) for f in FILES)
+    bundles = {"default (int8)": ROOT / "models" / "default", "default-fp32": ROOT / "models" / "default-fp32"}
+    runs = {(b, m): [] for b in bundles for m in ("ours", "onnx-only")}
+    for _ in range(repeats):
+        for (b, m), results in runs.items():
+            line = subprocess.run([sys.executable, __file__, m, str(FOLDER), str(bundles[b])], check=True,
+                                  capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            seconds = float(line.split(" files in ")[1].split(" s,")[0])
+            peak = float(line.rsplit("peak ", 1)[1].split(" MB")[0])
+            results.append((seconds, peak))
+    print(f"{len(FILES)} files, {audio_seconds:.0f} s of audio, from {FOLDER}; median of {repeats} interleaved runs, "
+          f"each its own process, {len(__import__('os').sched_getaffinity(0))} cores\n")
+    print("| bundle | path | seconds | clips/s | audio s/s | peak MB | int8 speed-up |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for (b, m), results in runs.items():
+        seconds = statistics.median(r[0] for r in results)
+        peak = max(r[1] for r in results)
+        fp32 = statistics.median(r[0] for r in runs[("default-fp32", m)])
+        speedup = f"{fp32 / seconds:.2f}x" if b != "default-fp32" else ""
+        print(f"| {b} | {m} | {seconds:.2f} | {len(FILES) / seconds:.1f} | {audio_seconds / seconds:.0f} | {peak:.0f} | {speedup} |")
+
+
 if __name__ == "__main__":
-    modes = {"ours": run_ours, "onnx-only": run_onnx_only, "python": run_python, "logmel": run_logmel, "info": run_info}
+    modes = {"ours": run_ours, "onnx-only": run_onnx_only, "python": run_python, "logmel": run_logmel, "info": run_info,
+             "table": run_table}
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode not in modes:
         sys.exit(__doc__)
