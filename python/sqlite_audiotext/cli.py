@@ -21,8 +21,10 @@ and end in seconds) as well as the file.
 
 import argparse
 import json
+import math
 import os
 import sqlite3
+import struct
 import sys
 import time
 from pathlib import Path
@@ -124,6 +126,36 @@ def ensure_clip_index(conn, model_name, tables):
                          [(id_, embedding, *clip_index_values(path, duration)) for id_, path, duration, embedding in rows])
 
 
+def clips_from_segments(conn, listing, model_name):
+    """Each file's segments stored, and its clip row from the same windows: the model's
+    clip embedding is the normalised mean of its windows' (audio_embed's pooling), so each file
+    is decoded and embedded once. Rows as audio_embed_files gives them, in its order."""
+    windows, errors = {}, {}
+    rows = conn.execute("SELECT path, start, end, embedding, error FROM audio_segment_files(?, ?)", (listing, model_name))
+    for path, start, end, embedding, error in rows:
+        if error is not None:
+            errors[path] = error
+        else:
+            conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?)", (path, start, end, embedding))
+            windows.setdefault(path, []).append(embedding)
+    clips = []
+    for path in json.loads(listing):
+        if path in windows:
+            (duration,) = conn.execute("SELECT json_extract(audio_info(?), '$.duration_seconds')", (path,)).fetchone()
+            clips.append((path, duration, mean_embedding(windows[path]), None))
+        else:
+            clips.append((path, None, None, errors.get(path, "no audio windows")))
+    return clips
+
+
+def mean_embedding(blobs):
+    """The L2-normalised mean of float32 vectors (little-endian blobs), as a blob."""
+    dim = len(blobs[0]) // 4
+    total = [sum(column) for column in zip(*(struct.unpack(f"<{dim}f", blob) for blob in blobs))]
+    norm = math.sqrt(sum(x * x for x in total)) or 1.0
+    return struct.pack(f"<{dim}f", *(x / norm for x in total))
+
+
 def keep_clip_index(conn, path, duration, embedding):
     """clip_index's row for `path` as clips now has it: replaced, or removed with no embedding."""
     (clip_id,) = conn.execute("SELECT id FROM clips WHERE path = ?", (path,)).fetchone()
@@ -203,17 +235,11 @@ def index(folder, database, segments=False, model=None, batch_files=BATCH_FILES,
             with conn:  # one transaction per batch: an interrupted run keeps the batches done
                 for path in batch:
                     conn.execute("DELETE FROM segments WHERE path = ?", (path,))
-                failed = {}
                 if segments:
-                    rows = conn.execute("SELECT path, start, end, embedding, error FROM audio_segment_files(?, ?)", (listing, model_name))
-                    for path, start_s, end_s, embedding, error in rows:
-                        if error is not None:
-                            failed[path] = error
-                        else:
-                            conn.execute("INSERT INTO segments VALUES (?, ?, ?, ?)", (path, start_s, end_s, embedding))
-                rows = conn.execute("SELECT path, duration, embedding, error FROM audio_embed_files(?, ?)", (listing, model_name))
+                    rows = clips_from_segments(conn, listing, model_name)
+                else:
+                    rows = conn.execute("SELECT path, duration, embedding, error FROM audio_embed_files(?, ?)", (listing, model_name))
                 for path, duration, embedding, error in rows:
-                    error = error or failed.get(path)
                     size, mtime = stats[path]
                     # Upsert: a file indexed again keeps its id (an index over clips stays valid).
                     conn.execute("INSERT INTO clips(path, size, mtime_ns, duration, embedding, error) VALUES (?, ?, ?, ?, ?, ?) "

@@ -16,6 +16,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -197,3 +198,18 @@ def test_command_line_finds_moments(venv, recordings, tmp_path):
     start, end = (float(x) for x in span.split("-"))
     assert path.strip().endswith("walk.wav"), found.stdout
     assert start < thunder_end and thunder_start < end, (start, end, thunder_start, thunder_end)
+    # Each file is embedded once: its clip row is pooled from its segments, and equals what
+    # the plain index (audio_embed_files) stores for the same files.
+    def clips(*args):
+        database = tmp_path / f"clips-{len(args)}.db"
+        done = run(venv, [audiotext, "index", *args, str(recordings), str(database)], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        conn = sqlite3.connect(database)
+        rows = {p: (d, np.frombuffer(e, "<f4")) for p, d, e in conn.execute("SELECT path, duration, embedding FROM clips")}
+        conn.close()
+        return rows
+    pooled, embedded = clips("--segments"), clips()
+    assert pooled.keys() == embedded.keys() and len(pooled) == len(SOUNDS), (pooled.keys(), embedded.keys())
+    for p, (duration, vector) in embedded.items():
+        assert abs(pooled[p][0] - duration) < 1e-3, (p, pooled[p][0], duration)
+        assert float(vector @ pooled[p][1]) > 0.99999, p
