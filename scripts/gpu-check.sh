@@ -7,6 +7,7 @@
 #      clips) with audio_embed_files on CUDA and then on the CPU (AUDIOTEXT_PROVIDER=cpu), for
 #      the default (int8) and models/default-fp32, and prints clips/s, audio-seconds/s and the
 #      largest difference between the CUDA and the CPU embeddings of each file.
+# PYTHON (default /usr/bin/python3, Debian's) must have a sqlite3 module that loads extensions.
 # Target on one GPU: 1,000 clips/s. Exit status 1 when CUDA is not used or an embedding
 # differs by more than a cosine of 0.999.
 #
@@ -21,7 +22,7 @@ max_files=${2:-4000}
 if [ "$prebuilt" = 0 ]; then AUDIOTEXT_CUDA=1 scripts/build.sh; fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
-python3 - "$folder" "$max_files" <<'EOF'
+"${PYTHON:-/usr/bin/python3}" - "$folder" "$max_files" <<'EOF'
 import json, math, os, sqlite3, struct, subprocess, sys, time
 from pathlib import Path
 
