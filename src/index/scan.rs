@@ -88,6 +88,14 @@ impl Best {
     }
 }
 
+/// The first `n` entries of the scratch buffer, grown when needed.
+fn scores_for(scores: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if scores.len() < n {
+        scores.resize(n, 0f32);
+    }
+    &mut scores[..n]
+}
+
 /// The `n` codes closest to `query_code` (the query's code under the same quantizer) among the
 /// live rows and, when `slots` is given, those whose bit is set in their chunk's entry (one bit
 /// per slot), best first. A chunk with no bit set is skipped; one with few scores only those.
@@ -122,23 +130,38 @@ pub fn top_candidates(
                 // Some rows filtered out: score only the allowed ones. On 1M rows of 384
                 // dimensions this is twice as fast at half allowed, a fifth faster at
                 // three quarters and even at nine tenths, so it stops at nine tenths.
-                if let (Some(set), Some(_)) = (set, bits) {
+                if let (Some(set), Some(bits)) = (set, bits) {
                     if set * 10 < chunk.rowids.len() * 9 {
-                        let mut one = [0f32];
-                        for slot in (0..chunk.rowids.len()).filter(|&s| is_set(s)) {
-                            if chunk.live[slot] == 0 {
-                                continue;
-                            }
-                            score(
-                                &chunk.codes[slot * code_bytes..(slot + 1) * code_bytes],
-                                &mut one,
-                            );
-                            if one[0] >= best.bar() {
-                                best.offer(Candidate {
-                                    chunk: chunk_index,
-                                    slot,
-                                    score: one[0],
-                                });
+                        // Runs of consecutive allowed slots, a bitmap word at a time, each
+                        // scored in one kernel call.
+                        for (word_index, &word) in bits.iter().enumerate() {
+                            let mut word = word;
+                            while word != 0 {
+                                let start = word.trailing_zeros() as usize;
+                                let run = (word >> start).trailing_ones() as usize;
+                                word = if start + run == 64 {
+                                    0
+                                } else {
+                                    word & !(((1u64 << run) - 1) << start)
+                                };
+                                let first = word_index * 64 + start;
+                                let end = (first + run).min(chunk.rowids.len());
+                                if first >= end {
+                                    continue;
+                                }
+                                let out = scores_for(&mut scores, end - first);
+                                score(&chunk.codes[first * code_bytes..end * code_bytes], out);
+                                let mut bar = best.bar();
+                                for (slot, &score) in (first..end).zip(out.iter()) {
+                                    if chunk.live[slot] != 0 && score >= bar {
+                                        best.offer(Candidate {
+                                            chunk: chunk_index,
+                                            slot,
+                                            score,
+                                        });
+                                        bar = best.bar();
+                                    }
+                                }
                             }
                         }
                         return (best, scores);
