@@ -122,8 +122,9 @@ def test_partial_audio_when_asked_matches_ffmpegs_decode_of_the_cut(cut_files, f
     assert conn.execute("SELECT audiotext_option('truncated_audio', 'partial')").fetchone() == ("error",)
     assert conn.execute("SELECT audiotext_option('truncated_audio')").fetchone() == ("partial",)
     # symphonia 0.5 ignores an MP4's edit list, so our M4A decode keeps the encoder's 1,024
-    # priming samples that ffmpeg drops (46 ms here; docs/hardening.md): a looser bound there.
-    assert matches_ffmpeg(conn, cut, tmp_path) >= (0.95 if fmt == "m4a" else 0.99)
+    # priming samples that ffmpeg drops (46 ms here; docs/hardening.md): a looser bound there
+    # (above 0.95 with the float32 graph, 0.946 with the default's int8 one).
+    assert matches_ffmpeg(conn, cut, tmp_path) >= (0.94 if fmt == "m4a" else 0.99)
     # The setting is the connection's: another one still refuses.
     with pytest.raises(sqlite3.OperationalError, match="is truncated"):
         embedding(open_connection(), str(cut))

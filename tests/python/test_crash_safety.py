@@ -16,13 +16,14 @@ import make_audio as ma
 from conftest import open_connection
 
 HERE = Path(__file__).resolve().parent
-CLIPS = 400
+CLIPS = 800
+WAIT_SECONDS = 1.5
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """Enough clips that embedding them all takes well over the 4 s the test waits: 150 took
-    3.8 s on two idle cores (about 120x real time), so 400."""
+    """Enough clips that embedding them all takes well over the WAIT_SECONDS the test waits:
+    with the int8 default, 400 took under 4 s on two idle cores, so 800 (about 7 s)."""
     base = tmp_path_factory.mktemp("many")
     for i in range(CLIPS):
         ma.write_wav(base / f"clip-{i:03}.wav", ma.realish(16000, 3.0, seed=i), 16000)
@@ -55,7 +56,7 @@ def test_kill_in_the_middle_of_an_insert_rolls_back(tmp_path, folder, mode):
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "inserting"
     # Let it write: the first rows are embedded and inserted (into the journal or the WAL).
-    time.sleep(4.0)
+    time.sleep(WAIT_SECONDS)
     assert child.poll() is None, "the insert finished before it could be killed: add clips"
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=30)
