@@ -121,7 +121,12 @@ def run_info():
 
     model = onnx.load(str(BUNDLE / AUDIO["onnx"]))
     weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
-    params = sum(int(np.prod(shape)) for shape in weights.values())
+    # Zero points and scales of an int8 graph are not parameters.
+    params = sum(int(np.prod(shape)) for name, shape in weights.items() if not name.endswith(("_scale", "_zero_point")))
+    # In an int8 graph a Conv's weight is a DequantizeLinear of the stored int8 tensor.
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
     counted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     known = {o.name for o in model.graph.output}
     wanted = sorted({name for n in counted for name in list(n.input[:1]) + [n.output[0]]} - set(weights) - known)
