@@ -3,6 +3,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -80,6 +81,28 @@ impl Best {
         }
     }
 
+    /// Offers the live slots `first..` whose scores are `scores` (and whose liveness is `live`)
+    /// that `allowed` admits.
+    fn offer_scores(
+        &mut self,
+        chunk: usize,
+        first: usize,
+        scores: &[f32],
+        live: &[u8],
+        allowed: impl Fn(usize) -> bool,
+    ) {
+        // Most scores lose to the worst kept one: compare with it before touching the heap.
+        let mut bar = self.bar();
+        for (offset, (&score, &live)) in scores.iter().zip(live).enumerate() {
+            let slot = first + offset;
+            // The filter last: most rows already lose on score.
+            if live != 0 && score >= bar && allowed(slot) {
+                self.offer(Candidate { chunk, slot, score });
+                bar = self.bar();
+            }
+        }
+    }
+
     fn merge(mut self, other: Best) -> Best {
         for Reverse(candidate) in other.heap {
             self.offer(candidate);
@@ -94,6 +117,33 @@ fn scores_for(scores: &mut Vec<f32>, n: usize) -> &mut [f32] {
         scores.resize(n, 0f32);
     }
     &mut scores[..n]
+}
+
+/// The runs of consecutive set bits of a chunk's bitmap (one bit per slot), as slot ranges
+/// below `len`, in order: each run is scored in one kernel call.
+fn allowed_runs(bits: &[u64], len: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+    bits.iter()
+        .enumerate()
+        .flat_map(move |(word_index, &word)| {
+            let mut word = word;
+            std::iter::from_fn(move || {
+                while word != 0 {
+                    let start = word.trailing_zeros() as usize;
+                    let run = (word >> start).trailing_ones() as usize;
+                    word = if start + run == 64 {
+                        0
+                    } else {
+                        word & !(((1u64 << run) - 1) << start)
+                    };
+                    let first = word_index * 64 + start;
+                    let end = (first + run).min(len);
+                    if first < end {
+                        return Some(first..end);
+                    }
+                }
+                None
+            })
+        })
 }
 
 /// The `n` codes closest to `query_code` (the query's code under the same quantizer) among the
@@ -132,56 +182,24 @@ pub fn top_candidates(
                 // three quarters and even at nine tenths, so it stops at nine tenths.
                 if let (Some(set), Some(bits)) = (set, bits) {
                     if set * 10 < chunk.rowids.len() * 9 {
-                        // Runs of consecutive allowed slots, a bitmap word at a time, each
-                        // scored in one kernel call.
-                        for (word_index, &word) in bits.iter().enumerate() {
-                            let mut word = word;
-                            while word != 0 {
-                                let start = word.trailing_zeros() as usize;
-                                let run = (word >> start).trailing_ones() as usize;
-                                word = if start + run == 64 {
-                                    0
-                                } else {
-                                    word & !(((1u64 << run) - 1) << start)
-                                };
-                                let first = word_index * 64 + start;
-                                let end = (first + run).min(chunk.rowids.len());
-                                if first >= end {
-                                    continue;
-                                }
-                                let out = scores_for(&mut scores, end - first);
-                                score(&chunk.codes[first * code_bytes..end * code_bytes], out);
-                                let mut bar = best.bar();
-                                for (slot, &score) in (first..end).zip(out.iter()) {
-                                    if chunk.live[slot] != 0 && score >= bar {
-                                        best.offer(Candidate {
-                                            chunk: chunk_index,
-                                            slot,
-                                            score,
-                                        });
-                                        bar = best.bar();
-                                    }
-                                }
-                            }
+                        for run in allowed_runs(bits, chunk.rowids.len()) {
+                            let out = scores_for(&mut scores, run.len());
+                            let codes = &chunk.codes[run.start * code_bytes..run.end * code_bytes];
+                            score(codes, out);
+                            best.offer_scores(
+                                chunk_index,
+                                run.start,
+                                out,
+                                &chunk.live[run],
+                                |_| true,
+                            );
                         }
                         return (best, scores);
                     }
                 }
-                scores.resize(chunk.rowids.len(), 0f32);
-                score(&chunk.codes, &mut scores);
-                // Most scores lose to the worst kept one: compare with it before touching the heap.
-                let mut bar = best.bar();
-                for (slot, (&score, &live)) in scores.iter().zip(&chunk.live).enumerate() {
-                    // The filter last: most rows already lose on score.
-                    if live != 0 && score >= bar && is_set(slot) {
-                        best.offer(Candidate {
-                            chunk: chunk_index,
-                            slot,
-                            score,
-                        });
-                        bar = best.bar();
-                    }
-                }
+                let out = scores_for(&mut scores, chunk.rowids.len());
+                score(&chunk.codes, out);
+                best.offer_scores(chunk_index, 0, out, &chunk.live, is_set);
                 (best, scores)
             },
         )
@@ -207,6 +225,16 @@ mod tests {
             live: live.to_vec(),
             codes,
         }
+    }
+
+    #[test]
+    fn allowed_runs_are_the_set_bits_grouped() {
+        // Bits 0-1, 5, 62-63 and 64-127 (a run across words is two runs), then 130, and a
+        // bit past the chunk's 131 slots that must not show.
+        let bits = [0b100011 | 0b11 << 62, u64::MAX, 1 << 2 | 1 << 3];
+        let runs: Vec<Range<usize>> = allowed_runs(&bits, 131).collect();
+        assert_eq!(runs, vec![0..2, 5..6, 62..64, 64..128, 130..131]);
+        assert_eq!(allowed_runs(&[0, 0], 128).count(), 0);
     }
 
     #[test]
