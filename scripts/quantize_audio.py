@@ -75,14 +75,16 @@ def calibration_clips(data, exclude):
 def log_mel_windows(paths, audio, per_clip):
     """Up to `per_clip` windows of each clip, spread over it, shaped as the graph's input."""
     import librosa
-    from test_manifest_reproduction import window_logmels
+    from conftest import window_bounds
+    from test_manifest_reproduction import librosa_logmel
 
     for path in paths:
         y, _ = librosa.load(path, sr=audio["sample_rate"], mono=True)
-        windows = window_logmels(y, audio)
-        picks = np.unique(np.linspace(0, len(windows) - 1, min(per_clip, len(windows))).round().astype(int))
-        for i in picks:
-            yield windows[i][2][None, None]
+        bounds = list(window_bounds(len(y), audio["sample_rate"], audio["windowing"]))
+        picks = np.unique(np.linspace(0, len(bounds) - 1, min(per_clip, len(bounds))).round().astype(int))
+        for i in picks:  # only the picked windows' log-mels are computed
+            start, end = bounds[i]
+            yield librosa_logmel(y[start:end], audio).astype(np.float32)[None, None]
 
 
 def enum_settings(settings):
