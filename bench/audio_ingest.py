@@ -18,6 +18,7 @@ model loading), files per second, peak resident memory of the process.
 """
 
 import json
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -164,7 +165,7 @@ def run_table():
             peak = float(line.rsplit("peak ", 1)[1].split(" MB")[0])
             results.append((seconds, peak))
     print(f"{len(FILES)} files, {audio_seconds:.0f} s of audio, from {FOLDER}; median of {repeats} interleaved runs, "
-          f"each its own process, {len(__import__('os').sched_getaffinity(0))} cores\n")
+          f"each its own process, {len(os.sched_getaffinity(0))} cores\n")
     print("| bundle | path | seconds | clips/s | audio s/s | peak MB | int8 speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for (b, m), results in runs.items():
