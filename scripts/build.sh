@@ -16,14 +16,13 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/fetch-python-assets.sh
 
-# The extension alone first: its build compiles no training framework, and dist/ gets that
-# library. The trainer (feature `trainer`) comes second; it rebuilds the library with src/train
-# for itself, and that copy stays in target/.
-echo "building the extension (release)"
-cargo build --release --locked --lib
+# The extension's crate (crates/sqlite-audiotext) depends on no training framework; the trainer
+# (crates/audiotext-train) is a crate of its own beside it.
+echo "building the extension (release, crate sqlite-audiotext)"
+cargo build --release --locked -p sqlite-audiotext
 install -m 755 target/release/libaudiotext0.so dist/audiotext0.so
-echo "building the trainer (release, feature trainer)"
-cargo build --release --locked --features trainer --bin audiotext-train
+echo "building the trainer (release, crate audiotext-train)"
+cargo build --release --locked -p audiotext-train --bin audiotext-train
 install -m 755 target/release/audiotext-train dist/audiotext-train
 
 bundle=models/default

@@ -8,21 +8,21 @@ cd "$(dirname "$0")/.."
 scripts/build.sh
 scripts/python-env.sh
 
-echo "== unit tests (cargo test)"
-cargo test --release --locked --features trainer
+echo "== unit tests (cargo test, every crate of the workspace)"
+cargo test --release --locked --workspace
 
-echo "== the extension's own build compiles no training framework"
-lean=$(cargo tree --locked --edges normal --prefix none --format '{p}' | cut -d' ' -f1 | sort -u)
-for crate in burn indicatif plotters csv zip; do
+echo "== the extension's crate depends on no training framework"
+lean=$(cargo tree --locked -p sqlite-audiotext --edges normal --prefix none --format '{p}' | cut -d' ' -f1 | sort -u)
+for crate in burn indicatif plotters csv zip audiotext-train; do
   if grep -qx "$crate" <<<"$lean"; then
-    echo "error: $crate is among the extension's dependencies without the trainer feature" >&2
+    echo "error: $crate is among the dependencies of sqlite-audiotext" >&2
     exit 1
   fi
 done
-echo "ok: none of burn, indicatif, plotters, csv, zip without --features trainer"
+echo "ok: none of burn, indicatif, plotters, csv, zip, audiotext-train under sqlite-audiotext"
 
 echo "== fault-injection build (a panic inside a function must become an SQL error)"
-cargo build --release --locked --lib --features fault-injection
+cargo build --release --locked -p sqlite-audiotext --features fault-injection
 mkdir -p target/fault-injection
 cp target/release/libaudiotext0.so target/fault-injection/audiotext0.so
 

@@ -5,10 +5,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use audiotext_fuzz::audio::decode::{AudioSource, Decoder};
-use audiotext_fuzz::audio::mel::MelExtractor;
-use audiotext_fuzz::audio::stream::LogMelWindows;
-use audiotext_fuzz::audio::{FrontEnd, Windowing};
+use audiotext_core::audio::decode::{AudioSource, Decoder};
+use audiotext_core::audio::mel::MelExtractor;
+use audiotext_core::audio::stream::LogMelWindows;
+use audiotext_core::audio::{FrontEnd, Windowing};
 use libfuzzer_sys::fuzz_target;
 
 /// Decoded samples past this are not looked at (a small file of constant-size packets can

@@ -2,9 +2,9 @@
 //! front-end's settings and the windowing), never a panic or a huge allocation.
 #![no_main]
 
-use audiotext_fuzz::audio::mel::MelExtractor;
-use audiotext_fuzz::audio::stream::WindowPlan;
-use audiotext_fuzz::model::manifest::Manifest;
+use audiotext_core::audio::mel::MelExtractor;
+use audiotext_core::audio::stream::WindowPlan;
+use audiotext_core::model::manifest::Manifest;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

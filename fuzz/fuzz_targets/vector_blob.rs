@@ -2,7 +2,7 @@
 //! value.
 #![no_main]
 
-use audiotext_fuzz::sql::blob::vector_from_blob;
+use audiotext_core::index::blob::vector_from_blob;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

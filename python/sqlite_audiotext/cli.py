@@ -33,7 +33,7 @@ import sqlite_audiotext
 from sqlite_audiotext.queries import (
     BEST_CLIPS, CLIP_INDEX_COLUMNS, best_clips_from_index, best_moments, clip_filters, clip_index_values)
 
-# What audio_embed_files lists in a folder (src/sql/files.rs, AUDIO_EXTENSIONS).
+# What audio_embed_files lists in a folder (crates/sqlite-audiotext/src/files.rs, AUDIO_EXTENSIONS).
 AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".mka", ".mkv"}
 BATCH_FILES = 64
 DEFAULT_MODEL = "default"

@@ -49,7 +49,7 @@ def shared_data():
 
 def window_bounds(total, rate, windowing):
     """The windows of a signal of `total` samples: an independent statement of
-    src/audio/stream.rs's contract (lengths are round(seconds * rate), halves up)."""
+    crates/audiotext-core/src/audio/stream.rs's contract (lengths are round(seconds * rate), halves up)."""
 
     def samples(seconds):
         return int(math.floor(float(np.float32(seconds)) * rate + 0.5))

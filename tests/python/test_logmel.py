@@ -445,7 +445,7 @@ def test_window_bounds_by_hand():
 
 
 def test_hand_derived_filterbank_is_librosas():
-    """The filterbank values src/audio/mel.rs's unit test derives by hand are librosa's."""
+    """The filterbank values crates/audiotext-core/src/audio/mel.rs's unit test derives by hand are librosa's."""
     import librosa
 
     w = librosa.filters.mel(sr=2000, n_fft=8, n_mels=3, fmin=0.0, fmax=1000.0)

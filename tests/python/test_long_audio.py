@@ -2,7 +2,7 @@
 folder, and the connection stays usable; audio_embed_files streams files too long to batch.
 
 Debian's SQLite (3.40.1) has no sqlite3_is_interrupted; the extension notices the interrupt by
-stepping a nested `SELECT 1` on the same connection (src/sql/interrupt.rs), which these tests
+stepping a nested `SELECT 1` on the same connection (crates/sqlite-audiotext/src/interrupt.rs), which these tests
 exercise through Python's `Connection.interrupt()`. No tight timing: each test measures the
 full call first and asks the interrupted one to return well before that.
 

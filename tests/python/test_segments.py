@@ -1,5 +1,5 @@
 """Moments inside recordings: `audio_segments(path_or_blob [, model [, hop_seconds]])` and
-`audio_segment_files(dir_or_glob [, model [, hop_seconds]])` (src/sql/segments.rs), the way a
+`audio_segment_files(dir_or_glob [, model [, hop_seconds]])` (crates/sqlite-audiotext/src/segments.rs), the way a
 user calls them: the window layout against an independent statement of the manifest's windowing,
 each row's embedding against `audio_embed` of the same samples, finding an event in a minute of
 background by its sound, finding real ESC-50 sounds in a recording by text, folders with a bad

@@ -1,7 +1,7 @@
 """A panic in any callback of any of our virtual tables is an SQL error, and the connection and
 process go on (issue 22). The fault-injection build's `audiotext_fault('module.callback')` makes
 the next call of that callback panic; every module's callbacks run through one wrapper
-(src/sql/vtab.rs), and each case here arms one, runs the statement that reaches it, and then
+(crates/sqlite-audiotext/src/vtab.rs), and each case here arms one, runs the statement that reaches it, and then
 runs the statement again to show nothing was left broken."""
 
 import json

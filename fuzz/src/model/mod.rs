@@ -1,4 +1,0 @@
-//! ../src/model's manifest.
-
-#[path = "../../../src/model/manifest.rs"]
-pub mod manifest;
