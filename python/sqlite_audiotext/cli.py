@@ -33,8 +33,6 @@ import sqlite_audiotext
 from sqlite_audiotext.queries import (
     BEST_CLIPS, CLIP_INDEX_COLUMNS, best_clips_from_index, best_moments, clip_filters, clip_index_values)
 
-# What audio_embed_files lists in a folder (crates/sqlite-audiotext/src/files.rs, AUDIO_EXTENSIONS).
-AUDIO_EXTENSIONS = {".wav", ".wave", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".mka", ".mkv"}
 BATCH_FILES = 64
 DEFAULT_MODEL = "default"
 MODEL_NAME = "audiotext_cli"  # a bundle given with --model, registered under this name
@@ -50,35 +48,13 @@ class Failure(Exception):
     """A problem the user can fix: printed as one line, exit status 1."""
 
 
-def audio_files(folder):
-    """Audio files below `folder` by extension, following links, each file once, sorted."""
-    found, seen_dirs, seen_files = [], set(), set()
-
-    def walk(directory):
-        try:
-            info = os.stat(directory)
-        except OSError as error:
-            raise Failure(f"cannot list {directory}: {error.strerror}") from error
-        if (info.st_dev, info.st_ino) in seen_dirs:
-            return
-        seen_dirs.add((info.st_dev, info.st_ino))
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            path = os.path.join(directory, entry.name)
-            try:
-                if entry.is_dir():
-                    walk(path)
-                    continue
-                info = os.stat(path)
-                key = (info.st_dev, info.st_ino)
-            except OSError:
-                key = None  # a dangling link: listed, so that its error says so
-            if os.path.splitext(entry.name)[1].lower() in AUDIO_EXTENSIONS and key not in seen_files:
-                if key is not None:
-                    seen_files.add(key)
-                found.append(path)
-
-    walk(os.path.abspath(folder))
-    return sorted(found)
+def audio_files(conn, folder):
+    """The audio files below `folder`, listed by the extension's audio_files() exactly as
+    audio_embed_files() would list them: by extension, links followed, each file once, sorted."""
+    try:
+        return [path for (path,) in conn.execute("SELECT path FROM audio_files(?)", (os.path.abspath(folder),))]
+    except sqlite3.Error as error:
+        raise Failure(f"cannot list {folder}: {error}") from error
 
 
 def connect(database, model_path=None, for_search=False):
@@ -208,7 +184,7 @@ def index(folder, database, segments=False, model=None, batch_files=BATCH_FILES,
     if not Path(folder).is_dir():
         raise Failure(f"{folder} is not a folder")
     conn, model_name = connect(database, model)
-    files = audio_files(folder)
+    files = audio_files(conn, folder)
     known = {path: (size, mtime) for path, size, mtime in conn.execute("SELECT path, size, mtime_ns FROM clips")}
     stats = {}
     for path in files:

@@ -86,3 +86,13 @@ def test_link_loops_end_and_no_file_is_listed_twice(tmp_path):
     assert all(error is None for _, error in rows)
     rows = conn.execute("SELECT path FROM audio_embed_files(?)", (f"{root}/**/*.wav",)).fetchall()
     assert len(rows) == 2
+    # audio_files(), which the command line lists folders with, lists exactly the same files.
+    (root / "notes.txt").write_text("not audio")
+    ma.write_wav(root / "sub" / "C.WAV", ma.realish(16000, 0.5, seed=2), 16000)
+    for source in (str(root), f"{root}/**/*.wav", f"{root}/sub"):
+        listed = [p for (p,) in conn.execute("SELECT path FROM audio_files(?)", (source,))]
+        embedded = [p for (p,) in conn.execute("SELECT path FROM audio_embed_files(?)", (source,))]
+        assert listed == embedded and listed == sorted(listed), source
+    assert str(root / "sub" / "C.WAV") in listed and not any(p.endswith(".txt") for p in listed)
+    with pytest.raises(sqlite3.OperationalError, match=r"audio_files.*argument 1 \(dir_or_glob\) is required"):
+        conn.execute("SELECT path FROM audio_files").fetchall()

@@ -72,6 +72,19 @@ CASES = {
             "rowid": "SELECT rowid FROM audio_embed_files(:dir)",
         },
     ),
+    "audio_files": (
+        "",
+        {
+            "connect": "SELECT path FROM audio_files(:dir)",
+            "best_index": "SELECT path FROM audio_files(:dir)",
+            "open": "SELECT path FROM audio_files(:dir)",
+            "filter": "SELECT path FROM audio_files(:dir)",
+            "next": "SELECT path FROM audio_files(:dir)",
+            "eof": "SELECT path FROM audio_files(:dir)",
+            "column": "SELECT path FROM audio_files(:dir)",
+            "rowid": "SELECT rowid FROM audio_files(:dir)",
+        },
+    ),
     "audio_segments": (
         "",
         {

@@ -36,10 +36,8 @@ pub const AUDIOCAPS_SPLITS: [(&str, &str); 3] = [
 ];
 
 /// Extensions of the audio files an AudioCaps folder is searched for, in order of preference
-/// when one clip has several (the decoder's formats, as in `sql::files::AUDIO_EXTENSIONS`).
-pub const AUDIO_EXTENSIONS: [&str; 11] = [
-    "wav", "flac", "mp3", "ogg", "oga", "m4a", "aac", "mp4", "mka", "mkv", "wave",
-];
+/// when one clip has several: the decoder's formats.
+pub use audiotext_core::audio::formats::AUDIO_EXTENSIONS;
 
 /// How a dataset folder is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,10 +4,7 @@ use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Extensions the decoder reads (lowercase).
-pub const AUDIO_EXTENSIONS: [&str; 11] = [
-    "wav", "wave", "flac", "ogg", "oga", "mp3", "m4a", "aac", "mp4", "mka", "mkv",
-];
+use audiotext_core::audio::formats::is_audio_extension;
 
 /// A directory gives every audio file below it (recursively, by extension); a pattern with
 /// `*`, `?` or `**` gives the files it matches, whatever their extension; a plain file gives
@@ -117,7 +114,7 @@ fn shorten(text: &str) -> String {
 fn has_audio_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .is_some_and(is_audio_extension)
 }
 
 /// A depth-first walk in sorted order that visits each folder and each file once.

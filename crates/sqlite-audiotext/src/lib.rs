@@ -2,8 +2,8 @@
 //! `audiotext0` (`.load ./audiotext0`): the SQL surface over `audiotext-core`, which does the
 //! embedding and the vector search, and sqlite-vec, compiled in from its C source (`build.rs`).
 //!
-//! Here: the entry point, one registration table of functions and one of modules (`registry`
-//! is the per-connection model registry, not that table: see [`FUNCTIONS`] below), the guard every
+//! Here: the entry point, one registration table of functions ([`FUNCTIONS`]) and one of
+//! virtual-table modules (`MODULES`; `registry` is the per-connection model registry), the guard every
 //! callback runs in, argument parsing (`args`), and one file per family of functions.
 //!
 //! Every function body returns `Result<Output, String>`; the guard turns an error or a panic into
@@ -12,6 +12,7 @@
 
 mod args;
 mod audio;
+mod audio_files;
 mod embed_files;
 mod files;
 mod interrupt;
@@ -117,14 +118,26 @@ pub const FUNCTIONS: &[Function] = &[
     Function { name: "audiotext_fault",   n_arg: 1, flags: Flags::Volatile,     sets_subtype: false, body: meta::fault },
 ];
 
+type RegisterModule = fn(&Connection, Arc<Registry>) -> rusqlite::Result<()>;
+
+/// The virtual-table modules, each registered by its family's file: `temp.audiotext_models`,
+/// `audio_files`, `audio_embed_files`, `audiotext_index`, `audio_segments` and
+/// `audio_segment_files`.
+const MODULES: &[RegisterModule] = &[
+    registry::register_module,
+    audio_files::register_module,
+    embed_files::register_module,
+    vector_index::register_module,
+    segments::register_modules,
+];
+
 /// Registers everything on one connection: sqlite-vec, the model registry, the functions.
 fn init(db: Connection) -> rusqlite::Result<bool> {
     install_panic_hook();
     let registry = connection_registry(&db)?;
-    registry::register_module(&db, registry.clone())?;
-    embed_files::register_module(&db, registry.clone())?;
-    vector_index::register_module(&db, registry.clone())?;
-    segments::register_modules(&db, registry.clone())?;
+    for register in MODULES {
+        register(&db, registry.clone())?;
+    }
     for function in FUNCTIONS {
         let env = Env {
             registry: registry.clone(),

@@ -8,12 +8,14 @@
 //! - `resample`: `StreamResampler`, any rate to the model's, delay-compensated.
 //! - `mel`: `MelExtractor`, librosa's `melspectrogram` + log.
 //! - `stream`: `decode_mono` (whole file) and `log_mel_windows` (bounded memory).
+//! - `formats`: the extensions (and MIME types) of the files the decoder reads.
 //! - `encoder`: `audio.onnx` over batches of windows, pooled per file (the extension's side).
 
 pub mod config;
 pub mod container_check;
 pub mod decode;
 pub mod encoder;
+pub mod formats;
 pub mod mel;
 pub mod resample;
 pub mod stream;
