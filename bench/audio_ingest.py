@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# The manifest's windows and log-mel in librosa's terms, as the tests reproduce audio_embed.
-sys.path.insert(0, str(ROOT / "tests" / "python"))
+# The manifest's windows and log-mel in librosa's terms, as the tests reproduce audio_embed
+# (tests/python/audio/test_manifest_reproduction.py, which imports the helpers and conftest).
+TESTS = ROOT / "tests" / "python"
+sys.path[:0] = [str(TESTS / "audio"), str(TESTS / "helpers"), str(TESTS)]
 ARGS = [a for a in sys.argv if not a.startswith("--")]
 FOLDER = Path(ARGS[2]) if len(ARGS) > 2 else ROOT.parent / "shared" / "data" / "esc50-dev" / "audio"
 BUNDLE = Path(ARGS[3]) if len(ARGS) > 3 else ROOT / "models" / "default"

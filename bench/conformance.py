@@ -9,7 +9,7 @@ says why); the figure against ffmpeg alone is reported too.
 With no DIR it reads the installed packages that scripts/install-deps.sh brings (scratch,
 tuxpaint-plugins-default, gnome-shell-pomodoro-data, minetest-data); the report in
 docs/hardening.md also reads the corpus packages under .cache/pkgs (scripts/build-corpus.sh).
-The test suite runs `conform` on the installed packages (tests/python/test_conformance.py)."""
+The test suite runs `conform` on the installed packages (tests/python/sql/test_containers.py)."""
 
 import argparse
 import hashlib

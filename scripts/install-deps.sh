@@ -11,7 +11,7 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # Tests make audio files in every supported format: sox (wav, flac, ogg, mp3), ffmpeg (aac/m4a).
 command -v sox >/dev/null || need+=(sox libsox-fmt-all)
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
-# The Datasette plugin's browser test (tests/python/test_datasette.py): Debian's chromium,
+# The Datasette plugin's browser test (tests/python/plugin/test_datasette.py): Debian's chromium,
 # headless, and its matching chromedriver (no browser download).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)

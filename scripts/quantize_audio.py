@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "python"))
+# conftest and tests/python/audio/test_manifest_reproduction.py (which imports the helpers).
+TESTS = ROOT / "tests" / "python"
+sys.path[:0] = [str(TESTS / "audio"), str(TESTS / "helpers"), str(TESTS)]
 
 # The recipe; every field lands in the settings file, and `apply` reads them from there.
 DEFAULTS = {

@@ -1,15 +1,25 @@
 """Shared fixtures: the built extension loaded into Debian's Python sqlite3 module; and
 helpers more than one test file states: the window layout, threads by name."""
 
+import sys
+from pathlib import Path
+
+# Tests import the helpers, conftest and each other's modules by bare name from any area folder.
+TESTS = Path(__file__).resolve().parent
+HELPERS = TESTS / "helpers"
+AREAS = ("sql", "index", "audio", "trainer", "package", "plugin")
+for _folder in (HELPERS, TESTS, *(TESTS / area for area in AREAS)):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
 import math
 import os
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = TESTS.parents[1]
 DIST = ROOT / "dist"
 EXTENSION = DIST / "audiotext0"  # SQLite adds the platform suffix (.so)
 MINILM_DIR = ROOT / ".cache" / "pretrained" / "all-MiniLM-L6-v2"

@@ -1,10 +1,11 @@
 //! Log-mel parity with librosa, run from Rust: this test writes the inputs (with
-//! tests/python/make_audio.py), computes our samples and log-mels through the public API
+//! tests/python/helpers/make_audio.py), computes our samples and log-mels through the public API
 //! (decode_mono / log_mel_windows / MelExtractor), dumps them as .npy under
-//! target/logmel-parity/ with cases.json, then runs `.venv/bin/python tests/python/test_logmel.py
-//! target/logmel-parity`, which computes librosa's on the same samples and compares (the
-//! tolerance is stated and argued there). Resampled inputs are compared on our resampled
-//! signal only: resamplers differ, the log-mel must not.
+//! target/logmel-parity/ with cases.json, then runs
+//! `.venv/bin/python tests/python/audio/test_logmel.py target/logmel-parity`, which computes
+//! librosa's on the same samples and compares (the tolerance is stated and argued there).
+//! Resampled inputs are compared on our resampled signal only: resamplers differ, the log-mel
+//! must not.
 //!
 //! Skips (with a message) when the venv or librosa is missing; real clips are used when
 //! ../shared/data/esc50-dev/audio exists. Also times our front-end on those clips (decode +
@@ -226,7 +227,7 @@ fn logmel_matches_librosa() {
     let out_dir = dir.join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let status = Command::new(&python)
-        .arg(root.join("tests/python/make_audio.py"))
+        .arg(root.join("tests/python/helpers/make_audio.py"))
         .arg("parity")
         .arg(&inputs_dir)
         .status()
@@ -511,7 +512,7 @@ fn logmel_matches_librosa() {
     )
     .unwrap();
     let status = Command::new(&python)
-        .arg(root.join("tests/python/test_logmel.py"))
+        .arg(root.join("tests/python/audio/test_logmel.py"))
         .arg(&dir)
         .status()
         .unwrap();

@@ -1407,8 +1407,8 @@ mod tests {
 
     use crate::testing::{fresh_dir, make_checkpoints};
 
-    /// The checkpoints of tests/python/make_checkpoints.py, written once per test run; `None`
-    /// (with a message) when there is no Python.
+    /// The checkpoints of tests/python/helpers/make_checkpoints.py, written once per test run;
+    /// `None` (with a message) when there is no Python.
     fn python_checkpoints() -> Option<&'static Path> {
         static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
         DIR.get_or_init(|| make_checkpoints(&[], &[])).as_deref()

@@ -21,9 +21,10 @@ use audiotext_core::model::manifest::Manifest;
 use crate::embed::{bar_style, caption_embeddings};
 use crate::fit::LayoutArg;
 use crate::run::{
-    device, embed_clips, embed_texts, embed_windows, load_model, ort_runtime, pad_value,
-    DeviceKind, RunConfig, Which,
+    device, embed_clips, embed_texts, embed_windows, ort_runtime, pad_value, DeviceKind, RunConfig,
+    Which,
 };
+use crate::trained::load_model;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Subset {

@@ -44,7 +44,8 @@ use crate::encoders::Architecture;
 use crate::model::{
     input_tensor, to_vec, waveform_tensor, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS,
 };
-use crate::run::{device, load_model, ort_runtime, pad_value, DeviceKind, RunConfig, Which};
+use crate::run::{device, ort_runtime, pad_value, DeviceKind, RunConfig, Which};
+use crate::trained::load_model;
 
 pub const AUDIO_OPSET: i64 = 17;
 pub const AUDIO_ONNX_FILE: &str = "audio.onnx";

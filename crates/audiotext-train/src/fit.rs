@@ -24,7 +24,7 @@ use burn::prelude::*;
 use burn::store::ModuleRecord;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::cache::{default_cache_dir, FeatureCache, Features};
 use crate::data::{Dataset, Layout};
@@ -45,6 +45,8 @@ use crate::run::{
     DeviceKind, Fold, RunConfig, TrainOptions, CHECKPOINT_DIR, METRICS_FILE, RUN_FORMAT_VERSION,
 };
 use crate::specaug::{make_batch, SpecAugment};
+
+pub use crate::run::{EpochLog, OpenWorldMetrics};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayoutArg {
@@ -241,70 +243,6 @@ pub struct Prepared {
     pub validation: Vec<usize>,
     /// Mixes of two training clips with joined captions (empty unless `--mix-prob`).
     pub mixes: Vec<Mix>,
-}
-
-/// What one epoch did; one line of `metrics.jsonl`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EpochLog {
-    pub epoch: usize,
-    pub steps: usize,
-    pub train_loss: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub t2a_r1: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub t2a_r5: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub t2a_r10: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub t2a_map10: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub a2t_r1: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub a2t_r5: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub a2t_r10: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub a2t_map10: Option<f64>,
-    /// Text-to-audio class precision at 10 (datasets with labels).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class_p10: Option<f64>,
-    /// Class precision at 1 and class mAP@10 (`fit-head`: every clip of the query's class is
-    /// relevant; held-out queries when given).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class_p1: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class_map10: Option<f64>,
-    /// Open-world validation (`fit-head` on ESC-50 and other sources together): the reference
-    /// (ESC-50) queries over its clips alone, and over the whole gallery with the other sources'
-    /// clips as distractors; the other sources' own queries over the whole gallery; their clips'
-    /// captions as DCASE queries over the whole gallery.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub open_world: Option<OpenWorldMetrics>,
-    pub temperature: f64,
-    pub lr: f64,
-    pub seconds: f64,
-    pub seconds_per_step: f64,
-    pub validation_seconds: f64,
-}
-
-/// See [`EpochLog::open_world`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct OpenWorldMetrics {
-    pub reference_alone_p1: f64,
-    pub reference_alone_map10: f64,
-    pub reference_with_distractors_p1: f64,
-    pub reference_with_distractors_map10: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub others_p1: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub others_map10: Option<f64>,
-    pub others_caption_r1: f64,
-    pub others_caption_r10: f64,
-    pub others_caption_map10: f64,
-    pub gallery_clips: usize,
-    pub reference_clips: usize,
 }
 
 pub fn run(args: FitArgs) -> Result<()> {

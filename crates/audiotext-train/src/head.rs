@@ -27,7 +27,6 @@ use burn::prelude::*;
 use clap::Args;
 use indicatif::ProgressBar;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use crate::cache::{default_cache_dir, Features};
 use crate::data::{read_class_queries, Dataset, Layout};
@@ -44,6 +43,7 @@ use crate::loss::LossSpec;
 use crate::mix::{draw_background_pool, draw_pool, Mix, MixOptions};
 use crate::model::{l2_normalize, to_vec, Contrastive, ContrastiveConfig};
 use crate::run::{ort_runtime, CheckpointState, DataInfo, Fold, RunConfig, TrainOptions};
+pub use crate::run::{HeadRun, Sampling};
 
 /// The head's weights in a run folder (PyTorch `nn.Linear` layout: weight `[out, in]`).
 pub const HEAD_FILE: &str = "head.safetensors";
@@ -170,62 +170,6 @@ pub struct FitHeadArgs {
     pub cache: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
     pub ort: Option<PathBuf>,
-}
-
-/// What `fit-head` adds to a run's config: the run holds only the head; the backbone comes from
-/// the recorded checkpoint (`RunConfig::pretrained`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeadRun {
-    /// The head's weights, in the run folder.
-    pub head_file: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validate_on: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queries: Option<PathBuf>,
-    /// Further query files (`--queries` given more than once).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub more_queries: Vec<PathBuf>,
-    /// Mixes in the pool (drawn from the training clips).
-    pub mixes: usize,
-    /// How training rows are drawn (defaults: every clip once an epoch, one caption a step).
-    #[serde(default, skip_serializing_if = "Sampling::is_default")]
-    pub sampling: Sampling,
-}
-
-/// How `fit-head` draws its training rows: which clips train, how sources are weighted,
-/// foreground-on-background mixes, captions per target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sampling {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub train_sources: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub holdout_classes: Vec<String>,
-    pub source_balance: f64,
-    pub background_mixes: usize,
-    pub background_prob: f64,
-    pub captions_per_step: usize,
-    #[serde(default)]
-    pub class_keys: bool,
-}
-
-impl Default for Sampling {
-    fn default() -> Sampling {
-        Sampling {
-            train_sources: Vec::new(),
-            holdout_classes: Vec::new(),
-            source_balance: 1.0,
-            background_mixes: 0,
-            background_prob: 0.0,
-            captions_per_step: 1,
-            class_keys: false,
-        }
-    }
-}
-
-impl Sampling {
-    fn is_default(&self) -> bool {
-        *self == Sampling::default()
-    }
 }
 
 /// One training or validation item: its windows' backbone outputs (`windows x dim`).

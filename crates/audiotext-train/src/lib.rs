@@ -35,8 +35,10 @@ pub mod report;
 pub mod run;
 pub mod specaug;
 pub mod split;
+pub mod tensors;
 #[doc(hidden)]
 pub mod testing;
+pub mod trained;
 pub mod weights;
 
 pub use export_text::{export_text, ExportTextOptions, ExportTextReport};

@@ -21,13 +21,13 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
+pub use crate::tensors::{to_vec, NORM_EPS};
+
 use crate::encoders::blocks::batch_norm;
 use crate::encoders::pooling::{Pooling, PoolingKind};
 use crate::encoders::spec2vec::fit_frames;
 use crate::encoders::{Architecture, Backbone};
 
-/// Smallest norm divided by in L2 normalisation (as `torch.nn.functional.normalize`).
-pub const NORM_EPS: f32 = 1e-12;
 /// Upper bound of the learnable similarity scale (CLIP clamps `logit_scale` at 100).
 pub const MAX_SCALE: f32 = 100.0;
 
@@ -313,19 +313,6 @@ impl Contrastive {
             }
             None => fixed_temperature,
         }
-    }
-}
-
-/// A tensor's values as a flat `Vec<f32>` (row-major).
-pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    let data = t.into_data();
-    match data.as_slice::<f32>() {
-        Ok(s) => s.to_vec(),
-        Err(_) => data
-            .convert::<f32>()
-            .as_slice::<f32>()
-            .expect("f32 data")
-            .to_vec(),
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::fit::EpochLog;
+use crate::run::EpochLog;
 
 pub const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (900, 560);

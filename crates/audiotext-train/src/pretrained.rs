@@ -511,8 +511,9 @@ mod tests {
 
     use crate::fit::{train, ClipData, Prepared};
     use crate::model::{to_vec, ContrastiveConfig};
-    use crate::run::{load_model, DeviceKind, RunConfig, TrainOptions, Which, RUN_FORMAT_VERSION};
+    use crate::run::{DeviceKind, RunConfig, TrainOptions, Which, RUN_FORMAT_VERSION};
     use crate::specaug::SpecAugment;
+    use crate::trained::load_model;
 
     /// CNN14 pools the mel axis five times.
     const MELS: usize = 32;
@@ -526,9 +527,9 @@ mod tests {
 
     use crate::testing::{fresh_dir, make_checkpoints};
 
-    /// The PANNs-shaped checkpoints of tests/python/make_checkpoints.py (`.pth` and its values
-    /// as `.json`), plus the same tensors as `.safetensors`, written once per test run; `None`
-    /// (with a message) when there is no Python.
+    /// The PANNs-shaped checkpoints of tests/python/helpers/make_checkpoints.py (`.pth` and its
+    /// values as `.json`), plus the same tensors as `.safetensors`, written once per test run;
+    /// `None` (with a message) when there is no Python.
     fn checkpoints() -> Option<&'static Path> {
         static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
         DIR.get_or_init(|| {

@@ -171,7 +171,7 @@ pub struct RunConfig {
     pub pretrained: Option<crate::pretrained::PretrainedInfo>,
     /// A `fit-head` run: only the head is in the run folder; the backbone is `pretrained`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub head: Option<crate::head::HeadRun>,
+    pub head: Option<HeadRun>,
 }
 
 pub const RUN_FORMAT_VERSION: u32 = 1;
@@ -240,73 +240,124 @@ pub fn checkpoint_path(run_dir: &Path, stem: &str, kind: &str) -> PathBuf {
         .join(format!("{stem}.{kind}.bpk"))
 }
 
-/// Loads a run's model (in validation mode, on `device`).
-pub fn load_model(
-    run_dir: &Path,
-    config: &RunConfig,
-    which: Which,
-    device: &Device,
-) -> Result<(Contrastive, CheckpointState)> {
-    if let Some(head) = &config.head {
-        return load_head_run(run_dir, config, head, device);
-    }
-    let mut stem = which.file_stem();
-    if which == Which::Best && !checkpoint_path(run_dir, "best", "model").is_file() {
-        // A run without validation has no best checkpoint.
-        eprintln!(
-            "note: {} has no best checkpoint, using the last one",
-            run_dir.display()
-        );
-        stem = "last";
-    }
-    let path = checkpoint_path(run_dir, stem, "model");
-    if !path.is_file() {
-        bail!(
-            "{} not found; the run has no completed epoch yet",
-            path.display()
-        );
-    }
-    let record = burn::store::ModuleRecord::load(&path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let model = config
-        .model
-        .init(device)
-        .try_load_record(record)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{} does not fit the run's model config: {e}",
-                path.display()
-            )
-        })?;
-    let state_path = run_dir.join(CHECKPOINT_DIR).join(format!("{stem}.json"));
-    let state: CheckpointState = serde_json::from_str(
-        &std::fs::read_to_string(&state_path)
-            .with_context(|| format!("cannot read {}", state_path.display()))?,
-    )?;
-    Ok((model.valid(), state))
+/// What one epoch did; one line of `metrics.jsonl`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub steps: usize,
+    pub train_loss: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t2a_r1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t2a_r5: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t2a_r10: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t2a_map10: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2t_r1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2t_r5: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2t_r10: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2t_map10: Option<f64>,
+    /// Text-to-audio class precision at 10 (datasets with labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_p10: Option<f64>,
+    /// Class precision at 1 and class mAP@10 (`fit-head`: every clip of the query's class is
+    /// relevant; held-out queries when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_p1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_map10: Option<f64>,
+    /// Open-world validation (`fit-head` on ESC-50 and other sources together): the reference
+    /// (ESC-50) queries over its clips alone, and over the whole gallery with the other sources'
+    /// clips as distractors; the other sources' own queries over the whole gallery; their clips'
+    /// captions as DCASE queries over the whole gallery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<OpenWorldMetrics>,
+    pub temperature: f64,
+    pub lr: f64,
+    pub seconds: f64,
+    pub seconds_per_step: f64,
+    pub validation_seconds: f64,
 }
 
-/// A `fit-head` run's model: the recorded pretrained backbone with the run's head.
-fn load_head_run(
-    run_dir: &Path,
-    config: &RunConfig,
-    head: &crate::head::HeadRun,
-    device: &Device,
-) -> Result<(Contrastive, CheckpointState)> {
-    let info = config
-        .pretrained
-        .as_ref()
-        .context("the fit-head run records no pretrained backbone")?;
-    let info = crate::backbone::resolve_checkpoint(info)?;
-    let mut model = config.model.init(device);
-    model.audio = crate::pretrained::import(model.audio, &config.model.encoder, &info, device)?;
-    let model = crate::head::load_head(model, &run_dir.join(&head.head_file), device)?;
-    let state_path = run_dir.join(CHECKPOINT_DIR).join("last.json");
-    let state: CheckpointState = serde_json::from_str(
-        &std::fs::read_to_string(&state_path)
-            .with_context(|| format!("cannot read {}", state_path.display()))?,
-    )?;
-    Ok((model.valid(), state))
+/// See [`EpochLog::open_world`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpenWorldMetrics {
+    pub reference_alone_p1: f64,
+    pub reference_alone_map10: f64,
+    pub reference_with_distractors_p1: f64,
+    pub reference_with_distractors_map10: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_p1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_map10: Option<f64>,
+    pub others_caption_r1: f64,
+    pub others_caption_r10: f64,
+    pub others_caption_map10: f64,
+    pub gallery_clips: usize,
+    pub reference_clips: usize,
+}
+
+/// What `fit-head` adds to a run's config: the run holds only the head; the backbone comes from
+/// the recorded checkpoint (`RunConfig::pretrained`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadRun {
+    /// The head's weights, in the run folder.
+    pub head_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate_on: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queries: Option<PathBuf>,
+    /// Further query files (`--queries` given more than once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_queries: Vec<PathBuf>,
+    /// Mixes in the pool (drawn from the training clips).
+    pub mixes: usize,
+    /// How training rows are drawn (defaults: every clip once an epoch, one caption a step).
+    #[serde(default, skip_serializing_if = "Sampling::is_default")]
+    pub sampling: Sampling,
+}
+
+/// How `fit-head` draws its training rows: which clips train, how sources are weighted,
+/// foreground-on-background mixes, captions per target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_sources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holdout_classes: Vec<String>,
+    pub source_balance: f64,
+    pub background_mixes: usize,
+    pub background_prob: f64,
+    pub captions_per_step: usize,
+    #[serde(default)]
+    pub class_keys: bool,
+}
+
+impl Default for Sampling {
+    fn default() -> Sampling {
+        Sampling {
+            train_sources: Vec::new(),
+            holdout_classes: Vec::new(),
+            source_balance: 1.0,
+            background_mixes: 0,
+            background_prob: 0.0,
+            captions_per_step: 1,
+            class_keys: false,
+        }
+    }
+}
+
+impl Sampling {
+    fn is_default(&self) -> bool {
+        *self == Sampling::default()
+    }
 }
 
 /// The compute device for training and inference.

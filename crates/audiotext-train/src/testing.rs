@@ -50,13 +50,13 @@ pub fn python() -> Option<PathBuf> {
     found.then(|| PathBuf::from("python3"))
 }
 
-/// Runs tests/python/make_checkpoints.py with `flags`, then a fresh folder, then `args`, and
-/// returns the folder it wrote; `None` (with a message naming the test) when there is no
+/// Runs tests/python/helpers/make_checkpoints.py with `flags`, then a fresh folder, then `args`,
+/// and returns the folder it wrote; `None` (with a message naming the test) when there is no
 /// Python. Panics with the script's error output when it fails.
 pub fn make_checkpoints(flags: &[&str], args: &[String]) -> Option<PathBuf> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
-        .join("tests/python/make_checkpoints.py");
+        .join("tests/python/helpers/make_checkpoints.py");
     let Some(python) = python() else {
         eprintln!(
             "skipped: no python3 to write the test checkpoints with ({} {})",

@@ -13,10 +13,9 @@ use burn::prelude::*;
 
 use crate::fit::{train, ClipData, Prepared};
 use crate::model::{ContrastiveConfig, EncoderConfig};
-use crate::run::{
-    load_model, DataInfo, DeviceKind, RunConfig, TrainOptions, Which, RUN_FORMAT_VERSION,
-};
+use crate::run::{DataInfo, DeviceKind, RunConfig, TrainOptions, Which, RUN_FORMAT_VERSION};
 use crate::specaug::SpecAugment;
+use crate::trained::load_model;
 
 const DIM: usize = 8;
 const TONES_HZ: [f32; 4] = [300.0, 900.0, 2200.0, 5000.0];

@@ -6,7 +6,7 @@
 //! prepared `SELECT 1` on the same connection: SQLite clears the interrupt flag only when no
 //! statement is running (`sqlite3_step` with `nVdbeActive == 0`), and ours is, so the nested
 //! step sees the flag and returns `SQLITE_INTERRUPT` (its `Goto` checks it). Verified on 3.40.1
-//! and on rusqlite's bundled SQLite by the tests (tests/python/test_interrupt.py,
+//! and on rusqlite's bundled SQLite by the tests (tests/python/sql/test_long_audio.py,
 //! tests/host-rusqlite). A step costs about a microsecond.
 
 use std::os::raw::c_int;

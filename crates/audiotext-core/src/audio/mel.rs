@@ -9,7 +9,7 @@
 //! `hz_to_mel`/`mel_to_hz`/`mel_frequencies`) and scipy's `get_window('hann', n, fftbins=True)`.
 //! The filterbank and the window are computed in f64 with numpy's operation order, then stored
 //! as f32; the FFT, the power spectrum and the mel projection run in f32 (tolerance:
-//! tests/python/test_logmel.py).
+//! tests/python/audio/test_logmel.py).
 //!
 //! Padding when centred follows `numpy.pad` (librosa pads `n_fft / 2` on both sides):
 //! `constant` adds zeros; `reflect` mirrors without repeating the edge sample and, when the pad

@@ -17,7 +17,7 @@ use burn::tensor::ops::MaxPoolOptions;
 
 use audiotext_onnx::{AttributeProto, GraphBuilder};
 
-use crate::model::to_vec;
+use crate::tensors::to_vec;
 
 /// `(scale, shift)` of a BatchNorm in inference mode: `y = x * scale + shift`.
 pub fn bn_affine(bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
@@ -190,7 +190,7 @@ pub fn l2_normalize_onnx(g: &mut GraphBuilder, x: &str, axis: i64) -> String {
             AttributeProto::int("keepdims", 1),
         ],
     );
-    let eps = g.scalar_f32("norm_eps", crate::model::NORM_EPS);
+    let eps = g.scalar_f32("norm_eps", crate::tensors::NORM_EPS);
     let norm = g.node("Max", &[&norm, &eps], vec![]);
     g.node("Div", &[x, &norm], vec![])
 }

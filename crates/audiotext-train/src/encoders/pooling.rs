@@ -20,7 +20,7 @@ use audiotext_onnx::{AttributeProto, GraphBuilder};
 
 use super::blocks::{l2_normalize_onnx, linear_onnx};
 use super::rnn::lstm_onnx;
-use crate::model::{to_vec, NORM_EPS};
+use crate::tensors::{to_vec, NORM_EPS};
 
 /// Which pooling head (stored in the run config and the bundle manifest).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use burn::nn::{BiGru, GateController, Lstm};
 use audiotext_onnx::{AttributeProto, GraphBuilder};
 
 use super::blocks::out_in;
-use crate::model::to_vec;
+use crate::tensors::to_vec;
 
 /// Gate weights stacked in ONNX layout, for one direction: `(W, R, B)`.
 fn stack(gates: &[&GateController]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {

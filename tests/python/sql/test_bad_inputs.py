@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import make_audio as ma
-from conftest import DEFAULT_BUNDLE, EXTENSION, open_connection
+from conftest import DEFAULT_BUNDLE, EXTENSION, TESTS, open_connection
 
 RATE = 16000
 FORMATS = ("wav", "flac", "ogg", "mp3", "m4a", "aac", "mka")
@@ -458,7 +458,7 @@ def test_runtime_paths_that_are_not_a_runtime(path, pattern):
     # A fresh process: once a runtime is loaded, audiotext_runtime refuses any other.
     code = (
         "import sqlite3, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from conftest import open_connection\n"
         "c = open_connection()\n"
         "try:\n"
@@ -527,7 +527,7 @@ def test_a_huge_text_costs_what_its_first_tokens_cost():
     6 GB and 50 s): peak memory stays within the text's own copies plus a little."""
     code = (
         "import resource, sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path.insert(0, {str(TESTS)!r})\n"
         "from conftest import open_connection\n"
         "c = open_connection()\n"
         "short = c.execute('SELECT text_embed(?)', ('dog barks ' * 300,)).fetchone()[0]\n"

@@ -21,21 +21,19 @@ import collections
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import make_audio as ma
 import reference_aisfx as ref
-from conftest import ROOT
+from conftest import HELPERS, ROOT
 from trainer_cli import TRAINER, trainer
 
 ort = pytest.importorskip("onnxruntime")
 librosa = pytest.importorskip("librosa", reason="librosa is in tests/python/requirements.txt")
 
 CHECKPOINT = ROOT / ".cache" / "pretrained" / "aisfx" / "checkpoint.pth"
-HERE = Path(__file__).resolve().parent
 FRAME_COUNTS = [100, 37, 215]
 TOLERANCE = 1e-4
 N_REAL_CLIPS = 3
@@ -179,7 +177,7 @@ def test_reader_honours_offsets_strides_and_byte_order(tmp_path):
     big-endian), so these values never went through a strided read like the reader's."""
     import json
 
-    subprocess.run([sys.executable, str(HERE / "make_checkpoints.py"), str(tmp_path)], check=True,
+    subprocess.run([sys.executable, str(HELPERS / "make_checkpoints.py"), str(tmp_path)], check=True,
                    capture_output=True)
     expected = json.loads((tmp_path / "expected.json").read_text())
     for name in ("state_dict.pth", "big_endian.pth"):

@@ -8,14 +8,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import make_audio as ma
-from conftest import open_connection
+from conftest import TESTS, open_connection
 
-HERE = Path(__file__).resolve().parent
 CLIPS = 800
 WAIT_SECONDS = 1.5
 
@@ -52,7 +50,7 @@ def test_kill_in_the_middle_of_an_insert_rolls_back(tmp_path, folder, mode):
     conn.execute("INSERT INTO clips(path) VALUES ('before-1'), ('before-2')")
     conn.commit()
     conn.close()
-    code = INSERTER.format(here=str(HERE), db=str(db), mode=mode, folder=str(folder))
+    code = INSERTER.format(here=str(TESTS), db=str(db), mode=mode, folder=str(folder))
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "inserting"
     # Let it write: the first rows are embedded and inserted (into the journal or the WAL).

@@ -3,7 +3,7 @@
 
 Used as a library by the Python tests and as a command by the Rust tests:
 
-    python tests/python/make_audio.py parity DIR   # the log-mel parity inputs, DIR/inputs.json
+    python tests/python/helpers/make_audio.py parity DIR   # the log-mel parity inputs, DIR/inputs.json
 
 Debian packages: `sox libsox-fmt-all` (mp3 and ogg/vorbis writers), `ffmpeg` (m4a/aac; sox
 cannot write AAC).

@@ -3,7 +3,7 @@
 The Rust test tests/logmel_parity.rs computes our samples and log-mels, dumps them with
 cases.json, and runs this file as a command on that folder:
 
-    .venv/bin/python tests/python/test_logmel.py target/logmel-parity
+    .venv/bin/python tests/python/audio/test_logmel.py target/logmel-parity
 
 Under pytest, this file checks the reference pieces that need no Rust (window bounds, the hand-
 derived filterbanks the Rust unit tests use, the manifest-driven reference against aiSFX's own
@@ -50,9 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import window_bounds
+if __name__ == "__main__":  # run as a command, not by pytest: conftest (and the helpers it adds) is one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import ROOT, window_bounds  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 DUMPS = ROOT / "target" / "logmel-parity"
 
 LOUD_RANGE_DB = 60.0
