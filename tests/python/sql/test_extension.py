@@ -37,7 +37,7 @@ DECLARED_FUNCTIONS = {
     ("vec_quantize_int8", 2), ("vec_slice", 3), ("vec_sub", 2), ("vec_to_json", 1),
     ("vec_type", 1), ("vec_version", 0),
 }
-DECLARED_MODULES = {"audiotext_models", "audio_embed_files", "audio_segments", "audio_segment_files",
+DECLARED_MODULES = {"audiotext_models", "audio_files", "audio_embed_files", "audio_segments", "audio_segment_files",
                     "audiotext_index", "vec0", "vec_each"}
 FAULT_BUILD = ROOT / "target" / "fault-injection" / "audiotext0"
 
