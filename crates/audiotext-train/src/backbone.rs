@@ -16,13 +16,14 @@ use clap::Args;
 use ort::session::Session;
 
 use crate::cache::Features;
+use audiotext_core::audio_encoder::equal_length_batches;
 
-use crate::encoders::pooling::PoolingKind;
-use crate::encoders::Architecture;
-use crate::export_audio::{
+use crate::audio_graph::{
     build_encoder_onnx, generated_features, input_shape, max_abs_diff, GraphOutput, INPUT_NAME,
     OUTPUT_NAME, PARITY_TOLERANCE,
 };
+use crate::encoders::pooling::PoolingKind;
+use crate::encoders::Architecture;
 use crate::model::{input_tensor, to_vec, AudioEncoder, EncoderConfig};
 use crate::pretrained::PretrainedInfo;
 use crate::run::{ort_runtime, pad_frames};
@@ -271,24 +272,25 @@ impl BackboneRunner {
         let min = self.config.min_frames();
         let dim = self.config.pooled_dim();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; windows.len()];
-        let mut order: Vec<usize> = (0..windows.len()).collect();
-        order.sort_by_key(|&i| windows[i].frames.max(min));
-        for group in
-            order.chunk_by(|&a, &b| windows[a].frames.max(min) == windows[b].frames.max(min))
-        {
-            for batch in group.chunks(BATCH_WINDOWS) {
-                let frames = windows[batch[0]].frames.max(min);
-                let mut values = Vec::with_capacity(batch.len() * frames * self.config.n_mels);
-                for &i in batch {
-                    values.extend_from_slice(&pad_frames(windows[i], min, 0.0).data);
-                }
-                let got = {
-                    let mut session = self.session.lock().expect("session lock");
-                    run_session(&mut session, values, batch.len(), frames, &self.config)?
-                };
-                for (&i, v) in batch.iter().zip(got.chunks(dim)) {
-                    out[i] = Some(v.to_vec());
-                }
+        let frames: Vec<usize> = windows.iter().map(|w| w.frames.max(min)).collect();
+        for batch in equal_length_batches(&frames, BATCH_WINDOWS) {
+            let mut values =
+                Vec::with_capacity(batch.len() * frames[batch[0]] * self.config.n_mels);
+            for &i in &batch {
+                values.extend_from_slice(&pad_frames(windows[i], min, 0.0).data);
+            }
+            let got = {
+                let mut session = self.session.lock().expect("session lock");
+                run_session(
+                    &mut session,
+                    values,
+                    batch.len(),
+                    frames[batch[0]],
+                    &self.config,
+                )?
+            };
+            for (&i, v) in batch.iter().zip(got.chunks(dim)) {
+                out[i] = Some(v.to_vec());
             }
         }
         Ok(out

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cache::{text_encoder_key, EmbeddingCache};
-use audiotext_core::model::Bundle;
+use audiotext_core::Bundle;
 
 /// Texts per ONNX Runtime call.
 const TEXT_BATCH: usize = 64;

@@ -21,8 +21,8 @@ use audiotext_core::model::manifest::Manifest;
 use crate::embed::{bar_style, caption_embeddings};
 use crate::fit::LayoutArg;
 use crate::run::{
-    device, embed_clips, embed_texts, embed_windows, ort_runtime, pad_value, DeviceKind, RunConfig,
-    Which,
+    device, embed_clips, embed_texts, embed_windows, ort_runtime, pad_value, DataInfo, DeviceKind,
+    RunConfig, Which,
 };
 use crate::trained::load_model;
 
@@ -181,33 +181,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, Some(d)) => d.root.clone(),
         (None, None) => bail!("pass --data DIR"),
     };
-    let layout = match (args.layout, &run_data) {
-        (Some(LayoutArg::Generic), _) => Layout::Generic,
-        (Some(LayoutArg::Clotho), _) => Layout::Clotho {
-            split: args.split.clone(),
-        },
-        (Some(LayoutArg::AudioCaps), _) => Layout::audiocaps(&args.split),
-        (None, Some(d)) if args.data.is_none() => Layout::parse(&d.layout)?.with_split(&args.split),
-        (None, _)
-            if root.join("clotho_captions_evaluation.csv").is_file()
-                || root
-                    .join(format!("clotho_captions_{}.csv", args.split))
-                    .is_file() =>
-        {
-            Layout::Clotho {
-                split: args.split.clone(),
-            }
-        }
-        (None, _)
-            if !root.join("captions.csv").is_file()
-                && Layout::audiocaps(&args.split)
-                    .captions_file(&root)
-                    .is_file() =>
-        {
-            Layout::audiocaps(&args.split)
-        }
-        (None, _) => Layout::Generic,
-    };
+    let layout = data_layout(&args, &root, &run_data)?;
     let dataset = Dataset::open(&root, &layout)?;
     let same_data = run_data
         .as_ref()
@@ -246,51 +220,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
 
     let labels = clip_labels(&args, &root, &clips)?;
-    let class_queries = match (&args.queries, &labels) {
-        (None, _) => None,
-        (Some(q), None) => bail!(
-            "--queries {} needs the clips' classes: pass --labels FILE (file_name,class) or put {GENERIC_LABELS_FILE} in the data folder",
-            q.display()
-        ),
-        (Some(q), Some((labels_file, per_clip, classes))) => {
-            let queries = read_class_queries(q, classes)?;
-            let clip_class: Vec<usize> = per_clip
-                .iter()
-                .map(|l| {
-                    l.as_ref()
-                        .and_then(|l| classes.binary_search(l).ok())
-                        .unwrap_or(usize::MAX)
-                })
-                .collect();
-            let unlabelled = clip_class.iter().filter(|&&c| c == usize::MAX).count();
-            if unlabelled > 0 {
-                eprintln!(
-                    "warning: {unlabelled} of {} evaluated clips have no class in {}; they rank as clips of no query's class",
-                    clips.len(),
-                    labels_file.display()
-                );
-            }
-            let mut absent: Vec<&str> = queries
-                .iter()
-                .filter(|(c, _)| !clip_class.contains(c))
-                .map(|(c, _)| classes[*c].as_str())
-                .collect();
-            absent.sort_unstable();
-            absent.dedup();
-            if !absent.is_empty() {
-                eprintln!(
-                    "warning: no evaluated clip is of class {}: the queries of those classes score 0",
-                    absent.join(", ")
-                );
-            }
-            Some(ClassQueries {
-                queries_file: q.clone(),
-                labels_file: labels_file.clone(),
-                queries,
-                clip_class,
-            })
-        }
-    };
+    let class_queries = class_queries(&args, &labels, &clips)?;
     // Clip labels for the class precision: those of --labels (or the data folder's labels.csv)
     // when given, else the dataset's own.
     let clip_label: Vec<Option<&str>> = match &labels {
@@ -325,74 +255,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .flat_map(|(i, c)| std::iter::repeat_n(i, c.captions.len()))
         .collect();
     let (audio, text) = match (&run_config, &args.bundle) {
-        (Some(config), _) => {
-            let run_dir = args.run.as_ref().expect("run");
-            let device = device(args.device)?;
-            let (model, state) = load_model(run_dir, config, args.checkpoint, &device)?;
-            println!("evaluating epoch {} of {}", state.epoch, run_dir.display());
-            let bundle = config
-                .text_bundle
-                .clone()
-                .context("the run names no text bundle")?;
-            let e =
-                caption_embeddings(&bundle, &texts, cache_root.as_deref(), args.ort.as_deref())?;
-            let raw: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
-            let bar = ProgressBar::new(paths.len() as u64)
-                .with_style(bar_style("clips"))
-                .with_message("log-mel features");
-            let (features, _) = crate::features::dataset_features(
-                &paths,
-                &config.front_end,
-                &FeatureCache::new(cache_root.as_deref()),
-                || bar.inc(1),
-            )?;
-            bar.finish_and_clear();
-            let features = if config.model.encoder.architecture.needs_waveform() {
-                crate::features::with_waveforms(features, &paths, &config.front_end)?
-            } else {
-                features
-            };
-            let feats: Vec<&Features> = features.iter().map(|f| f.as_ref()).collect();
-            let bar = ProgressBar::new(feats.len() as u64)
-                .with_style(bar_style("windows"))
-                .with_message("audio embeddings");
-            let audio = embed_clips(&model, &feats, config, args.batch_size, &device, |n| {
-                bar.inc(n as u64)
-            })?;
-            bar.finish_and_clear();
-            (audio, embed_texts(&model, &raw, &device))
-        }
+        (Some(config), _) => run_embeddings(&args, config, &paths, &texts, cache_root.as_deref())?,
         (None, Some(bundle_dir)) => {
-            let e = caption_embeddings(
-                bundle_dir,
-                &texts,
-                cache_root.as_deref(),
-                args.ort.as_deref(),
-            )?;
-            let text: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
-            let audio_section = Manifest::read(bundle_dir)?
-                .audio
-                .context("the bundle has no audio encoder (no audio section in its manifest)")?;
-            let bar = ProgressBar::new(paths.len() as u64)
-                .with_style(bar_style("clips"))
-                .with_message("log-mel windows");
-            let windows = crate::features::file_windows(
-                &paths,
-                &audio_section.front_end,
-                &audio_section.windowing,
-                audio_section.input.waveform.is_some(),
-                || bar.inc(1),
-            )?;
-            bar.finish_and_clear();
-            (
-                bundle_audio_embeddings(
-                    bundle_dir,
-                    &windows,
-                    args.batch_size,
-                    args.ort.as_deref(),
-                )?,
-                text,
-            )
+            bundle_embeddings(&args, bundle_dir, &paths, &texts, cache_root.as_deref())?
         }
         _ => unreachable!(),
     };
@@ -435,6 +300,165 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The layout of the evaluated dataset: `--layout`, else the run's (for its own data), else
+/// what the folder holds (Clotho's or AudioCaps' files, or the generic captions.csv).
+fn data_layout(args: &EvalArgs, root: &Path, run_data: &Option<DataInfo>) -> Result<Layout> {
+    Ok(match (args.layout, &run_data) {
+        (Some(LayoutArg::Generic), _) => Layout::Generic,
+        (Some(LayoutArg::Clotho), _) => Layout::Clotho {
+            split: args.split.clone(),
+        },
+        (Some(LayoutArg::AudioCaps), _) => Layout::audiocaps(&args.split),
+        (None, Some(d)) if args.data.is_none() => Layout::parse(&d.layout)?.with_split(&args.split),
+        (None, _)
+            if root.join("clotho_captions_evaluation.csv").is_file()
+                || root
+                    .join(format!("clotho_captions_{}.csv", args.split))
+                    .is_file() =>
+        {
+            Layout::Clotho {
+                split: args.split.clone(),
+            }
+        }
+        (None, _)
+            if !root.join("captions.csv").is_file()
+                && Layout::audiocaps(&args.split)
+                    .captions_file(&root)
+                    .is_file() =>
+        {
+            Layout::audiocaps(&args.split)
+        }
+        (None, _) => Layout::Generic,
+    })
+}
+
+/// The held-out class queries (`--queries`), with each evaluated clip's class; warns about
+/// clips without a class and classes without a clip.
+fn class_queries(
+    args: &EvalArgs,
+    labels: &Option<(PathBuf, Vec<Option<String>>, Vec<String>)>,
+    clips: &[&Clip],
+) -> Result<Option<ClassQueries>> {
+    Ok(match (&args.queries, &labels) {
+    (None, _) => None,
+    (Some(q), None) => bail!(
+        "--queries {} needs the clips' classes: pass --labels FILE (file_name,class) or put {GENERIC_LABELS_FILE} in the data folder",
+        q.display()
+    ),
+    (Some(q), Some((labels_file, per_clip, classes))) => {
+        let queries = read_class_queries(q, classes)?;
+        let clip_class: Vec<usize> = per_clip
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .and_then(|l| classes.binary_search(l).ok())
+                    .unwrap_or(usize::MAX)
+            })
+            .collect();
+        let unlabelled = clip_class.iter().filter(|&&c| c == usize::MAX).count();
+        if unlabelled > 0 {
+            eprintln!(
+                "warning: {unlabelled} of {} evaluated clips have no class in {}; they rank as clips of no query's class",
+                clips.len(),
+                labels_file.display()
+            );
+        }
+        let mut absent: Vec<&str> = queries
+            .iter()
+            .filter(|(c, _)| !clip_class.contains(c))
+            .map(|(c, _)| classes[*c].as_str())
+            .collect();
+        absent.sort_unstable();
+        absent.dedup();
+        if !absent.is_empty() {
+            eprintln!(
+                "warning: no evaluated clip is of class {}: the queries of those classes score 0",
+                absent.join(", ")
+            );
+        }
+        Some(ClassQueries {
+            queries_file: q.clone(),
+            labels_file: labels_file.clone(),
+            queries,
+            clip_class,
+        })
+    }
+})
+}
+
+/// Audio and text embeddings by a run's own model (its checkpoint, in the trainer).
+fn run_embeddings(
+    args: &EvalArgs,
+    config: &RunConfig,
+    paths: &[&Path],
+    texts: &[&str],
+    cache_root: Option<&Path>,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let run_dir = args.run.as_ref().expect("run");
+    let device = device(args.device)?;
+    let (model, state) = load_model(run_dir, config, args.checkpoint, &device)?;
+    println!("evaluating epoch {} of {}", state.epoch, run_dir.display());
+    let bundle = config
+        .text_bundle
+        .clone()
+        .context("the run names no text bundle")?;
+    let e = caption_embeddings(&bundle, texts, cache_root, args.ort.as_deref())?;
+    let raw: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
+    let bar = ProgressBar::new(paths.len() as u64)
+        .with_style(bar_style("clips"))
+        .with_message("log-mel features");
+    let (features, _) = crate::features::dataset_features(
+        paths,
+        &config.front_end,
+        &FeatureCache::new(cache_root),
+        || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let features = if config.model.encoder.architecture.needs_waveform() {
+        crate::features::with_waveforms(features, paths, &config.front_end)?
+    } else {
+        features
+    };
+    let feats: Vec<&Features> = features.iter().map(|f| f.as_ref()).collect();
+    let bar = ProgressBar::new(feats.len() as u64)
+        .with_style(bar_style("windows"))
+        .with_message("audio embeddings");
+    let audio = embed_clips(&model, &feats, config, args.batch_size, &device, |n| {
+        bar.inc(n as u64)
+    })?;
+    bar.finish_and_clear();
+    Ok((audio, embed_texts(&model, &raw, &device)))
+}
+
+/// Audio and text embeddings by an exported bundle, through the extension's own encoders.
+fn bundle_embeddings(
+    args: &EvalArgs,
+    bundle_dir: &Path,
+    paths: &[&Path],
+    texts: &[&str],
+    cache_root: Option<&Path>,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let e = caption_embeddings(bundle_dir, texts, cache_root, args.ort.as_deref())?;
+    let text: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
+    let audio_section = Manifest::read(bundle_dir)?
+        .audio
+        .context("the bundle has no audio encoder (no audio section in its manifest)")?;
+    let bar = ProgressBar::new(paths.len() as u64)
+        .with_style(bar_style("clips"))
+        .with_message("log-mel windows");
+    let windows = crate::features::file_windows(
+        paths,
+        &audio_section.front_end,
+        &audio_section.windowing,
+        audio_section.input.waveform.is_some(),
+        || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    let audio =
+        bundle_audio_embeddings(bundle_dir, &windows, args.batch_size, args.ort.as_deref())?;
+    Ok((audio, text))
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -545,11 +569,11 @@ pub fn bundle_audio_embeddings(
         .clone()
         .context("the bundle has no audio section")?;
     let channels = audio.front_end.channels();
-    if audio.input.layout != crate::export_audio::input_layout(channels) {
+    if audio.input.layout != crate::audio_graph::input_layout(channels) {
         bail!(
             "the bundle's audio input layout is {:?}; this evaluator reads {:?} for {channels} channel(s)",
             audio.input.layout,
-            crate::export_audio::input_layout(channels)
+            crate::audio_graph::input_layout(channels)
         );
     }
     let min_frames = audio
@@ -570,7 +594,7 @@ pub fn bundle_audio_embeddings(
         manifest.embedding_dim,
         batch_size,
         |values, b, frames, mels, waveform| {
-            let shape = crate::export_audio::input_shape(b, frames, channels, mels / channels);
+            let shape = crate::audio_graph::input_shape(b, frames, channels, mels / channels);
             let input = ort::value::Tensor::from_array((shape, values))?;
             let outputs = match &audio.input.waveform {
                 Some(name) => {

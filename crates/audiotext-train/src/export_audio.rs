@@ -2,19 +2,7 @@
 //! `audio` section in a bundle folder that holds (or receives) the text encoder it was trained
 //! against; then the export checks itself against the trainer.
 //!
-//! The graph (default domain, opset 17 like `text.onnx`):
-//!
-//! - input `log_mel`, float32 `[batch, 1, frames, n_mels]` (batch and frames dynamic); inputs
-//!   shorter than the encoder's minimum (the product of its time poolings) are padded at the
-//!   end with silence (the front-end's floor, -100 dB), as the trainer pads them; Spec2Vec's
-//!   fixed length is reached by padding then `Slice`;
-//! - `bn0` folded into a per-mel `Mul` + `Add` (broadcast over the last axis);
-//! - the backbone and the pooling head, each layer written by its own `to_onnx` next to its
-//!   burn forward pass (see [`crate::encoders`]): `Conv` with BatchNorm folded in,
-//!   `AveragePool`, `GRU`/`LSTM`, `Softmax` + `MatMul` for NetVLAD;
-//! - `MatMul` + `Add` (burn's Linear weight is `[in, out]`, which is MatMul's layout), `Relu`,
-//!   `MatMul` + `Add`;
-//! - `x / max(ReduceL2(x), 1e-12)`; output `embedding`, float32 `[batch, embedding_dim]`.
+//! The graph itself is [`crate::audio_graph`]'s.
 //!
 //! A trained text head is appended to the bundle's `text.onnx` (the frozen sentence encoder's
 //! graph, unchanged, then `MatMul` + `Add` and L2 normalisation), so text and audio embeddings
@@ -32,52 +20,22 @@ use serde_json::{json, Value};
 
 use crate::cache::{default_cache_dir, text_encoder_key, FeatureCache, Features};
 use crate::data::Dataset;
-use audiotext_core::model::manifest::{AudioInput, AudioSection, Manifest, MANIFEST_FILE};
+use audiotext_core::model::manifest::{
+    AudioInput, AudioSection, Manifest, TextSection, MANIFEST_FILE,
+};
 use audiotext_onnx::proto::NodeProto;
-use audiotext_onnx::{AttributeProto, DataType, GraphBuilder, ModelInfo, ModelProto, TensorProto};
+use audiotext_onnx::{AttributeProto, ModelProto, TensorProto};
 
-use crate::encoders::blocks::{
-    bn_affine, crop_time_onnx, linear_onnx, pad_end_onnx, pad_time_onnx,
+use crate::audio_graph::{
+    build_audio_onnx, generated_features, input_layout, input_shape, max_abs_diff, AUDIO_OPSET,
+    INPUT_NAME, OUTPUT_NAME, PARITY_TOLERANCE, WAVEFORM_NAME,
 };
-use crate::encoders::wavegram::WAVEGRAM_HOP;
 use crate::encoders::Architecture;
-use crate::model::{
-    input_tensor, to_vec, waveform_tensor, AudioEncoder, Contrastive, EncoderConfig, NORM_EPS,
-};
+use crate::model::{input_tensor, to_vec, waveform_tensor, Contrastive, EncoderConfig, NORM_EPS};
 use crate::run::{device, ort_runtime, pad_value, DeviceKind, RunConfig, Which};
 use crate::trained::load_model;
 
-pub const AUDIO_OPSET: i64 = 17;
 pub const AUDIO_ONNX_FILE: &str = "audio.onnx";
-pub const INPUT_NAME: &str = "log_mel";
-/// The second input of waveform encoders: `[batch, frames * hop_length]` samples.
-pub const WAVEFORM_NAME: &str = "waveform";
-pub const INPUT_LAYOUT: &str = "batch,1,frames,mels";
-/// The input layout of a multiscale front end (one channel per window length), as the
-/// front end writes its rows.
-pub const MULTISCALE_INPUT_LAYOUT: &str = "batch,frames,channels,mels";
-
-/// The manifest's input layout for an encoder of `channels` input channels.
-pub fn input_layout(channels: usize) -> &'static str {
-    if channels == 1 {
-        INPUT_LAYOUT
-    } else {
-        MULTISCALE_INPUT_LAYOUT
-    }
-}
-
-/// The shape of `audio.onnx`'s log-mel input (see [`input_layout`]).
-pub fn input_shape(batch: usize, frames: usize, channels: usize, mels: usize) -> Vec<i64> {
-    let (b, t, c, m) = (batch as i64, frames as i64, channels as i64, mels as i64);
-    if channels == 1 {
-        vec![b, 1, t, m]
-    } else {
-        vec![b, t, c, m]
-    }
-}
-pub const OUTPUT_NAME: &str = "embedding";
-/// Largest accepted |ONNX Runtime - trainer| over every embedding component.
-pub const PARITY_TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -298,26 +256,6 @@ pub fn parity_inputs(config: &RunConfig, cache: Option<&Path>) -> (Vec<Features>
     }
 }
 
-/// Log-mel-like values (dB in [-100, 0]) with some structure, for checks without data.
-pub fn generated_features(n_mels: usize, clips: usize, frames: usize) -> Vec<Features> {
-    let mut rng = crate::split::SplitMix64::new(17);
-    (0..clips)
-        .map(|c| Features {
-            waveform: Vec::new(),
-            samples: 0,
-            frames,
-            n_mels,
-            data: (0..frames * n_mels)
-                .map(|i| {
-                    let (t, m) = (i / n_mels, i % n_mels);
-                    let tone = ((t as f64 * 0.05 * (c + 1) as f64).sin() * 20.0) as f32;
-                    -60.0 + tone - m as f32 * 0.3 + (rng.next_f64() as f32 - 0.5) * 10.0
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// Writes the bundle and checks it.
 pub fn export(job: &ExportJob) -> Result<ExportReport> {
     let config = job.config;
@@ -337,6 +275,69 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
     }
 
     // The manifest to extend: the bundle's own, or a copy of the text bundle's.
+    let mut manifest = target_manifest(job, &src_manifest, &src_key, has_head)?;
+    let text_section = copy_text_encoder(job, &src_manifest, same_folder, has_head)?;
+    manifest.text = Some(text_section);
+
+    // audio.onnx
+    let onnx = build_audio_onnx(&job.model.audio, enc, pad_value(&config.front_end));
+    let onnx_path = job.out.join(AUDIO_ONNX_FILE);
+    let bytes = onnx.to_bytes();
+    std::fs::write(&onnx_path, &bytes)
+        .with_context(|| format!("cannot write {}", onnx_path.display()))?;
+
+    let license = license_text(
+        config,
+        manifest
+            .license
+            .as_deref()
+            .or(src_manifest.license.as_deref()),
+    );
+    manifest.license = Some(license.clone());
+    manifest.audio = Some(AudioSection {
+        onnx: AUDIO_ONNX_FILE.into(),
+        front_end: config.front_end.clone(),
+        windowing: config.windowing.clone(),
+        input: AudioInput {
+            waveform: enc
+                .architecture
+                .needs_waveform()
+                .then(|| WAVEFORM_NAME.into()),
+            name: INPUT_NAME.into(),
+            layout: input_layout(enc.input_channels).into(),
+        },
+        output: OUTPUT_NAME.into(),
+        encoder: Some(encoder_json(enc, config)),
+        quantization: None,
+    });
+    let training = manifest.training.take();
+    manifest.training = Some(training_record(job, training));
+    manifest.write(job.out)?;
+
+    // Checks.
+    let (max_diff, lines, text_max_diff) = check_export(job, &onnx_path, &src_manifest, has_head)?;
+    Ok(ExportReport {
+        onnx_path,
+        onnx_bytes: bytes.len() as u64,
+        parameters: enc.parameter_count() as u64,
+        max_diff,
+        parity_lines: lines,
+        parity_source: job.parity_inputs.1.clone(),
+        text_head: has_head,
+        text_max_diff,
+        license,
+    })
+}
+
+/// The manifest the export extends: the output folder's own (checked against the run), or
+/// a copy of the text bundle's named for the run.
+fn target_manifest(
+    job: &ExportJob,
+    src_manifest: &Manifest,
+    src_key: &str,
+    has_head: bool,
+) -> Result<Manifest> {
+    let enc = &job.config.model.encoder;
     let mut manifest = if job.out.join(MANIFEST_FILE).is_file() {
         let m = Manifest::read(job.out)?;
         if m.embedding_dim != enc.embedding_dim {
@@ -383,6 +384,18 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
     if let Some(name) = &job.name {
         manifest.name = name.clone();
     }
+    Ok(manifest)
+}
+
+/// The text encoder's files in the output folder (unless it is the text bundle), `text.onnx`
+/// with the trained text head appended when the run has one; returns its manifest section.
+fn copy_text_encoder(
+    job: &ExportJob,
+    src_manifest: &Manifest,
+    same_folder: bool,
+    has_head: bool,
+) -> Result<TextSection> {
+    let enc = &job.config.model.encoder;
     let text = src_manifest
         .text
         .clone()
@@ -412,45 +425,18 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         source["trained_head"] = json!({"run": job.run_dir.display().to_string(), "epoch": job.epoch, "in": enc.embedding_dim, "out": enc.embedding_dim});
         text_section.source = Some(source);
     }
-    manifest.text = Some(text_section);
+    Ok(text_section)
+}
 
-    // audio.onnx
-    let onnx = build_audio_onnx(&job.model.audio, enc, pad_value(&config.front_end));
-    let onnx_path = job.out.join(AUDIO_ONNX_FILE);
-    let bytes = onnx.to_bytes();
-    std::fs::write(&onnx_path, &bytes)
-        .with_context(|| format!("cannot write {}", onnx_path.display()))?;
-
-    let license = license_text(
-        config,
-        manifest
-            .license
-            .as_deref()
-            .or(src_manifest.license.as_deref()),
-    );
-    manifest.license = Some(license.clone());
-    manifest.audio = Some(AudioSection {
-        onnx: AUDIO_ONNX_FILE.into(),
-        front_end: config.front_end.clone(),
-        windowing: config.windowing.clone(),
-        input: AudioInput {
-            waveform: enc
-                .architecture
-                .needs_waveform()
-                .then(|| WAVEFORM_NAME.into()),
-            name: INPUT_NAME.into(),
-            layout: input_layout(enc.input_channels).into(),
-        },
-        output: OUTPUT_NAME.into(),
-        encoder: Some(encoder_json(enc, config)),
-        quantization: None,
-    });
+/// The manifest's `training` record, with this run's `audio_encoder` entry.
+fn training_record(job: &ExportJob, earlier: Option<Value>) -> Value {
+    let config = job.config;
     let metrics = crate::fit::read_metrics(job.run_dir).unwrap_or_default();
     let epoch_metrics = metrics
         .iter()
         .find(|l| l.epoch == job.epoch)
         .map(|l| serde_json::to_value(l).unwrap_or(Value::Null));
-    let mut training = match manifest.training.take() {
+    let mut training = match earlier {
         Some(Value::Object(map)) => Value::Object(map),
         _ => json!({}),
     };
@@ -481,15 +467,24 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         "cross_validation": job.cross_validation,
         "metric_definitions": "text-to-audio: per caption, rank of its clip; R@k = rank <= k; mAP@10 = mean of 1/rank if rank <= 10 else 0 (DCASE). audio-to-text: per clip, R@k = any of its captions within k; AP@10 over its captions",
     });
-    manifest.training = Some(training);
-    manifest.write(job.out)?;
+    training
+}
 
-    // Checks.
+/// `audio.onnx` (and a patched `text.onnx`) against the trainer's forward pass: the largest
+/// differences and the lines that report them. Fails above [`PARITY_TOLERANCE`].
+fn check_export(
+    job: &ExportJob,
+    onnx_path: &Path,
+    src_manifest: &Manifest,
+    has_head: bool,
+) -> Result<(f32, Vec<String>, Option<f32>)> {
+    let config = job.config;
+    let enc = &config.model.encoder;
     let rt = ort_runtime(job.ort)?;
-    let (inputs, source) = &job.parity_inputs;
+    let (inputs, _source) = &job.parity_inputs;
     let (max_diff, lines) = audio_parity(
         job.model,
-        &onnx_path,
+        onnx_path,
         inputs,
         enc,
         pad_value(&config.front_end),
@@ -499,7 +494,7 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
         bail!("audio.onnx differs from the trainer by {max_diff:.2e} (> {PARITY_TOLERANCE:.0e}); the export is wrong, do not use {}", job.out.display());
     }
     let text_max_diff = if has_head {
-        Some(text_parity(job, &src_manifest)?)
+        Some(text_parity(job, src_manifest)?)
     } else {
         None
     };
@@ -508,17 +503,7 @@ pub fn export(job: &ExportJob) -> Result<ExportReport> {
             bail!("the text.onnx with the trained head differs from the trainer by {d:.2e} (> {PARITY_TOLERANCE:.0e})");
         }
     }
-    Ok(ExportReport {
-        onnx_path,
-        onnx_bytes: bytes.len() as u64,
-        parameters: enc.parameter_count() as u64,
-        max_diff,
-        parity_lines: lines,
-        parity_source: source.clone(),
-        text_head: has_head,
-        text_max_diff,
-        license,
-    })
+    Ok((max_diff, lines, text_max_diff))
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -586,124 +571,6 @@ fn encoder_json(enc: &EncoderConfig, config: &RunConfig) -> Value {
         "opset": AUDIO_OPSET,
         "exported_by": format!("audiotext-train {}", env!("CARGO_PKG_VERSION")),
     })
-}
-
-/// What an exported graph outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GraphOutput {
-    /// The L2-normalised embedding (`audio.onnx`).
-    Embedding,
-    /// The pooling head's output, before the projection head (`export-backbone`).
-    Pooled,
-}
-
-/// The ONNX graph of an encoder (see the module docs).
-pub fn build_audio_onnx(model: &AudioEncoder, enc: &EncoderConfig, silence: f32) -> ModelProto {
-    build_encoder_onnx(model, enc, silence, GraphOutput::Embedding)
-}
-
-/// The ONNX graph of an encoder up to `output`.
-pub fn build_encoder_onnx(
-    model: &AudioEncoder,
-    enc: &EncoderConfig,
-    silence: f32,
-    output: GraphOutput,
-) -> ModelProto {
-    let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
-    let n_mels = enc.n_mels as i64;
-    let x = if enc.input_channels == 1 {
-        g.input(
-            INPUT_NAME,
-            DataType::Float,
-            &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
-        )
-    } else {
-        // Rows hold every channel's bands: [b, t, c, m] -> [b, c, t, m].
-        let x = g.input(
-            INPUT_NAME,
-            DataType::Float,
-            &[
-                "batch".into(),
-                "frames".into(),
-                (enc.input_channels as i64).into(),
-                n_mels.into(),
-            ],
-        );
-        g.node(
-            "Transpose",
-            &[&x],
-            vec![AttributeProto::ints("perm", &[0, 2, 1, 3])],
-        )
-    };
-    // Inputs shorter than the encoder's minimum are padded with silence at the end, as the
-    // trainer pads them; encoders with a fixed input length also crop.
-    let mut x = pad_time_onnx(&mut g, &x, enc.min_frames(), silence);
-    if let Some((frames, fixed_silence)) = model.fixed_frames {
-        x = pad_time_onnx(&mut g, &x, frames, fixed_silence);
-        x = crop_time_onnx(&mut g, &x, frames);
-    }
-    if let Some(bn0) = &model.bn0 {
-        let (s0, b0) = bn_affine(bn0);
-        let s0 = g.initializer_f32("bn0.scale", &[n_mels], &s0);
-        let b0 = g.initializer_f32("bn0.shift", &[n_mels], &b0);
-        x = g.node("Mul", &[&x, &s0], vec![]);
-        x = g.node("Add", &[&x, &b0], vec![]);
-    }
-    // Waveform encoders: the samples of the same frames, zero-padded like the log-mel.
-    let waveform = enc.architecture.needs_waveform().then(|| {
-        let w = g.input(
-            WAVEFORM_NAME,
-            DataType::Float,
-            &["batch".into(), "samples".into()],
-        );
-        pad_end_onnx(&mut g, &w, 2, 1, enc.min_frames() * WAVEGRAM_HOP, 0.0)
-    });
-    let frames = model.backbone.to_onnx(&mut g, &x, waveform.as_deref());
-    let pooled = model.pooling.to_onnx(&mut g, &frames);
-    if output == GraphOutput::Pooled {
-        g.node_to("Identity", &[&pooled], vec![], &[OUTPUT_NAME]);
-        g.output(
-            OUTPUT_NAME,
-            DataType::Float,
-            &["batch".into(), (enc.pooled_dim() as i64).into()],
-        );
-        return g.finish(model_info(enc, "pooled backbone output (not normalised)"));
-    }
-    let x = linear_onnx(&mut g, "fc", &pooled, &model.fc);
-    let x = g.node("Relu", &[&x], vec![]);
-    let x = linear_onnx(&mut g, "proj", &x, &model.proj);
-    let norm = g.node(
-        "ReduceL2",
-        &[&x],
-        vec![
-            AttributeProto::ints("axes", &[1]),
-            AttributeProto::int("keepdims", 1),
-        ],
-    );
-    let eps = g.scalar_f32("norm_eps", NORM_EPS);
-    let norm = g.node("Max", &[&norm, &eps], vec![]);
-    g.node_to("Div", &[&x, &norm], vec![], &[OUTPUT_NAME]);
-    g.output(
-        OUTPUT_NAME,
-        DataType::Float,
-        &["batch".into(), (enc.embedding_dim as i64).into()],
-    );
-    g.finish(model_info(enc, "L2-normalised audio embedding"))
-}
-
-/// The metadata of an encoder graph whose output is `output`.
-fn model_info(enc: &EncoderConfig, output: &str) -> ModelInfo {
-    ModelInfo {
-        producer_name: "audiotext-train".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: Some(format!(
-            "log-mel [{}] -> {output}; {}; {}",
-            input_layout(enc.input_channels),
-            enc.architecture.describe(&enc.channels),
-            enc.pooling.describe()
-        )),
-        metadata: vec![("layout".into(), input_layout(enc.input_channels).into())],
-    }
 }
 
 /// Appends `normalize(x @ weight + bias)` after the output `output` of a text graph.
@@ -889,14 +756,6 @@ pub fn audio_parity(
     Ok((worst, lines))
 }
 
-/// The largest `|a[i] - b[i]|` (parity checks).
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
 /// Embeds a few captions with the bundle's (patched) text encoder and with the trainer's head
 /// on the text bundle's embeddings; returns the largest difference.
 fn text_parity(job: &ExportJob, _src: &Manifest) -> Result<f32> {
@@ -905,10 +764,10 @@ fn text_parity(job: &ExportJob, _src: &Manifest) -> Result<f32> {
         "rain falls on a tin roof",
         "a car passes by on a wet road",
     ];
-    let original = audiotext_core::model::Bundle::open(job.text_bundle)?
+    let original = audiotext_core::Bundle::open(job.text_bundle)?
         .text_encoder()?
         .embed(&captions)?;
-    let exported = audiotext_core::model::Bundle::open(job.out)?
+    let exported = audiotext_core::Bundle::open(job.out)?
         .text_encoder()?
         .embed(&captions)?;
     let device = job.model.audio.fc.weight.val().device();

@@ -12,6 +12,7 @@
 //! - [`cache`]: on-disk caches of log-mel features and caption embeddings.
 //! - `testing`: temporary folders and the fixture-writing Python, for tests.
 
+pub mod audio_graph;
 pub mod backbone;
 pub mod cache;
 pub mod checkpoint;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::tensors::{to_vec, NORM_EPS};
 
 use crate::encoders::blocks::batch_norm;
+use crate::encoders::cnn::Cnn;
 use crate::encoders::pooling::{Pooling, PoolingKind};
 use crate::encoders::spec2vec::fit_frames;
 use crate::encoders::{Architecture, Backbone};
@@ -58,10 +59,19 @@ pub struct EncoderConfig {
     /// The pooling head (formerly always PANNs' max + mean).
     #[serde(default)]
     pub pooling: PoolingKind,
+    /// How many of a CNN backbone's last blocks make its frames (1: the last only; see
+    /// [`crate::encoders::cnn`]). Left out of the JSON when 1, so older runs and bundles read
+    /// and write as they did.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub tapped_blocks: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 impl EncoderConfig {
@@ -86,6 +96,7 @@ impl EncoderConfig {
             bn_epsilon: 1e-5,
             architecture,
             pooling,
+            tapped_blocks: 1,
         }
     }
 
@@ -114,10 +125,20 @@ impl EncoderConfig {
         self.architecture.min_frames(&self.channels)
     }
 
+    /// Channels of the backbone's output frames: the last block's, or the tapped blocks'
+    /// together.
+    pub fn frame_dim(&self) -> usize {
+        match self.tapped_blocks {
+            0 | 1 => self.architecture.output_channels(&self.channels),
+            n => self.channels[self.channels.len().saturating_sub(n)..]
+                .iter()
+                .sum(),
+        }
+    }
+
     /// Length of the pooled vector the head receives.
     pub fn pooled_dim(&self) -> usize {
-        self.pooling
-            .output_dim(self.architecture.output_channels(&self.channels))
+        self.pooling.output_dim(self.frame_dim())
     }
 
     /// Number of trainable parameters (BatchNorm running statistics excluded).
@@ -135,7 +156,20 @@ impl EncoderConfig {
             self.bn_epsilon,
             device,
         );
-        let frame_dim = self.architecture.output_channels(&self.channels);
+        let backbone = match backbone {
+            Backbone::Cnn(cnn) => Backbone::Cnn(Cnn {
+                taps: self.tapped_blocks,
+                ..cnn
+            }),
+            other => {
+                assert!(
+                    self.tapped_blocks <= 1,
+                    "tapped blocks are a CNN backbone's (checked by the commands)"
+                );
+                other
+            }
+        };
+        let frame_dim = self.frame_dim();
         AudioEncoder {
             bn0: self
                 .architecture

@@ -473,7 +473,7 @@ impl Seen {
         }
         let same_backbone =
             architecture == config.architecture.name() && config.channels.first() == Some(&width);
-        let frame_dim = config.architecture.output_channels(&config.channels);
+        let frame_dim = config.frame_dim();
         if same_backbone && self.fc_in == Some(frame_dim) && config.pooled_dim() != frame_dim {
             advice += &format!(
                 "; fc1 takes the {frame_dim} channels of max + mean pooling, --pooling {} gives \

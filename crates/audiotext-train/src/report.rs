@@ -17,7 +17,7 @@ use clap::Args;
 use plotters::prelude::*;
 use serde_json::Value;
 
-use crate::export_audio::build_audio_onnx;
+use crate::audio_graph::build_audio_onnx;
 use crate::fit::read_metrics;
 use crate::run::{pad_value, RunConfig};
 

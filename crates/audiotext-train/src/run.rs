@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Features;
 use audiotext_core::audio::{FrontEnd, Windowing};
+use audiotext_core::audio_encoder::{equal_length_batches, MeanPool};
 use audiotext_core::model::runtime::{self, Runtime};
 
 use crate::model::{input_tensor, to_vec, waveform_tensor, Contrastive, ContrastiveConfig};
@@ -390,39 +391,23 @@ pub fn device(kind: DeviceKind) -> Result<Device> {
 /// else `libonnxruntime.so` next to this executable, in `dist/` of an ancestor folder of the
 /// executable (a cargo build tree), or in `dist/` of the working folder; else the system path.
 pub fn ort_runtime(flag: Option<&Path>) -> Result<&'static Runtime> {
-    if let Some(path) = flag {
-        return Ok(runtime::runtime_from(path)?);
+    match flag {
+        Some(path) => Ok(runtime::runtime_from(path)?),
+        None => Ok(runtime::runtime_searching(&trainer_dist_dirs())?),
     }
-    if let Some(rt) = runtime::loaded_runtime() {
-        return Ok(rt);
-    }
-    if runtime::DYLIB_ENV_VARS
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
-    {
-        return Ok(runtime::runtime()?);
-    }
-    for candidate in ort_candidates() {
-        if candidate.is_file() {
-            return Ok(runtime::runtime_from(&candidate)?);
-        }
-    }
-    Ok(runtime::runtime()?)
 }
 
-fn ort_candidates() -> Vec<PathBuf> {
-    const NAME: &str = "libonnxruntime.so";
+/// Where a built trainer's `dist/` may be: above its binary (tests run from target/*/deps)
+/// and in the working folder.
+fn trainer_dist_dirs() -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         let exe = exe.canonicalize().unwrap_or(exe);
         if let Some(dir) = exe.parent() {
-            out.push(dir.join(NAME));
-            for ancestor in dir.ancestors().skip(1).take(4) {
-                out.push(ancestor.join("dist").join(NAME));
-            }
+            out.extend(dir.ancestors().skip(1).take(4).map(|a| a.join("dist")));
         }
     }
-    out.push(PathBuf::from("dist").join(NAME));
+    out.push(PathBuf::from("dist"));
     out
 }
 
@@ -440,53 +425,47 @@ pub fn embed_windows(
     mut encode: impl FnMut(Vec<f32>, usize, usize, usize, Vec<f32>) -> Result<Vec<f32>>,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
-    let mut by_len: std::collections::BTreeMap<usize, Vec<(usize, Features)>> = Default::default();
-    for (i, windows) in clips.iter().enumerate() {
-        for win in windows {
-            let win = if win.frames < min_frames {
-                pad_frames(win, min_frames, pad)
-            } else {
-                win.clone()
-            };
-            by_len.entry(win.frames).or_default().push((i, win));
+    // Every window with its clip, padded to the encoder's minimum.
+    let windows: Vec<(usize, Features)> = clips
+        .iter()
+        .enumerate()
+        .flat_map(|(i, windows)| windows.iter().map(move |w| (i, w)))
+        .map(|(i, w)| match w.frames < min_frames {
+            true => (i, pad_frames(w, min_frames, pad)),
+            false => (i, w.clone()),
+        })
+        .collect();
+    let frames: Vec<usize> = windows.iter().map(|(_, w)| w.frames).collect();
+    let mut pools: Vec<MeanPool> = clips.iter().map(|_| MeanPool::default()).collect();
+    for batch in equal_length_batches(&frames, batch_size) {
+        let (frames, mels) = (frames[batch[0]], windows[batch[0]].1.n_mels);
+        let mut values = Vec::with_capacity(batch.len() * frames * mels);
+        let mut waveform = Vec::new();
+        for &w in &batch {
+            values.extend_from_slice(&windows[w].1.data);
+            waveform.extend_from_slice(&windows[w].1.waveform);
         }
-    }
-    let mut sums = vec![vec![0f32; dim]; clips.len()];
-    for (frames, group) in by_len {
-        for chunk in group.chunks(batch_size.max(1)) {
-            let mels = chunk[0].1.n_mels;
-            let mut values = Vec::with_capacity(chunk.len() * frames * mels);
-            let mut waveform = Vec::new();
-            for (_, f) in chunk {
-                values.extend_from_slice(&f.data);
-                waveform.extend_from_slice(&f.waveform);
-            }
-            let y = encode(values, chunk.len(), frames, mels, waveform)?;
-            if y.len() != chunk.len() * dim {
-                bail!(
-                    "the encoder returned {} values for {} windows of {dim} dims",
-                    y.len(),
-                    chunk.len()
-                );
-            }
-            for ((clip, _), row) in chunk.iter().zip(y.chunks(dim)) {
-                for (s, v) in sums[*clip].iter_mut().zip(row) {
-                    *s += v;
-                }
-            }
-            progress(chunk.len());
+        let y = encode(values, batch.len(), frames, mels, waveform)?;
+        if y.len() != batch.len() * dim {
+            bail!(
+                "the encoder returned {} values for {} windows of {dim} dims",
+                y.len(),
+                batch.len()
+            );
         }
+        for (&w, row) in batch.iter().zip(y.chunks(dim)) {
+            pools[windows[w].0].add(row);
+        }
+        progress(batch.len());
     }
-    for s in &mut sums {
-        let norm = s
-            .iter()
-            .map(|v| v * v)
-            .sum::<f32>()
-            .sqrt()
-            .max(crate::model::NORM_EPS);
-        s.iter_mut().for_each(|v| *v /= norm);
-    }
-    Ok(sums)
+    // The extension's pooling (audio_embed's): the sum, L2-normalised.
+    Ok(pools
+        .into_iter()
+        .map(|p| match p.is_empty() {
+            true => vec![0f32; dim],
+            false => p.finish(),
+        })
+        .collect())
 }
 
 /// Embeds clips with a trained (validation-mode) model: each clip's spectrogram is cut into the

@@ -274,7 +274,7 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
     let device = Device::flex();
     let (model, state) = load_model(&run_dir, &cfg, Which::Last, &device).unwrap();
     assert_eq!(state.epoch, 8);
-    let onnx = crate::export_audio::build_audio_onnx(&model.audio, &cfg.model.encoder, -100.0);
+    let onnx = crate::audio_graph::build_audio_onnx(&model.audio, &cfg.model.encoder, -100.0);
     let graph = onnx.graph.as_ref().unwrap();
     let ops: Vec<&str> = graph
         .node
@@ -313,7 +313,7 @@ fn tiny_training_resumes_exports_and_matches_onnx_runtime() {
         "parity: {:?}, max |diff| {:.2e}",
         report.parity_lines, report.max_diff
     );
-    assert!(report.max_diff <= crate::export_audio::PARITY_TOLERANCE);
+    assert!(report.max_diff <= crate::audio_graph::PARITY_TOLERANCE);
     assert_eq!(report.parity_lines.len(), 3);
     let manifest = Manifest::read(&out).unwrap();
     assert_eq!(manifest.name, "tiny");
@@ -430,7 +430,7 @@ fn step_time_of_the_default_model() {
     };
     let mut model = config.init(&device);
     let mut optim = AdamWConfig::new().init();
-    let feats = crate::export_audio::generated_features(mels, batch, frames);
+    let feats = crate::audio_graph::generated_features(mels, batch, frames);
     let values: Vec<f32> = feats.iter().flat_map(|f| f.data.iter().copied()).collect();
     let text: Vec<f32> = (0..batch)
         .flat_map(|i| {

@@ -4,7 +4,7 @@
 use std::os::raw::c_int;
 
 use rusqlite::functions::Context;
-use rusqlite::types::ValueRef;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::vtab::{IndexConstraintOp, IndexInfo};
 
 use audiotext_core::index::blob::{vector_from_blob, VectorBlobError};
@@ -73,6 +73,23 @@ pub fn vector(bytes: &[u8], index: usize, role: &str) -> Result<Vec<f32>, String
             bytes.len() / 4
         ),
     })
+}
+
+/// The `dir_or_glob` argument (argument 1) of the table-valued functions that read a folder
+/// (`audio_files`, `audio_embed_files`, `audio_segment_files`): TEXT, not empty.
+pub fn dir_or_glob(value: &Value) -> Result<&str, String> {
+    match value {
+        Value::Text(t) if !t.is_empty() => Ok(t),
+        Value::Text(_) => Err(
+            "argument 1 (dir_or_glob) is empty: name a folder or a glob \
+                               pattern such as 'sounds/**/*.wav'"
+                .into(),
+        ),
+        other => Err(format!(
+            "argument 1 (dir_or_glob) must be TEXT (a folder or a glob), got {}",
+            type_name(ValueRef::from(other))
+        )),
+    }
 }
 
 /// xBestIndex of a table-valued function whose arguments are the `count` HIDDEN columns from

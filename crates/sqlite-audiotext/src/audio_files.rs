@@ -77,23 +77,12 @@ impl Cursor for AudioFilesCursor {
                     .into(),
             );
         }
-        let source = match args.get::<Value>(0) {
-            Ok(Value::Text(t)) if !t.is_empty() => t,
-            Ok(Value::Text(_)) => {
-                return Err("argument 1 (dir_or_glob) is empty: name a folder or a glob pattern such as 'sounds/**/*.wav'".into())
-            }
-            Ok(other) => {
-                return Err(format!(
-                    "argument 1 (dir_or_glob) must be TEXT, got {}",
-                    super::args::type_name(rusqlite::types::ValueRef::from(&other))
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let value = args.get::<Value>(0).map_err(|e| e.to_string())?;
+        let source = super::args::dir_or_glob(&value)?;
         // SAFETY: the cursor runs on the connection's thread while the connection is open.
         let db = unsafe { Connection::from_handle(self.db) }.map_err(|e| e.to_string())?;
         super::schema_guard::refuse_if_schema_calls_file_readers(&db, NAME)?;
-        self.paths = files::list(&source)?
+        self.paths = files::list(source)?
             .into_iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect();

@@ -29,8 +29,8 @@ use rusqlite::Connection;
 use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::vtab::{set_result, Connecting, Cursor, Declared, Guarded, Table};
 use super::{files, guard, vector_to_blob, Registry};
-use audiotext_core::audio::encoder::{pool, AudioEncoder, FileFeatures};
 use audiotext_core::audio::{AudioSource, DecodeOptions};
+use audiotext_core::audio_encoder::{pool, AudioEncoder, FileFeatures};
 use audiotext_core::Error;
 
 const NAME: &str = "audio_embed_files";
@@ -168,13 +168,8 @@ impl EmbedFilesCursor {
             )),
             Err(e) => Err(e.to_string()),
         };
-        let source = text(0, "dir_or_glob")?;
-        if source.is_empty() {
-            return Err(
-                "argument 1 (dir_or_glob) is empty: name a folder or a glob pattern such as 'sounds/**/*.wav'"
-                    .into(),
-            );
-        }
+        let value = args.get::<Value>(0).map_err(|e| e.to_string())?;
+        let source = super::args::dir_or_glob(&value)?.to_string();
         // SAFETY: the cursor runs on the connection's thread while the connection is open.
         let db = unsafe { Connection::from_handle(self.db) }.map_err(|e| e.to_string())?;
         super::schema_guard::refuse_if_schema_calls_file_readers(&db, NAME)?;

@@ -4,7 +4,7 @@
 //! replaced), DELETE forgets it, SELECT lists them. A bundle named `default` serves the forms of
 //! the functions that take no model argument; one shipped next to the extension is registered
 //! when the extension loads. Bundles themselves are shared by the whole process (see
-//! `model::bundle`): registering is cheap, and encoders load on first use.
+//! `audiotext_core::bundle`): registering is cheap, and encoders load on first use.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ use super::vtab::{
 };
 use audiotext_core::audio::DecodeOptions;
 use audiotext_core::model::runtime::extension_dir;
-use audiotext_core::model::Bundle;
+use audiotext_core::Bundle;
 
 /// Name of the virtual table module and of the table the extension creates in `temp`.
 const MODULE_NAME: &str = "audiotext_models";

@@ -26,8 +26,8 @@ use rusqlite::Connection;
 use super::interrupt::{InterruptProbe, INTERRUPTED};
 use super::vtab::{set_result, Connecting, Cursor, Declared, Guarded, Table};
 use super::{files, guard, vector_to_blob, Registry};
-use audiotext_core::audio::encoder::{pool, AudioEncoder};
 use audiotext_core::audio::{AudioSource, DecodeOptions};
+use audiotext_core::audio_encoder::{pool, AudioEncoder};
 use audiotext_core::Error;
 
 const SEGMENTS: &str = "audio_segments";
@@ -245,17 +245,14 @@ impl SegmentsCursor {
                 self.current = None;
                 return Ok(());
             }
-            (Value::Text(t), true) if t.is_empty() => return Err("argument 1 (dir_or_glob) is empty: name a folder or a glob pattern such as 'recordings/**/*.flac'".into()),
-            (Value::Text(t), true) => Owned::Files(files::list(t)?),
+            (value, true) => Owned::Files(files::list(super::args::dir_or_glob(value)?)?),
             (Value::Text(t), false) if t.is_empty() => return Err("argument 1 (path) is empty: pass the path of an audio file, or its bytes as a BLOB".into()),
             (Value::Text(t), false) if t.contains('\0') => return Err("argument 1 (path) contains a NUL character, which no file name can hold: check how the path was built".into()),
             (Value::Text(t), false) => Owned::Path(PathBuf::from(t)),
             (Value::Blob(b), false) => Owned::Bytes(b.clone()),
-            (other, _) => {
+            (other, false) => {
                 return Err(format!(
-                    "argument 1 ({}) must be {}, got {}",
-                    if files_table { "dir_or_glob" } else { "audio" },
-                    if files_table { "TEXT (a folder or a glob)" } else { "TEXT (a file path) or BLOB (the file's bytes)" },
+                    "argument 1 (audio) must be TEXT (a file path) or BLOB (the file's bytes), got {}",
                     super::args::type_name(ValueRef::from(other))
                 ))
             }

@@ -54,7 +54,7 @@ def assert_reproduced_from_the_manifest(workdir, encoder, pooling, loss, extra=(
     instead land within 1% of the distance between the embeddings of two different sounds.
     Such a model's waveform branch contributes almost nothing yet (its BatchNorm statistics are
     untrained), so this shows the manifest's `waveform` input is fed, not what it is fed: that
-    contract is tested on a hand-made graph in crates/audiotext-core/src/audio/encoder.rs
+    contract is tested on a hand-made graph in crates/audiotext-core/src/audio_encoder.rs
     (`waveform_input_gets_each_windows_samples`)."""
     pytest.importorskip("librosa", reason="librosa is in tests/python/requirements.txt")
     from test_manifest_reproduction import ours, reproduce

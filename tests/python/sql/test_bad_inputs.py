@@ -552,7 +552,11 @@ def test_a_huge_text_costs_what_its_first_tokens_cost():
         ("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', 42)", r"^audiotext_models: path must be TEXT naming a bundle folder"),
         ("INSERT INTO temp.audiotext_models(name, path) VALUES ('m', '')", r"^audiotext_models: path is empty"),
         ("SELECT * FROM audio_embed_files('')", r"^audio_embed_files: argument 1 \(dir_or_glob\) is empty"),
-        ("SELECT * FROM audio_embed_files(42)", r"^audio_embed_files: argument 1 \(dir_or_glob\) must be TEXT, got INTEGER"),
+        ("SELECT * FROM audio_embed_files(42)", r"^audio_embed_files: argument 1 \(dir_or_glob\) must be TEXT \(a folder or a glob\), got INTEGER"),
+        # One check (args::dir_or_glob) for every folder reader: the same words from each.
+        ("SELECT * FROM audio_files(X'00')", r"^audio_files: argument 1 \(dir_or_glob\) must be TEXT \(a folder or a glob\), got BLOB"),
+        ("SELECT * FROM audio_files('')", r"^audio_files: argument 1 \(dir_or_glob\) is empty"),
+        ("SELECT * FROM audio_segment_files('')", r"^audio_segment_files: argument 1 \(dir_or_glob\) is empty"),
         ("SELECT * FROM audio_embed_files", r"^audio_embed_files: argument 1 \(dir_or_glob\) is required"),
         ("SELECT audiotext_runtime('')", r"^audiotext_runtime: argument 1 \(path to libonnxruntime.so\) is empty"),
         ("SELECT audiotext_runtime(NULL)", r"^audiotext_runtime: argument 1 \(path to libonnxruntime.so\) must not be NULL"),

@@ -396,7 +396,9 @@ impl<'a> Decoder<'a> {
         Decoder::open_with(source, DecodeOptions::default())
     }
 
-    /// Opens `source`, reads its headers and decodes its first audio packet.
+    /// Opens `source`, reads its headers and decodes its first audio packet. The checks run
+    /// in the order symphonia would meet what they guard (sniff, container headers, track,
+    /// codec), so they stay in one function.
     pub fn open_with(source: AudioSource<'a>, options: DecodeOptions) -> Result<Decoder<'a>> {
         let name = source.describe();
         let mut hint = Hint::new();

@@ -177,203 +177,19 @@ fn invalid(msg: String) -> Error {
 
 impl MelExtractor {
     /// Validates the settings and precomputes the window, the FFT plan and the filterbank.
+    /// Each setting is checked in turn, with a message that names it and the fix.
     pub fn new(fe: &FrontEnd) -> Result<MelExtractor> {
-        if fe.sample_rate == 0 {
-            return Err(invalid(
-                "sample_rate is 0: set it to the model's rate in Hz".into(),
-            ));
-        }
-        if fe.n_fft < 2 || !fe.n_fft.is_multiple_of(2) {
-            return Err(invalid(format!(
-                "n_fft is {}: it must be even and at least 2 (frame counts assume an even n_fft)",
-                fe.n_fft
-            )));
-        }
-        if fe.win_length == 0 || fe.win_length > fe.n_fft {
-            return Err(invalid(format!(
-                "win_length is {} while n_fft is {}: set 1 <= win_length <= n_fft",
-                fe.win_length, fe.n_fft
-            )));
-        }
-        if fe.hop_length == 0 {
-            return Err(invalid(
-                "hop_length is 0: set it to at least 1 sample".into(),
-            ));
-        }
-        // Bounds on what the manifest may ask for, so a mistyped key is an error rather than
-        // gigabytes of window, filterbank or FFT plan.
-        if fe.sample_rate > MAX_SAMPLE_RATE_HZ {
-            return Err(invalid(format!(
-                "sample_rate is {} Hz: it must be at most {MAX_SAMPLE_RATE_HZ} Hz",
-                fe.sample_rate
-            )));
-        }
-        if fe.n_fft > MAX_N_FFT {
-            return Err(invalid(format!(
-                "n_fft is {}: it must be at most {MAX_N_FFT}",
-                fe.n_fft
-            )));
-        }
-        if fe.n_mels > MAX_N_MELS {
-            return Err(invalid(format!(
-                "n_mels is {}: it must be at most {MAX_N_MELS}",
-                fe.n_mels
-            )));
-        }
-        if fe.multiscale_win_lengths.len() >= MAX_CHANNELS {
-            return Err(invalid(format!(
-                "multiscale_win_lengths has {} entries: at most {} (channels, the base window included, are at most {MAX_CHANNELS})",
-                fe.multiscale_win_lengths.len(),
-                MAX_CHANNELS - 1
-            )));
-        }
-        if fe.window != "hann" {
-            return Err(invalid(format!(
-                "unknown window {:?}: the only window is \"hann\"",
-                fe.window
-            )));
-        }
-        let pad_mode = match fe.pad_mode.as_str() {
-            "constant" => PadMode::Constant,
-            "reflect" => PadMode::Reflect,
-            other => {
-                return Err(invalid(format!(
-                    "unknown pad_mode {other:?}: use \"constant\" or \"reflect\""
-                )))
-            }
-        };
-        let power = if !(fe.power.is_finite() && fe.power > 0.0) {
-            return Err(invalid(format!(
-                "power is {}: use 2 (power) or 1 (magnitude)",
-                fe.power
-            )));
-        } else if fe.power == 2.0 {
-            Power::Two
-        } else if fe.power == 1.0 {
-            Power::One
-        } else {
-            Power::Other(fe.power)
-        };
-        if fe.n_mels == 0 {
-            return Err(invalid("n_mels is 0: set the number of mel bands".into()));
-        }
-        let nyquist = fe.sample_rate as f64 / 2.0;
-        let (fmin, fmax) = (fe.fmin as f64, fe.fmax as f64);
-        if !(fmin.is_finite() && fmin >= 0.0) {
-            return Err(invalid(format!("fmin is {} Hz: it must be >= 0", fe.fmin)));
-        }
-        if !(fmax.is_finite() && fmax > fmin) {
-            return Err(invalid(format!(
-                "fmax is {} Hz while fmin is {} Hz: fmax must be above fmin",
-                fe.fmax, fe.fmin
-            )));
-        }
-        if fmax > nyquist {
-            return Err(invalid(format!(
-                "fmax is {} Hz, above the Nyquist frequency {} Hz of sample_rate {}: set fmax <= sample_rate / 2",
-                fe.fmax, nyquist, fe.sample_rate
-            )));
-        }
-        let htk = match fe.mel_scale.as_str() {
-            "slaney" => false,
-            "htk" => true,
-            other => {
-                return Err(invalid(format!(
-                    "unknown mel_scale {other:?}: use \"slaney\" or \"htk\""
-                )))
-            }
-        };
-        let mel_norm = match fe.mel_norm.as_str() {
-            "slaney" => MelNorm::Slaney,
-            "l1" => MelNorm::L1,
-            "none" => MelNorm::None,
-            other => {
-                return Err(invalid(format!(
-                    "unknown mel_norm {other:?}: use \"slaney\", \"l1\" or \"none\""
-                )))
-            }
-        };
-        let log = match (fe.log.as_str(), fe.log_multiplier) {
-            ("db", None) => LogKind::Db,
-            ("ln", None) => LogKind::Ln,
-            ("log10_1p", Some(m)) if m.is_finite() && m > 0.0 => {
-                LogKind::Log10OnePlus { multiplier: m }
-            }
-            ("log10_1p", Some(m)) => {
-                return Err(invalid(format!(
-                    "log_multiplier is {m}: it must be a finite number > 0 (aiSFX: 10000)"
-                )))
-            }
-            ("log10_1p", None) => {
-                return Err(invalid(
-                    "log is \"log10_1p\" without log_multiplier: set the m of log10(1 + m x) (aiSFX: 10000)".into(),
-                ))
-            }
-            (log @ ("db" | "ln"), Some(m)) => {
-                return Err(invalid(format!(
-                    "log_multiplier is {m} while log is {log:?}: it applies to \"log10_1p\" only, remove it"
-                )))
-            }
-            (other, _) => {
-                return Err(invalid(format!(
-                    "unknown log {other:?}: use \"db\", \"ln\" or \"log10_1p\""
-                )))
-            }
-        };
-        if !(fe.log_floor.is_finite() && fe.log_floor > 0.0) {
-            return Err(invalid(format!(
-                "log_floor is {}: it must be > 0 (e.g. 1e-10), or silence gives -inf",
-                fe.log_floor
-            )));
-        }
-        if let Some(d) = fe.log_divisor {
-            if !(d.is_finite() && d != 0.0) {
-                return Err(invalid(format!(
-                    "log_divisor is {d}: it must be a finite, nonzero number, or be left out"
-                )));
-            }
-        }
-        let peak_normalize = match fe.peak_normalize.as_deref() {
-            None => false,
-            Some("window") => true,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "unknown peak_normalize {other:?}: use \"window\", or leave it out"
-                )))
-            }
-        };
-        let input_gain = match fe.input_gain_db {
-            None => None,
-            Some(db) if db.is_finite() && db.abs() <= MAX_INPUT_GAIN_DB => {
-                Some(10f64.powf(db as f64 / 20.0) as f32)
-            }
-            Some(db) => {
-                return Err(invalid(format!(
-                    "input_gain_db is {db}: it must be a number of dB from -{MAX_INPUT_GAIN_DB} to {MAX_INPUT_GAIN_DB}, or be left out"
-                )))
-            }
-        };
+        check_frames(fe)?;
+        let pad_mode = pad_mode(fe)?;
+        let power = power(fe)?;
+        let (fmin, fmax) = check_bands(fe)?;
+        let (htk, mel_norm) = (mel_scale_is_htk(fe)?, mel_norm(fe)?);
+        let log = log_kind(fe)?;
+        let peak_normalize = peak_normalize(fe)?;
+        let input_gain = input_gain(fe)?;
         let n_bins = fe.n_fft / 2 + 1;
-        let kept_bins = match fe.lowpass_hz {
-            None => n_bins,
-            Some(hz) if hz.is_finite() && hz > 0.0 => {
-                lowpass_kept_bins(fe.sample_rate, fe.n_fft, hz as f64)
-            }
-            Some(hz) => {
-                return Err(invalid(format!(
-                    "lowpass_hz is {hz}: it must be a finite frequency > 0 Hz, or be left out"
-                )))
-            }
-        };
-
-        for (i, &length) in fe.multiscale_win_lengths.iter().enumerate() {
-            if length == 0 || length > fe.n_fft {
-                return Err(invalid(format!(
-                    "multiscale_win_lengths[{i}] is {length} while n_fft is {}: set every entry to 1 <= length <= n_fft, or remove it",
-                    fe.n_fft
-                )));
-            }
-        }
+        let kept_bins = kept_bins(fe, n_bins)?;
+        check_window_lengths(fe)?;
         let windows: Vec<Vec<f32>> = fe
             .win_lengths()
             .into_iter()
@@ -389,22 +205,7 @@ impl MelExtractor {
             htk,
             mel_norm,
         );
-        let mut filters = Vec::with_capacity(fe.n_mels);
-        let mut weights = Vec::new();
-        for row in dense.chunks(n_bins) {
-            let first = row.iter().position(|&w| w != 0.0);
-            let last = row.iter().rposition(|&w| w != 0.0);
-            let (first_bin, len) = match (first, last) {
-                (Some(a), Some(b)) => (a, b + 1 - a),
-                _ => (0, 0), // an empty filter (librosa only warns): its band is always silent
-            };
-            filters.push(SparseFilter {
-                first_bin,
-                offset: weights.len(),
-                len,
-            });
-            weights.extend_from_slice(&row[first_bin..first_bin + len]);
-        }
+        let (filters, weights) = sparse_filters(&dense, n_bins, fe.n_mels);
 
         let fft = RealFftPlanner::<f32>::new().plan_fft_forward(fe.n_fft);
         Ok(MelExtractor {
@@ -634,6 +435,262 @@ impl MelExtractor {
             out[p + n + j] = samples[reflect_index((n + j) as i64, n)];
         }
     }
+}
+
+/// The frame settings: rate, FFT and window sizes, hop, and bounds on each, so that a mistyped
+/// key is an error rather than gigabytes of window, filterbank or FFT plan.
+fn check_frames(fe: &FrontEnd) -> Result<()> {
+    if fe.sample_rate == 0 {
+        return Err(invalid(
+            "sample_rate is 0: set it to the model's rate in Hz".into(),
+        ));
+    }
+    if fe.n_fft < 2 || !fe.n_fft.is_multiple_of(2) {
+        return Err(invalid(format!(
+            "n_fft is {}: it must be even and at least 2 (frame counts assume an even n_fft)",
+            fe.n_fft
+        )));
+    }
+    if fe.win_length == 0 || fe.win_length > fe.n_fft {
+        return Err(invalid(format!(
+            "win_length is {} while n_fft is {}: set 1 <= win_length <= n_fft",
+            fe.win_length, fe.n_fft
+        )));
+    }
+    if fe.hop_length == 0 {
+        return Err(invalid(
+            "hop_length is 0: set it to at least 1 sample".into(),
+        ));
+    }
+    if fe.sample_rate > MAX_SAMPLE_RATE_HZ {
+        return Err(invalid(format!(
+            "sample_rate is {} Hz: it must be at most {MAX_SAMPLE_RATE_HZ} Hz",
+            fe.sample_rate
+        )));
+    }
+    if fe.n_fft > MAX_N_FFT {
+        return Err(invalid(format!(
+            "n_fft is {}: it must be at most {MAX_N_FFT}",
+            fe.n_fft
+        )));
+    }
+    if fe.n_mels > MAX_N_MELS {
+        return Err(invalid(format!(
+            "n_mels is {}: it must be at most {MAX_N_MELS}",
+            fe.n_mels
+        )));
+    }
+    if fe.multiscale_win_lengths.len() >= MAX_CHANNELS {
+        return Err(invalid(format!(
+            "multiscale_win_lengths has {} entries: at most {} (channels, the base window included, are at most {MAX_CHANNELS})",
+            fe.multiscale_win_lengths.len(),
+            MAX_CHANNELS - 1
+        )));
+    }
+    if fe.window != "hann" {
+        return Err(invalid(format!(
+            "unknown window {:?}: the only window is \"hann\"",
+            fe.window
+        )));
+    }
+    Ok(())
+}
+
+fn pad_mode(fe: &FrontEnd) -> Result<PadMode> {
+    Ok(match fe.pad_mode.as_str() {
+        "constant" => PadMode::Constant,
+        "reflect" => PadMode::Reflect,
+        other => {
+            return Err(invalid(format!(
+                "unknown pad_mode {other:?}: use \"constant\" or \"reflect\""
+            )))
+        }
+    })
+}
+
+fn power(fe: &FrontEnd) -> Result<Power> {
+    if !(fe.power.is_finite() && fe.power > 0.0) {
+        return Err(invalid(format!(
+            "power is {}: use 2 (power) or 1 (magnitude)",
+            fe.power
+        )));
+    } else if fe.power == 2.0 {
+        Ok(Power::Two)
+    } else if fe.power == 1.0 {
+        Ok(Power::One)
+    } else {
+        Ok(Power::Other(fe.power))
+    }
+}
+
+/// The mel bands' count and range, within the Nyquist frequency: `(fmin, fmax)` in Hz.
+fn check_bands(fe: &FrontEnd) -> Result<(f64, f64)> {
+    if fe.n_mels == 0 {
+        return Err(invalid("n_mels is 0: set the number of mel bands".into()));
+    }
+    let nyquist = fe.sample_rate as f64 / 2.0;
+    let (fmin, fmax) = (fe.fmin as f64, fe.fmax as f64);
+    if !(fmin.is_finite() && fmin >= 0.0) {
+        return Err(invalid(format!("fmin is {} Hz: it must be >= 0", fe.fmin)));
+    }
+    if !(fmax.is_finite() && fmax > fmin) {
+        return Err(invalid(format!(
+            "fmax is {} Hz while fmin is {} Hz: fmax must be above fmin",
+            fe.fmax, fe.fmin
+        )));
+    }
+    if fmax > nyquist {
+        return Err(invalid(format!(
+            "fmax is {} Hz, above the Nyquist frequency {} Hz of sample_rate {}: set fmax <= sample_rate / 2",
+            fe.fmax, nyquist, fe.sample_rate
+        )));
+    }
+    Ok((fmin, fmax))
+}
+
+fn mel_scale_is_htk(fe: &FrontEnd) -> Result<bool> {
+    Ok(match fe.mel_scale.as_str() {
+        "slaney" => false,
+        "htk" => true,
+        other => {
+            return Err(invalid(format!(
+                "unknown mel_scale {other:?}: use \"slaney\" or \"htk\""
+            )))
+        }
+    })
+}
+
+fn mel_norm(fe: &FrontEnd) -> Result<MelNorm> {
+    Ok(match fe.mel_norm.as_str() {
+        "slaney" => MelNorm::Slaney,
+        "l1" => MelNorm::L1,
+        "none" => MelNorm::None,
+        other => {
+            return Err(invalid(format!(
+                "unknown mel_norm {other:?}: use \"slaney\", \"l1\" or \"none\""
+            )))
+        }
+    })
+}
+
+/// The log and its floor and divisor.
+fn log_kind(fe: &FrontEnd) -> Result<LogKind> {
+    let log = match (fe.log.as_str(), fe.log_multiplier) {
+        ("db", None) => LogKind::Db,
+        ("ln", None) => LogKind::Ln,
+        ("log10_1p", Some(m)) if m.is_finite() && m > 0.0 => {
+            LogKind::Log10OnePlus { multiplier: m }
+        }
+        ("log10_1p", Some(m)) => {
+            return Err(invalid(format!(
+                "log_multiplier is {m}: it must be a finite number > 0 (aiSFX: 10000)"
+            )))
+        }
+        ("log10_1p", None) => {
+            return Err(invalid(
+                "log is \"log10_1p\" without log_multiplier: set the m of log10(1 + m x) (aiSFX: 10000)".into(),
+            ))
+        }
+        (log @ ("db" | "ln"), Some(m)) => {
+            return Err(invalid(format!(
+                "log_multiplier is {m} while log is {log:?}: it applies to \"log10_1p\" only, remove it"
+            )))
+        }
+        (other, _) => {
+            return Err(invalid(format!(
+                "unknown log {other:?}: use \"db\", \"ln\" or \"log10_1p\""
+            )))
+        }
+    };
+    if !(fe.log_floor.is_finite() && fe.log_floor > 0.0) {
+        return Err(invalid(format!(
+            "log_floor is {}: it must be > 0 (e.g. 1e-10), or silence gives -inf",
+            fe.log_floor
+        )));
+    }
+    if let Some(d) = fe.log_divisor {
+        if !(d.is_finite() && d != 0.0) {
+            return Err(invalid(format!(
+                "log_divisor is {d}: it must be a finite, nonzero number, or be left out"
+            )));
+        }
+    }
+    Ok(log)
+}
+
+fn peak_normalize(fe: &FrontEnd) -> Result<bool> {
+    Ok(match fe.peak_normalize.as_deref() {
+        None => false,
+        Some("window") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "unknown peak_normalize {other:?}: use \"window\", or leave it out"
+            )))
+        }
+    })
+}
+
+fn input_gain(fe: &FrontEnd) -> Result<Option<f32>> {
+    Ok(match fe.input_gain_db {
+        None => None,
+        Some(db) if db.is_finite() && db.abs() <= MAX_INPUT_GAIN_DB => {
+            Some(10f64.powf(db as f64 / 20.0) as f32)
+        }
+        Some(db) => {
+            return Err(invalid(format!(
+                "input_gain_db is {db}: it must be a number of dB from -{MAX_INPUT_GAIN_DB} to {MAX_INPUT_GAIN_DB}, or be left out"
+            )))
+        }
+    })
+}
+
+/// Bins kept under `lowpass_hz` (all `n_bins` without it).
+fn kept_bins(fe: &FrontEnd, n_bins: usize) -> Result<usize> {
+    Ok(match fe.lowpass_hz {
+        None => n_bins,
+        Some(hz) if hz.is_finite() && hz > 0.0 => {
+            lowpass_kept_bins(fe.sample_rate, fe.n_fft, hz as f64)
+        }
+        Some(hz) => {
+            return Err(invalid(format!(
+                "lowpass_hz is {hz}: it must be a finite frequency > 0 Hz, or be left out"
+            )))
+        }
+    })
+}
+
+fn check_window_lengths(fe: &FrontEnd) -> Result<()> {
+    for (i, &length) in fe.multiscale_win_lengths.iter().enumerate() {
+        if length == 0 || length > fe.n_fft {
+            return Err(invalid(format!(
+                "multiscale_win_lengths[{i}] is {length} while n_fft is {}: set every entry to 1 <= length <= n_fft, or remove it",
+                fe.n_fft
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Each mel filter's nonzero span of the dense filterbank (`n_bins` per row), and the spans'
+/// weights end to end.
+fn sparse_filters(dense: &[f32], n_bins: usize, n_mels: usize) -> (Vec<SparseFilter>, Vec<f32>) {
+    let mut filters = Vec::with_capacity(n_mels);
+    let mut weights = Vec::new();
+    for row in dense.chunks(n_bins) {
+        let first = row.iter().position(|&w| w != 0.0);
+        let last = row.iter().rposition(|&w| w != 0.0);
+        let (first_bin, len) = match (first, last) {
+            (Some(a), Some(b)) => (a, b + 1 - a),
+            _ => (0, 0), // an empty filter (librosa only warns): its band is always silent
+        };
+        filters.push(SparseFilter {
+            first_bin,
+            offset: weights.len(),
+            len,
+        });
+        weights.extend_from_slice(&row[first_bin..first_bin + len]);
+    }
+    (filters, weights)
 }
 
 /// The index that numpy's `reflect` padding reads for position `i` of a signal of `n >= 2`

@@ -9,12 +9,12 @@
 //! - `mel`: `MelExtractor`, librosa's `melspectrogram` + log.
 //! - `stream`: `decode_mono` (whole file) and `log_mel_windows` (bounded memory).
 //! - `formats`: the extensions (and MIME types) of the files the decoder reads.
-//! - `encoder`: `audio.onnx` over batches of windows, pooled per file (the extension's side).
+//!
+//! No model runs here: [`crate::audio_encoder`] runs `audio.onnx` over these windows.
 
 pub mod config;
 pub mod container_check;
 pub mod decode;
-pub mod encoder;
 pub mod formats;
 pub mod mel;
 pub mod resample;

@@ -78,11 +78,28 @@ struct Candidate {
 /// Returns the process's runtime, loading it on first use from the search order:
 /// `AUDIOTEXT_ORT_DYLIB`, `ORT_DYLIB_PATH`, the folder of the loaded extension, the system path.
 pub fn runtime() -> Result<&'static Runtime> {
+    runtime_searching(&[])
+}
+
+/// [`runtime`], with the folders `also` searched after the extension's (or the executable's)
+/// own and before the system path: the trainer looks in `dist/` above its binary and in the
+/// working folder.
+pub fn runtime_searching(also: &[PathBuf]) -> Result<&'static Runtime> {
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(runtime) = *slot {
         return Ok(runtime);
     }
-    let runtime = load(&default_candidates()?)?;
+    let mut candidates = default_candidates()?;
+    if candidates.len() > 1 {
+        // The system path stays last; a lone candidate is an environment variable's, alone.
+        let system = candidates.pop();
+        candidates.extend(also.iter().map(|dir| Candidate {
+            path: dir.join(DYLIB_NAME),
+            found_by: format!("in {}", dir.display()),
+        }));
+        candidates.extend(system);
+    }
+    let runtime = load(&candidates)?;
     *slot = Some(runtime);
     Ok(runtime)
 }

@@ -11,12 +11,16 @@
 //! is the DCASE 2018 cross-task baseline's 9-layer CNN with max pooling, trained on sound-effects
 //! libraries; its embedding is the mean over mels then the max over time (`--pooling max`).
 //!
-//! Output: the frame sequence `[batch, channels, frames / 2^pools]`, averaged over mels.
+//! Output: the frame sequence `[batch, channels, frames / 2^pools]`, averaged over mels. With
+//! `taps` > 1 the last `taps` blocks' frames are joined on the channel axis, each earlier one
+//! max-pooled over time to the last block's frame rate: aiSFX's middle blocks keep detail
+//! (pitch, texture) that its last block, trained to tell sound effects apart, pools away.
 
 use burn::module::Module;
 use burn::prelude::*;
+use burn::tensor::ops::MaxPoolOptions;
 
-use audiotext_onnx::GraphBuilder;
+use audiotext_onnx::{AttributeProto, GraphBuilder};
 
 use super::blocks::{mean_over_mels, ConvBlock, ConvBlockShape};
 
@@ -67,6 +71,9 @@ impl CnnVariant {
 pub struct Cnn {
     /// PANNs' `conv_block1..N`.
     pub blocks: Vec<ConvBlock>,
+    /// How many of the last blocks' outputs make the frames (1: the last block's only).
+    #[module(skip)]
+    pub taps: usize,
 }
 
 impl Cnn {
@@ -76,7 +83,19 @@ impl Cnn {
                 .iter()
                 .map(|&s| ConvBlock::new(s, dropout, eps, device))
                 .collect(),
+            taps: 1,
         }
+    }
+
+    /// The time pooling between block `i`'s output and the last block's: each later block
+    /// pools time by its `pool_size`.
+    fn time_factor(&self, i: usize) -> usize {
+        self.blocks[i + 1..].iter().map(|b| b.pool_size).product()
+    }
+
+    /// The first block whose output is tapped.
+    fn first_tap(&self) -> usize {
+        self.blocks.len() - self.taps.clamp(1, self.blocks.len())
     }
 
     /// `[b, c_in, t, m]` -> `[b, c, t', m']` (before averaging over mels).
@@ -87,9 +106,28 @@ impl Cnn {
         x
     }
 
-    /// `[b, c_in, t, m]` -> `[b, c, t']`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
-        mean_over_mels(self.forward_2d(x))
+    /// `[b, c_in, t, m]` -> `[b, c, t']`, `c` summed over the tapped blocks.
+    pub fn forward(&self, mut x: Tensor<4>) -> Tensor<3> {
+        if self.taps <= 1 {
+            return mean_over_mels(self.forward_2d(x));
+        }
+        let mut tapped = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if i >= self.first_tap() {
+                let frames = mean_over_mels(x.clone());
+                let f = self.time_factor(i);
+                tapped.push(if f > 1 {
+                    burn::tensor::module::max_pool1d(
+                        frames,
+                        MaxPoolOptions::new([f]).with_stride([f]),
+                    )
+                } else {
+                    frames
+                });
+            }
+        }
+        Tensor::cat(tapped, 1)
     }
 
     /// ONNX of [`Cnn::forward_2d`].
@@ -103,7 +141,32 @@ impl Cnn {
 
     /// ONNX of [`Cnn::forward`].
     pub fn to_onnx(&self, g: &mut GraphBuilder, x: &str) -> String {
-        let x = self.to_onnx_2d(g, x);
-        g.reduce("ReduceMean", &x, &[3], false)
+        if self.taps <= 1 {
+            let x = self.to_onnx_2d(g, x);
+            return g.reduce("ReduceMean", &x, &[3], false);
+        }
+        let mut x = x.to_string();
+        let mut tapped = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.to_onnx(g, &format!("conv_block{}", i + 1), &x);
+            if i >= self.first_tap() {
+                let frames = g.reduce("ReduceMean", &x, &[3], false);
+                let f = self.time_factor(i) as i64;
+                tapped.push(if f > 1 {
+                    g.node(
+                        "MaxPool",
+                        &[&frames],
+                        vec![
+                            AttributeProto::ints("kernel_shape", &[f]),
+                            AttributeProto::ints("strides", &[f]),
+                        ],
+                    )
+                } else {
+                    frames
+                });
+            }
+        }
+        let parts: Vec<&str> = tapped.iter().map(String::as_str).collect();
+        g.node("Concat", &parts, vec![AttributeProto::int("axis", 1)])
     }
 }

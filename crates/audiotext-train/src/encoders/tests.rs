@@ -7,7 +7,7 @@ use burn::prelude::*;
 
 use super::pooling::PoolingKind;
 use super::Architecture;
-use crate::export_audio::{build_audio_onnx, INPUT_NAME, OUTPUT_NAME, WAVEFORM_NAME};
+use crate::audio_graph::{build_audio_onnx, INPUT_NAME, OUTPUT_NAME, WAVEFORM_NAME};
 use crate::loss::{info_nce, soft_targets};
 use crate::model::{
     input_tensor, l2_normalize, to_vec, trainable_parameters, waveform_tensor, EncoderConfig,
@@ -168,7 +168,7 @@ fn parity(config: &EncoderConfig, model: &crate::model::AudioEncoder, tag: &str)
             input_tensor(padded, batch, padded_frames, row, channels, &device),
             waveform_tensor(padded_wave, batch, &device),
         ));
-        let shape = crate::export_audio::input_shape(batch, frames, channels, MELS);
+        let shape = crate::audio_graph::input_shape(batch, frames, channels, MELS);
         let input = ort::value::Tensor::from_array((shape, values)).unwrap();
         let outputs = if wave.is_empty() {
             session.run(ort::inputs![INPUT_NAME => input]).unwrap()
@@ -286,6 +286,33 @@ fn multiscale_inputs_train_and_export() {
         "wavegram-logmel",
     ] {
         check_channels(encoder, "mean", 3);
+    }
+}
+
+#[test]
+fn tapped_blocks_train_and_export() {
+    // aiSFX's last block keeps its frame rate; CNN10's pools, so its tap is pooled to match.
+    for (encoder, pooling, taps) in [("aisfx", "max", 3), ("cnn10", "mean-max", 2)] {
+        let _rng = crate::burn_rng_lock();
+        let config = EncoderConfig {
+            tapped_blocks: taps,
+            ..tiny(encoder, pooling)
+        };
+        let channels = &config.channels;
+        let joined: usize = channels[channels.len() - taps..].iter().sum();
+        assert_eq!(config.frame_dim(), joined, "{encoder}");
+        let (losses, model) = train_steps(&config, 12);
+        let tag = format!("{encoder}+{pooling}+taps{taps}");
+        assert!(
+            losses.iter().all(|l| l.is_finite()) && losses[11] < losses[0] * 0.9,
+            "{tag}: losses {losses:?}"
+        );
+        if let Some(diff) = parity(&config, &model, &tag.replace('+', "-")) {
+            assert!(
+                diff <= TOLERANCE,
+                "{tag}: ONNX Runtime differs by {diff:.2e}"
+            );
+        }
     }
 }
 

@@ -147,6 +147,9 @@ impl Table for IndexTable {
         IndexTable::make(at, false)
     }
 
+    /// One pass over the constraints: which plan (MATCH + k or LIMIT, rowid lookups, a full
+    /// scan) SQLite may use, and the error for a filter the index cannot honour. Long because
+    /// every constraint kind is decided here, in one place, against all the others.
     fn best_index(&self, info: &mut IndexInfo) -> Result<bool, String> {
         let state = self.state.borrow();
         let options = &state.options;

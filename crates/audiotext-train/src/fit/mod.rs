@@ -19,34 +19,30 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::prelude::*;
-use burn::store::ModuleRecord;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar};
-use serde::Serialize;
+use indicatif::ProgressBar;
 
 use crate::cache::{default_cache_dir, FeatureCache, Features};
 use crate::data::{Dataset, Layout};
-use crate::metrics::{self, RetrievalMetrics};
-use crate::split::{fnv1a, fold_by_group, split_by_group, SplitMix64};
+use crate::split::{fnv1a, fold_by_group, split_by_group};
 use audiotext_core::audio::{FrontEnd, Windowing};
 
-use crate::embed::{bar_style, caption_embeddings};
+use crate::embed::{bar_style, caption_embeddings, CaptionEmbeddings};
 use crate::encoders::pooling::PoolingKind;
 use crate::encoders::Architecture;
 use crate::loss::LossSpec;
-use crate::mix::{draw_pool, mix_features, Mix, MixOptions};
-use crate::model::{
-    input_tensor, to_vec, waveform_tensor, Contrastive, ContrastiveConfig, EncoderConfig,
-};
+use crate::mix::{draw_pool, Mix, MixOptions};
+use crate::model::{ContrastiveConfig, EncoderConfig};
 use crate::run::{
-    checkpoint_path, device, embed_clips, embed_texts, pad_value, CheckpointState, DataInfo,
-    DeviceKind, Fold, RunConfig, TrainOptions, CHECKPOINT_DIR, METRICS_FILE, RUN_FORMAT_VERSION,
+    pad_value, DataInfo, DeviceKind, Fold, RunConfig, TrainOptions, RUN_FORMAT_VERSION,
 };
-use crate::specaug::{make_batch, SpecAugment};
+use crate::specaug::SpecAugment;
 
 pub use crate::run::{EpochLog, OpenWorldMetrics};
+
+mod training;
+
+pub use training::{read_metrics, train, validate, TrainSummary, Validation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayoutArg {
@@ -338,48 +334,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
                 args.text_bundle.display()
             )
         })?;
-    let window_frames = front_end
-        .frames((windowing.clip_seconds as f64 * front_end.sample_rate as f64).round() as usize);
-    let architecture = Architecture::parse(
-        &args.encoder,
-        args.gru_hidden.unwrap_or(2 * args.width),
-        window_frames,
-        pad_value(&front_end),
-    )
-    .map_err(|e| anyhow::anyhow!("--encoder: {e}"))?;
-    if architecture.needs_waveform()
-        && (front_end.hop_length != crate::encoders::wavegram::WAVEGRAM_HOP
-            || front_end.n_mels % 2 != 0)
-    {
-        bail!(
-            "--encoder {}: the wavegram front end downsamples by {} samples per frame and folds into n_mels / 2 bands; use a front end with hop_length {} and an even n_mels",
-            args.encoder,
-            crate::encoders::wavegram::WAVEGRAM_HOP,
-            crate::encoders::wavegram::WAVEGRAM_HOP
-        );
-    }
-    let frame_dim = {
-        let channels = architecture.channels(args.width);
-        architecture.output_channels(&channels)
-    };
-    let pooling = PoolingKind::parse(
-        &args.pooling,
-        args.lstm_hidden.unwrap_or(frame_dim),
-        args.clusters,
-    )
-    .map_err(|e| anyhow::anyhow!("--pooling: {e}"))?;
-    let encoder = EncoderConfig {
-        input_channels: front_end.channels(),
-        block_dropout: args.block_dropout,
-        head_dropout: args.head_dropout,
-        ..EncoderConfig::new(
-            architecture,
-            pooling,
-            front_end.n_mels,
-            text_manifest.embedding_dim,
-            args.width,
-        )
-    };
+    let encoder = encoder_config(args, &front_end, &windowing, text_manifest.embedding_dim)?;
     if args.batch_size < 2 {
         bail!("--batch-size must be at least 2 (a contrastive loss needs negatives)");
     }
@@ -388,7 +343,6 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         Some(path) => Some(crate::pretrained::check(path, &encoder)?),
         None => None,
     };
-    let hop_seconds = front_end.hop_length as f64 / front_end.sample_rate as f64;
     let layout = match args.layout {
         LayoutArg::Generic => Layout::Generic,
         LayoutArg::Clotho => Layout::Clotho {
@@ -406,30 +360,7 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
             // Only losses over a softmax (InfoNCE, NT-Xent) give the temperature a gradient.
             learn_temperature: !args.fixed_temperature && args.loss.uses_temperature(),
         },
-        train: TrainOptions {
-            epochs: args.epochs.unwrap_or(50),
-            batch_size: args.batch_size,
-            lr: args.lr,
-            min_lr_ratio: args.min_lr_ratio,
-            warmup_epochs: args.warmup_epochs,
-            weight_decay: args.weight_decay,
-            seed: args.seed,
-            max_frames: (args.max_seconds as f64 / hop_seconds).round() as usize + 1,
-            specaug: SpecAugment {
-                time_masks: args.time_masks,
-                time_mask_frames: args.time_mask_frames,
-                freq_masks: args.freq_masks,
-                freq_mask_bands: args.freq_mask_bands,
-            },
-            clip_grad_norm: args.clip_grad_norm,
-            keep_checkpoints: args.keep_checkpoints,
-            validate_every: args.validate_every,
-            loss: args.loss.clone(),
-            mix: MixOptions {
-                probability: args.mix_prob,
-                per_clip: args.mix_per_clip,
-            },
-        },
+        train: train_options(args, &front_end),
         front_end,
         windowing,
         data: Some(DataInfo {
@@ -463,6 +394,87 @@ fn new_config(args: &FitArgs) -> Result<RunConfig> {
         pretrained,
         head: None,
     })
+}
+
+/// The encoder of `--encoder`, `--width` and `--pooling` on this front end, into the text
+/// bundle's `embedding_dim`.
+fn encoder_config(
+    args: &FitArgs,
+    front_end: &FrontEnd,
+    windowing: &Windowing,
+    embedding_dim: usize,
+) -> Result<EncoderConfig> {
+    let window_frames = front_end
+        .frames((windowing.clip_seconds as f64 * front_end.sample_rate as f64).round() as usize);
+    let architecture = Architecture::parse(
+        &args.encoder,
+        args.gru_hidden.unwrap_or(2 * args.width),
+        window_frames,
+        pad_value(front_end),
+    )
+    .map_err(|e| anyhow::anyhow!("--encoder: {e}"))?;
+    if architecture.needs_waveform()
+        && (front_end.hop_length != crate::encoders::wavegram::WAVEGRAM_HOP
+            || front_end.n_mels % 2 != 0)
+    {
+        bail!(
+            "--encoder {}: the wavegram front end downsamples by {} samples per frame and folds into n_mels / 2 bands; use a front end with hop_length {} and an even n_mels",
+            args.encoder,
+            crate::encoders::wavegram::WAVEGRAM_HOP,
+            crate::encoders::wavegram::WAVEGRAM_HOP
+        );
+    }
+    let frame_dim = {
+        let channels = architecture.channels(args.width);
+        architecture.output_channels(&channels)
+    };
+    let pooling = PoolingKind::parse(
+        &args.pooling,
+        args.lstm_hidden.unwrap_or(frame_dim),
+        args.clusters,
+    )
+    .map_err(|e| anyhow::anyhow!("--pooling: {e}"))?;
+    Ok(EncoderConfig {
+        input_channels: front_end.channels(),
+        block_dropout: args.block_dropout,
+        head_dropout: args.head_dropout,
+        ..EncoderConfig::new(
+            architecture,
+            pooling,
+            front_end.n_mels,
+            embedding_dim,
+            args.width,
+        )
+    })
+}
+
+/// The optimisation settings of `fit`'s flags.
+fn train_options(args: &FitArgs, front_end: &FrontEnd) -> TrainOptions {
+    let hop_seconds = front_end.hop_length as f64 / front_end.sample_rate as f64;
+    TrainOptions {
+        epochs: args.epochs.unwrap_or(50),
+        batch_size: args.batch_size,
+        lr: args.lr,
+        min_lr_ratio: args.min_lr_ratio,
+        warmup_epochs: args.warmup_epochs,
+        weight_decay: args.weight_decay,
+        seed: args.seed,
+        max_frames: (args.max_seconds as f64 / hop_seconds).round() as usize + 1,
+        specaug: SpecAugment {
+            time_masks: args.time_masks,
+            time_mask_frames: args.time_mask_frames,
+            freq_masks: args.freq_masks,
+            freq_mask_bands: args.freq_mask_bands,
+        },
+        clip_grad_norm: args.clip_grad_norm,
+        keep_checkpoints: args.keep_checkpoints,
+        validate_every: args.validate_every,
+        loss: args.loss.clone(),
+        mix: MixOptions {
+            probability: args.mix_prob,
+            per_clip: args.mix_per_clip,
+        },
+    }
 }
 
 /// The licence named in a dataset's LICENSE file, if it names a Creative Commons licence.
@@ -516,18 +528,11 @@ pub fn prepare(
     let layout = parse_layout(&data.layout)?;
     let train_set = Dataset::open(&data.root, &layout)?;
     // Clotho, AudioCaps: a validation split of their own when there is one.
-    let mut val_set = None;
-    if layout.split().is_some() {
-        let wanted = val_split_flag
-            .map(String::from)
-            .or(data.validation_split.clone())
-            .map(|v| layout.with_split(&v))
-            .or_else(|| layout.default_validation(&data.root));
-        if let Some(v) = wanted {
-            val_set = Some(Dataset::open(&data.root, &v)?);
-            config.data.as_mut().expect("data").validation_split = v.split().map(String::from);
-        }
+    let val_set = own_validation_set(&layout, data, val_split_flag)?;
+    if let Some(v) = &val_set {
+        config.data.as_mut().expect("data").validation_split = v.1.clone();
     }
+    let val_set = val_set.map(|(set, _)| set);
     // Every file is decoded before the split, so that one that cannot be is left out of both
     // sides (named, counted, and the run fails only above --max-bad-share), not found after
     // minutes of work.
@@ -562,47 +567,10 @@ pub fn prepare(
             (0..kept_train).collect::<Vec<_>>(),
             (kept_train..all.len()).collect::<Vec<_>>(),
         ),
-        None => {
-            let groups: Vec<String> = all.iter().map(|c| c.recording.clone()).collect();
-            let labels: Option<Vec<String>> = train_set.has_labels().then(|| {
-                all.iter()
-                    .map(|c| c.label.clone().unwrap_or_default())
-                    .collect()
-            });
-            let s = match data.fold {
-                Some(f) => fold_by_group(
-                    &groups,
-                    labels.as_deref(),
-                    f.count,
-                    f.index,
-                    data.split_seed,
-                ),
-                None => split_by_group(
-                    &groups,
-                    labels.as_deref(),
-                    data.validation_fraction,
-                    data.split_seed,
-                ),
-            };
-            (s.train, s.validation)
-        }
+        None => split_clips(&all, train_set.has_labels(), data),
     };
     // A resumed run must validate on the same clips.
-    if !data.validation_files.is_empty() {
-        let names: Vec<&str> = validation
-            .iter()
-            .map(|&i| all[i].file_name.as_str())
-            .collect();
-        if names
-            != data
-                .validation_files
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-        {
-            bail!("the dataset's validation split differs from the one the run was started with (files changed?)");
-        }
-    }
+    check_same_validation(data, &all, &validation)?;
     {
         let info = config.data.as_mut().expect("data");
         info.skipped_files = skipped;
@@ -626,6 +594,127 @@ pub fn prepare(
         start.elapsed().as_secs_f64()
     );
 
+    let (embeddings, mixes) =
+        embed_captions(&mut config, &all, &train, text_bundle, cache_root, ort)?;
+
+    let mut classes: Vec<String> = all.iter().filter_map(|c| c.label.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    let clips = all
+        .iter()
+        .zip(features)
+        .map(|(c, features)| ClipData {
+            name: c.file_name.clone(),
+            features,
+            captions: c
+                .captions
+                .iter()
+                .map(|t| embeddings.by_text[t].clone())
+                .collect(),
+            caption_key: caption_set_key(&c.captions),
+            class: c.label.as_ref().and_then(|l| classes.binary_search(l).ok()),
+        })
+        .collect();
+    Ok((
+        Prepared {
+            clips,
+            train,
+            validation,
+            mixes,
+        },
+        config,
+    ))
+}
+
+/// A dataset's own validation split (Clotho's, AudioCaps'): `--val-split`, the run's, or the
+/// layout's default; with the split's name for the run's config.
+fn own_validation_set(
+    layout: &Layout,
+    data: &DataInfo,
+    val_split_flag: Option<&str>,
+) -> Result<Option<(Dataset, Option<String>)>> {
+    if layout.split().is_none() {
+        return Ok(None);
+    }
+    let wanted = val_split_flag
+        .map(String::from)
+        .or(data.validation_split.clone())
+        .map(|v| layout.with_split(&v))
+        .or_else(|| layout.default_validation(&data.root));
+    match wanted {
+        Some(v) => Ok(Some((
+            Dataset::open(&data.root, &v)?,
+            v.split().map(String::from),
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Training and validation clips by recording (a fold, or a fraction), class-balanced when
+/// every clip has a class.
+fn split_clips(
+    all: &[&crate::data::Clip],
+    labelled: bool,
+    data: &DataInfo,
+) -> (Vec<usize>, Vec<usize>) {
+    let groups: Vec<String> = all.iter().map(|c| c.recording.clone()).collect();
+    let labels: Option<Vec<String>> = labelled.then(|| {
+        all.iter()
+            .map(|c| c.label.clone().unwrap_or_default())
+            .collect()
+    });
+    let s = match data.fold {
+        Some(f) => fold_by_group(
+            &groups,
+            labels.as_deref(),
+            f.count,
+            f.index,
+            data.split_seed,
+        ),
+        None => split_by_group(
+            &groups,
+            labels.as_deref(),
+            data.validation_fraction,
+            data.split_seed,
+        ),
+    };
+    (s.train, s.validation)
+}
+
+/// A resumed run must validate on the clips it started with.
+fn check_same_validation(
+    data: &DataInfo,
+    all: &[&crate::data::Clip],
+    validation: &[usize],
+) -> Result<()> {
+    if !data.validation_files.is_empty() {
+        let names: Vec<&str> = validation
+            .iter()
+            .map(|&i| all[i].file_name.as_str())
+            .collect();
+        if names
+            != data
+                .validation_files
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        {
+            bail!("the dataset's validation split differs from the one the run was started with (files changed?)");
+        }
+    }
+    Ok(())
+}
+
+/// Every caption's embedding, and the pool of mixes (`--mix-prob`) with their joined captions'
+/// embeddings; checks that the text bundle is the run's and records its key.
+fn embed_captions(
+    config: &mut RunConfig,
+    all: &[&crate::data::Clip],
+    train: &[usize],
+    text_bundle: &Path,
+    cache_root: Option<&Path>,
+    ort: Option<&Path>,
+) -> Result<(CaptionEmbeddings, Vec<Mix>)> {
     let start = Instant::now();
     let texts: Vec<&str> = all
         .iter()
@@ -635,7 +724,7 @@ pub fn prepare(
     let mut mixes = if config.train.mix.probability > 0.0 {
         let keys: Vec<u64> = all.iter().map(|c| caption_set_key(&c.captions)).collect();
         draw_pool(
-            &train,
+            train,
             &|i| all[i].captions.clone(),
             &|i| keys[i],
             config.train.mix.per_clip,
@@ -679,34 +768,7 @@ pub fn prepare(
         embeddings.model,
         start.elapsed().as_secs_f64()
     );
-
-    let mut classes: Vec<String> = all.iter().filter_map(|c| c.label.clone()).collect();
-    classes.sort();
-    classes.dedup();
-    let clips = all
-        .iter()
-        .zip(features)
-        .map(|(c, features)| ClipData {
-            name: c.file_name.clone(),
-            features,
-            captions: c
-                .captions
-                .iter()
-                .map(|t| embeddings.by_text[t].clone())
-                .collect(),
-            caption_key: caption_set_key(&c.captions),
-            class: c.label.as_ref().and_then(|l| classes.binary_search(l).ok()),
-        })
-        .collect();
-    Ok((
-        Prepared {
-            clips,
-            train,
-            validation,
-            mixes,
-        },
-        config,
-    ))
+    Ok((embeddings, mixes))
 }
 
 fn parse_layout(s: &str) -> Result<Layout> {
@@ -734,465 +796,6 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, lr: f64, min_lr_ratio: f6
     let min = lr * min_lr_ratio;
     min + (lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
-
-/// Summary of [`train`].
-#[derive(Debug, Clone)]
-#[cfg_attr(not(test), allow(dead_code))]
-pub struct TrainSummary {
-    pub epochs: Vec<EpochLog>,
-    /// Loss of every optimizer step of this call, in order.
-    pub step_losses: Vec<f64>,
-}
-
-fn optimizer(t: &TrainOptions) -> ModuleOptimizer {
-    let mut c = AdamWConfig::new().with_weight_decay(t.weight_decay as f32);
-    if t.clip_grad_norm > 0.0 {
-        c = c.with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(
-            t.clip_grad_norm as f32,
-        )));
-    }
-    c.init()
-}
-
-fn save_record(model: &Contrastive, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("bpk.tmp");
-    model
-        .clone()
-        .into_record()
-        .save(&tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Reads `metrics.jsonl` (missing file: no epochs).
-pub fn read_metrics(run_dir: &Path) -> Result<Vec<EpochLog>> {
-    let path = run_dir.join(METRICS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(Vec::new());
-    };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).with_context(|| format!("{}: bad line {l:?}", path.display()))
-        })
-        .collect()
-}
-
-/// Trains for `config.train.epochs` epochs (from the last checkpoint when `resume`).
-pub fn train(
-    config: &RunConfig,
-    data: &Prepared,
-    run_dir: &Path,
-    resume: bool,
-    device_kind: DeviceKind,
-    max_steps: Option<usize>,
-    show_progress: bool,
-) -> Result<TrainSummary> {
-    let t = &config.train;
-    let base = device(device_kind)?;
-    let ad = base.clone().autodiff();
-    let ckpt_dir = run_dir.join(CHECKPOINT_DIR);
-    std::fs::create_dir_all(&ckpt_dir)
-        .with_context(|| format!("cannot create {}", ckpt_dir.display()))?;
-
-    let mut logs = Vec::new();
-    let (mut model, mut optim, mut state) = if resume {
-        let state: CheckpointState = serde_json::from_str(
-            &std::fs::read_to_string(ckpt_dir.join("last.json"))
-                .context("the run has no checkpoint to resume from")?,
-        )?;
-        let record = ModuleRecord::load(checkpoint_path(run_dir, "last", "model"))
-            .map_err(|e| anyhow::anyhow!("cannot read the last model checkpoint: {e}"))?;
-        let model = config.model.init(&ad).load_record(record);
-        let optim = optimizer(t)
-            .load(checkpoint_path(run_dir, "last", "optim"))
-            .map_err(|e| anyhow::anyhow!("cannot read the last optimizer checkpoint: {e}"))?;
-        logs = read_metrics(run_dir)?
-            .into_iter()
-            .filter(|l| l.epoch <= state.epoch)
-            .collect();
-        rewrite_metrics(run_dir, &logs)?;
-        println!("resuming after epoch {} (step {})", state.epoch, state.step);
-        (model, optim, state)
-    } else {
-        base.seed(t.seed);
-        let mut model = config.model.init(&ad);
-        if let Some(p) = &config.pretrained {
-            // On the autodiff device, so the imported weights are trained.
-            model.audio = crate::pretrained::import(model.audio, &config.model.encoder, p, &ad)?;
-        }
-        let state = CheckpointState {
-            epoch: 0,
-            step: 0,
-            best_epoch: None,
-            best_map10: None,
-        };
-        (model, optimizer(t), state)
-    };
-
-    let steps = steps_per_epoch(data.train.len(), t.batch_size);
-    if steps == 0 {
-        bail!(
-            "training needs at least two training clips, got {}",
-            data.train.len()
-        );
-    }
-    let total_steps = steps * t.epochs;
-    let warmup = (t.warmup_epochs * steps as f64).round() as usize;
-    let dim = config.model.encoder.embedding_dim;
-    let min_frames = config.model.encoder.min_frames();
-    let pad = pad_value(&config.front_end);
-    let mut step_losses = Vec::new();
-    let multi = MultiProgress::new();
-    if !show_progress {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-
-    for epoch in state.epoch + 1..=t.epochs {
-        if max_steps.is_some_and(|m| state.step >= m) {
-            break;
-        }
-        let started = Instant::now();
-        base.seed(t.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9));
-        let mut order = data.train.clone();
-        SplitMix64::derive(t.seed, &[epoch as u64, 1]).shuffle(&mut order);
-        let mut pick = SplitMix64::derive(t.seed, &[epoch as u64, 2]);
-        let mut aug = SplitMix64::derive(t.seed, &[epoch as u64, 3]);
-        let bar = multi.add(ProgressBar::new(steps as u64).with_style(bar_style("steps")));
-        bar.set_message(format!("epoch {epoch}/{}", t.epochs));
-        let mut loss_sum = 0.0;
-        let mut done = 0usize;
-        let mut step_time = 0.0;
-        let mut lr = 0.0;
-        let batches: Vec<&[usize]> = order
-            .chunks(t.batch_size)
-            .filter(|b| b.len() >= 2)
-            .collect();
-        for batch in batches {
-            if max_steps.is_some_and(|m| state.step >= m) {
-                break;
-            }
-            let step_start = Instant::now();
-            // Rows replaced by a mix of two clips (with the mix's joined caption).
-            let mixed: Vec<Option<(Features, &Mix)>> = batch
-                .iter()
-                .map(|_| {
-                    let p = t.mix.probability;
-                    (p > 0.0 && !data.mixes.is_empty() && aug.next_f64() < p).then(|| {
-                        let m = &data.mixes[aug.below(data.mixes.len())];
-                        let (a, b) = (&data.clips[m.first], &data.clips[m.second]);
-                        (mix_features(&a.features, &b.features), m)
-                    })
-                })
-                .collect();
-            let feats: Vec<&Features> = batch
-                .iter()
-                .zip(&mixed)
-                .map(|(&i, m)| match m {
-                    Some((f, _)) => f,
-                    None => data.clips[i].features.as_ref(),
-                })
-                .collect();
-            let b = make_batch(
-                &feats,
-                t.max_frames,
-                min_frames,
-                pad,
-                config.model.encoder.n_mels,
-                &t.specaug,
-                &mut aug,
-            );
-            let mut text = Vec::with_capacity(batch.len() * dim);
-            let mut keys = Vec::with_capacity(batch.len());
-            for (&i, m) in batch.iter().zip(&mixed) {
-                match m {
-                    Some((_, mix)) => {
-                        text.extend_from_slice(&mix.embedding);
-                        keys.push(mix.key);
-                    }
-                    None => {
-                        let clip = &data.clips[i];
-                        text.extend_from_slice(&clip.captions[pick.below(clip.captions.len())]);
-                        keys.push(clip.caption_key);
-                    }
-                }
-            }
-            let n = batch.len();
-            let x = input_tensor(
-                b.values,
-                b.batch,
-                b.frames,
-                b.mels,
-                config.model.encoder.input_channels,
-                &ad,
-            );
-            let text = Tensor::<2>::from_data(TensorData::new(text, [n, dim]), &ad);
-            let waveform = waveform_tensor(b.waveform, n, &ad);
-            let audio = model.audio.forward_with(x, waveform);
-            let text = model.text(text);
-            let scale = model.scale(config.model.temperature, &ad);
-            let loss = t.loss.compute(audio, text, scale, &keys);
-            let loss_value = to_vec(loss.clone())[0] as f64;
-            if !loss_value.is_finite() {
-                bail!("the loss became {loss_value} at step {} (epoch {epoch}); lower --lr or set --clip-grad-norm", state.step + 1);
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = lr_at(state.step, total_steps, warmup, t.lr, t.min_lr_ratio);
-            model = optim.step(lr, model, grads);
-            state.step += 1;
-            done += 1;
-            loss_sum += loss_value;
-            step_losses.push(loss_value);
-            step_time += step_start.elapsed().as_secs_f64();
-            bar.set_prefix(format!("loss {:.4}", loss_sum / done as f64));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        if done == 0 {
-            break;
-        }
-        let train_seconds = started.elapsed().as_secs_f64();
-
-        // Validation.
-        let val_start = Instant::now();
-        let mut log = EpochLog {
-            epoch,
-            steps: done,
-            train_loss: loss_sum / done as f64,
-            temperature: model.temperature(config.model.temperature),
-            lr,
-            seconds_per_step: step_time / done as f64,
-            ..Default::default()
-        };
-        let last_epoch = epoch == t.epochs || max_steps.is_some_and(|m| state.step >= m);
-        let validate_now = epoch % t.validate_every.max(1) == 0 || last_epoch;
-        if validate_now && !data.validation.is_empty() {
-            let v = validate(&model, config, data, &multi)?;
-            log.val_loss = Some(v.loss);
-            log.t2a_r1 = Some(v.t2a.r1);
-            log.t2a_r5 = Some(v.t2a.r5);
-            log.t2a_r10 = Some(v.t2a.r10);
-            log.t2a_map10 = Some(v.t2a.map10);
-            log.a2t_r1 = Some(v.a2t.r1);
-            log.a2t_r5 = Some(v.a2t.r5);
-            log.a2t_r10 = Some(v.a2t.r10);
-            log.a2t_map10 = Some(v.a2t.map10);
-            log.class_p10 = v.class_p10;
-        }
-        log.validation_seconds = val_start.elapsed().as_secs_f64();
-        log.seconds = started.elapsed().as_secs_f64();
-
-        // Metrics first, then checkpoints: a resume drops metric lines past the checkpoint.
-        append_metrics(run_dir, &log)?;
-        logs.push(log.clone());
-        state.epoch = epoch;
-        let improved = log
-            .t2a_map10
-            .is_some_and(|m| state.best_map10.is_none_or(|b| m > b));
-        if improved {
-            state.best_epoch = Some(epoch);
-            state.best_map10 = log.t2a_map10;
-        }
-        save_record(&model, &checkpoint_path(run_dir, "last", "model"))?;
-        optim
-            .save(checkpoint_path(run_dir, "last", "optim"))
-            .map_err(|e| anyhow::anyhow!("cannot write the optimizer checkpoint: {e}"))?;
-        write_json(&ckpt_dir.join("last.json"), &state)?;
-        if improved {
-            std::fs::copy(
-                checkpoint_path(run_dir, "last", "model"),
-                checkpoint_path(run_dir, "best", "model"),
-            )?;
-            write_json(&ckpt_dir.join("best.json"), &state)?;
-        }
-        if t.keep_checkpoints > 0 {
-            std::fs::copy(
-                checkpoint_path(run_dir, "last", "model"),
-                checkpoint_path(run_dir, &format!("epoch-{epoch:03}"), "model"),
-            )?;
-            if epoch > t.keep_checkpoints {
-                let _ = std::fs::remove_file(checkpoint_path(
-                    run_dir,
-                    &format!("epoch-{:03}", epoch - t.keep_checkpoints),
-                    "model",
-                ));
-            }
-        }
-        if let Err(e) = crate::plot::write_plots(run_dir, &logs) {
-            eprintln!("warning: cannot draw the plots: {e:#}");
-        }
-        let line = epoch_line(&log, t.epochs, train_seconds, improved);
-        // On standard output whether or not the bars are drawn (a log file gets every line).
-        multi.suspend(|| println!("{line}"));
-    }
-    Ok(TrainSummary {
-        epochs: logs,
-        step_losses,
-    })
-}
-
-fn epoch_line(log: &EpochLog, epochs: usize, train_seconds: f64, best: bool) -> String {
-    let mut line = format!(
-        "epoch {:>3}/{epochs}: loss {:.4}",
-        log.epoch, log.train_loss
-    );
-    if let Some(v) = log.val_loss {
-        line += &format!(" (val {v:.4})");
-    }
-    if let (Some(r1), Some(r5), Some(r10), Some(m)) =
-        (log.t2a_r1, log.t2a_r5, log.t2a_r10, log.t2a_map10)
-    {
-        line += &format!(" | t2a R@1 {r1:.3} R@5 {r5:.3} R@10 {r10:.3} mAP@10 {m:.3}");
-    }
-    if let Some(m) = log.a2t_map10 {
-        line += &format!(" | a2t mAP@10 {m:.3}");
-    }
-    if let Some(p) = log.class_p10 {
-        line += &format!(" | class P@10 {p:.3}");
-    }
-    line += &format!(
-        " | T {:.4} lr {:.2e} | {:.1} s ({:.2} s/step, val {:.1} s){}",
-        log.temperature,
-        log.lr,
-        log.seconds,
-        log.seconds_per_step,
-        log.validation_seconds,
-        if best { " *best" } else { "" }
-    );
-    let _ = train_seconds;
-    line
-}
-
-fn append_metrics(run_dir: &Path, log: &EpochLog) -> Result<()> {
-    use std::io::Write;
-    let path = run_dir.join(METRICS_FILE);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(log)?)?;
-    Ok(())
-}
-
-fn rewrite_metrics(run_dir: &Path, logs: &[EpochLog]) -> Result<()> {
-    let mut text = String::new();
-    for l in logs {
-        text += &serde_json::to_string(l)?;
-        text.push('\n');
-    }
-    std::fs::write(run_dir.join(METRICS_FILE), text)?;
-    Ok(())
-}
-
-/// Validation results.
-pub struct Validation {
-    pub loss: f64,
-    pub t2a: RetrievalMetrics,
-    pub a2t: RetrievalMetrics,
-    pub class_p10: Option<f64>,
-}
-
-/// Retrieval metrics on the validation clips (all captions of each clip are queries), and the
-/// contrastive loss with each clip's first caption.
-pub fn validate(
-    model: &Contrastive,
-    config: &RunConfig,
-    data: &Prepared,
-    multi: &MultiProgress,
-) -> Result<Validation> {
-    let valid = model.valid();
-    let device = valid.audio.fc.weight.val().device();
-    let clips: Vec<&ClipData> = data.validation.iter().map(|&i| &data.clips[i]).collect();
-    let feats: Vec<&Features> = clips.iter().map(|c| c.features.as_ref()).collect();
-    let bar = multi.add(
-        ProgressBar::new(feats.len() as u64)
-            .with_style(bar_style("windows"))
-            .with_message("validation"),
-    );
-    let audio = embed_clips(
-        &valid,
-        &feats,
-        config,
-        config.train.batch_size,
-        &device,
-        |n| bar.inc(n as u64),
-    )?;
-    bar.finish_and_clear();
-    let mut texts = Vec::new();
-    let mut caption_clip = Vec::new();
-    for (c, clip) in clips.iter().enumerate() {
-        for caption in &clip.captions {
-            texts.push(caption.clone());
-            caption_clip.push(c);
-        }
-    }
-    let texts = embed_texts(&valid, &texts, &device);
-    let sim = metrics::similarity(&texts, &audio);
-    let t2a = metrics::text_to_audio(&sim, &caption_clip, clips.len());
-    let a2t = metrics::audio_to_text(
-        &metrics::transpose(&sim, texts.len(), clips.len()),
-        &caption_clip,
-        clips.len(),
-    );
-    let class_p10 = if clips.iter().all(|c| c.class.is_some()) {
-        let classes: Vec<usize> = clips.iter().map(|c| c.class.unwrap_or(0)).collect();
-        Some(metrics::class_precision_at(
-            &sim,
-            &caption_clip,
-            &classes,
-            10,
-        ))
-    } else {
-        None
-    };
-    // Loss with the first caption of each clip, in training-size batches.
-    let first: Vec<usize> = clips
-        .iter()
-        .enumerate()
-        .map(|(c, _)| caption_clip.iter().position(|&x| x == c).unwrap_or(0))
-        .collect();
-    let scale = valid.scale(config.model.temperature, &device);
-    let dim = config.model.encoder.embedding_dim;
-    let mut loss_sum = 0.0;
-    let mut batches = 0;
-    let idx: Vec<usize> = (0..clips.len()).collect();
-    for chunk in idx
-        .chunks(config.train.batch_size.max(2))
-        .filter(|c| c.len() >= 2)
-    {
-        let a: Vec<f32> = chunk
-            .iter()
-            .flat_map(|&c| audio[c].iter().copied())
-            .collect();
-        let t: Vec<f32> = chunk
-            .iter()
-            .flat_map(|&c| texts[first[c]].iter().copied())
-            .collect();
-        let keys: Vec<u64> = chunk.iter().map(|&c| clips[c].caption_key).collect();
-        let n = chunk.len();
-        let loss = config.train.loss.compute(
-            Tensor::from_data(TensorData::new(a, [n, dim]), &device),
-            Tensor::from_data(TensorData::new(t, [n, dim]), &device),
-            scale.clone(),
-            &keys,
-        );
-        loss_sum += to_vec(loss)[0] as f64;
-        batches += 1;
-    }
-    Ok(Validation {
-        loss: loss_sum / batches.max(1) as f64,
-        t2a,
-        a2t,
-        class_p10,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

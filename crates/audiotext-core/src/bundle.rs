@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
-use crate::audio::encoder::AudioEncoder;
+use crate::audio_encoder::AudioEncoder;
 use crate::model::manifest::{sha256_file, Manifest, MANIFEST_FILE};
 use crate::model::runtime;
 use crate::text::TextEncoder;

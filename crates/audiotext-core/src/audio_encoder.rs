@@ -366,24 +366,22 @@ impl AudioEncoder {
         });
         let windows = windows.as_slice();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; windows.len()];
-        let mut order: Vec<usize> = (0..windows.len()).collect();
-        order.sort_by_key(|&i| windows[i].frames);
-        for group in order.chunk_by(|&a, &b| windows[a].frames == windows[b].frames) {
-            for batch in group.chunks(MAX_BATCH_WINDOWS) {
-                if cancelled() {
-                    return Err(Error::Interrupted {
-                        seconds_done: 0.0,
-                        seconds_total: None,
-                    });
-                }
-                let mels: Vec<&LogMel> = batch.iter().map(|&i| windows[i]).collect();
-                let waves: Option<Vec<&[f32]>> = waveforms
-                    .as_ref()
-                    .map(|w| batch.iter().map(|&i| w[i]).collect());
-                let embeddings = self.run(&mels, waves.as_deref())?;
-                for (&i, embedding) in batch.iter().zip(embeddings) {
-                    out[i] = Some(embedding);
-                }
+        let frames: Vec<usize> = windows.iter().map(|w| w.frames).collect();
+        for batch in equal_length_batches(&frames, MAX_BATCH_WINDOWS) {
+            if cancelled() {
+                return Err(Error::Interrupted {
+                    seconds_done: 0.0,
+                    seconds_total: None,
+                });
+            }
+            let batch = batch.as_slice();
+            let mels: Vec<&LogMel> = batch.iter().map(|&i| windows[i]).collect();
+            let waves: Option<Vec<&[f32]>> = waveforms
+                .as_ref()
+                .map(|w| batch.iter().map(|&i| w[i]).collect());
+            let embeddings = self.run(&mels, waves.as_deref())?;
+            for (&i, embedding) in batch.iter().zip(embeddings) {
+                out[i] = Some(embedding);
             }
         }
         out.into_iter()
@@ -564,6 +562,18 @@ pub struct WindowEmbedding {
     pub embedding: Vec<f32>,
 }
 
+/// The indices of windows of `frames[i]` frames, in batches of one length (a graph's batch is
+/// one tensor) of at most `max_batch`: shortest first, and in the given order within a length.
+pub fn equal_length_batches(frames: &[usize], max_batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    order.sort_by_key(|&i| frames[i]);
+    order
+        .chunk_by(|&a, &b| frames[a] == frames[b])
+        .flat_map(|group| group.chunks(max_batch.max(1)))
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
 /// Mean of the window embeddings, L2-normalised (the manifest's `windowing.pooling = "mean"`).
 pub fn pool(embeddings: &[Vec<f32>]) -> Vec<f32> {
     let mut sum = MeanPool::default();
@@ -610,7 +620,19 @@ impl MeanPool {
 
 #[cfg(test)]
 mod tests {
-    use super::pool;
+    use super::{equal_length_batches, pool};
+
+    #[test]
+    fn batches_share_one_length_and_keep_order_within_it() {
+        let frames = [5, 3, 5, 5, 3, 9];
+        assert_eq!(
+            equal_length_batches(&frames, 2),
+            vec![vec![1, 4], vec![0, 2], vec![3], vec![5]]
+        );
+        assert_eq!(equal_length_batches(&[], 4), Vec::<Vec<usize>>::new());
+        // A zero limit still makes progress, one window a batch.
+        assert_eq!(equal_length_batches(&[1, 1], 0), vec![vec![0], vec![1]]);
+    }
 
     #[test]
     fn pooling_averages_then_normalises() {
