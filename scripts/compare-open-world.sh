@@ -74,6 +74,10 @@ for stage in "${stages[@]}"; do
       FOLD_LIST=0 fit ablation-lr-2e-3 "${chosen[@]}" --lr 0.002
       FOLD_LIST=0 fit ablation-weight-decay-0.1 "${chosen[@]}" --weight-decay 0.1
       FOLD_LIST=0 fit ablation-fixed-temperature-0.03 "${chosen[@]}" --temperature 0.03 --fixed-temperature ;;
+    taps)
+      # aiSFX's earlier blocks pooled beside its last (a second backbone graph and cache each).
+      FOLD_LIST=${FOLD_LIST:-0} fit tapped-2 "${chosen[@]}" --tapped-blocks 2
+      FOLD_LIST=${FOLD_LIST:-0} fit tapped-3 "${chosen[@]}" --tapped-blocks 3 ;;
     summary) python3 scripts/open_world_summary.py "$runs" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
