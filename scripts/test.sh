@@ -21,13 +21,19 @@ for crate in burn indicatif plotters csv zip audiotext-train; do
 done
 echo "ok: none of burn, indicatif, plotters, csv, zip, audiotext-train under sqlite-audiotext"
 
+echo "== each crate's modules call downward only (no import cycles)"
+python3 scripts/check_module_graph.py
+
 echo "== fault-injection build (a panic inside a function must become an SQL error)"
 cargo build --release --locked -p sqlite-audiotext --features fault-injection
 mkdir -p target/fault-injection
-cp target/release/libaudiotext0.so target/fault-injection/audiotext0.so
+cp target/release/libsqlite_audiotext.so target/fault-injection/audiotext0.so
 
 echo "== host: Rust application with rusqlite's bundled SQLite"
-cargo test --locked --manifest-path tests/host-rusqlite/Cargo.toml
+# Its own target folder: there the extension's crate is built without `loadable` (linked into
+# the app, tests/register.rs), and cargo names that library's files as in the workspace's
+# builds, so one folder for both would let one build's files stand for the other's.
+cargo test --release --locked --target-dir target/host --manifest-path tests/host-rusqlite/Cargo.toml
 
 echo "== host: sqlite3 shell"
 tests/shell/test.sh

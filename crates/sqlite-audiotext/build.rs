@@ -6,6 +6,9 @@
 //! would resolve against whatever libsqlite3 the dynamic linker finds, not the SQLite that
 //! loaded us (Python's, an app's bundled one), and crash. Without `SQLITE_CORE` sqlite-vec
 //! calls through the `sqlite3_api_routines` pointer that we hand it in `sql::vec::register`.
+//!
+//! Without the `loadable` feature the crate is linked into an app with its own SQLite: then
+//! sqlite-vec is compiled *with* `SQLITE_CORE` and calls that SQLite directly.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,7 +25,12 @@ fn main() {
     // and our process-wide caches must outlive that, so the library is never unloaded.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     println!("cargo:rerun-if-changed=src/vtab_in.c");
-    cc::Build::new()
+    let loadable = std::env::var_os("CARGO_FEATURE_LOADABLE").is_some();
+    let mut build = cc::Build::new();
+    if !loadable {
+        build.define("SQLITE_CORE", None);
+    }
+    build
         .file(&c_file)
         // Our own calls into SQLite that rusqlite's bindings lack (see the file).
         .file("src/vtab_in.c")

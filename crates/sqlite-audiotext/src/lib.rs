@@ -285,6 +285,7 @@ pub use audiotext_core::index::blob::vector_to_blob;
 ///
 /// # Safety
 /// Called by SQLite with a valid connection and API table.
+#[cfg(feature = "loadable")]
 #[no_mangle]
 pub unsafe extern "C" fn sqlite3_audiotext_init(
     db: *mut rusqlite::ffi::sqlite3,
@@ -301,4 +302,90 @@ pub unsafe extern "C" fn sqlite3_audiotext_init(
         Connection::extension_init2(db, pz_err_msg, p_api, init)
     });
     outcome.unwrap_or(rusqlite::ffi::SQLITE_ERROR)
+}
+
+/// Registers every function and module of the extension, and sqlite-vec's, on a connection of
+/// an app that links this crate with its own SQLite (rusqlite's `bundled`; the crate built
+/// without its default `loadable` feature). ONNX Runtime and the models are found as for the
+/// loadable extension: `$AUDIOTEXT_ORT_DYLIB` or `SELECT audiotext_runtime(path)`, and
+/// `INSERT INTO temp.audiotext_models(name, path)` (the `default` bundle is looked for next to
+/// the app's executable).
+///
+/// ```no_run
+/// let conn = rusqlite::Connection::open_in_memory()?;
+/// sqlite_audiotext::register(&conn)?;
+/// let dims: i64 = conn.query_row("SELECT vec_length(text_embed('a dog barks'))", [], |r| r.get(0))?;
+/// # Ok::<(), rusqlite::Error>(())
+/// ```
+#[cfg(not(feature = "loadable"))]
+pub fn register(conn: &Connection) -> rusqlite::Result<()> {
+    // SAFETY: the handle is the open connection `conn` borrows.
+    unsafe { register_handle(conn.handle()) }
+}
+
+/// The same registration as [`register`] with the signature `sqlite3_auto_extension` expects,
+/// so that every connection the app opens gets the functions:
+/// `rusqlite::ffi::sqlite3_auto_extension(Some(sqlite_audiotext::sqlite3_audiotext_auto_init))`.
+///
+/// # Safety
+/// `db` is an open connection of the SQLite this crate is linked with; `pz_err_msg` is null or
+/// where SQLite takes an error message (written with `sqlite3_mprintf`).
+#[cfg(not(feature = "loadable"))]
+#[no_mangle]
+pub unsafe extern "C" fn sqlite3_audiotext_auto_init(
+    db: *mut rusqlite::ffi::sqlite3,
+    pz_err_msg: *mut *mut std::os::raw::c_char,
+    _p_api: *const rusqlite::ffi::sqlite3_api_routines,
+) -> std::os::raw::c_int {
+    match unsafe { register_handle(db) } {
+        Ok(()) => rusqlite::ffi::SQLITE_OK,
+        Err(e) => {
+            if !pz_err_msg.is_null() {
+                let text =
+                    std::ffi::CString::new(e.to_string().replace('\0', " ")).unwrap_or_default();
+                // SAFETY: "%s" with a NUL-terminated string; SQLite frees the message.
+                unsafe {
+                    *pz_err_msg = rusqlite::ffi::sqlite3_mprintf(c"%s".as_ptr(), text.as_ptr())
+                };
+            }
+            rusqlite::ffi::SQLITE_ERROR
+        }
+    }
+}
+
+/// sqlite-vec, then everything of ours, on an open connection; a panic becomes an error.
+///
+/// # Safety
+/// `db` is an open connection of the SQLite this crate is linked with.
+#[cfg(not(feature = "loadable"))]
+unsafe fn register_handle(db: *mut rusqlite::ffi::sqlite3) -> rusqlite::Result<()> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // Compiled with SQLITE_CORE, sqlite-vec calls this SQLite directly: no API table.
+        let mut message: *mut std::os::raw::c_char = std::ptr::null_mut();
+        let rc = unsafe { vec::register(db, &mut message, std::ptr::null_mut()) };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            let detail = match message.is_null() {
+                true => format!("code {rc}"),
+                false => {
+                    // SAFETY: sqlite-vec wrote a NUL-terminated message with sqlite3_mprintf.
+                    let text = unsafe { std::ffi::CStr::from_ptr(message) }
+                        .to_string_lossy()
+                        .into_owned();
+                    unsafe { rusqlite::ffi::sqlite3_free(message.cast()) };
+                    text
+                }
+            };
+            return Err(rusqlite::Error::ModuleError(format!(
+                "audiotext: registering sqlite-vec: {detail}"
+            )));
+        }
+        // SAFETY: a connection that does not own the handle, so dropping it closes nothing.
+        let conn = unsafe { Connection::from_handle(db) }?;
+        init(conn).map(|_| ())
+    }));
+    outcome.unwrap_or_else(|_| {
+        Err(rusqlite::Error::ModuleError(
+            "audiotext: registering the extension panicked; please report this".into(),
+        ))
+    })
 }

@@ -13,6 +13,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -113,9 +114,22 @@ def test_the_wheel_holds_the_extension_and_model_but_no_runtime(wheel):
     for file in ("manifest.json", "text.onnx", "audio.onnx", "tokenizer.json"):
         assert f"sqlite_audiotext/models/default/{file}" in names
     assert not [n for n in names if "onnxruntime" in n], names
-    assert wheel.name.endswith("-py3-none-linux_x86_64.whl"), wheel.name
+    # PyPI takes manylinux tags only; auditwheel (build-wheel.sh) chose it from the library.
+    assert re.search(r"-py3-none-manylinux_2_\d+_x86_64\.whl$", wheel.name), wheel.name
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Requires-Dist: onnxruntime>=1.22" in metadata
+
+
+def test_auditwheel_confirms_the_manylinux_tag_and_the_library_is_the_built_one(wheel):
+    """`auditwheel show` (a test dependency) finds the wheel consistent with the very tag it
+    carries, and the retagging left the library as built."""
+    shown = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)],
+                           capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    tag = re.search(r"-(manylinux_2_\d+_x86_64)\.whl$", wheel.name).group(1)
+    assert re.search(rf'platform tag:\s+"{tag}"', " ".join(shown.stdout.split())), shown.stdout
+    inside = zipfile.ZipFile(wheel).read("sqlite_audiotext/audiotext0.so")
+    assert inside == (ROOT / "dist" / "audiotext0.so").read_bytes()
 
 
 def test_readme_snippet_finds_real_sounds(venv, recordings):
