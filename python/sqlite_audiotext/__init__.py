@@ -6,6 +6,10 @@
     db.execute("CREATE TABLE clips AS SELECT path, embedding FROM audio_embed_files('recordings/')")
     db.execute("SELECT path FROM clips ORDER BY audio_text_score(embedding, 'a dog barking') DESC LIMIT 5")
 
+Where this Python's sqlite3 cannot load extensions (pyenv's, macOS's system Python),
+`sqlite_audiotext.connect(path)` returns an apsw connection (apsw is a dependency and brings
+its own SQLite) with the extension loaded; `load` takes sqlite3, apsw and pysqlite3 connections.
+
 The package holds the loadable extension (audiotext0.so) and its default model (models/default:
 an aiSFX audio encoder with an ESC-50 head, all-MiniLM-L6-v2 for text). ONNX Runtime is not
 copied: it comes from the `onnxruntime` package, a dependency, and `load` points the extension
@@ -13,10 +17,12 @@ at the library inside it.
 """
 
 import importlib.util
-import sqlite3
 from pathlib import Path
 
-__all__ = ["load", "loadable_path", "onnxruntime_path", "default_model_path"]
+from .connection import DATABASE_ERRORS, ApswConnection, can_load_extensions, no_loader_message, open_connection, unwrap
+
+__all__ = ["load", "connect", "loadable_path", "onnxruntime_path", "default_model_path", "DATABASE_ERRORS",
+           "ApswConnection"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -49,14 +55,13 @@ def onnxruntime_path() -> str:
     return str(libraries[-1])
 
 
-def load(conn: sqlite3.Connection) -> None:
-    """Loads the extension into `conn` and points it at onnxruntime's library. Extension loading
-    is switched on for the load only, then off again."""
-    if not hasattr(conn, "enable_load_extension"):
-        raise RuntimeError(
-            "this Python's sqlite3 module cannot load extensions (it was built without "
-            "SQLITE_ENABLE_LOAD_EXTENSION); use a Python that can, such as Debian's or python.org's"
-        )
+def load(conn) -> None:
+    """Loads the extension into `conn` (a connection of sqlite3, apsw or pysqlite3) and points
+    it at onnxruntime's library. Extension loading is switched on for the load only, then off
+    again."""
+    conn = unwrap(conn)
+    if not can_load_extensions(conn):
+        raise RuntimeError(no_loader_message())
     runtime = onnxruntime_path()
     conn.enable_load_extension(True)
     try:
@@ -65,4 +70,18 @@ def load(conn: sqlite3.Connection) -> None:
         conn.enable_load_extension(False)
     # Loads the runtime now (once per process; later calls with the same file are no-ops), so
     # a missing or broken one is reported here rather than at the first query.
-    conn.execute("SELECT audiotext_runtime(?)", (runtime,)).fetchone()
+    conn.execute("SELECT audiotext_runtime(?)", (runtime,)).fetchall()
+
+
+def connect(path, driver=None):
+    """A connection to the database at `path` with the extension loaded: the standard library's
+    where its sqlite3 can load extensions, else apsw's (its own, current SQLite) behind the
+    calls of `sqlite3.Connection` that scripts use most (`execute`, `executemany`, `commit`,
+    `with`); its `.apsw` is the apsw connection itself. `driver="apsw"` or `"sqlite3"` picks."""
+    conn = open_connection(path, driver)
+    try:
+        load(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -23,13 +23,13 @@ import argparse
 import json
 import math
 import os
-import sqlite3
 import struct
 import sys
 import time
 from pathlib import Path
 
 import sqlite_audiotext
+from sqlite_audiotext.connection import DATABASE_ERRORS
 from sqlite_audiotext.queries import (
     BEST_CLIPS, CLIP_INDEX_COLUMNS, best_clips_from_index, best_moments, clip_filters, clip_index_values)
 
@@ -53,7 +53,7 @@ def audio_files(conn, folder):
     audio_embed_files() would list them: by extension, links followed, each file once, sorted."""
     try:
         return [path for (path,) in conn.execute("SELECT path FROM audio_files(?)", (os.path.abspath(folder),))]
-    except sqlite3.Error as error:
+    except DATABASE_ERRORS as error:
         raise Failure(f"cannot list {folder}: {error}") from error
 
 
@@ -62,10 +62,10 @@ def connect(database, model_path=None, for_search=False):
     `index` the tables are created, for `search` they must be there (nothing is written)."""
     if for_search and not Path(database).is_file():
         raise Failure(f"no database at {database}: make one with `audiotext index DIR {database}`")
-    conn = sqlite3.connect(database)
     try:
-        sqlite_audiotext.load(conn)
-    except (sqlite3.Error, ImportError, RuntimeError) as error:
+        # The standard library's sqlite3 where it can load extensions, else apsw's SQLite.
+        conn = sqlite_audiotext.connect(database)
+    except DATABASE_ERRORS + (ImportError, RuntimeError) as error:
         raise Failure(f"cannot load the extension: {error}") from error
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
     if for_search and not {"clips", "segments", "audiotext_settings"} <= tables:
@@ -286,7 +286,7 @@ def main(argv=None):
     except Failure as error:
         print(f"audiotext {args.command}: {error}", file=sys.stderr)
         return 1
-    except sqlite3.Error as error:
+    except DATABASE_ERRORS as error:
         print(f"audiotext {args.command}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

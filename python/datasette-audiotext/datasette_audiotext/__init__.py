@@ -32,6 +32,14 @@ MAX_K = 100
 
 @hookimpl
 def prepare_connection(conn):
+    # Datasette opens its own connections, with pysqlite3 when it is installed, else the
+    # standard library's sqlite3; only those that can load extensions can run the plugin.
+    if not sqlite_audiotext.connection.can_load_extensions(conn):
+        raise RuntimeError(
+            "datasette-audiotext: this Python's sqlite3 cannot load extensions, so Datasette "
+            "cannot load sqlite-audiotext. Install pysqlite3-binary beside Datasette (Datasette "
+            "uses it when present: pip install pysqlite3-binary), or run Datasette on a Python "
+            "whose sqlite3 can (Debian's, python.org's)")
     sqlite_audiotext.load(conn)
 
 

@@ -52,12 +52,13 @@ def wheel():
     return found[-1]
 
 
-def fresh_venv(folder, *packages):
-    """A new virtual environment at `folder` with `packages` (and their dependencies) installed
-    by pip, with no Rust toolchain on the PATH; onnxruntime from set-up's cache when there."""
+def fresh_venv(folder, *packages, python="/usr/bin/python3"):
+    """A new virtual environment of `python` at `folder` with `packages` (and their
+    dependencies) installed by pip, with no Rust toolchain on the PATH; onnxruntime from
+    set-up's cache when there."""
     env = dict(os.environ, PATH=PLAIN_PATH)
     env.pop("PYTHONPATH", None)
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(folder)], check=True, env=env)
+    subprocess.run([str(python), "-m", "venv", str(folder)], check=True, env=env)
     links = [arg for d in sorted(ORT_WHEELS.glob("onnxruntime-*")) for arg in ("--find-links", str(d))]
     done = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
                            *links, *map(str, packages)], env=env, capture_output=True, text=True, timeout=1200)
