@@ -131,13 +131,14 @@ struct ClassQueries {
     clip_class: Vec<usize>,
 }
 
+/// The labels file, each evaluated clip's class (if it has one), and the sorted classes.
+type ClipLabels = (PathBuf, Vec<Option<String>>, Vec<String>);
+/// One embedding per clip (audio) or per text.
+type Embeddings = Vec<Vec<f32>>;
+
 /// Each clip's class from the labels file: `(labels file, labels per clip, sorted classes)`;
 /// `None` when no labels file is given and the data folder has none.
-fn clip_labels(
-    args: &EvalArgs,
-    root: &Path,
-    clips: &[&Clip],
-) -> Result<Option<(PathBuf, Vec<Option<String>>, Vec<String>)>> {
+fn clip_labels(args: &EvalArgs, root: &Path, clips: &[&Clip]) -> Result<Option<ClipLabels>> {
     let path = match &args.labels {
         Some(p) => p.clone(),
         None if root.join(GENERIC_LABELS_FILE).is_file() => root.join(GENERIC_LABELS_FILE),
@@ -324,9 +325,7 @@ fn data_layout(args: &EvalArgs, root: &Path, run_data: &Option<DataInfo>) -> Res
         }
         (None, _)
             if !root.join("captions.csv").is_file()
-                && Layout::audiocaps(&args.split)
-                    .captions_file(&root)
-                    .is_file() =>
+                && Layout::audiocaps(&args.split).captions_file(root).is_file() =>
         {
             Layout::audiocaps(&args.split)
         }
@@ -338,7 +337,7 @@ fn data_layout(args: &EvalArgs, root: &Path, run_data: &Option<DataInfo>) -> Res
 /// clips without a class and classes without a clip.
 fn class_queries(
     args: &EvalArgs,
-    labels: &Option<(PathBuf, Vec<Option<String>>, Vec<String>)>,
+    labels: &Option<ClipLabels>,
     clips: &[&Clip],
 ) -> Result<Option<ClassQueries>> {
     Ok(match (&args.queries, &labels) {
@@ -395,7 +394,7 @@ fn run_embeddings(
     paths: &[&Path],
     texts: &[&str],
     cache_root: Option<&Path>,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(Embeddings, Embeddings)> {
     let run_dir = args.run.as_ref().expect("run");
     let device = device(args.device)?;
     let (model, state) = load_model(run_dir, config, args.checkpoint, &device)?;
@@ -439,7 +438,7 @@ fn bundle_embeddings(
     paths: &[&Path],
     texts: &[&str],
     cache_root: Option<&Path>,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(Embeddings, Embeddings)> {
     let e = caption_embeddings(bundle_dir, texts, cache_root, args.ort.as_deref())?;
     let text: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
     let audio_section = Manifest::read(bundle_dir)?

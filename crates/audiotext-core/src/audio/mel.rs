@@ -510,10 +510,10 @@ fn pad_mode(fe: &FrontEnd) -> Result<PadMode> {
 
 fn power(fe: &FrontEnd) -> Result<Power> {
     if !(fe.power.is_finite() && fe.power > 0.0) {
-        return Err(invalid(format!(
+        Err(invalid(format!(
             "power is {}: use 2 (power) or 1 (magnitude)",
             fe.power
-        )));
+        )))
     } else if fe.power == 2.0 {
         Ok(Power::Two)
     } else if fe.power == 1.0 {

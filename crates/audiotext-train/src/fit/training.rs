@@ -367,7 +367,7 @@ fn save_epoch(
         state.best_epoch = Some(epoch);
         state.best_map10 = log.t2a_map10;
     }
-    save_record(&model, &checkpoint_path(run_dir, "last", "model"))?;
+    save_record(model, &checkpoint_path(run_dir, "last", "model"))?;
     optim
         .save(checkpoint_path(run_dir, "last", "optim"))
         .map_err(|e| anyhow::anyhow!("cannot write the optimizer checkpoint: {e}"))?;

@@ -34,6 +34,10 @@ pub(super) struct Item {
     pub(super) count: usize,
 }
 
+/// Items looked up or computed: one per source (None where it cannot be decoded), how many
+/// came from the cache, and the (source index, error) of each that could not be decoded.
+pub(super) type Looked = (Vec<Option<Item>>, usize, Vec<(usize, String)>);
+
 /// The backbone a head trains on: aiSFX's pretrained blocks in ONNX Runtime, with its cache.
 pub(super) struct FrozenBackbone {
     pub(super) encoder: EncoderConfig,
@@ -215,9 +219,7 @@ impl FrozenBackbone {
 }
 
 /// Items that must all exist (augmented copies of clips that decoded once already).
-pub(super) fn every_item(
-    (items, hits, bad): (Vec<Option<Item>>, usize, Vec<(usize, String)>),
-) -> Result<(Vec<Item>, usize)> {
+pub(super) fn every_item((items, hits, bad): Looked) -> Result<(Vec<Item>, usize)> {
     if let Some((_, error)) = bad.first() {
         bail!("{error}");
     }
@@ -291,7 +293,7 @@ impl BackboneCache {
         describe: impl Fn(&S) -> Result<String> + Sync,
         windows: impl Fn(&S) -> Result<Vec<Features>> + Sync,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
+    ) -> Result<Looked> {
         let dim = runner.dim();
         let files: Vec<PathBuf> = sources
             .iter()
@@ -348,7 +350,7 @@ impl BackboneCache {
         fe: &FrontEnd,
         windowing: &Windowing,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
+    ) -> Result<Looked> {
         self.items(
             paths,
             |p| file_identity(p),
@@ -373,7 +375,7 @@ impl BackboneCache {
         fe: &FrontEnd,
         windowing: &Windowing,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
+    ) -> Result<Looked> {
         let masks = crate::specaug::SpecAugment {
             time_masks: 2,
             time_mask_frames: 20,
@@ -413,7 +415,7 @@ impl BackboneCache {
         fe: &FrontEnd,
         windowing: &Windowing,
         runner: &BackboneRunner,
-    ) -> Result<(Vec<Option<Item>>, usize, Vec<(usize, String)>)> {
+    ) -> Result<Looked> {
         let mel = MelExtractor::new(fe).context("invalid front-end settings")?;
         self.items(
             pairs,
