@@ -89,17 +89,7 @@ pub fn runtime_searching(also: &[PathBuf]) -> Result<&'static Runtime> {
     if let Some(runtime) = *slot {
         return Ok(runtime);
     }
-    let mut candidates = default_candidates()?;
-    if candidates.len() > 1 {
-        // The system path stays last; a lone candidate is an environment variable's, alone.
-        let system = candidates.pop();
-        candidates.extend(also.iter().map(|dir| Candidate {
-            path: dir.join(DYLIB_NAME),
-            found_by: format!("in {}", dir.display()),
-        }));
-        candidates.extend(system);
-    }
-    let runtime = load(&candidates)?;
+    let runtime = load(&default_candidates(also)?)?;
     *slot = Some(runtime);
     Ok(runtime)
 }
@@ -138,9 +128,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// An explicit environment variable wins alone: if it names a file that does not load, falling
+/// The search order, with `also` after the extension's folder and before the system path. An
+/// explicit environment variable wins alone: if it names a file that does not load, falling
 /// back to another library would hide the mistake.
-fn default_candidates() -> Result<Vec<Candidate>> {
+fn default_candidates(also: &[PathBuf]) -> Result<Vec<Candidate>> {
     for var in DYLIB_ENV_VARS {
         if let Some(value) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             return Ok(vec![Candidate {
@@ -156,6 +147,10 @@ fn default_candidates() -> Result<Vec<Candidate>> {
             found_by: "next to the extension".into(),
         });
     }
+    candidates.extend(also.iter().map(|dir| Candidate {
+        path: dir.join(DYLIB_NAME),
+        found_by: format!("in {}", dir.display()),
+    }));
     candidates.push(Candidate {
         path: PathBuf::from(DYLIB_NAME),
         found_by: "the system library search path".into(),
