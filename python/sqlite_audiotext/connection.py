@@ -28,7 +28,7 @@ def can_load_extensions(conn) -> bool:
 
 def stdlib_can_load_extensions() -> bool:
     """Whether this Python's own sqlite3 module was built with extension loading."""
-    return hasattr(sqlite3.Connection, "enable_load_extension")
+    return can_load_extensions(sqlite3.Connection)
 
 
 def no_loader_message() -> str:
@@ -102,9 +102,10 @@ def open_connection(path, driver=None):
     "apsw", or by default the standard library's where it can load extensions, else apsw."""
     if driver not in (None, "sqlite3", "apsw"):
         raise ValueError(f"driver={driver!r}: use 'sqlite3', 'apsw' or None (the first that can load extensions)")
-    if driver == "sqlite3" or (driver is None and stdlib_can_load_extensions()):
-        if not stdlib_can_load_extensions():
-            raise RuntimeError(no_loader_message())
+    stdlib_loads = stdlib_can_load_extensions()
+    if driver == "sqlite3" and not stdlib_loads:
+        raise RuntimeError(no_loader_message())
+    if driver == "sqlite3" or (driver is None and stdlib_loads):
         return sqlite3.connect(path)
     if apsw is None:
         raise RuntimeError("this Python's sqlite3 module cannot load extensions and apsw is not "
