@@ -10,38 +10,28 @@
 //!   fixed length is reached by padding then `Slice`;
 //! - `bn0` folded into a per-mel `Mul` + `Add` (broadcast over the last axis);
 //! - the backbone and the pooling head, each layer written by its own `to_onnx` next to its
-//!   burn forward pass (see [`crate::encoders`]): `Conv` with BatchNorm folded in,
+//!   burn forward pass (see [`crate::encoders`]; the layers with weights through
+//!   [`audiotext_assemble::layers`], which the default bundle's assembler shares): `Conv` with BatchNorm folded in,
 //!   `AveragePool`, `GRU`/`LSTM`, `Softmax` + `MatMul` for NetVLAD;
 //! - `MatMul` + `Add` (burn's Linear weight is `[in, out]`, which is MatMul's layout), `Relu`,
 //!   `MatMul` + `Add`;
 //! - `x / max(ReduceL2(x), 1e-12)`; output `embedding`, float32 `[batch, embedding_dim]`.
 
-use audiotext_onnx::{AttributeProto, DataType, GraphBuilder, ModelInfo, ModelProto};
+use audiotext_assemble::layers::{embedding_head_onnx, encoder_model_info, log_mel_input_onnx};
+use audiotext_onnx::{DataType, GraphBuilder, ModelInfo, ModelProto};
 
 use crate::cache::Features;
 use crate::encoders::blocks::{
-    bn_affine, crop_time_onnx, linear_onnx, pad_end_onnx, pad_time_onnx,
+    bn_affine, crop_time_onnx, linear_weights, pad_end_onnx, pad_time_onnx,
 };
 use crate::encoders::wavegram::WAVEGRAM_HOP;
-use crate::model::{AudioEncoder, EncoderConfig, NORM_EPS};
+use crate::model::{AudioEncoder, EncoderConfig};
 
-pub const AUDIO_OPSET: i64 = 17;
-pub const INPUT_NAME: &str = "log_mel";
+pub use audiotext_assemble::layers::{
+    input_layout, AUDIO_OPSET, INPUT_LAYOUT, INPUT_NAME, MULTISCALE_INPUT_LAYOUT, OUTPUT_NAME,
+};
 /// The second input of waveform encoders: `[batch, frames * hop_length]` samples.
 pub const WAVEFORM_NAME: &str = "waveform";
-pub const INPUT_LAYOUT: &str = "batch,1,frames,mels";
-/// The input layout of a multiscale front end (one channel per window length), as the
-/// front end writes its rows.
-pub const MULTISCALE_INPUT_LAYOUT: &str = "batch,frames,channels,mels";
-
-/// The manifest's input layout for an encoder of `channels` input channels.
-pub fn input_layout(channels: usize) -> &'static str {
-    if channels == 1 {
-        INPUT_LAYOUT
-    } else {
-        MULTISCALE_INPUT_LAYOUT
-    }
-}
 
 /// The shape of `audio.onnx`'s log-mel input (see [`input_layout`]).
 pub fn input_shape(batch: usize, frames: usize, channels: usize, mels: usize) -> Vec<i64> {
@@ -52,7 +42,6 @@ pub fn input_shape(batch: usize, frames: usize, channels: usize, mels: usize) ->
         vec![b, t, c, m]
     }
 }
-pub const OUTPUT_NAME: &str = "embedding";
 /// Largest accepted |ONNX Runtime - trainer| over every embedding component.
 pub const PARITY_TOLERANCE: f32 = 1e-4;
 
@@ -79,30 +68,7 @@ pub fn build_encoder_onnx(
 ) -> ModelProto {
     let mut g = GraphBuilder::new("audio_encoder", AUDIO_OPSET);
     let n_mels = enc.n_mels as i64;
-    let x = if enc.input_channels == 1 {
-        g.input(
-            INPUT_NAME,
-            DataType::Float,
-            &["batch".into(), 1i64.into(), "frames".into(), n_mels.into()],
-        )
-    } else {
-        // Rows hold every channel's bands: [b, t, c, m] -> [b, c, t, m].
-        let x = g.input(
-            INPUT_NAME,
-            DataType::Float,
-            &[
-                "batch".into(),
-                "frames".into(),
-                (enc.input_channels as i64).into(),
-                n_mels.into(),
-            ],
-        );
-        g.node(
-            "Transpose",
-            &[&x],
-            vec![AttributeProto::ints("perm", &[0, 2, 1, 3])],
-        )
-    };
+    let x = log_mel_input_onnx(&mut g, enc.n_mels, enc.input_channels);
     // Inputs shorter than the encoder's minimum are padded with silence at the end, as the
     // trainer pads them; encoders with a fixed input length also crop.
     let mut x = pad_time_onnx(&mut g, &x, enc.min_frames(), silence);
@@ -137,41 +103,23 @@ pub fn build_encoder_onnx(
         );
         return g.finish(model_info(enc, "pooled backbone output (not normalised)"));
     }
-    let x = linear_onnx(&mut g, "fc", &pooled, &model.fc);
-    let x = g.node("Relu", &[&x], vec![]);
-    let x = linear_onnx(&mut g, "proj", &x, &model.proj);
-    let norm = g.node(
-        "ReduceL2",
-        &[&x],
-        vec![
-            AttributeProto::ints("axes", &[1]),
-            AttributeProto::int("keepdims", 1),
-        ],
-    );
-    let eps = g.scalar_f32("norm_eps", NORM_EPS);
-    let norm = g.node("Max", &[&norm, &eps], vec![]);
-    g.node_to("Div", &[&x, &norm], vec![], &[OUTPUT_NAME]);
-    g.output(
-        OUTPUT_NAME,
-        DataType::Float,
-        &["batch".into(), (enc.embedding_dim as i64).into()],
+    embedding_head_onnx(
+        &mut g,
+        &pooled,
+        &linear_weights(&model.fc),
+        &linear_weights(&model.proj),
     );
     g.finish(model_info(enc, "L2-normalised audio embedding"))
 }
 
 /// The metadata of an encoder graph whose output is `output`.
 fn model_info(enc: &EncoderConfig, output: &str) -> ModelInfo {
-    ModelInfo {
-        producer_name: "audiotext-train".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: Some(format!(
-            "log-mel [{}] -> {output}; {}; {}",
-            input_layout(enc.input_channels),
-            enc.architecture.describe(&enc.channels),
-            enc.pooling.describe()
-        )),
-        metadata: vec![("layout".into(), input_layout(enc.input_channels).into())],
-    }
+    encoder_model_info(
+        enc.input_channels,
+        &enc.architecture.describe(&enc.channels),
+        &enc.pooling.describe(),
+        output,
+    )
 }
 
 /// Log-mel-like values (dB in [-100, 0]) with some structure, for checks without data.

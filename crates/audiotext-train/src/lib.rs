@@ -1,28 +1,24 @@
 //! audiotext-train: the trainer of the audio-text dual encoder, as a library; `main.rs` is only
 //! the command line over it.
 //!
-//! - [`export_text`]: a sentence-transformers text model (BERT or MPNet family) becomes a model bundle
-//!   (`text.onnx`, `tokenizer.json`, `manifest.json`).
-//! - [`weights`]: safetensors reading (F32, F16, BF16, F64 as f32).
-//! - [`checkpoint`]: pretrained checkpoints as f32 state dicts: safetensors and PyTorch's
-//!   `torch.save` formats (zip and legacy), through a pickle reader that runs no code.
+//! - [`export_text`], [`weights`], [`checkpoint`]: the text exporter and the checkpoint readers,
+//!   which need no training framework: they live in `audiotext-assemble` (the default bundle's
+//!   assembler) and are re-exported here under their old names.
 //! - [`data`]: captioned audio datasets (Clotho v2, AudioCaps, generic `captions.csv` + `audio/`).
 //! - [`split`]: train/validation splits that keep each recording on one side; a seeded RNG.
 //! - [`metrics`]: retrieval metrics (R@k, mAP@10) in both directions.
 //! - [`cache`]: on-disk caches of log-mel features and caption embeddings.
-//! - `testing`: temporary folders and the fixture-writing Python, for tests.
+//! - `testing`: temporary folders and the fixture-writing Python, for tests (also the assembler's).
 
 pub mod audio_graph;
 pub mod backbone;
 pub mod cache;
-pub mod checkpoint;
 pub mod data;
 pub mod embed;
 pub mod encoders;
 pub mod ensemble;
 pub mod eval;
 pub mod export_audio;
-pub mod export_text;
 pub mod features;
 pub mod fit;
 pub mod head;
@@ -37,12 +33,12 @@ pub mod run;
 pub mod specaug;
 pub mod split;
 pub mod tensors;
-#[doc(hidden)]
-pub mod testing;
 pub mod trained;
-pub mod weights;
 
-pub use export_text::{export_text, ExportTextOptions, ExportTextReport};
+pub use audiotext_assemble::export_text::{self, export_text, ExportTextOptions, ExportTextReport};
+#[doc(hidden)]
+pub use audiotext_assemble::testing;
+pub use audiotext_assemble::{checkpoint, weights};
 
 #[cfg(test)]
 mod tests;

@@ -19,16 +19,13 @@
 //!
 //! Errors are printed once, with their chain of causes, and the exit code is 2.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use audiotext_train::{
-    backbone, ensemble, eval, export_audio, export_text, fit, head, report, ExportTextOptions,
-    ExportTextReport,
-};
+use audiotext_train::export_text::ExportTextArgs;
+use audiotext_train::{backbone, ensemble, eval, export_audio, export_text, fit, head, report};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,22 +60,6 @@ enum Command {
     ExportBackbone(backbone::ExportBackboneArgs),
 }
 
-#[derive(Debug, Args)]
-struct ExportTextArgs {
-    /// sentence-transformers model folder (config.json, model.safetensors, tokenizer.json,
-    /// sentence_bert_config.json, 1_Pooling/config.json, modules.json).
-    #[arg(long = "from", value_name = "DIR")]
-    from: PathBuf,
-    /// Bundle folder to write text.onnx, tokenizer.json and manifest.json into; an existing
-    /// manifest keeps its other sections (audio, training).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Optional linear projection applied after pooling: a safetensors file with `weight`
-    /// [out, in] and optional `bias` [out] (PyTorch nn.Linear layout).
-    #[arg(long, value_name = "FILE")]
-    head: Option<PathBuf>,
-}
-
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
@@ -92,14 +73,7 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::ExportText(args) => {
-            let report = export_text(&ExportTextOptions {
-                from: args.from,
-                out: args.out,
-                head: args.head,
-            })?;
-            print_export_text(&report);
-        }
+        Command::ExportText(args) => export_text(&args.into())?.print(),
         Command::Fit(args) => fit::run(args)?,
         Command::Eval(args) => eval::run(args)?,
         Command::Export(args) => export_audio::run(args)?,
@@ -109,38 +83,4 @@ fn run() -> Result<ExitCode> {
         Command::ExportBackbone(args) => backbone::run_export(args)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_export_text(r: &ExportTextReport) {
-    println!(
-        "exported {} ({}, {} layers, hidden {}, {} heads, vocab {})",
-        r.name, r.model_type, r.num_layers, r.hidden_size, r.num_heads, r.vocab_size
-    );
-    println!(
-        "  {}: {:.1} MB, {:.2} M parameters",
-        r.onnx_path.display(),
-        r.onnx_bytes as f64 / 1e6,
-        r.parameters as f64 / 1e6
-    );
-    let head = match r.head {
-        Some((i, o)) => format!(", head {i} -> {o}"),
-        None => String::new(),
-    };
-    println!(
-        "  embedding: {} dims, {} pooling{head}, L2-normalised; max {} tokens",
-        r.embedding_dim, r.pooling, r.max_tokens
-    );
-    println!(
-        "  {}{}",
-        r.manifest_path.display(),
-        if r.kept_existing_manifest {
-            " (updated; other sections kept)"
-        } else {
-            ""
-        }
-    );
-    for note in &r.notes {
-        println!("  note: {note}");
-    }
-    println!("  took {:.1} s", r.seconds);
 }

@@ -2,8 +2,9 @@
 
 use burn::prelude::*;
 
-/// Smallest norm divided by in L2 normalisation (as `torch.nn.functional.normalize`).
-pub const NORM_EPS: f32 = 1e-12;
+/// Smallest norm divided by in L2 normalisation (as `torch.nn.functional.normalize`), the
+/// exported graphs' too.
+pub use audiotext_assemble::layers::NORM_EPS;
 
 /// A tensor's values as a flat `Vec<f32>` (row-major).
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {

@@ -1,5 +1,7 @@
 //! Layers shared by the encoders, each with its ONNX counterpart next to its burn forward pass
-//! so that the two can be read side by side.
+//! so that the two can be read side by side. The ONNX is written by
+//! [`audiotext_assemble::layers`] from the modules' values (the assembler writes the default
+//! audio encoder with the same functions from checkpoint files).
 //!
 //! ONNX conventions used throughout (default domain, opset 17):
 //! - BatchNorm after a convolution is folded into the convolution
@@ -15,24 +17,51 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::ops::MaxPoolOptions;
 
-use audiotext_onnx::{AttributeProto, GraphBuilder};
+use audiotext_assemble::layers::{
+    self, BatchNormWeights, ConvBlockWeights, ConvWeights, LinearWeights,
+};
+// The layers that take no weights are the assembler's own.
+pub use audiotext_assemble::layers::{
+    avg_pool_onnx, crop_time_onnx, l2_normalize_onnx, max_pool_onnx, pad_end_onnx, pad_time_onnx,
+};
+use audiotext_onnx::GraphBuilder;
 
 use crate::tensors::to_vec;
 
+/// A burn BatchNorm's values, for [`audiotext_assemble::layers`].
+pub fn batch_norm_weights(bn: &BatchNorm) -> BatchNormWeights {
+    BatchNormWeights {
+        gamma: to_vec(bn.gamma.val()),
+        beta: to_vec(bn.beta.val()),
+        mean: to_vec(bn.running_mean.value()),
+        var: to_vec(bn.running_var.value()),
+        epsilon: bn.epsilon,
+    }
+}
+
 /// `(scale, shift)` of a BatchNorm in inference mode: `y = x * scale + shift`.
 pub fn bn_affine(bn: &BatchNorm) -> (Vec<f32>, Vec<f32>) {
-    let gamma = to_vec(bn.gamma.val());
-    let beta = to_vec(bn.beta.val());
-    let mean = to_vec(bn.running_mean.value());
-    let var = to_vec(bn.running_var.value());
-    let mut scale = Vec::with_capacity(gamma.len());
-    let mut shift = Vec::with_capacity(gamma.len());
-    for i in 0..gamma.len() {
-        let s = gamma[i] as f64 / (var[i] as f64 + bn.epsilon).sqrt();
-        scale.push(s as f32);
-        shift.push((beta[i] as f64 - mean[i] as f64 * s) as f32);
+    batch_norm_weights(bn).affine()
+}
+
+/// A burn Linear's values (weight `[in, out]`, as MatMul takes it).
+pub fn linear_weights(l: &Linear) -> LinearWeights {
+    let [inputs, outputs] = l.weight.val().dims();
+    LinearWeights {
+        weight: to_vec(l.weight.val()),
+        inputs,
+        outputs,
+        bias: l.bias.as_ref().map(|b| to_vec(b.val())),
     }
-    (scale, shift)
+}
+
+/// A burn convolution's values (weight `[out, in, k...]`, as Conv takes it).
+fn conv_weights(weight: Tensor<3>, dims: &[usize], bias: Option<Vec<f32>>) -> ConvWeights {
+    ConvWeights {
+        weight: to_vec(weight),
+        dims: dims.to_vec(),
+        bias,
+    }
 }
 
 /// A `Conv` node from a burn convolution weight `[out, in, k...]` (+ bias) with an optional
@@ -50,37 +79,26 @@ pub fn conv_onnx(
     pads: &[i64],
     dilations: &[i64],
 ) -> String {
-    let w = to_vec(weight);
-    let out = dims[0];
-    let per_out = w.len() / out;
-    let (scale, shift) = match bn {
-        Some(bn) => bn_affine(bn),
-        None => (vec![1.0; out], vec![0.0; out]),
-    };
-    let folded: Vec<f32> = w
-        .iter()
-        .enumerate()
-        .map(|(k, v)| v * scale[k / per_out])
-        .collect();
-    let mut b = shift;
-    if let Some(bias) = bias {
-        for (o, v) in bias.into_iter().enumerate() {
-            b[o] += v * scale[o];
-        }
-    }
-    let wd: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-    let w = g.initializer_f32(&format!("{name}.weight"), &wd, &folded);
-    let b = g.initializer_f32(&format!("{name}.bias"), &[wd[0]], &b);
-    g.node(
-        "Conv",
-        &[x, &w, &b],
-        vec![
-            AttributeProto::ints("kernel_shape", &wd[2..]),
-            AttributeProto::ints("pads", pads),
-            AttributeProto::ints("strides", strides),
-            AttributeProto::ints("dilations", dilations),
-            AttributeProto::int("group", 1),
-        ],
+    let bn = bn.map(batch_norm_weights);
+    layers::conv_onnx(
+        g,
+        name,
+        x,
+        &conv_weights(weight, dims, bias),
+        bn.as_ref(),
+        strides,
+        pads,
+        dilations,
+    )
+}
+
+/// A burn `Conv2d`'s values.
+fn conv2d_weights(conv: &Conv2d) -> ConvWeights {
+    let dims = conv.weight.val().dims();
+    conv_weights(
+        conv.weight.val().flatten(2, 3),
+        &dims,
+        conv.bias.as_ref().map(|b| to_vec(b.val())),
     )
 }
 
@@ -94,21 +112,8 @@ pub fn conv2d_onnx(
     stride: usize,
     pad: usize,
 ) -> String {
-    let dims = conv.weight.val().dims();
-    let flat: Tensor<3> = conv.weight.val().flatten(2, 3);
-    let (s, p) = (stride as i64, pad as i64);
-    conv_onnx(
-        g,
-        name,
-        x,
-        flat,
-        &dims,
-        conv.bias.as_ref().map(|b| to_vec(b.val())),
-        bn,
-        &[s, s],
-        &[p, p, p, p],
-        &[1, 1],
-    )
+    let bn = bn.map(batch_norm_weights);
+    layers::conv2d_onnx(g, name, x, &conv2d_weights(conv), bn.as_ref(), stride, pad)
 }
 
 /// `Conv` for a burn `Conv1d` with explicit `(left, right)` padding and BatchNorm folded in.
@@ -138,74 +143,13 @@ pub fn conv1d_onnx(
 
 /// `x @ W + b` for a burn `Linear` (weight `[in, out]`).
 pub fn linear_onnx(g: &mut GraphBuilder, name: &str, x: &str, l: &Linear) -> String {
-    let dims = l.weight.val().dims();
-    let w = g.initializer_f32(
-        &format!("{name}.weight"),
-        &[dims[0] as i64, dims[1] as i64],
-        &to_vec(l.weight.val()),
-    );
-    let y = g.node("MatMul", &[x, &w], vec![]);
-    match &l.bias {
-        Some(b) => {
-            let b = g.initializer_f32(&format!("{name}.bias"), &[dims[1] as i64], &to_vec(b.val()));
-            g.node("Add", &[&y, &b], vec![])
-        }
-        None => y,
-    }
-}
-
-/// `AveragePool` with a 2-D kernel equal to its stride (floor, as burn's `AvgPool2d`).
-pub fn avg_pool_onnx(g: &mut GraphBuilder, x: &str, kernel: [usize; 2]) -> String {
-    let k = [kernel[0] as i64, kernel[1] as i64];
-    g.node(
-        "AveragePool",
-        &[x],
-        vec![
-            AttributeProto::ints("kernel_shape", &k),
-            AttributeProto::ints("strides", &k),
-        ],
-    )
-}
-
-/// `MaxPool` with a 2-D kernel equal to its stride (floor, as PyTorch's `max_pool2d`).
-pub fn max_pool_onnx(g: &mut GraphBuilder, x: &str, kernel: [usize; 2]) -> String {
-    let k = [kernel[0] as i64, kernel[1] as i64];
-    g.node(
-        "MaxPool",
-        &[x],
-        vec![
-            AttributeProto::ints("kernel_shape", &k),
-            AttributeProto::ints("strides", &k),
-        ],
-    )
-}
-
-/// `x / max(|x|, 1e-12)` over axis `axis`.
-pub fn l2_normalize_onnx(g: &mut GraphBuilder, x: &str, axis: i64) -> String {
-    let norm = g.node(
-        "ReduceL2",
-        &[x],
-        vec![
-            AttributeProto::ints("axes", &[axis]),
-            AttributeProto::int("keepdims", 1),
-        ],
-    );
-    let eps = g.scalar_f32("norm_eps", crate::tensors::NORM_EPS);
-    let norm = g.node("Max", &[&norm, &eps], vec![]);
-    g.node("Div", &[x, &norm], vec![])
+    layers::linear_onnx(g, name, x, &linear_weights(l))
 }
 
 /// The values of a burn `Linear` weight `[in, out]` as PyTorch's `[out, in]` (row-major).
 pub fn out_in(l: &Linear) -> Vec<f32> {
     let [i, o] = l.weight.val().dims();
-    let w = to_vec(l.weight.val());
-    let mut t = vec![0f32; w.len()];
-    for r in 0..i {
-        for c in 0..o {
-            t[c * i + r] = w[r * o + c];
-        }
-    }
-    t
+    layers::transpose(&to_vec(l.weight.val()), i, o)
 }
 
 /// A BatchNorm over `channels` with the encoder's epsilon.
@@ -296,82 +240,27 @@ impl ConvBlock {
         self.dropout.forward(x)
     }
 
+    /// The block's values, for [`audiotext_assemble::layers::conv_block_onnx`].
+    pub fn weights(&self) -> ConvBlockWeights {
+        ConvBlockWeights {
+            conv1: conv2d_weights(&self.conv1),
+            bn1: batch_norm_weights(&self.bn1),
+            second: match (&self.conv2, &self.bn2) {
+                (Some(conv), Some(bn)) => Some((conv2d_weights(conv), batch_norm_weights(bn))),
+                _ => None,
+            },
+            kernel: self.kernel,
+            pool_size: self.pool_size,
+            max_pool: self.max_pool,
+        }
+    }
+
     pub fn to_onnx(&self, g: &mut GraphBuilder, name: &str, x: &str) -> String {
-        let pad = self.kernel / 2;
-        let y = conv2d_onnx(
-            g,
-            &format!("{name}.conv1"),
-            x,
-            &self.conv1,
-            Some(&self.bn1),
-            1,
-            pad,
-        );
-        let mut y = g.node("Relu", &[&y], vec![]);
-        if let (Some(conv), Some(bn)) = (&self.conv2, &self.bn2) {
-            let z = conv2d_onnx(g, &format!("{name}.conv2"), &y, conv, Some(bn), 1, 1);
-            y = g.node("Relu", &[&z], vec![]);
-        }
-        if self.pool.is_some() {
-            y = avg_pool_onnx(g, &y, [self.pool_size, self.pool_size]);
-        }
-        if self.max_pool && self.pool_size > 1 {
-            y = max_pool_onnx(g, &y, [self.pool_size, self.pool_size]);
-        }
-        y
+        layers::conv_block_onnx(g, name, x, &self.weights())
     }
 }
 
 /// `[b, c, t, m]` -> `[b, c, t]`: mean over the mel axis (PANNs' `torch.mean(x, dim=3)`).
 pub fn mean_over_mels(x: Tensor<4>) -> Tensor<3> {
     x.mean_dim(3).squeeze_dim(3)
-}
-
-/// Pads `x` `[b, c, t, m]` at the end of the time axis with `value` up to `min_frames` frames
-/// (nothing when it is long enough): `pads = [0, 0, 0, 0, 0, 0, max(min - t, 0), 0]`.
-pub fn pad_time_onnx(g: &mut GraphBuilder, x: &str, min_frames: usize, value: f32) -> String {
-    pad_end_onnx(g, x, 4, 2, min_frames, value)
-}
-
-/// Pads axis `axis` of a rank-`rank` tensor at its end with `value` to at least `min` entries
-/// (the length is only known at run time, so the amount is computed in the graph).
-pub fn pad_end_onnx(
-    g: &mut GraphBuilder,
-    x: &str,
-    rank: usize,
-    axis: usize,
-    min: usize,
-    value: f32,
-) -> String {
-    let shape = g.node("Shape", &[x], vec![]);
-    let axis_index = g.const_i64("pad_axis", &[axis as i64]);
-    let length = g.node(
-        "Gather",
-        &[&shape, &axis_index],
-        vec![AttributeProto::int("axis", 0)],
-    );
-    let min = g.const_i64("pad_min", &[min as i64]);
-    let missing = g.node("Sub", &[&min, &length], vec![]);
-    let zero = g.const_i64("zero", &[0]);
-    let missing = g.node("Max", &[&missing, &zero], vec![]);
-    // ONNX pads: every axis's start, then every axis's end; only `axis`'s end is non-zero.
-    let before = g.const_i64("pads_before", &vec![0; rank + axis]);
-    let after = (axis + 1 < rank).then(|| g.const_i64("pads_after", &vec![0; rank - axis - 1]));
-    let mut parts = vec![before.as_str(), missing.as_str()];
-    parts.extend(after.as_deref());
-    let pads = g.node("Concat", &parts, vec![AttributeProto::int("axis", 0)]);
-    let value = g.scalar_f32("pad_value", value);
-    g.node(
-        "Pad",
-        &[x, &pads, &value],
-        vec![AttributeProto::string("mode", "constant")],
-    )
-}
-
-/// The first `frames` frames of `x` `[b, c, t, m]` (`t >= frames`).
-pub fn crop_time_onnx(g: &mut GraphBuilder, x: &str, frames: usize) -> String {
-    let starts = g.const_i64("crop_starts", &[0]);
-    let ends = g.const_i64("crop_ends", &[frames as i64]);
-    let axes = g.const_i64("crop_axes", &[2]);
-    g.node("Slice", &[x, &starts, &ends, &axes], vec![])
 }

@@ -132,11 +132,8 @@ impl Cnn {
 
     /// ONNX of [`Cnn::forward_2d`].
     pub fn to_onnx_2d(&self, g: &mut GraphBuilder, x: &str) -> String {
-        let mut x = x.to_string();
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.to_onnx(g, &format!("conv_block{}", i + 1), &x);
-        }
-        x
+        let blocks: Vec<_> = self.blocks.iter().map(ConvBlock::weights).collect();
+        audiotext_assemble::layers::conv_blocks_onnx(g, x, &blocks)
     }
 
     /// ONNX of [`Cnn::forward`].

@@ -200,7 +200,7 @@ impl Architecture {
             Architecture::Crnn { gru_hidden } => format!("CRNN: conv blocks {ch}, bidirectional GRU of {gru_hidden} per direction"),
             Architecture::Tcn { kernel, dilations, causal } => format!("TCN: {} residual blocks (kernel {kernel}, dilations {dilations:?}, {}), channels {ch}", dilations.len(), if *causal { "causal" } else { "non-causal" }),
             Architecture::Spec2vec { frames, .. } => format!("Spec2Vec-style: fixed {frames} frames, strided convs {ch}, flatten + Linear"),
-            Architecture::Aisfx => format!("aiSFX (Ma and Lerch 2022): 4 blocks of two 3x3 convs, max pooling, channels {ch}"),
+            Architecture::Aisfx => audiotext_assemble::aisfx::aisfx_description(channels),
             Architecture::WavegramLogmel => format!("Wavegram-Logmel-CNN14-style (PANNs): 1-D conv front end on the waveform (stride 5, three dilated blocks pooled by 4) joined with the log-mel after CNN14's first block; channels {ch}"),
         }
     }

@@ -384,3 +384,88 @@ fn published_sizes_at_width_64() {
     assert_eq!(old.pooling, PoolingKind::MeanMax);
     assert_eq!(old, EncoderConfig::cnn10(64, 384).with_width(16));
 }
+
+#[test]
+fn the_assembler_writes_the_trainers_aisfx_graph_byte_for_byte() {
+    // Set-up and the Python package build the default audio encoder with audiotext-assemble
+    // from the checkpoint files; `export` of the same run must be the same bytes, so that one
+    // committed sha256 stands for both. Trained a few steps, so the BatchNorm statistics are
+    // not their initial values.
+    use audiotext_assemble::aisfx::{build_aisfx_onnx, HeadRun};
+    use audiotext_assemble::checkpoint::{StateDict, Tensor as Stored};
+    use audiotext_core::audio::FrontEnd;
+
+    let _rng = crate::burn_rng_lock();
+    let config = tiny("aisfx", "max");
+    let (_, model) = train_steps(&config, 3);
+    let stored = |data: Vec<f32>, shape: Vec<usize>| Stored { shape, data };
+    let mut backbone = StateDict::new();
+    let super::Backbone::Cnn(cnn) = &model.backbone else {
+        panic!("aiSFX is a CNN")
+    };
+    // The published checkpoint wraps the network; any one prefix is found.
+    let prefix = "embedding_net.";
+    for (i, block) in cnn.blocks.iter().enumerate() {
+        let convs = [
+            (&block.conv1, &block.bn1),
+            (block.conv2.as_ref().unwrap(), block.bn2.as_ref().unwrap()),
+        ];
+        for (j, (conv, bn)) in convs.into_iter().enumerate() {
+            let name = format!("{prefix}conv_block{}.", i + 1);
+            let weight = conv.weight.val();
+            backbone.insert(
+                format!("{name}conv{}.weight", j + 1),
+                stored(to_vec(weight.clone()), weight.dims().to_vec()),
+            );
+            let n = vec![bn.gamma.val().dims()[0]];
+            backbone.insert(
+                format!("{name}bn{}.weight", j + 1),
+                stored(to_vec(bn.gamma.val()), n.clone()),
+            );
+            backbone.insert(
+                format!("{name}bn{}.bias", j + 1),
+                stored(to_vec(bn.beta.val()), n.clone()),
+            );
+            backbone.insert(
+                format!("{name}bn{}.running_mean", j + 1),
+                stored(to_vec(bn.running_mean.value()), n.clone()),
+            );
+            backbone.insert(
+                format!("{name}bn{}.running_var", j + 1),
+                stored(to_vec(bn.running_var.value()), n),
+            );
+        }
+    }
+    let mut head = StateDict::new();
+    for (name, linear) in [("fc", &model.fc), ("proj", &model.proj)] {
+        let [i, o] = linear.weight.val().dims();
+        head.insert(
+            format!("{name}.weight"),
+            stored(super::blocks::out_in(linear), vec![o, i]),
+        );
+        head.insert(
+            format!("{name}.bias"),
+            stored(to_vec(linear.bias.as_ref().unwrap().val()), vec![o]),
+        );
+    }
+    let front_end = FrontEnd::aisfx();
+    let run: HeadRun = serde_json::from_value(serde_json::json!({
+        "model": {"encoder": {
+            "n_mels": config.n_mels, "input_channels": 1, "channels": config.channels,
+            "fc_dim": config.fc_dim, "embedding_dim": config.embedding_dim,
+            "bn_epsilon": config.bn_epsilon, "architecture": {"kind": "aisfx"}, "pooling": {"kind": "max"}
+        }},
+        "front_end": front_end,
+        "pretrained": {"sha256": "not read here"},
+        "head": {"head_file": "head.safetensors"}
+    }))
+    .unwrap();
+    let assembled = build_aisfx_onnx(&run, &backbone, &head).unwrap().to_bytes();
+    let exported = build_audio_onnx(&model, &config, front_end.silence_value()).to_bytes();
+    assert!(
+        assembled == exported,
+        "the assembler's graph ({} bytes) differs from export's ({} bytes)",
+        assembled.len(),
+        exported.len()
+    );
+}

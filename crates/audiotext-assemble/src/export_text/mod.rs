@@ -39,6 +39,33 @@ pub struct ExportTextOptions {
     pub head: Option<PathBuf>,
 }
 
+/// The command line of `export-text` (the trainer's) and `text` (the assembler's).
+#[derive(Debug, clap::Args)]
+pub struct ExportTextArgs {
+    /// sentence-transformers model folder (config.json, model.safetensors, tokenizer.json,
+    /// sentence_bert_config.json, 1_Pooling/config.json, modules.json).
+    #[arg(long = "from", value_name = "DIR")]
+    pub from: PathBuf,
+    /// Bundle folder to write text.onnx, tokenizer.json and manifest.json into; an existing
+    /// manifest keeps its other sections (audio, training).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Optional linear projection applied after pooling: a safetensors file with `weight`
+    /// [out, in] and optional `bias` [out] (PyTorch nn.Linear layout).
+    #[arg(long, value_name = "FILE")]
+    pub head: Option<PathBuf>,
+}
+
+impl From<ExportTextArgs> for ExportTextOptions {
+    fn from(args: ExportTextArgs) -> ExportTextOptions {
+        ExportTextOptions {
+            from: args.from,
+            out: args.out,
+            head: args.head,
+        }
+    }
+}
+
 /// What was exported.
 #[derive(Debug, Clone)]
 pub struct ExportTextReport {
@@ -65,6 +92,45 @@ pub struct ExportTextReport {
     /// Things the user should know (e.g. normalisation added where the source had none).
     pub notes: Vec<String>,
     pub seconds: f64,
+}
+
+impl ExportTextReport {
+    /// The summary the commands print.
+    pub fn print(&self) {
+        println!(
+            "exported {} ({}, {} layers, hidden {}, {} heads, vocab {})",
+            self.name,
+            self.model_type,
+            self.num_layers,
+            self.hidden_size,
+            self.num_heads,
+            self.vocab_size
+        );
+        println!(
+            "  {}: {:.1} MB, {:.2} M parameters",
+            self.onnx_path.display(),
+            self.onnx_bytes as f64 / 1e6,
+            self.parameters as f64 / 1e6
+        );
+        let head = match self.head {
+            Some((i, o)) => format!(", head {i} -> {o}"),
+            None => String::new(),
+        };
+        println!(
+            "  embedding: {} dims, {} pooling{head}, L2-normalised; max {} tokens",
+            self.embedding_dim, self.pooling, self.max_tokens
+        );
+        let kept = if self.kept_existing_manifest {
+            " (updated; other sections kept)"
+        } else {
+            ""
+        };
+        println!("  {}{kept}", self.manifest_path.display());
+        for note in &self.notes {
+            println!("  note: {note}");
+        }
+        println!("  took {:.1} s", self.seconds);
+    }
 }
 
 /// The licence recorded for a known source model (folder names as `huggingface-cli download`
