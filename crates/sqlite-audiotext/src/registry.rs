@@ -30,6 +30,9 @@ use audiotext_core::Bundle;
 const MODULE_NAME: &str = "audiotext_models";
 /// Where a bundle named `default` is looked for, relative to the folder of the extension.
 const DEFAULT_BUNDLE_DIRS: [&str; 2] = ["models/default", "../models/default"];
+/// A bundle folder to register as `default`, looked at before the extension's own folder (the
+/// Python package sets it to the bundle it assembled at first use).
+pub const DEFAULT_MODEL_ENV_VAR: &str = "AUDIOTEXT_DEFAULT_MODEL";
 
 struct Entry {
     rowid: i64,
@@ -90,7 +93,7 @@ impl Registry {
                 .map(|p| p.display().to_string())
                 .collect();
             message.push_str(&format!(
-                " (no bundle was found next to the extension in {}; scripts/build.sh builds one)",
+                " (no bundle was found in {}; scripts/build.sh builds one, the Python package assembles one at first use, {DEFAULT_MODEL_ENV_VAR} names one)",
                 looked.join(" or ")
             ));
         }
@@ -167,14 +170,22 @@ pub fn register_module(db: &Connection, registry: Arc<Registry>) -> rusqlite::Re
     ))
 }
 
-/// Registers the bundle shipped next to the extension as `default`, when there is one.
+/// Registers as `default` the bundle that `$AUDIOTEXT_DEFAULT_MODEL` names when it is set, else
+/// the one shipped next to the extension, when there is one.
 pub fn register_default_bundle(registry: &Registry) {
     // A `default` the user registered (before loading the extension again) stays.
     if registry.lock().entries.contains_key("default") {
         return;
     }
-    let Some(dir) = extension_dir() else { return };
-    let candidates: Vec<PathBuf> = DEFAULT_BUNDLE_DIRS.iter().map(|d| dir.join(d)).collect();
+    let mut candidates: Vec<PathBuf> = std::env::var_os(DEFAULT_MODEL_ENV_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    // Set, it is the only place looked at: a wrong path is reported, not passed over.
+    if let (true, Some(dir)) = (candidates.is_empty(), extension_dir()) {
+        candidates.extend(DEFAULT_BUNDLE_DIRS.iter().map(|d| dir.join(d)));
+    }
     registry.lock().default_search = candidates.clone();
     if let Some(found) = candidates.iter().find(|c| {
         c.join(audiotext_core::model::manifest::MANIFEST_FILE)

@@ -342,6 +342,30 @@ def test_missing_runtime_named_by_environment():
     assert "onnxruntime: not loaded: cannot load the ONNX Runtime library" in lines[2]
 
 
+def test_the_default_model_can_be_named_by_the_environment(tmp_path):
+    """$AUDIOTEXT_DEFAULT_MODEL (the Python package sets it to the bundle it assembled) is
+    registered as `default` when the extension loads, on a query_only connection too (where no
+    INSERT can register one); naming a folder that is no bundle is an error that says so, not a
+    silent fall back to the bundle next to the extension."""
+    bundle = copy_bundle(tmp_path)
+    out = run_python(
+        f"""
+        print(conn.execute("SELECT path FROM temp.audiotext_models WHERE name = 'default'").fetchone()[0])
+        reader = sqlite3.connect(':memory:')
+        reader.execute('PRAGMA query_only = 1')
+        reader.enable_load_extension(True)
+        reader.load_extension({str(EXTENSION)!r})
+        print(len(reader.execute("SELECT text_embed('a dog barking')").fetchone()[0]))
+        """,
+        {"AUDIOTEXT_DEFAULT_MODEL": str(bundle)},
+    ).splitlines()
+    assert out == [str(bundle), str(384 * 4)]
+    missing = tmp_path / "no-bundle-here"
+    out = run_python('print(attempt("SELECT text_embed(\'x\')"))', {"AUDIOTEXT_DEFAULT_MODEL": str(missing)})
+    assert "no model named 'default'" in out and f"no bundle was found in {missing}" in out, out
+    assert "AUDIOTEXT_DEFAULT_MODEL names one" in out and str(DEFAULT_BUNDLE) not in out, out
+
+
 def test_thread_count_from_the_environment():
     """AUDIOTEXT_THREADS sets ONNX Runtime's threads per run (a Ray worker's share of a
     machine): the same vectors with one thread, and a clear error for a bad value."""
