@@ -28,7 +28,7 @@ data=${DATA:-.cache/corpus/train-set}
 folds=${FOLDS:-5}
 epochs=${EPOCHS:-40}
 trainer=dist/audiotext-train
-[ -x "$trainer" ] || { echo "run scripts/build.sh first" >&2; exit 1; }
+[ -x "$trainer" ] || { echo "run scripts/build.sh --trainer first" >&2; exit 1; }
 [ -f "$data/labels.csv" ] || { echo "$data is missing: run scripts/build-corpus.sh first" >&2; exit 1; }
 queries=(--queries data/esc50-validation-queries.csv --queries "$data/queries.csv")
 # The default's front-end (docs/comparison/pretrained.md).

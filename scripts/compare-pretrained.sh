@@ -32,7 +32,7 @@ base=(--input-gain-db "$gain")
 suffix="gain$gain"
 if [ -n "${LOWPASS:-}" ]; then base+=(--lowpass-hz "$LOWPASS"); suffix+="-lowpass$LOWPASS"; fi
 trainer=dist/audiotext-train
-[ -x "$trainer" ] || { echo "run scripts/build.sh first" >&2; exit 1; }
+[ -x "$trainer" ] || { echo "run scripts/build.sh --trainer first" >&2; exit 1; }
 [ -d "$data" ] || { echo "$data is missing: this comparison needs ../shared/data" >&2; exit 1; }
 
 # fit NAME FLAGS...: every fold of one recipe.

@@ -17,7 +17,7 @@ data=${DATA:-.cache/corpus/train-set}
 folds=${FOLDS:-5}
 trainer=dist/audiotext-train
 python=.venv/bin/python
-[ -x "$trainer" ] || { echo "run scripts/build.sh first" >&2; exit 1; }
+[ -x "$trainer" ] || { echo "run scripts/build.sh --trainer first" >&2; exit 1; }
 [ -f "$runs/fold0/head.safetensors" ] || { echo "$runs is missing: run scripts/compare-open-world.sh $(dirname "$runs") chosen first" >&2; exit 1; }
 mkdir -p "$out"
 

@@ -31,7 +31,7 @@ REPORT=${REPORT:-docs/comparison/results.md}
 TRAIN_FLAGS=${TRAIN_FLAGS-"--validate-every 4"}  # unset: the default; empty: no flags
 TRAINER=dist/audiotext-train
 
-[ -x "$TRAINER" ] && [ -f dist/audiotext0.so ] || { echo "run scripts/build.sh first" >&2; exit 1; }
+[ -x "$TRAINER" ] && [ -f dist/audiotext0.so ] || { echo "run scripts/build.sh --trainer first" >&2; exit 1; }
 [ -d "$DATA" ] || { echo "no dataset at $DATA (set DATA)" >&2; exit 1; }
 
 # reuse GROUP NAME SOURCE: the configuration GROUP/NAME is the same as SOURCE (a run folder

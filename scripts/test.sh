@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/build.sh
+scripts/build.sh --trainer
 scripts/python-env.sh
 
 echo "== unit tests (cargo test, every crate of the workspace)"
