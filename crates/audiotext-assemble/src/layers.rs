@@ -104,6 +104,7 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// A `Conv` node with an optional BatchNorm folded in. `pads` is ONNX's `[begin..., end...]`.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_onnx(
     g: &mut GraphBuilder,
     name: &str,
