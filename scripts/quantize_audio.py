@@ -22,7 +22,6 @@ the dataset's labels.csv (the first by file name), so every kind of sound sets t
 """
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests" / "python"
 sys.path[:0] = [str(TESTS / "audio"), str(TESTS / "helpers"), str(TESTS), str(ROOT / "python")]
 
-from sqlite_audiotext.models import quantize  # noqa: E402
+from sqlite_audiotext.models import quantize, sha256  # noqa: E402
 
 # The recipe; every field lands in the settings file, and `apply` reads them from there.
 DEFAULTS = {
@@ -57,10 +56,6 @@ DEFAULTS = {
     "extra_options": {"CalibPercentile": 99.99},
     "windows_per_clip": 4,
 }
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def calibration_clips(data, exclude):

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use audiotext_assemble::aisfx::assemble_audio_onnx;
-use audiotext_assemble::export_text::{export_text, ExportTextArgs};
+use audiotext_assemble::export_text::{export_text, ExportTextOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Export a sentence-transformers text model (BERT or MPNet family) to a model bundle folder.
-    Text(ExportTextArgs),
+    Text(ExportTextOptions),
     /// Write aiSFX's backbone with a fit-head run's head as a float32 audio.onnx.
     Audio(AudioArgs),
 }
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     match Cli::parse().command {
-        Command::Text(args) => export_text(&args.into()).map(|report| report.print()),
+        Command::Text(args) => export_text(&args).map(|report| report.print()),
         Command::Audio(args) => {
             let bytes = assemble_audio_onnx(&args.run, &args.checkpoint)?.to_bytes();
             std::fs::write(&args.out, &bytes)

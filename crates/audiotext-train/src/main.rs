@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use audiotext_train::export_text::ExportTextArgs;
+use audiotext_train::export_text::ExportTextOptions;
 use audiotext_train::{backbone, ensemble, eval, export_audio, export_text, fit, head, report};
 
 #[derive(Debug, Parser)]
@@ -43,7 +43,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Export a sentence-transformers text model (BERT or MPNet family) to a model bundle folder.
-    ExportText(ExportTextArgs),
+    ExportText(ExportTextOptions),
     /// Train the audio encoder contrastively against frozen caption embeddings.
     Fit(fit::FitArgs),
     /// Evaluate a run or a bundle: text-to-audio and audio-to-text R@1, R@5, R@10, mAP@10.
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::ExportText(args) => export_text(&args.into())?.print(),
+        Command::ExportText(args) => export_text(&args)?.print(),
         Command::Fit(args) => fit::run(args)?,
         Command::Eval(args) => eval::run(args)?,
         Command::Export(args) => export_audio::run(args)?,

@@ -268,12 +268,7 @@ impl Layer<'_> {
             Layer::Linear(l) => {
                 let w = get("weight");
                 let (o, i) = (w.shape[0], w.shape[1]);
-                let mut t = vec![0f32; w.data.len()];
-                for r in 0..o {
-                    for c in 0..i {
-                        t[c * o + r] = w.data[r * i + c];
-                    }
-                }
+                let t = audiotext_assemble::layers::transpose(&w.data, o, i);
                 l.weight =
                     Param::from_tensor(Tensor::from_data(TensorData::new(t, [i, o]), device));
                 if l.bias.is_some() {

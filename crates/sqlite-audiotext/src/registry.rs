@@ -183,8 +183,10 @@ pub fn register_default_bundle(registry: &Registry) {
         .into_iter()
         .collect();
     // Set, it is the only place looked at: a wrong path is reported, not passed over.
-    if let (true, Some(dir)) = (candidates.is_empty(), extension_dir()) {
-        candidates.extend(DEFAULT_BUNDLE_DIRS.iter().map(|d| dir.join(d)));
+    if candidates.is_empty() {
+        if let Some(dir) = extension_dir() {
+            candidates.extend(DEFAULT_BUNDLE_DIRS.iter().map(|d| dir.join(d)));
+        }
     }
     registry.lock().default_search = candidates.clone();
     if let Some(found) = candidates.iter().find(|c| {

@@ -28,42 +28,22 @@ pub use graph::*;
 /// File names inside the bundle.
 pub const TEXT_ONNX_FILE: &str = "text.onnx";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// What to export and where.
-#[derive(Debug, Clone)]
+/// What to export and where; also the command line of `export-text` (the trainer's) and
+/// `text` (the assembler's).
+#[derive(Debug, Clone, clap::Args)]
 pub struct ExportTextOptions {
-    /// A sentence-transformers folder (config.json, model.safetensors, tokenizer.json, ...).
-    pub from: PathBuf,
-    /// The bundle folder to write (created if missing).
-    pub out: PathBuf,
-    /// Optional projection head: a safetensors file with `weight` `[out, in]` and optional `bias`.
-    pub head: Option<PathBuf>,
-}
-
-/// The command line of `export-text` (the trainer's) and `text` (the assembler's).
-#[derive(Debug, clap::Args)]
-pub struct ExportTextArgs {
     /// sentence-transformers model folder (config.json, model.safetensors, tokenizer.json,
     /// sentence_bert_config.json, 1_Pooling/config.json, modules.json).
     #[arg(long = "from", value_name = "DIR")]
     pub from: PathBuf,
-    /// Bundle folder to write text.onnx, tokenizer.json and manifest.json into; an existing
-    /// manifest keeps its other sections (audio, training).
+    /// Bundle folder to write text.onnx, tokenizer.json and manifest.json into (created if
+    /// missing); an existing manifest keeps its other sections (audio, training).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Optional linear projection applied after pooling: a safetensors file with `weight`
     /// [out, in] and optional `bias` [out] (PyTorch nn.Linear layout).
     #[arg(long, value_name = "FILE")]
     pub head: Option<PathBuf>,
-}
-
-impl From<ExportTextArgs> for ExportTextOptions {
-    fn from(args: ExportTextArgs) -> ExportTextOptions {
-        ExportTextOptions {
-            from: args.from,
-            out: args.out,
-            head: args.head,
-        }
-    }
 }
 
 /// What was exported.

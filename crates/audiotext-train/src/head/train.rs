@@ -388,12 +388,7 @@ pub fn load_head(mut model: Contrastive, path: &Path, device: &Device) -> Result
                 w.shape
             );
         }
-        let mut t = vec![0f32; w.data.len()];
-        for r in 0..o {
-            for c in 0..i {
-                t[c * o + r] = w.data[r * i + c];
-            }
-        }
+        let t = audiotext_assemble::layers::transpose(&w.data, o, i);
         linear.weight = Param::from_tensor(Tensor::from_data(TensorData::new(t, [i, o]), device));
         if linear.bias.is_some() {
             let b = state
