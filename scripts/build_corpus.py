@@ -33,7 +33,9 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import wave
@@ -106,29 +108,65 @@ def fetch_deb(package, cache):
 
 
 def candidates(root, rules):
-    """(path inside the source, reader) for every audio file and every audio member of the zips
-    the rules name, in sorted order."""
-    zips = sorted({r["pattern"].split("!", 1)[0] for r in rules if "!" in r["pattern"]})
+    """(path inside the source, reader) for every audio file and every audio member of the
+    archives the rules name (zip, or OpenTTD's .cat sound sets), in sorted order."""
+    archives = sorted({r["pattern"].split("!", 1)[0] for r in rules if "!" in r["pattern"]})
     out = []
     for dirpath, _, files in os.walk(root):
         for name in files:
             p = Path(dirpath) / name
             if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not p.is_symlink():
                 out.append((p.relative_to(root).as_posix(), ("file", p)))
-    for z in zips:
-        archive = root / z
+    for a in archives:
+        archive = root / a
         if not archive.is_file():
+            continue
+        if archive.suffix == ".cat":
+            for index, (offset, size, description) in enumerate(cat_entries(archive.read_bytes())):
+                out.append((f"{a}!{index:02d} {cat_title(description)}.wav", ("cat", archive, offset, size, description)))
             continue
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if not info.is_dir() and Path(info.filename).suffix.lower() in AUDIO_EXTENSIONS:
-                    out.append((f"{z}!{info.filename}", ("zip", archive, info.filename)))
+                    out.append((f"{a}!{info.filename}", ("zip", archive, info.filename)))
     return sorted(out, key=lambda t: t[0])
+
+
+def cat_entries(data):
+    """OpenTTD's sound set (.cat): a table of (offset, size) pairs, each entry a length-prefixed
+    description (title, original file, authors, licence) followed by a RIFF WAV."""
+    count = (struct.unpack_from("<I", data, 0)[0] & 0x7FFFFFFF) // 8
+    entries = []
+    for i in range(count):
+        offset, size = struct.unpack_from("<II", data, 8 * i)
+        offset &= 0x7FFFFFFF
+        length = data[offset]
+        description = data[offset + 1: offset + 1 + length].rstrip(b"\0").decode("utf-8", "replace")
+        entries.append((offset + 1 + length, size, description))
+    return entries
+
+
+def cat_title(description):
+    """The quoted title that opens a .cat entry's description, made safe for a path."""
+    m = re.match(r'\s*"([^"]*)"', description)
+    title = m.group(1) if m else description[:40]
+    return "".join(c if c.isalnum() or c in " -" else "_" for c in title).strip()
+
+
+def cat_original(description):
+    """The first original file an OpenTTD sound was edited from: sounds cut from one original
+    are one recording."""
+    m = re.search(r'Original\s+"([^"]+)"', description, re.IGNORECASE)
+    return m.group(1) if m else None
 
 
 def source_bytes(reader):
     if reader[0] == "file":
         return reader[1].read_bytes()
+    if reader[0] == "cat":
+        with open(reader[1], "rb") as f:
+            f.seek(reader[2])
+            return f.read(reader[3])
     with zipfile.ZipFile(reader[1]) as zf:
         return zf.read(reader[2])
 
@@ -252,12 +290,17 @@ def build(args):
 
         kept = 0
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for (concept, inner, _), source_sha, written, error in pool.map(work, chosen):
+            for (concept, inner, reader), source_sha, written, error in pool.map(work, chosen):
                 if error:
                     failures.append({"source": name, "file": inner, "error": error})
                     continue
                 credit = credit_for(credits, inner)
                 recording = f"{name}:{inner}"
+                if reader[0] == "cat":
+                    # The entry credits itself: title, original, authors and their licence.
+                    credit = {"author": reader[4], "licence": s["licence"], "source_url": ""}
+                    if cat_original(reader[4]):
+                        recording = f"{name}:original:{cat_original(reader[4])}"
                 if credit and "freesound.org" in credit.get("source_url", ""):
                     # Files cut from one Freesound upload are one recording.
                     parts = [p for p in credit["source_url"].rstrip("/").split("/") if p.isdigit()]

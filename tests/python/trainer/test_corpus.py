@@ -132,3 +132,31 @@ def test_the_caption_tables_are_complete_and_apart_from_validation():
     for r in phrasings:
         per_class[r["class"]] = per_class.get(r["class"], 0) + 1
     assert len(per_class) == 50 and min(per_class.values()) >= 20
+
+
+def test_an_openttd_sound_set_is_read_inside_its_cat_file(tmp_path):
+    """OpenSFX keeps its 73 sounds inside one opensfx.cat (a table of entries, each a
+    description then a RIFF WAV). The builder reads the members the rules name, credits each
+    clip with its entry's own description, and makes sounds edited from one original one
+    recording (so they stay on one side of every split)."""
+    out = tmp_path / "opensfx"
+    r = subprocess.run(
+        [sys.executable, str(BUILDER), "--sources", "openttd-opensfx", "--max-seconds", "3",
+         "--cache", str(CACHE), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and "apt-get" in r.stderr and not (CACHE / "debs").is_dir():
+        pytest.skip(f"apt-get download openttd-opensfx failed (no Debian archive?): {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr
+    labels = {x["file_name"]: x for x in rows(out / "labels.csv")}
+    attribution = {x["file_name"]: x for x in rows(out / "attribution.csv")}
+    rules = rows(TABLES / "rules" / "openttd-opensfx.csv")
+    assert len({x["source_file"] for x in attribution.values()}) == len(rules)
+    ship = [n for n, a in attribution.items() if a["source_file"].endswith("!06 Ship horn.wav")]
+    assert len(ship) == 1 and labels[ship[0]]["concept"] == "ship_horn"
+    credit = attribution[ship[0]]["author"]
+    assert "Leon Milo" in credit and "ship2_bergen.aif" in credit
+    with wave.open(str(out / "audio" / ship[0])) as w:
+        assert (w.getnchannels(), w.getframerate()) == (1, 32000) and w.getnframes() > 32000
+    # "Steam train station departure" and "Steam engine going in tunnel" are both cut from
+    # eliasheuninck's "steam train horn 01.wav".
+    steam = {labels[n]["recording"] for n, a in attribution.items() if a["source_file"].split("!")[1][:2] in ("04", "05")}
+    assert steam == {"openttd-opensfx:original:steam train horn 01.wav"}
