@@ -13,6 +13,12 @@
 #   base       ESC-50 (+ data/esc50-training-phrasings.csv) and the corpus, every clip once an epoch
 #   chosen     the default's recipe: base + contrastive keys by class (a corpus dog is not an ESC-50
 #              dog's negative) + a 2048-wide hidden layer
+#   vehicles   chosen trained without the four vehicle and machine sources (openttd-opensfx,
+#              flightgear-data-base, torcs-data, supertuxkart-data) on the same folds and
+#              galleries: what those sources add
+#   ensemble   chosen with three heads trained from three seeds and joined into one
+#              (--ensemble 3: a 6144-wide head whose output is the three heads' mean), and one
+#              head trained 6144 wide, to tell the join from the width
 #   background chosen + foreground-on-background mixes (speech, music, rain, crowds under events)
 #   holdout    chosen + background mixes on fold 0 with five concepts never trained: what do queries
 #              for them return? (fit-head writes holdout.tsv)
@@ -55,6 +61,8 @@ fit() {
 
 # The default's recipe (models/default/run/config.json records it).
 chosen=(--class-keys --fc-dim 2048)
+# Every source but the four vehicle and machine packages added last (the `vehicles` stage).
+before_vehicles=esc50,0ad-data,hedgewars-data,lincity-ng-data,minetest-mod-sounds,sonic-pi-samples,tuxpaint-stamps-default,ufoai-sound,warzone2100-data,wesnoth-1.16-data,widelands-data
 background=(--background-mixes 3000 --background-prob 0.2)
 for stage in "${stages[@]}"; do
   mkdir -p "$runs"
@@ -62,6 +70,10 @@ for stage in "${stages[@]}"; do
     esc50) DATA_FOR=.cache/corpus/train-set-plain fit esc50-only --train-sources esc50 ;;
     base) fit base ;;
     chosen) fit chosen "${chosen[@]}" ;;
+    vehicles) fit without-vehicle-sources "${chosen[@]}" --train-sources "$before_vehicles" ;;
+    ensemble)
+      fit ensemble-3 "${chosen[@]}" --ensemble 3
+      fit one-head-6144-wide --class-keys --fc-dim 6144 ;;
     background) fit with-background-mixes "${chosen[@]}" "${background[@]}" ;;
     holdout) FOLD_LIST=0 fit holdout "${chosen[@]}" "${background[@]}" --holdout-classes "$holdout" ;;
     ablations)

@@ -2,7 +2,11 @@
 """The open-world comparison table (scripts/compare-open-world.sh summary): per recipe, the mean
 and standard error over folds of the last epoch's metrics.
 
-    scripts/open_world_summary.py RUNS_DIR
+    scripts/open_world_summary.py RUNS_DIR [--paired A B]
+
+--paired A B adds the mean and standard error of A's minus B's figure, fold by fold, over the
+folds both recipes finished (the folds and galleries are the same, so the pairs cancel the
+spread between folds).
 """
 
 import json
@@ -43,6 +47,27 @@ def cell(values):
     return f"{m:.3f} ± {se:.3f}"
 
 
+def folds_of(root, name):
+    """{fold: last-epoch metrics} of one recipe's finished folds."""
+    folder = os.path.join(root, name)
+    return {fold: last_epoch(os.path.join(folder, fold, "metrics.jsonl")) for fold in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, fold, "head.safetensors"))}
+
+
+def paired(root, a, b):
+    runs_a, runs_b = folds_of(root, a), folds_of(root, b)
+    common = sorted(set(runs_a) & set(runs_b))
+    print(f"\n{a} minus {b}, paired over {len(common)} folds ({', '.join(common)})\n")
+    print("| " + " | ".join(c[1] for c in COLUMNS) + " |")
+    print("|---" * len(COLUMNS) + "|")
+    cells = []
+    for key, _ in COLUMNS:
+        diffs = [runs_a[f][key] - runs_b[f][key] for f in common
+                 if runs_a[f].get(key) is not None and runs_b[f].get(key) is not None]
+        cells.append(cell(diffs).replace("-0.000", "0.000"))
+    print("| " + " | ".join(cells) + " |")
+
+
 def main(root):
     print("| recipe | folds | " + " | ".join(c[1] for c in COLUMNS) + " | s/fold |")
     print("|---" * (len(COLUMNS) + 3) + "|")
@@ -74,4 +99,12 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/open-world")
+    args = sys.argv[1:]
+    pair = None
+    if "--paired" in args:
+        i = args.index("--paired")
+        pair, args = args[i + 1: i + 3], args[:i] + args[i + 3:]
+    root = args[0] if args else "runs/open-world"
+    main(root)
+    if pair:
+        paired(root, *pair)

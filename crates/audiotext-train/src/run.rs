@@ -339,6 +339,18 @@ pub struct Sampling {
     pub captions_per_step: usize,
     #[serde(default)]
     pub class_keys: bool,
+    /// Heads trained apart, one seed each, and joined into one head `ensemble` times as wide
+    /// (`fit-head --ensemble`); the model's `fc_dim` is the joined width.
+    #[serde(default = "one_head", skip_serializing_if = "is_one_head")]
+    pub ensemble: usize,
+}
+
+fn one_head() -> usize {
+    1
+}
+
+fn is_one_head(n: &usize) -> bool {
+    *n == 1
 }
 
 impl Default for Sampling {
@@ -351,6 +363,7 @@ impl Default for Sampling {
             background_prob: 0.0,
             captions_per_step: 1,
             class_keys: false,
+            ensemble: 1,
         }
     }
 }

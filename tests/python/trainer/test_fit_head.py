@@ -434,3 +434,41 @@ def test_specaug_run_reports_its_copy(work, tmp_path):
     assert int(copy.group(1)) == 6  # the training clips
     assert "specaug copy 2" not in result.stdout
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_an_ensemble_run_joins_its_heads_into_one_the_extension_runs(work, tmp_path):
+    """--ensemble 2: two heads trained from seeds 0 and 1 in heads/0 and heads/1, joined into one
+    head twice as wide whose last validation is the run's last metrics line; its export, through
+    audio_embed and text_embed, gives that line's class P@1 and mAP@10 again."""
+    out = tmp_path / "run"
+    result = fit_head(work["data"], work["cache"], out, "--folds", 2, "--fold", 0, "--queries", work["queries"],
+                      "--epochs", 2, "--ensemble", 2)
+    assert "head 1 of 2 (seed 0)" in result.stdout and "head 2 of 2 (seed 1)" in result.stdout
+    assert re.search(r"^joined 2 heads: ", result.stdout, re.M), result.stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["head"]["sampling"]["ensemble"] == 2 and config["model"]["encoder"]["fc_dim"] == 1024
+    head = safetensors_numpy.load_file(str(out / "head.safetensors"))
+    assert head["fc.weight"].shape == (1024, 512) and head["proj.weight"].shape[1] == 1024
+    members = [[json.loads(x) for x in (out / "heads" / k / "metrics.jsonl").read_text().splitlines()] for k in "01"]
+    assert all(len(m) == 2 for m in members) and not list((out / "heads").glob("*/head.safetensors"))
+    assert members[0][-1]["train_loss"] != members[1][-1]["train_loss"], "the seeds should differ"
+    joined = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(joined) == 1 and joined[0]["epoch"] == 2
+    bundle = tmp_path / "bundle"
+    trainer("export", "--run", out, "--out", bundle, "--checkpoint", "last", "--cache", work["cache"], timeout=600)
+    conn = open_connection()
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('joined', ?)", (str(bundle),))
+    files = config["data"]["validation_files"]
+    clips = np.array([vec(conn.execute("SELECT audio_embed('joined', ?)", (str(work["data"] / "audio" / f),)).fetchone()[0])
+                      for f in files])
+    queries = np.array([vec(conn.execute("SELECT text_embed('joined', ?)", (q,)).fetchone()[0]) for _, q in QUERIES])
+    classes = sorted(CAPTIONS)
+    p1, _, map10 = class_retrieval(queries @ clips.T, [classes.index(c) for c, _ in QUERIES],
+                                   [classes.index(CLIPS[f.removesuffix(".wav")][0]) for f in files])
+    assert (p1, map10) == pytest.approx((joined[0]["class_p1"], joined[0]["class_map10"]), abs=1e-9)
+    conn.close()
+
+
+def test_refuses_an_ensemble_of_no_heads(work, tmp_path):
+    result = fit_head(work["data"], work["cache"], tmp_path / "run", "--ensemble", 0, check=False)
+    assert result.returncode != 0 and "--ensemble" in result.stderr

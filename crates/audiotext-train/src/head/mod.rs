@@ -31,11 +31,11 @@ use crate::embed::{caption_embeddings, CaptionEmbeddings};
 use crate::fit::{caption_set_key, read_license};
 use crate::loss::LossSpec;
 use crate::mix::{draw_background_pool, draw_pool, Mix, MixOptions};
-use crate::model::ContrastiveConfig;
+use crate::model::{ContrastiveConfig, EncoderConfig};
 use crate::run::{DataInfo, Fold, RunConfig, SkippedFile, TrainOptions};
 use crate::split::{fnv1a, fold_by_group, SplitMix64};
 use frozen::{FrozenBackbone, Item};
-use train::{source_weights, train_head, Draws, Row};
+use train::{source_weights, train_heads, Draws, Row};
 use validation::{write_holdout_report, Validation, HOLDOUT_FILE, REFERENCE_SOURCE};
 
 pub use crate::run::{HeadRun, Sampling};
@@ -153,6 +153,10 @@ pub struct FitHeadArgs {
     pub loss: LossSpec,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Train this many heads apart (seeds --seed, --seed+1, ...) and join them into one head
+    /// whose output is their outputs' mean: --ensemble times as wide, the same graph.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub ensemble: usize,
     /// Validate after every N-th epoch and after the last.
     #[arg(long, default_value_t = 5)]
     pub validate_every: usize,
@@ -176,6 +180,9 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
             "{} already holds a run; pick another --out",
             args.out.display()
         );
+    }
+    if args.ensemble == 0 {
+        bail!("--ensemble 0: train one head or more (--ensemble 1 is a single head)");
     }
     let cache_root = args.cache.clone().unwrap_or_else(default_cache_dir);
     let set = Dataset::open(&args.data, &Layout::Generic)?;
@@ -227,7 +234,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
             args.source_balance,
         ),
     };
-    let (logs, model) = train_head(&config, &rows, &draws, &validation_set, &args.out)?;
+    let (logs, model) = train_heads(&config, &rows, &draws, &validation_set, &args.out)?;
     if !args.holdout_classes.is_empty() && !validation_set.items.is_empty() {
         let path = args.out.join(HOLDOUT_FILE);
         write_holdout_report(
@@ -570,7 +577,10 @@ fn run_config(
     RunConfig {
         format_version: crate::run::RUN_FORMAT_VERSION,
         model: ContrastiveConfig {
-            encoder: backbone.encoder.clone(),
+            encoder: EncoderConfig {
+                fc_dim: backbone.encoder.fc_dim * args.ensemble,
+                ..backbone.encoder.clone()
+            },
             text_head: false,
             temperature: args.temperature,
             learn_temperature: !args.fixed_temperature,
@@ -638,6 +648,7 @@ fn run_config(
                 background_prob: args.background_prob,
                 captions_per_step: args.captions_per_step,
                 class_keys: args.class_keys,
+                ensemble: args.ensemble,
             },
         }),
     }

@@ -223,6 +223,120 @@ pub(super) fn train_head(
     Ok((logs, model.valid()))
 }
 
+/// `fit-head --ensemble K`: K heads trained apart, each from its own seed (the run's seed, then
+/// the next ones), in `heads/<k>/` of the run, then joined into one head (see [`join_heads`])
+/// that the run keeps, validated as the last line of its metrics. One head is trained as it is.
+pub(super) fn train_heads(
+    config: &RunConfig,
+    rows: &[Row],
+    draws: &Draws,
+    validation: &Validation,
+    run_dir: &Path,
+) -> Result<(Vec<EpochLog>, Contrastive)> {
+    let members = config.head.as_ref().map_or(1, |h| h.sampling.ensemble);
+    if members <= 1 {
+        return train_head(config, rows, draws, validation, run_dir);
+    }
+    let mut member = config.clone();
+    member.model.encoder.fc_dim = config.model.encoder.fc_dim / members;
+    let (mut heads, mut last_logs) = (Vec::new(), Vec::new());
+    for k in 0..members {
+        member.train.seed = config.train.seed.wrapping_add(k as u64);
+        println!("head {} of {members} (seed {})", k + 1, member.train.seed);
+        let dir = run_dir.join("heads").join(k.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let (logs, head) = train_head(&member, rows, draws, validation, &dir)?;
+        // The joined head holds every member's weights exactly: their own files would be copies.
+        std::fs::remove_file(dir.join(HEAD_FILE))?;
+        if k == 0 {
+            if let Err(e) = crate::plot::write_plots(run_dir, &logs) {
+                eprintln!("warning: cannot draw the plots: {e:#}");
+            }
+        }
+        last_logs.push(logs.last().cloned().unwrap_or_default());
+        heads.push(head);
+    }
+    let joined = join_heads(&heads);
+    let t = &config.train;
+    let mut log = EpochLog {
+        epoch: t.epochs,
+        steps: last_logs.iter().map(|l| l.steps).sum(),
+        train_loss: last_logs.iter().map(|l| l.train_loss).sum::<f64>() / members as f64,
+        temperature: joined.temperature(config.model.temperature),
+        lr: last_logs[0].lr,
+        ..Default::default()
+    };
+    if !validation.items.is_empty() {
+        validate(
+            &joined,
+            validation,
+            config.model.encoder.pooled_dim(),
+            &mut log,
+        );
+    }
+    let metrics = run_dir.join(crate::run::METRICS_FILE);
+    std::fs::write(&metrics, serde_json::to_string(&log)? + "\n")
+        .with_context(|| format!("cannot write {}", metrics.display()))?;
+    println!("joined {members} heads: {}", epoch_line(&log, t.epochs));
+    save_head(&joined, &run_dir.join(HEAD_FILE))?;
+    let state = CheckpointState {
+        epoch: t.epochs,
+        step: last_logs[0].steps * t.epochs,
+        best_epoch: None,
+        best_map10: None,
+    };
+    let dir = run_dir.join(crate::run::CHECKPOINT_DIR);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("last.json"),
+        serde_json::to_string_pretty(&state)? + "\n",
+    )?;
+    Ok((vec![log], joined))
+}
+
+/// Heads of one shape joined into one whose output, before the L2 norm, is the mean of theirs:
+/// the hidden layers side by side (their `fc` rows stacked), and `proj` taking each hidden
+/// layer's share divided by the count. ReLU acts unit by unit, so the join is exact.
+pub(super) fn join_heads(heads: &[Contrastive]) -> Contrastive {
+    let count = heads.len() as f32;
+    let mut joined = heads[0].clone();
+    let fc = &mut joined.audio.fc;
+    fc.weight = Param::from_tensor(Tensor::cat(
+        heads.iter().map(|h| h.audio.fc.weight.val()).collect(),
+        1,
+    ));
+    fc.bias = heads[0].audio.fc.bias.as_ref().map(|_| {
+        Param::from_tensor(Tensor::cat(
+            heads
+                .iter()
+                .filter_map(|h| h.audio.fc.bias.as_ref().map(|b| b.val()))
+                .collect(),
+            0,
+        ))
+    });
+    let proj = &mut joined.audio.proj;
+    proj.weight = Param::from_tensor(
+        Tensor::cat(heads.iter().map(|h| h.audio.proj.weight.val()).collect(), 0).div_scalar(count),
+    );
+    proj.bias = heads[0].audio.proj.bias.as_ref().map(|_| {
+        let sum = heads
+            .iter()
+            .filter_map(|h| h.audio.proj.bias.as_ref().map(|b| b.val()))
+            .reduce(|a, b| a + b)
+            .expect("one head or more");
+        Param::from_tensor(sum.div_scalar(count))
+    });
+    joined.log_scale = heads[0].log_scale.as_ref().map(|_| {
+        let sum = heads
+            .iter()
+            .filter_map(|h| h.log_scale.as_ref().map(|s| s.val()))
+            .reduce(|a, b| a + b)
+            .expect("one head or more");
+        Param::from_tensor(sum.div_scalar(count))
+    });
+    joined
+}
+
 /// One epoch of steps: the rows in a seeded order (or drawn by their weights), each step's
 /// rows sometimes swapped for a mix, one version and one caption target drawn per row.
 /// Returns the model, the sum of the losses, the steps taken and the last learning rate.
@@ -414,6 +528,61 @@ pub fn load_head(mut model: Contrastive, path: &Path, device: &Device) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_heads_give_the_mean_of_their_outputs_before_the_norm() {
+        use crate::model::{ContrastiveConfig, EncoderConfig};
+        use burn::tensor::{activation::relu, Distribution};
+        let encoder = EncoderConfig::cnn10(16, 8).with_width(4);
+        let config = ContrastiveConfig {
+            encoder: EncoderConfig {
+                fc_dim: 6,
+                ..encoder
+            },
+            text_head: false,
+            temperature: 0.05,
+            learn_temperature: true,
+        };
+        let device = Device::flex();
+        let heads: Vec<Contrastive> = (0..3)
+            .map(|k| {
+                device.seed(10 + k);
+                config.init(&device)
+            })
+            .collect();
+        let joined = join_heads(&heads);
+        assert_eq!(
+            joined.audio.fc.weight.val().dims(),
+            [config.encoder.pooled_dim(), 18]
+        );
+        assert_eq!(joined.audio.proj.weight.val().dims(), [18, 8]);
+        let x = Tensor::<2>::random(
+            [5, config.encoder.pooled_dim()],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let out = |h: &Contrastive| h.audio.proj.forward(relu(h.audio.fc.forward(x.clone())));
+        let mean = heads
+            .iter()
+            .map(out)
+            .reduce(|a, b| a + b)
+            .unwrap()
+            .div_scalar(3.0);
+        let (want, got) = (to_vec(mean), to_vec(out(&joined)));
+        assert!(
+            want.iter().any(|v| v.abs() > 1e-3),
+            "the heads' outputs should not be all zero"
+        );
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "joined head differs from the members' mean by {worst}"
+        );
+    }
 
     #[test]
     fn source_weights_share_an_epoch_by_a_power_of_the_counts() {
