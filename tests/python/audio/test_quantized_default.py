@@ -69,7 +69,10 @@ def test_the_default_is_its_float32_twin_quantized():
     int8 = sorted(t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.name.endswith("weight_quantized"))
     assert len(int8) == 8, int8  # the eight convolutions' weights; the head's MatMuls stay float32
     assert not any(n.op_type == "MatMul" and any(i.endswith("_quantized") for i in n.input) for n in graph.node)
-    assert (DEFAULT_BUNDLE / "audio.onnx").stat().st_size < 0.6 * (TWIN / "audio.onnx").stat().st_size
+    # The convolutions' float32 weights shrink to a quarter; the float32 head is the same bytes.
+    conv_values = sum(int(np.prod(t.dims)) for t in graph.initializer if t.name in set(int8))
+    saved = (TWIN / "audio.onnx").stat().st_size - (DEFAULT_BUNDLE / "audio.onnx").stat().st_size
+    assert conv_values > 4_000_000 and saved > 0.95 * 3 * conv_values, (saved, conv_values)
 
 
 def test_int8_embeddings_match_float32_on_real_sounds(recordings):
