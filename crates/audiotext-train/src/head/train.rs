@@ -205,18 +205,7 @@ pub(super) fn train_head(
         logs.push(log);
     }
     save_head(&model.valid(), &run_dir.join(HEAD_FILE))?;
-    let state = CheckpointState {
-        epoch: t.epochs,
-        step: schedule.step,
-        best_epoch: None,
-        best_map10: None,
-    };
-    let dir = run_dir.join(crate::run::CHECKPOINT_DIR);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("last.json"),
-        serde_json::to_string_pretty(&state)? + "\n",
-    )?;
+    write_last_checkpoint(run_dir, t.epochs, schedule.step)?;
     if let Err(e) = crate::plot::write_plots(run_dir, &logs) {
         eprintln!("warning: cannot draw the plots: {e:#}");
     }
@@ -279,9 +268,15 @@ pub(super) fn train_heads(
         .with_context(|| format!("cannot write {}", metrics.display()))?;
     println!("joined {members} heads: {}", epoch_line(&log, t.epochs));
     save_head(&joined, &run_dir.join(HEAD_FILE))?;
+    write_last_checkpoint(run_dir, t.epochs, last_logs[0].steps * t.epochs)?;
+    Ok((vec![log], joined))
+}
+
+/// `checkpoints/last.json`: the head file holds the last epoch's weights (`export --checkpoint last`).
+fn write_last_checkpoint(run_dir: &Path, epochs: usize, step: usize) -> Result<()> {
     let state = CheckpointState {
-        epoch: t.epochs,
-        step: last_logs[0].steps * t.epochs,
+        epoch: epochs,
+        step,
         best_epoch: None,
         best_map10: None,
     };
@@ -291,7 +286,7 @@ pub(super) fn train_heads(
         dir.join("last.json"),
         serde_json::to_string_pretty(&state)? + "\n",
     )?;
-    Ok((vec![log], joined))
+    Ok(())
 }
 
 /// Heads of one shape joined into one whose output, before the L2 norm, is the mean of theirs:
