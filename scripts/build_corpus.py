@@ -299,8 +299,9 @@ def build(args):
                 if reader[0] == "cat":
                     # The entry credits itself: title, original, authors and their licence.
                     credit = {"author": reader[4], "licence": s["licence"], "source_url": ""}
-                    if cat_original(reader[4]):
-                        recording = f"{name}:original:{cat_original(reader[4])}"
+                    original = cat_original(reader[4])
+                    if original:
+                        recording = f"{name}:original:{original}"
                 if credit and "freesound.org" in credit.get("source_url", ""):
                     # Files cut from one Freesound upload are one recording.
                     parts = [p for p in credit["source_url"].rstrip("/").split("/") if p.isdigit()]

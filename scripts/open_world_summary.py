@@ -75,17 +75,12 @@ def main(root):
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
             continue
-        rows, seconds = [], []
-        for fold in sorted(os.listdir(folder)):
-            run = os.path.join(folder, fold)
-            if not os.path.isfile(os.path.join(run, "head.safetensors")):
-                continue
-            rows.append(last_epoch(os.path.join(run, "metrics.jsonl")))
-            t = os.path.join(run, "time.txt")
-            if os.path.isfile(t):
-                seconds.append(float(open(t).read().split()[0]))
-        if not rows:
+        runs = folds_of(root, name)
+        if not runs:
             continue
+        rows = list(runs.values())
+        times = [os.path.join(folder, fold, "time.txt") for fold in runs]
+        seconds = [float(open(t).read().split()[0]) for t in times if os.path.isfile(t)]
         cells = [cell([r.get(k) for r in rows]) for k, _ in COLUMNS]
         s = f"{sum(seconds) / len(seconds):.0f}" if seconds else ""
         print(f"| {name} | {len(rows)} | " + " | ".join(cells) + f" | {s} |")
