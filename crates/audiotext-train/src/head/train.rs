@@ -313,23 +313,19 @@ pub(super) fn join_heads(heads: &[Contrastive]) -> Contrastive {
     proj.weight = Param::from_tensor(
         Tensor::cat(heads.iter().map(|h| h.audio.proj.weight.val()).collect(), 0).div_scalar(count),
     );
-    proj.bias = heads[0].audio.proj.bias.as_ref().map(|_| {
-        let sum = heads
-            .iter()
-            .filter_map(|h| h.audio.proj.bias.as_ref().map(|b| b.val()))
-            .reduce(|a, b| a + b)
-            .expect("one head or more");
-        Param::from_tensor(sum.div_scalar(count))
-    });
-    joined.log_scale = heads[0].log_scale.as_ref().map(|_| {
-        let sum = heads
-            .iter()
-            .filter_map(|h| h.log_scale.as_ref().map(|s| s.val()))
-            .reduce(|a, b| a + b)
-            .expect("one head or more");
-        Param::from_tensor(sum.div_scalar(count))
-    });
+    proj.bias = mean_param(heads.iter().map(|h| h.audio.proj.bias.as_ref()));
+    joined.log_scale = mean_param(heads.iter().map(|h| h.log_scale.as_ref()));
     joined
+}
+
+/// The mean of one optional vector parameter over heads of one shape (absent in all or none).
+fn mean_param<'a>(
+    params: impl Iterator<Item = Option<&'a Param<Tensor<1>>>>,
+) -> Option<Param<Tensor<1>>> {
+    let values: Vec<Tensor<1>> = params.flatten().map(|p| p.val()).collect();
+    let count = values.len() as f32;
+    let sum = values.into_iter().reduce(|a, b| a + b)?;
+    Some(Param::from_tensor(sum.div_scalar(count)))
 }
 
 /// One epoch of steps: the rows in a seeded order (or drawn by their weights), each step's
