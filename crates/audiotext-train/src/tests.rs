@@ -117,6 +117,7 @@ fn fake_text_bundle(dir: &Path) -> Manifest {
             attention_mask: "attention_mask".into(),
             output: "embedding".into(),
             source: None,
+            centre: None,
         }),
         audio: None,
         training: None,

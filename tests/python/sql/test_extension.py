@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import make_audio as ma
 from conftest import DEFAULT_BUNDLE, DIST, EXTENSION, ROOT, open_connection
 
 # Everything one `.load` adds: ours, then sqlite-vec's.
@@ -298,6 +299,59 @@ def test_manifest_of_another_format_version(conn, tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(sqlite3.OperationalError, match="format_version 99, while this build reads format_version 1"):
         conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('future', ?)", (str(bundle),))
+
+
+def plain_bundle(tmp_path, name="plain"):
+    """A copy of the default bundle without its text centre: MiniLM's own embeddings."""
+    bundle = copy_bundle(tmp_path, name)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["text"].pop("centre", None)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_a_text_centre_moves_every_text_embedding_off_it(conn, tmp_path):
+    """text.centre in the manifest: text_embed is the text network's embedding minus the centre,
+    normalised again, and audio_text_score ranks by it; audio embeddings do not change."""
+    plain = plain_bundle(tmp_path)
+    centred = copy_bundle(tmp_path, "centred")
+    manifest = json.loads((centred / "manifest.json").read_text())
+    rng = np.random.default_rng(7)
+    centre = rng.normal(size=manifest["embedding_dim"])
+    centre *= 0.4 / np.linalg.norm(centre)
+    manifest["text"]["centre"] = [float(np.float32(v)) for v in centre]
+    (centred / "manifest.json").write_text(json.dumps(manifest))
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('plain', ?), ('centred', ?)",
+                 (str(plain), str(centred)))
+    for text in ["a dog barks twice", "rain on a tin roof", ""]:
+        raw = vector(conn.execute("SELECT text_embed('plain', ?)", (text,)).fetchone()[0]).astype(np.float64)
+        got = vector(conn.execute("SELECT text_embed('centred', ?)", (text,)).fetchone()[0])
+        expected = raw - np.float32(centre)
+        expected /= np.linalg.norm(expected)
+        assert np.abs(got - expected).max() < 1e-6, text
+        assert abs(np.linalg.norm(got) - 1) < 1e-6
+    clip = str(tmp_path / "tone.wav")
+    ma.write_wav(clip, ma.sine(440, 16000, 2.0), 16000)
+    audio_plain, audio_centred, score = conn.execute(
+        "SELECT audio_embed('plain', ?1), audio_embed('centred', ?1), audio_text_score('centred', audio_embed('centred', ?1), 'a dog barks')",
+        (clip,)).fetchone()
+    assert audio_plain == audio_centred
+    query = vector(conn.execute("SELECT text_embed('centred', 'a dog barks')").fetchone()[0])
+    assert score == pytest.approx(float(vector(audio_centred) @ query), abs=1e-6)
+
+
+@pytest.mark.parametrize("centre, message", [
+    ([0.1, 0.2, 0.3], r"text.centre has 3 values but embedding_dim is 384; re-export the bundle, or delete text.centre"),
+    ([0.06] * 384, r"text.centre has norm 1.1\d*, which must be finite and under 0.9"),
+])
+def test_a_bad_text_centre_is_refused_when_the_model_is_registered(conn, tmp_path, centre, message):
+    bundle = copy_bundle(tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["text"]["centre"] = centre
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(sqlite3.OperationalError, match=message):
+        conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('bad', ?)", (str(bundle),))
+    assert_usable(conn)
 
 
 # --- failures that need a fresh process ---------------------------------------------------------

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 
 use audiotext_core::model::manifest::{
-    Manifest, TextSection, MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
+    sha256_file, Manifest, TextSection, MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
 };
 
 use crate::weights::Weights;
@@ -241,6 +241,13 @@ pub fn export_text(options: &ExportTextOptions) -> Result<ExportTextReport> {
         )
     })?;
 
+    // A centre (fit-head --text-centre) belongs to the network's output space: it stays when the
+    // same network is exported again (set-up does that on a fresh clone), and goes otherwise.
+    let centre = existing.as_ref().and_then(|m| {
+        let same_network = m.files.get(TEXT_ONNX_FILE).map(String::as_str)
+            == Some(sha256_file(&onnx_path).ok()?.as_str());
+        m.text.as_ref()?.centre.clone().filter(|_| same_network)
+    });
     let text = TextSection {
         onnx: TEXT_ONNX_FILE.to_string(),
         tokenizer: TOKENIZER_FILE.to_string(),
@@ -250,6 +257,7 @@ pub fn export_text(options: &ExportTextOptions) -> Result<ExportTextReport> {
         attention_mask: "attention_mask".to_string(),
         output: "embedding".to_string(),
         source: Some(source),
+        centre,
     };
     let kept = existing.is_some();
     let mut manifest = match existing {

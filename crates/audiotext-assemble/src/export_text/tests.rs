@@ -469,6 +469,30 @@ fn applies_a_head_and_keeps_an_existing_audio_section() {
 }
 
 #[test]
+fn a_text_centre_stays_with_its_network_and_goes_with_another() {
+    let src = TempDir::new("src");
+    let other = TempDir::new("other");
+    let out = TempDir::new("out");
+    tiny_model(&src.0, "", json!({}));
+    tiny_model(&other.0, "", json!({"layer_norm_eps": 1e-6}));
+    export_text(&options(&src.0, &out.0)).unwrap();
+    let mut manifest = Manifest::read(&out.0).unwrap();
+    let centre: Vec<f32> = (0..H).map(|i| 0.01 * i as f32).collect();
+    manifest.text.as_mut().unwrap().centre = Some(centre.clone());
+    manifest.write(&out.0).unwrap();
+
+    // The same network again (what set-up does on a fresh clone): the centre is kept.
+    export_text(&options(&src.0, &out.0)).unwrap();
+    let again = Manifest::read(&out.0).unwrap();
+    assert_eq!(again.text.unwrap().centre, Some(centre));
+
+    // Another network: the centre was of the first one's space, and goes.
+    export_text(&options(&other.0, &out.0)).unwrap();
+    let replaced = Manifest::read(&out.0).unwrap();
+    assert_eq!(replaced.text.unwrap().centre, None);
+}
+
+#[test]
 fn refuses_unsupported_models_with_a_fix() {
     let cases = [
         // BERT weights under an MPNet config.

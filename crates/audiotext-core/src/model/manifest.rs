@@ -66,6 +66,12 @@ pub struct TextSection {
     /// Description of the source model (architecture, path, projection head), for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<serde_json::Value>,
+    /// A vector subtracted from every text embedding, which is then L2-normalised again
+    /// (`embedding_dim` values, norm under 1, so the difference is never zero). It removes the
+    /// direction all texts share, which otherwise favours clips that lie along it whatever the
+    /// query says (hub clips); `fit-head --text-centre` computes it from the training captions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centre: Option<Vec<f32>>,
 }
 
 /// How to run the audio encoder.
@@ -173,6 +179,9 @@ impl Manifest {
                     text.max_tokens
                 ));
             }
+            if let Some(centre) = &text.centre {
+                validate_centre(centre, self.embedding_dim)?;
+            }
         }
         Ok(())
     }
@@ -257,6 +266,31 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
+/// A text centre must fit the embeddings and leave every unit vector a non-zero difference.
+pub fn validate_centre(centre: &[f32], embedding_dim: usize) -> std::result::Result<(), String> {
+    if centre.len() != embedding_dim {
+        return Err(format!(
+            "text.centre has {} values but embedding_dim is {embedding_dim}; re-export the bundle, or delete text.centre",
+            centre.len()
+        ));
+    }
+    let norm = centre
+        .iter()
+        .map(|v| f64::from(*v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if !norm.is_finite() || norm >= MAX_CENTRE_NORM {
+        return Err(format!(
+            "text.centre has norm {norm}, which must be finite and under {MAX_CENTRE_NORM} (a unit embedding minus it could vanish); re-export the bundle with a smaller --text-centre, or delete text.centre"
+        ));
+    }
+    Ok(())
+}
+
+/// Above this, `embedding - centre` of a unit embedding could come too close to zero to
+/// normalise meaningfully (its norm is at least `1 - |centre|`).
+pub const MAX_CENTRE_NORM: f64 = 0.9;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +314,7 @@ mod tests {
                 attention_mask: default_attention_mask(),
                 output: default_output(),
                 source: None,
+                centre: None,
             }),
             audio: None,
             training: None,
@@ -310,6 +345,33 @@ mod tests {
         let mut json = serde_json::to_string_pretty(&manifest).unwrap();
         json.push('\n');
         assert_eq!(json, bytes);
+    }
+
+    #[test]
+    fn a_text_centre_must_fit_the_embeddings_and_stay_short() {
+        assert!(validate_centre(&[0.3, 0.0, 0.4], 3).is_ok());
+        let e = validate_centre(&[0.3, 0.4], 3).unwrap_err();
+        assert!(
+            e.contains("text.centre has 2 values but embedding_dim is 3"),
+            "{e}"
+        );
+        let e = validate_centre(&[0.6, 0.8, 0.0], 3).unwrap_err();
+        assert!(e.contains("norm 1") && e.contains("under 0.9"), "{e}");
+        assert!(validate_centre(&[f32::NAN, 0.0, 0.0], 3).is_err());
+        assert!(validate_centre(&[f32::INFINITY, 0.0, 0.0], 3).is_err());
+        // Manifest::read refuses a bundle that carries a bad one.
+        let input = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/default/manifest.json"
+        ))
+        .unwrap();
+        let mut manifest = Manifest::parse(input.as_bytes(), "m").unwrap();
+        manifest.text.as_mut().unwrap().centre = Some(vec![0.5; 3]);
+        let broken = serde_json::to_string(&manifest).unwrap();
+        let e = Manifest::parse(broken.as_bytes(), "m")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("text.centre has 3 values"), "{e}");
     }
 
     #[test]

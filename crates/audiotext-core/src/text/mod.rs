@@ -86,8 +86,21 @@ impl TextEncoder {
         }
     }
 
-    /// Embeds a batch of texts; each result is L2-normalised and `embedding_dim` long.
+    /// Embeds a batch of texts as the bundle defines them; each result is L2-normalised and
+    /// `embedding_dim` long: `text.onnx`'s output, moved off the manifest's `centre` (if any).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut vectors = self.embed_network(texts)?;
+        if let Some(centre) = &self.section.centre {
+            for v in &mut vectors {
+                subtract_centre(v, centre);
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// `text.onnx`'s own output, before any centre: what a trainer fits audio to, and what a
+    /// centre is computed from.
+    pub fn embed_network(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -121,6 +134,18 @@ impl TextEncoder {
             batch,
             self.embedding_dim,
         )
+    }
+}
+
+/// `v - centre`, L2-normalised again (as the text graph normalises: by `max(|x|, 1e-12)`, so a
+/// vector that vanishes stays zero rather than becoming NaN).
+pub fn subtract_centre(v: &mut [f32], centre: &[f32]) {
+    for (x, c) in v.iter_mut().zip(centre) {
+        *x -= c;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    for x in v.iter_mut() {
+        *x /= norm;
     }
 }
 
@@ -169,7 +194,22 @@ pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_at_whitespace;
+    use super::{prefix_at_whitespace, subtract_centre};
+
+    #[test]
+    fn a_centred_embedding_is_the_normalised_difference() {
+        let mut v = vec![0.6, 0.8, 0.0];
+        subtract_centre(&mut v, &[0.3, 0.0, 0.4]);
+        let expected = [0.3f32, 0.8, -0.4];
+        let norm = expected.iter().map(|x| x * x).sum::<f32>().sqrt();
+        for (got, want) in v.iter().zip(expected) {
+            assert!((got - want / norm).abs() < 1e-6, "{v:?}");
+        }
+        // Subtracting the vector itself leaves zeros, not NaN.
+        let mut same = vec![0.6, 0.8];
+        subtract_centre(&mut same, &[0.6, 0.8]);
+        assert_eq!(same, vec![0.0, 0.0]);
+    }
 
     #[test]
     fn prefixes_end_at_whitespace_and_char_boundaries() {

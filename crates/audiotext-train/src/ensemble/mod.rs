@@ -322,6 +322,11 @@ fn load_member(index: usize, dir: &Path) -> Result<Member> {
     let text = manifest.text.clone().with_context(|| {
         format!("{label} has no text encoder; every member of an ensemble needs text and audio encoders (add one with `audiotext-train export-text --out {}`)", canonical.display())
     })?;
+    if text.centre.is_some() {
+        // The ensemble's text graph joins the members' raw text.onnx outputs; a member's centre
+        // lives outside its graph and has no place in theirs.
+        bail!("{label} has a text centre (text.centre in its manifest, from fit-head --text-centre), which an ensemble cannot carry; export that member without --text-centre");
+    }
     let audio = manifest.audio.clone().with_context(|| {
         format!("{label} has no audio encoder; every member of an ensemble needs text and audio encoders (add one with `audiotext-train export --out {}`)", canonical.display())
     })?;
@@ -575,6 +580,7 @@ fn ensemble_manifest(
             attention_mask: first.text.attention_mask.clone(),
             output: OUTPUT_NAME.into(),
             source: Some(text_source),
+            centre: None,
         }),
         audio: Some(AudioSection {
             onnx: AUDIO_ONNX_FILE.into(),

@@ -211,6 +211,7 @@ impl<'a> MemberSpec<'a> {
                 attention_mask: "attention_mask".into(),
                 output: "embedding".into(),
                 source: None,
+                centre: None,
             }),
             audio: Some(AudioSection {
                 onnx: "audio.onnx".into(),
