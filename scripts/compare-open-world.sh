@@ -19,6 +19,8 @@
 #   ensemble   chosen with three heads trained from three seeds and joined into one
 #              (--ensemble 3: a 6144-wide head whose output is the three heads' mean), and one
 #              head trained 6144 wide, to tell the join from the width
+#   centre     ensemble-3 with its queries centred (--text-centre 0.5: each query's embedding
+#              minus half the training captions' mean, normalised again); training is unchanged
 #   background chosen + foreground-on-background mixes (speech, music, rain, crowds under events)
 #   holdout    chosen + background mixes on fold 0 with five concepts never trained: what do queries
 #              for them return? (fit-head writes holdout.tsv)
@@ -74,6 +76,7 @@ for stage in "${stages[@]}"; do
     ensemble)
       fit ensemble-3 "${chosen[@]}" --ensemble 3
       fit one-head-6144-wide --class-keys --fc-dim 6144 ;;
+    centre) fit ensemble-3-text-centre "${chosen[@]}" --ensemble 3 --text-centre 0.5 ;;
     background) fit with-background-mixes "${chosen[@]}" "${background[@]}" ;;
     holdout) FOLD_LIST=0 fit holdout "${chosen[@]}" "${background[@]}" --holdout-classes "$holdout" ;;
     ablations)

@@ -30,7 +30,9 @@ pub fn text_dim(bundle_dir: &Path) -> Result<usize> {
     Ok(bundle.manifest.embedding_dim)
 }
 
-/// Embeds `texts` (duplicates allowed) with the text encoder of the bundle at `bundle_dir`.
+/// Embeds `texts` (duplicates allowed) with the text network of the bundle at `bundle_dir`:
+/// `text.onnx`'s output, before the bundle's text centre, which training fits to (a run's own
+/// centre, `fit-head --text-centre`, applies to queries only).
 pub fn caption_embeddings(
     bundle_dir: &Path,
     texts: &[&str],
@@ -50,7 +52,7 @@ pub fn caption_embeddings(
             .with_style(bar_style("captions"))
             .with_message("embedding captions");
         for chunk in missing.chunks(TEXT_BATCH) {
-            let vectors = encoder.embed(chunk)?;
+            let vectors = encoder.embed_network(chunk)?;
             for (text, v) in chunk.iter().zip(vectors) {
                 cache.insert(text, v);
             }

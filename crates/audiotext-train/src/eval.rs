@@ -440,8 +440,20 @@ fn bundle_embeddings(
     cache_root: Option<&Path>,
 ) -> Result<(Embeddings, Embeddings)> {
     let e = caption_embeddings(bundle_dir, texts, cache_root, args.ort.as_deref())?;
-    let text: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
-    let audio_section = Manifest::read(bundle_dir)?
+    let manifest = Manifest::read(bundle_dir)?;
+    // The cache holds the text network's output; the bundle's queries are moved off its centre.
+    let centre = manifest.text.as_ref().and_then(|t| t.centre.as_deref());
+    let text: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| {
+            let mut v = e.by_text[*t].clone();
+            if let Some(centre) = centre {
+                audiotext_core::text::subtract_centre(&mut v, centre);
+            }
+            v
+        })
+        .collect();
+    let audio_section = manifest
         .audio
         .context("the bundle has no audio encoder (no audio section in its manifest)")?;
     let bar = ProgressBar::new(paths.len() as u64)

@@ -410,6 +410,13 @@ fn copy_text_encoder(
         }
     }
     let mut text_section = text.clone();
+    // The run's centre, or none: the text bundle's own was not what this run validated with.
+    text_section.centre = job
+        .config
+        .head
+        .as_ref()
+        .and_then(|h| h.text_centre.as_ref())
+        .map(|c| c.vector.clone());
     if let Some(head) = &job.model.text_head {
         let original = ModelProto::from_bytes(&std::fs::read(job.text_bundle.join(&text.onnx))?)
             .with_context(|| format!("cannot parse {}", text.onnx))?;
@@ -766,7 +773,7 @@ fn text_parity(job: &ExportJob, _src: &Manifest) -> Result<f32> {
     ];
     let original = audiotext_core::Bundle::open(job.text_bundle)?
         .text_encoder()?
-        .embed(&captions)?;
+        .embed_network(&captions)?;
     let exported = audiotext_core::Bundle::open(job.out)?
         .text_encoder()?
         .embed(&captions)?;

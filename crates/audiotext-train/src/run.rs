@@ -323,6 +323,21 @@ pub struct HeadRun {
     /// How training rows are drawn (defaults: every clip once an epoch, one caption a step).
     #[serde(default, skip_serializing_if = "Sampling::is_default")]
     pub sampling: Sampling,
+    /// The centre that queries are moved off at search time (`fit-head --text-centre`); the
+    /// export writes it into the bundle's text section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_centre: Option<TextCentre>,
+}
+
+/// `strength` times the mean text-network embedding of the training captions, each distinct
+/// caption once. Training fits the audio to the captions as the text network gives them; only
+/// the queries (validation's and the extension's) are centred.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextCentre {
+    pub strength: f32,
+    /// Distinct training captions the mean is over.
+    pub captions: usize,
+    pub vector: Vec<f32>,
 }
 
 /// How `fit-head` draws its training rows: which clips train, how sources are weighted,

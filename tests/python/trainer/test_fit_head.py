@@ -151,10 +151,11 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(work):
-    """fit-head --folds 2 --fold 0 --queries on an empty cache."""
+    """fit-head --folds 2 --fold 0 --queries --text-centre 0.5 on an empty cache."""
     out = work["root"] / "run"
     result = fit_head(work["data"], work["cache"], out, "--folds", 2, "--fold", 0,
-                      "--queries", work["queries"], "--epochs", EPOCHS, "--validate-every", 2)
+                      "--queries", work["queries"], "--epochs", EPOCHS, "--validate-every", 2,
+                      "--text-centre", 0.5)
     return out, result
 
 
@@ -331,6 +332,44 @@ def test_class_metrics_recomputed_from_the_extension_equal_the_run(work, first_r
                                    [classes.index(CLIPS[f.removesuffix(".wav")][0]) for f in files])
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert (p1, map10) == pytest.approx((last["class_p1"], last["class_map10"]), abs=1e-9), (sim, last)
+
+
+def test_the_text_centre_is_half_the_training_captions_mean_and_the_bundle_applies_it(
+        work, first_run, bundle, conn, tmp_path):
+    """--text-centre 0.5 records half the mean of the distinct training captions' embeddings by
+    the text network (recomputed here by text_embed of the text bundle with its own centre
+    removed); the export writes it into the bundle, whose text_embed is the network's embedding
+    minus it, normalised again."""
+    run, _ = first_run
+    config = json.loads((run / "config.json").read_text())
+    centre = config["head"]["text_centre"]
+    validation = set(config["data"]["validation_files"])
+    rows = [line.split(",") for line in (work["data"] / "captions.csv").read_text().splitlines()[1:]]
+    captions = sorted({c for name, *texts in rows if name not in validation for c in texts})
+    plain = tmp_path / "plain"
+    shutil.copytree(DEFAULT_BUNDLE, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    manifest["text"].pop("centre", None)
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    conn.execute("INSERT INTO temp.audiotext_models(name, path) VALUES ('plain', ?)", (str(plain),))
+    network = lambda text: vec(conn.execute("SELECT text_embed('plain', ?)", (text,)).fetchone()[0])
+    expected = 0.5 * np.mean([network(c) for c in captions], axis=0)
+    assert (centre["strength"], centre["captions"]) == (0.5, len(captions))
+    assert np.abs(np.array(centre["vector"]) - expected).max() < 1e-6
+    exported = json.loads((bundle / "manifest.json").read_text())["text"]["centre"]
+    assert exported == centre["vector"]
+    for _, query in QUERIES:
+        want = network(query) - np.array(centre["vector"], dtype=np.float32)
+        got = vec(conn.execute("SELECT text_embed('head', ?)", (query,)).fetchone()[0])
+        assert np.abs(got - want / np.linalg.norm(want)).max() < 1e-6, query
+
+
+def test_a_text_centre_of_no_strength_or_too_much_is_refused(work, first_run, tmp_path):
+    for strength, message in [("-1", "give a strength above 0"), ("5", "gives a centre the extension would refuse")]:
+        result = fit_head(work["data"], work["cache"], tmp_path / f"run{strength}", "--folds", 2, "--fold", 0,
+                          "--epochs", 1, f"--text-centre={strength}", check=False)
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- refusals

@@ -19,7 +19,7 @@ mod frozen;
 mod train;
 mod validation;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
@@ -32,8 +32,10 @@ use crate::fit::{caption_set_key, read_license};
 use crate::loss::LossSpec;
 use crate::mix::{draw_background_pool, draw_pool, Mix, MixOptions};
 use crate::model::{ContrastiveConfig, EncoderConfig};
-use crate::run::{DataInfo, Fold, RunConfig, SkippedFile, TrainOptions};
+use crate::run::{DataInfo, Fold, RunConfig, SkippedFile, TextCentre, TrainOptions};
 use crate::split::{fnv1a, fold_by_group, SplitMix64};
+use audiotext_core::model::manifest::validate_centre;
+use audiotext_core::text::subtract_centre;
 use frozen::{FrozenBackbone, Item};
 use train::{source_weights, train_heads, Draws, Row};
 use validation::{write_holdout_report, Validation, HOLDOUT_FILE, REFERENCE_SOURCE};
@@ -160,6 +162,13 @@ pub struct FitHeadArgs {
     /// Validate after every N-th epoch and after the last.
     #[arg(long, default_value_t = 5)]
     pub validate_every: usize,
+    /// Centre the queries: each query's text embedding minus STRENGTH times the mean embedding
+    /// of the distinct training captions, normalised again (0: off). It lowers the clips that
+    /// lie along the direction all texts share, which rank high whatever the query says.
+    /// Training is unchanged; validation centres its queries, and `export` writes the centre
+    /// into the bundle, whose text embeddings then carry it.
+    #[arg(long, default_value_t = 0.0, value_name = "STRENGTH")]
+    pub text_centre: f32,
     /// Text bundle whose sentence embeddings are the targets.
     #[arg(long, value_name = "DIR", default_value = "models/default")]
     pub text_bundle: PathBuf,
@@ -184,6 +193,12 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     if args.ensemble == 0 {
         bail!("--ensemble 0: train one head or more (--ensemble 1 is a single head)");
     }
+    if !(args.text_centre.is_finite() && args.text_centre >= 0.0) {
+        bail!(
+            "--text-centre {}: give a strength above 0 (the default model's is 0.5), or 0 for none",
+            args.text_centre
+        );
+    }
     let cache_root = args.cache.clone().unwrap_or_else(default_cache_dir);
     let set = Dataset::open(&args.data, &Layout::Generic)?;
     let clips = &set.clips;
@@ -200,6 +215,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
     let keys = contrastive_keys(clips, args.class_keys);
     let mut mixes = Mixes::draw(&args, clips, &keys, &split.train, &backbone)?;
     let embeddings = text_embeddings(&args, clips, &split, &mut mixes, &cache_root)?;
+    let centre = text_centre(args.text_centre, clips, &split, &embeddings)?;
     let config = run_config(
         &args,
         &backbone,
@@ -208,6 +224,7 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         &embeddings,
         &mixes,
         skipped,
+        centre,
     );
     config.write(&args.out)?;
 
@@ -219,7 +236,13 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         &keys,
         &embeddings,
     );
-    let validation_set = validation_set(clips, &split, &validation_items, &embeddings);
+    let query_centre = config
+        .head
+        .as_ref()
+        .and_then(|h| h.text_centre.as_ref())
+        .map(|c| c.vector.as_slice());
+    let validation_set =
+        validation_set(clips, &split, &validation_items, &embeddings, query_centre);
     let draws = Draws {
         mix_rows: &mixes.rows(),
         background_rows: &mixes.background_rows(),
@@ -564,7 +587,44 @@ fn text_embeddings(
     Ok(embeddings)
 }
 
+/// `--text-centre`: `strength` times the mean of the distinct training captions' embeddings.
+fn text_centre(
+    strength: f32,
+    clips: &[Clip],
+    split: &Split,
+    embeddings: &CaptionEmbeddings,
+) -> Result<Option<TextCentre>> {
+    if strength == 0.0 {
+        return Ok(None);
+    }
+    let captions: BTreeSet<&str> = split
+        .train
+        .iter()
+        .flat_map(|&i| clips[i].captions.iter().map(String::as_str))
+        .collect();
+    if captions.is_empty() {
+        bail!("--text-centre: no training clip has a caption to take the mean of");
+    }
+    let mut vector = vec![0f64; embeddings.dim];
+    for caption in &captions {
+        for (sum, v) in vector.iter_mut().zip(&embeddings.by_text[*caption]) {
+            *sum += f64::from(*v);
+        }
+    }
+    let scale = f64::from(strength) / captions.len() as f64;
+    let vector: Vec<f32> = vector.iter().map(|sum| (sum * scale) as f32).collect();
+    validate_centre(&vector, embeddings.dim).map_err(|e| {
+        anyhow::anyhow!("--text-centre {strength} gives a centre the extension would refuse ({e}): lower the strength")
+    })?;
+    Ok(Some(TextCentre {
+        strength,
+        captions: captions.len(),
+        vector,
+    }))
+}
+
 /// The run's config.json: what `export` and `eval` need to rebuild and describe the model.
+#[allow(clippy::too_many_arguments)]
 fn run_config(
     args: &FitHeadArgs,
     backbone: &FrozenBackbone,
@@ -573,6 +633,7 @@ fn run_config(
     embeddings: &CaptionEmbeddings,
     mixes: &Mixes,
     skipped: Vec<SkippedFile>,
+    text_centre: Option<TextCentre>,
 ) -> RunConfig {
     RunConfig {
         format_version: crate::run::RUN_FORMAT_VERSION,
@@ -650,6 +711,7 @@ fn run_config(
                 class_keys: args.class_keys,
                 ensemble: args.ensemble,
             },
+            text_centre,
         }),
     }
 }
@@ -682,20 +744,28 @@ fn training_rows<'a>(
         .collect()
 }
 
-/// The validation clips' items, classes and sources, with every query embedded.
+/// The validation clips' items, classes and sources, with every query embedded (and centred
+/// as the exported bundle will centre it).
 fn validation_set<'a>(
     clips: &[Clip],
     split: &Split,
     items: &'a [Item],
     embeddings: &CaptionEmbeddings,
+    centre: Option<&[f32]>,
 ) -> Validation<'a> {
+    let query = |text: &str| {
+        let mut v = embeddings.by_text[text].clone();
+        if let Some(centre) = centre {
+            subtract_centre(&mut v, centre);
+        }
+        v
+    };
     let reference = |i: usize| clips[i].source.as_deref() == Some(REFERENCE_SOURCE);
     let reference_classes: HashSet<usize> = split
         .validation_clips()
         .filter(|&i| reference(i))
         .filter_map(|i| split.class_of(&clips[i].label))
         .collect();
-    let by_text = &embeddings.by_text;
     Validation {
         items,
         clip_is_reference: split.validation_clips().map(reference).collect(),
@@ -711,17 +781,8 @@ fn validation_set<'a>(
         caption_queries: split
             .validation_clips()
             .enumerate()
-            .flat_map(|(n, i)| {
-                clips[i]
-                    .captions
-                    .iter()
-                    .map(move |t| (n, by_text[t].clone()))
-            })
+            .flat_map(|(n, i)| clips[i].captions.iter().map(move |t| (n, query(t))))
             .collect(),
-        class_queries: split
-            .queries
-            .iter()
-            .map(|(c, q)| (*c, by_text[q].clone()))
-            .collect(),
+        class_queries: split.queries.iter().map(|(c, q)| (*c, query(q))).collect(),
     }
 }
