@@ -513,8 +513,11 @@ def describe_into(corpus, manifest_path):
     note = ("; its training data also holds sounds of GPL-licensed Debian packages ("
             + ", ".join(bundle["training"]["audio_encoder"]["corpus"]["gpl_packages"])
             + ") and CC BY / CC BY-SA / CC0 sounds, credited in training.audio_encoder.corpus")
-    if note not in bundle.get("license", ""):
-        bundle["license"] = bundle.get("license", "") + note
+    # A bundle exported from one that was described already carries an earlier note (with the
+    # packages of its day): replace it rather than add a second.
+    earlier = re.compile(r"; its training data also holds sounds of GPL-licensed Debian packages \([^)]*\)"
+                         r" and CC BY / CC BY-SA / CC0 sounds, credited in training\.audio_encoder\.corpus")
+    bundle["license"] = earlier.sub("", bundle.get("license", "")) + note
     Path(manifest_path).write_text(json.dumps(bundle, indent=2) + "\n")
     print(f"recorded the corpus in {manifest_path}")
 

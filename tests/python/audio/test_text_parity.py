@@ -1,7 +1,8 @@
 """Parity of the extension's text_embed() with sentence-transformers, via the numpy reference.
 
 text_embed([model,] text) must return what SentenceTransformer("all-MiniLM-L6-v2").encode(text)
-returns: a 384-d L2-normalised float32 vector, stored as a little-endian BLOB. The reference
+returns, moved off the default manifest's text centre and normalised again: a 384-d
+L2-normalised float32 vector, stored as a little-endian BLOB. The reference
 (reference_bert.py) recomputes that from the raw sentence-transformers folder
 (.cache/pretrained/all-MiniLM-L6-v2), independently of the ONNX export the extension runs.
 
@@ -10,12 +11,13 @@ what sentence-transformers gives, the embedding of just [CLS] [SEP], not NULL or
 """
 
 import functools
+import json
 
 import numpy as np
 import pytest
 
 import reference_bert as ref
-from conftest import open_connection
+from conftest import DEFAULT_BUNDLE, open_connection
 
 DIM = 384
 TOL = 1e-4  # max |diff| per component against the float64 reference
@@ -83,8 +85,22 @@ def _reference(model_dir: str, sentence: str) -> np.ndarray:
     return ref.encode(model_dir, [sentence])[0]
 
 
+@functools.cache
+def _default_centre():
+    """The default bundle's text centre (fit-head --text-centre), or None."""
+    centre = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["text"].get("centre")
+    return None if centre is None else np.asarray(centre, dtype=np.float32).astype(np.float64)
+
+
 def reference(minilm_dir, sentence):
-    return _reference(str(minilm_dir), sentence)
+    """sentence-transformers' embedding, moved off the default bundle's text centre and
+    normalised again, as its manifest defines the default's text embedding."""
+    v = _reference(str(minilm_dir), sentence)
+    centre = _default_centre()
+    if centre is None:
+        return v
+    v = v - centre
+    return v / np.linalg.norm(v)
 
 
 def blob_to_vec(blob):
