@@ -428,7 +428,14 @@ fn run_embeddings(
         bar.inc(n as u64)
     })?;
     bar.finish_and_clear();
-    Ok((audio, embed_texts(&model, &raw, &device)))
+    let mut text = embed_texts(&model, &raw, &device);
+    // Queries centred as the run validated them, and as its export will (fit-head --text-centre).
+    if let Some(centre) = config.head.as_ref().and_then(|h| h.text_centre.as_ref()) {
+        for v in &mut text {
+            audiotext_core::text::subtract_centre(v, &centre.vector);
+        }
+    }
+    Ok((audio, text))
 }
 
 /// Audio and text embeddings by an exported bundle, through the extension's own encoders.

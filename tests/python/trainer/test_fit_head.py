@@ -364,6 +364,18 @@ def test_the_text_centre_is_half_the_training_captions_mean_and_the_bundle_appli
         assert np.abs(got - want / np.linalg.norm(want)).max() < 1e-6, query
 
 
+def test_eval_of_the_run_centres_its_queries_as_its_validation_did(work, first_run):
+    """`eval --run` of a run with a text centre: the class P@1 and mAP@10 of the run's last
+    validation, which centred its queries."""
+    run, _ = first_run
+    result = trainer("eval", "--run", run, "--checkpoint", "last", "--queries", work["queries"],
+                     "--cache", work["cache"], "--json", "-", timeout=600)
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    metrics = report["class_queries"]
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (metrics["p1"], metrics["map10"]) == pytest.approx((last["class_p1"], last["class_map10"]), abs=1e-9)
+
+
 def test_a_text_centre_of_no_strength_or_too_much_is_refused(work, first_run, tmp_path):
     for strength, message in [("-1", "give a strength above 0"), ("5", "gives a centre the extension would refuse")]:
         result = fit_head(work["data"], work["cache"], tmp_path / f"run{strength}", "--folds", 2, "--fold", 0,
