@@ -17,6 +17,7 @@ use crate::cache::{default_cache_dir, FeatureCache, Features};
 use crate::data::{read_class_queries, read_labels, Clip, Dataset, Layout, GENERIC_LABELS_FILE};
 use crate::metrics::{self, ClassRetrieval, RetrievalMetrics};
 use audiotext_core::model::manifest::Manifest;
+use audiotext_core::text::subtract_centre_from_each;
 
 use crate::embed::{bar_style, caption_embeddings};
 use crate::fit::LayoutArg;
@@ -430,11 +431,7 @@ fn run_embeddings(
     bar.finish_and_clear();
     let mut text = embed_texts(&model, &raw, &device);
     // Queries centred as the run validated them, and as its export will (fit-head --text-centre).
-    if let Some(centre) = config.head.as_ref().and_then(|h| h.text_centre.as_ref()) {
-        for v in &mut text {
-            audiotext_core::text::subtract_centre(v, &centre.vector);
-        }
-    }
+    subtract_centre_from_each(&mut text, config.query_centre());
     Ok((audio, text))
 }
 
@@ -449,17 +446,11 @@ fn bundle_embeddings(
     let e = caption_embeddings(bundle_dir, texts, cache_root, args.ort.as_deref())?;
     let manifest = Manifest::read(bundle_dir)?;
     // The cache holds the text network's output; the bundle's queries are moved off its centre.
-    let centre = manifest.text.as_ref().and_then(|t| t.centre.as_deref());
-    let text: Vec<Vec<f32>> = texts
-        .iter()
-        .map(|t| {
-            let mut v = e.by_text[*t].clone();
-            if let Some(centre) = centre {
-                audiotext_core::text::subtract_centre(&mut v, centre);
-            }
-            v
-        })
-        .collect();
+    let mut text: Vec<Vec<f32>> = texts.iter().map(|t| e.by_text[*t].clone()).collect();
+    subtract_centre_from_each(
+        &mut text,
+        manifest.text.as_ref().and_then(|t| t.centre.as_deref()),
+    );
     let audio_section = manifest
         .audio
         .context("the bundle has no audio encoder (no audio section in its manifest)")?;

@@ -411,12 +411,7 @@ fn copy_text_encoder(
     }
     let mut text_section = text.clone();
     // The run's centre, or none: the text bundle's own was not what this run validated with.
-    text_section.centre = job
-        .config
-        .head
-        .as_ref()
-        .and_then(|h| h.text_centre.as_ref())
-        .map(|c| c.vector.clone());
+    text_section.centre = job.config.query_centre().map(<[f32]>::to_vec);
     if let Some(head) = &job.model.text_head {
         let original = ModelProto::from_bytes(&std::fs::read(job.text_bundle.join(&text.onnx))?)
             .with_context(|| format!("cannot parse {}", text.onnx))?;

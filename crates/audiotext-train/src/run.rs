@@ -178,6 +178,12 @@ pub struct RunConfig {
 pub const RUN_FORMAT_VERSION: u32 = 1;
 
 impl RunConfig {
+    /// The vector a fit-head run's queries are moved off (`fit-head --text-centre`), if any.
+    pub fn query_centre(&self) -> Option<&[f32]> {
+        let centre = self.head.as_ref()?.text_centre.as_ref()?;
+        Some(&centre.vector)
+    }
+
     pub fn read(run_dir: &Path) -> Result<RunConfig> {
         let path = run_dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {

@@ -90,11 +90,7 @@ impl TextEncoder {
     /// `embedding_dim` long: `text.onnx`'s output, moved off the manifest's `centre` (if any).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let mut vectors = self.embed_network(texts)?;
-        if let Some(centre) = &self.section.centre {
-            for v in &mut vectors {
-                subtract_centre(v, centre);
-            }
-        }
+        subtract_centre_from_each(&mut vectors, self.section.centre.as_deref());
         Ok(vectors)
     }
 
@@ -146,6 +142,15 @@ pub fn subtract_centre(v: &mut [f32], centre: &[f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     for x in v.iter_mut() {
         *x /= norm;
+    }
+}
+
+/// [`subtract_centre`] on every vector, when there is a centre.
+pub fn subtract_centre_from_each(vectors: &mut [Vec<f32>], centre: Option<&[f32]>) {
+    if let Some(centre) = centre {
+        for v in vectors {
+            subtract_centre(v, centre);
+        }
     }
 }
 

@@ -236,13 +236,13 @@ pub fn run(args: FitHeadArgs) -> Result<()> {
         &keys,
         &embeddings,
     );
-    let query_centre = config
-        .head
-        .as_ref()
-        .and_then(|h| h.text_centre.as_ref())
-        .map(|c| c.vector.as_slice());
-    let validation_set =
-        validation_set(clips, &split, &validation_items, &embeddings, query_centre);
+    let validation_set = validation_set(
+        clips,
+        &split,
+        &validation_items,
+        &embeddings,
+        config.query_centre(),
+    );
     let draws = Draws {
         mix_rows: &mixes.rows(),
         background_rows: &mixes.background_rows(),
